@@ -1,0 +1,3 @@
+from hepdeploy.cli import main
+
+main()

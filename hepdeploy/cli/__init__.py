@@ -1,0 +1,91 @@
+"""The ``hepdeploy`` command: a thin click layer over the library.
+
+Each stage's commands live in their own module here and are added to the group
+below; heavy imports happen inside the commands so ``hepdeploy --help`` is fast.
+Errors from the library's hierarchy become one line on stderr and an exit code:
+0 ok, 1 disagreement, 2 bad input or usage.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import click
+
+from hepdeploy import __version__
+from hepdeploy.errors import HepDeployError
+
+log = logging.getLogger("hepdeploy")
+
+
+class HepDeployGroup(click.Group):
+    """Turns library errors into one clear line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except HepDeployError as error:
+            _report(ctx, error, str(error))
+            sys.exit(error.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("hepdeploy: interrupted", err=True)
+            sys.exit(130)
+        except Exception as error:  # a bug or an error from a dependency we did not foresee
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _report(ctx, error, f"unexpected {type(error).__name__}: {first}")
+            sys.exit(2)
+
+
+def _report(ctx: click.Context, error: BaseException, message: str) -> None:
+    verbose = (ctx.obj or {}).get("verbosity", 0) > 0
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    hint = "" if verbose else " (run with -v for details)" if not isinstance(error, HepDeployError) else ""
+    click.echo(f"error: {message}{hint}", err=True)
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("hepdeploy")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # Third-party chatter (TensorFlow, absl, tf2onnx) only when asked for.
+    for noisy in ("tensorflow", "absl", "tf2onnx", "onnxscript", "torch.onnx", "modelopt"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.ERROR)
+
+
+@click.group(cls=HepDeployGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="hepdeploy")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for dependencies too).")
+@click.option("-q", "--quiet", count=True, help="Only warnings and errors on stderr.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """Export, optimize, validate and publish HEP networks for Triton / SONIC serving."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbosity"] = verbose - quiet
+    setup_logging(verbose - quiet)
+
+
+def _register_commands() -> None:
+    from hepdeploy.cli import commands_build, commands_convert, commands_zoo
+
+    for module in (commands_convert, commands_zoo, commands_build):
+        module.register(main)
+    # Stage command modules added by later issues register themselves here too.
+    for optional in ("commands_optimize", "commands_validate", "commands_triton", "commands_serve"):
+        try:
+            module = __import__(f"hepdeploy.cli.{optional}", fromlist=["register"])
+        except ModuleNotFoundError as error:
+            if error.name != f"hepdeploy.cli.{optional}":
+                raise
+            continue
+        module.register(main)
+
+
+_register_commands()

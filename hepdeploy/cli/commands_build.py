@@ -1,0 +1,8 @@
+"""CLI commands of the build stage (filled in by its issue)."""
+from __future__ import annotations
+
+import click
+
+
+def register(group: click.Group) -> None:
+    """Add this module's commands to the main group."""

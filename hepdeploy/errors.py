@@ -1,0 +1,62 @@
+"""The one exception hierarchy of hepdeploy.
+
+Library code raises these; only the CLI turns them into a one-line message and an
+exit code (0 ok, 1 disagreement, 2 bad input or usage).
+"""
+from __future__ import annotations
+
+
+class HepDeployError(Exception):
+    """Base of every error hepdeploy raises on purpose."""
+
+    exit_code: int = 2
+
+
+class BadInputError(HepDeployError):
+    """A file, spec, name or value the user gave cannot be used (exit 2)."""
+
+    exit_code = 2
+
+
+class SpecError(BadInputError):
+    """The model spec is invalid: unknown key, wrong type, rank mismatch ..."""
+
+
+class ModelLoadError(BadInputError):
+    """A model file is missing, corrupt, unsafe to load or of an unknown kind."""
+
+
+class DataError(BadInputError):
+    """Tensor data (calibration, reference, golden) is missing, malformed or non-finite."""
+
+
+class UnsafeNameError(BadInputError):
+    """A model or tensor name could escape its folder (``../x``, ``/abs``, empty)."""
+
+
+class DependencyMissingError(HepDeployError):
+    """An optional dependency (TensorFlow, TensorRT, a CUDA device) is not available."""
+
+    exit_code = 2
+
+
+class ConversionError(HepDeployError):
+    """An exporter failed on a model that loaded fine."""
+
+    exit_code = 2
+
+
+class DisagreementError(HepDeployError):
+    """Two models that must agree do not (exit 1)."""
+
+    exit_code = 1
+
+
+class ValidationFailedError(DisagreementError):
+    """A candidate variant failed its numerical or physics checks (exit 1)."""
+
+
+class RepositoryError(HepDeployError):
+    """A Triton model repository is broken or cannot be published to."""
+
+    exit_code = 1

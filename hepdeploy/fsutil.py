@@ -1,0 +1,109 @@
+"""Atomic file writes and safe names.
+
+Every file hepdeploy writes goes through here: written to a temporary file in the
+destination folder, flushed and fsync'ed, then renamed over the target, so a killed
+process never leaves a half-written file and an existing output is only replaced by a
+complete new one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from hepdeploy.errors import BadInputError, UnsafeNameError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def check_safe_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is a plain file-system-safe name, else raise UnsafeNameError.
+
+    Refuses empty names, path separators, ``..``, absolute paths and anything outside
+    ``[A-Za-z0-9_.-]`` so a model or tensor name can never escape its folder.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafeNameError(f"{what} is empty")
+    if "/" in name or "\\" in name or name in (".", "..") or ".." in name or not _SAFE_NAME.match(name):
+        raise UnsafeNameError(
+            f"{what} {name!r} is not a safe name (letters, digits, '_', '.', '-'; no '/', '..' or spaces)"
+        )
+    return name
+
+
+def check_output_folder(path: Path) -> Path:
+    """Raise BadInputError when the folder that would hold ``path`` does not exist."""
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise BadInputError(f"{path}: output folder {parent} does not exist")
+    return Path(path)
+
+
+def check_input_file(path: Path, what: str = "file") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: {what} not found")
+    if not path.is_file():
+        raise BadInputError(f"{path}: {what} is not a regular file")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it over ``target`` on success.
+
+    On any exception the temporary file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    check_output_folder(target)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix if suffix is not None else ".tmp", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: Path, text: str) -> Path:
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename durable; not every file system allows opening a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,1 @@
+"""hepdeploy.model_zoo"""

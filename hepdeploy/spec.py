@@ -1,0 +1,333 @@
+"""The model spec: what a model is, how to find it, and how to deploy it.
+
+A spec is YAML validated with pydantic. Unknown keys are refused with the key's path
+(``triton.dynamic_batching.prefered: extra inputs are not permitted``). Later stages
+read their own blocks (variants, tolerances, validation, triton) from the same object.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hepdeploy.errors import SpecError
+from hepdeploy.fsutil import check_safe_name
+
+DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
+Framework = Literal["torch", "torchscript", "exported_program", "keras", "savedmodel", "onnx", "zoo"]
+VariantName = Literal["fp32", "fp16", "int8-trt", "int8-cpu", "tensorrt"]
+Dim = int | str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class TensorSpec(_Strict):
+    """One input or output: a name, a dtype and a shape of ints and dimension names."""
+
+    name: str
+    dtype: str = "float32"
+    shape: list[Dim]
+    # How to draw valid sample values (self-checks, warm-up): a range, or an index
+    # into a named dimension (e.g. edge_index values index the `n_hits` axis).
+    low: float | None = None
+    high: float | None = None
+    index_of: str | None = Field(None, description="values are indices along this named dimension")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_safe_name(value, "tensor name")
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"unknown dtype {value!r} (one of {', '.join(DTYPES)})")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, value: list[Dim]) -> list[Dim]:
+        for dim in value:
+            if isinstance(dim, bool) or (isinstance(dim, int) and dim < 1):
+                raise ValueError(f"dimension {dim!r} must be a positive int or a name")
+            if isinstance(dim, str) and not dim.isidentifier():
+                raise ValueError(f"dimension name {dim!r} must be an identifier such as 'batch'")
+        return value
+
+    @property
+    def dynamic_dims(self) -> list[str]:
+        return [d for d in self.shape if isinstance(d, str)]
+
+    @property
+    def has_batch_axis(self) -> bool:
+        return bool(self.shape) and self.shape[0] == "batch"
+
+
+class DimRange(_Strict):
+    """Sizes of one named dynamic dimension: TensorRT profile min/opt/max and test values."""
+
+    min: int = Field(1, ge=1)
+    opt: int | None = Field(None, ge=1)
+    max: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DimRange:
+        opt = self.opt if self.opt is not None else self.min
+        top = self.max if self.max is not None else opt
+        if not self.min <= opt <= top:
+            raise ValueError(f"need min <= opt <= max, got {self.min}/{opt}/{top}")
+        return self
+
+
+class SourceSpec(_Strict):
+    framework: Framework
+    path: str | None = None
+    factory: str | None = Field(None, description="'package.module:function' building a torch nn.Module")
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(None, description="state dict loaded with torch.load(weights_only=True)")
+    zoo: str | None = Field(None, description="name of a model_zoo network")
+    zoo_flavour: str | None = Field(None, description="for zoo networks with several frameworks: keras | torch")
+
+    @model_validator(mode="after")
+    def _needs_location(self) -> SourceSpec:
+        if self.framework == "zoo":
+            if not self.zoo:
+                raise ValueError("framework 'zoo' needs 'zoo: NAME'")
+        elif self.framework == "torch":
+            if not self.factory and not self.path:
+                raise ValueError("framework 'torch' needs 'factory: module:function' (or a path to a .py file)")
+        elif not self.path:
+            raise ValueError(f"framework {self.framework!r} needs 'path'")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory {self.factory!r} must look like 'package.module:function'")
+        return self
+
+
+class DataSpec(_Strict):
+    calibration: str | None = None
+    reference: str | None = None
+    labels: str | None = Field(None, description="name of the labels/targets array inside the data files")
+    calibration_samples: int = Field(512, ge=1)
+    seed: int = 0
+    root_tree: str | None = Field(None, description="TTree name when the data files are ROOT files")
+    root_branches: dict[str, str] = Field(default_factory=dict, description="input name -> branch name")
+
+
+class VariantSpec(_Strict):
+    """One optimized variant and its options (the optimize stage gives them meaning)."""
+
+    name: VariantName
+    fp32_nodes: list[str] = Field(default_factory=list)
+    fp32_op_types: list[str] = Field(default_factory=list)
+    calibration_method: Literal["max", "entropy", "percentile", "minmax"] = "max"
+    exclude_nodes: list[str] = Field(default_factory=list)
+    exclude_op_types: list[str] = Field(default_factory=list)
+    per_channel: bool = True
+    workspace_mib: int = Field(4096, ge=16)
+
+
+class Tolerance(_Strict):
+    atol: float | None = Field(None, ge=0)
+    rtol: float | None = Field(None, ge=0)
+
+
+class PrecisionTolerance(Tolerance):
+    outputs: dict[str, Tolerance] = Field(default_factory=dict)
+
+
+class PhysicsSpec(_Strict):
+    """Allowed degradation of physics metrics versus the reference model."""
+
+    task: Literal["classification", "regression", "edge_classification", "none"] = "none"
+    max_auc_drop: float = Field(0.01, ge=0)
+    background_efficiency: float = Field(0.01, gt=0, lt=1)
+    max_signal_efficiency_drop: float = Field(0.02, ge=0)
+    min_argmax_agreement: float = Field(0.97, ge=0, le=1)
+    max_bias_change: float = Field(0.01, ge=0)
+    max_resolution_change: float = Field(0.01, ge=0, description="absolute change of IQR/1.349 resolution")
+
+
+class ValidationSpec(_Strict):
+    tolerances: dict[Literal["fp32", "fp16", "int8"], PrecisionTolerance] = Field(default_factory=dict)
+    policy: dict[Literal["fp32", "fp16", "int8"], Literal["numerical", "physics", "either", "both"]] = Field(
+        default_factory=dict
+    )
+    physics: PhysicsSpec = Field(default_factory=PhysicsSpec)
+    chunk_size: int = Field(4096, ge=1)
+
+
+class DynamicBatching(_Strict):
+    preferred_batch_size: list[int] = Field(default_factory=list)
+    max_queue_delay_microseconds: int = Field(100, ge=0)
+
+
+class InstanceGroup(_Strict):
+    count: int = Field(1, ge=1)
+    kind: Literal["KIND_GPU", "KIND_CPU", "KIND_AUTO"] = "KIND_GPU"
+    gpus: list[int] = Field(default_factory=list)
+
+
+class CpuTwin(_Strict):
+    variant: VariantName = "int8-cpu"
+    count: int = Field(1, ge=1)
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(0, ge=0)
+
+
+class PerfSpec(_Strict):
+    """What one "event" is for throughput figures."""
+
+    batch_per_request: int = Field(1, ge=1)
+    requests_per_event: int = Field(1, ge=1)
+
+
+class TritonSpec(_Strict):
+    model_name: str | None = None
+    variant: VariantName = "fp32"
+    platform: Literal["onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch", "tensorflow_savedmodel"] | None = None
+    max_batch_size: int | None = Field(None, ge=0)
+    dynamic_batching: DynamicBatching | None = None
+    instance_group: list[InstanceGroup] = Field(default_factory=list)
+    tensorrt_accelerator: Literal["FP32", "FP16", "INT8"] | None = None
+    warmup: bool = True
+    version_policy: Literal["latest", "all"] | dict[str, Any] = "latest"
+    cpu_twin: CpuTwin | None = None
+    python_backend: bool = False
+    perf: PerfSpec = Field(default_factory=PerfSpec)
+
+    @field_validator("model_name")
+    @classmethod
+    def _safe(cls, value: str | None) -> str | None:
+        return None if value is None else check_safe_name(value, "Triton model name")
+
+
+def _variants_default() -> list[VariantSpec]:
+    return [VariantSpec(name=n) for n in ("fp32", "int8-cpu", "fp16", "int8-trt")]
+
+
+class ModelSpec(_Strict):
+    name: str
+    description: str = ""
+    source: SourceSpec
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dims: dict[str, DimRange] = Field(default_factory=dict)
+    opset: int | None = Field(None, ge=7)
+    data: DataSpec = Field(default_factory=DataSpec)
+    variants: list[Annotated[VariantSpec, Field()]] = Field(default_factory=_variants_default)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    triton: TritonSpec = Field(default_factory=TritonSpec)
+    # Where relative paths in the spec are resolved; set by load_spec, not by the YAML.
+    base_dir: Path | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_safe_name(value, "model name")
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variant_shorthand(cls, value: Any) -> Any:
+        # `variants: [fp32, fp16]` is shorthand for `[{name: fp32}, {name: fp16}]`.
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if not self.inputs:
+            raise ValueError("a model needs at least one input")
+        if not self.outputs:
+            raise ValueError("a model needs at least one output")
+        names = [t.name for t in [*self.inputs, *self.outputs]]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tensor names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    def resolve(self, relative: str | None) -> Path | None:
+        """Resolve a path from the spec against the spec's folder."""
+        if relative is None:
+            return None
+        path = Path(relative).expanduser()
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        return path
+
+    def dim_range(self, dim: str) -> DimRange:
+        """Sizes for a named dim; 'batch' defaults to 1/64/64, others to 2/8/16."""
+        if dim in self.dims:
+            return self.dims[dim]
+        if dim == "batch":
+            return DimRange(min=1, opt=64, max=64)
+        return DimRange(min=2, opt=8, max=16)
+
+    @property
+    def batched(self) -> bool:
+        """True when every input's first dimension is the named 'batch' axis."""
+        return all(t.has_batch_axis for t in self.inputs)
+
+    def variant(self, name: str) -> VariantSpec:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        return VariantSpec(name=name)  # type: ignore[arg-type]
+
+
+def format_validation_error(error: ValidationError, where: str) -> str:
+    """One line per problem, each with the key path: 'spec.yaml: inputs.0.dtype: ...'."""
+    parts = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{where}: {loc}: {msg}")
+    return "; ".join(parts)
+
+
+def spec_from_dict(data: Any, where: str = "spec", base_dir: Path | None = None) -> ModelSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: a spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(error, where)) from None
+    spec.base_dir = base_dir
+    return spec
+
+
+def load_spec(path: Path | str) -> ModelSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SpecError(f"{path}: not valid YAML: {first}") from None
+    return spec_from_dict(data, where=str(path), base_dir=path.resolve().parent)
+
+
+def spec_to_yaml(spec: ModelSpec) -> str:
+    data = spec.model_dump(mode="json", exclude_defaults=True, exclude={"base_dir"})
+    data = {"name": spec.name, **data}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def parse_tensor_option(text: str) -> TensorSpec:
+    """Parse ``name:dtype:shape`` from the command line, e.g. ``input:float32:batch,47``."""
+    pieces = text.split(":")
+    if len(pieces) != 3:
+        raise SpecError(f"--input {text!r}: expected name:dtype:shape such as input:float32:batch,47")
+    name, dtype, shape_text = pieces
+    shape: list[Dim] = [int(d) if d.strip().isdigit() else d.strip() for d in shape_text.split(",") if d.strip()]
+    try:
+        return TensorSpec(name=name, dtype=dtype, shape=shape)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(error, f"--input {text!r}")) from None
