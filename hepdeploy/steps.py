@@ -1,0 +1,29 @@
+"""The status every pipeline step returns (ok / failed / skipped with a reason)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Status = Literal["ok", "failed", "skipped"]
+
+
+@dataclass
+class StepResult:
+    """What one step did: its status, why (when not ok), and the files it wrote."""
+
+    step: str
+    status: Status
+    reason: str = ""
+    outputs: list[Path] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def line(self) -> str:
+        text = f"{self.step}: {self.status}"
+        if self.reason:
+            text += f": {self.reason}"
+        return text
