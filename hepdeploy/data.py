@@ -1,14 +1,36 @@
-"""Reading and writing named tensors (.npz now; .h5, .root and ONNX .pb by later issues)."""
+"""Reading and writing named tensors: ``.npz``, HDF5 (``.h5``) and ROOT (``.root``).
+
+Two jobs live here:
+
+* ``save_tensors`` / ``load_tensors``: whole ``.npz`` files of named arrays (reference
+  sets, golden outputs).
+* ``load_calibration``: a reproducible random subset of N samples for calibration,
+  read from ``.npz``, HDF5 (one dataset per input name) or a ROOT TTree (one branch per
+  input), validated against the model's tensor specs. HDF5 and ROOT files are read in
+  windows that contain chosen entries only, so a large file is never loaded whole.
+
+Axis 0 of every calibration array is the sample axis. For a batched input (first
+dimension ``batch``) a sample is one row; for an unbatched input (e.g. a graph of
+``n_hits`` nodes) the file holds samples stacked on a new leading axis.
+"""
 from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hepdeploy.errors import DataError
 from hepdeploy.fsutil import atomic_write_bytes, check_input_file
+from hepdeploy.spec import TensorSpec
+
+# Entries read per window from HDF5/ROOT: bounds memory for large files.
+READ_WINDOW = 65536
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+ROOT_SUFFIXES = (".root",)
 
 
 def save_tensors(path: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -28,3 +50,273 @@ def load_tensors(path: Path) -> dict[str, np.ndarray]:
             return {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from None
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def load_calibration(
+    path: Path | str,
+    inputs: list[TensorSpec],
+    samples: int,
+    seed: int = 0,
+    tree: str | None = None,
+    branches: dict[str, str] | None = None,
+    ignore: Iterable[str] = (),
+) -> dict[str, np.ndarray]:
+    """``samples`` randomly chosen samples (reproducible with ``seed``) for each input.
+
+    ``tree``/``branches`` name the TTree and the branch of each input for ROOT files
+    (branch defaults to the input's name). Names in ``ignore`` (labels, outputs) may be
+    present in the file; any other name that is not an input is refused, as are missing
+    names, wrong ranks, fixed dims or dtypes, NaN/Inf and too few samples (DataError).
+    """
+    path = check_input_file(Path(path), "calibration data")
+    if samples < 1:
+        raise DataError(f"{path}: the sample count must be at least 1, got {samples}")
+    if not inputs:
+        raise DataError(f"{path}: the model has no inputs to calibrate")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        arrays = _read_npz(path, inputs, samples, seed, set(ignore))
+    elif suffix in HDF5_SUFFIXES:
+        arrays = _read_hdf5(path, inputs, samples, seed, set(ignore))
+    elif suffix in ROOT_SUFFIXES:
+        arrays = _read_root(path, inputs, samples, seed, tree, branches or {})
+    else:
+        raise DataError(f"{path}: unsupported calibration data format {path.suffix!r} (.npz, .h5 or .root)")
+    return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
+
+
+def check_tensors(
+    arrays: dict[str, np.ndarray],
+    inputs: list[TensorSpec],
+    where: str = "data",
+    sample_axis: bool = True,
+    ignore: Iterable[str] = (),
+) -> dict[str, np.ndarray]:
+    """Check arrays against tensor specs; return them cast to the specs' dtypes.
+
+    With ``sample_axis`` axis 0 counts samples (for unbatched specs it is an extra
+    leading axis). Casting stays within a kind (float64 -> float32, int32 -> int64);
+    crossing kinds (int data for a float input) is refused.
+    """
+    _check_names(set(arrays), inputs, where, set(ignore))
+    checked: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    dim_sizes: dict[str, tuple[int, str]] = {}
+    for tensor in inputs:
+        array = np.asarray(arrays[tensor.name])
+        dims = list(tensor.shape)
+        if sample_axis and not tensor.has_batch_axis:
+            dims = ["__sample__", *dims]
+        if array.ndim != len(dims):
+            raise DataError(
+                f"{where}: {tensor.name!r} has rank {array.ndim} (shape {list(array.shape)}), "
+                f"expected rank {len(dims)} for shape {_shape_text(dims)}"
+            )
+        for axis, (size, dim) in enumerate(zip(array.shape, dims)):
+            if isinstance(dim, int) and size != dim:
+                raise DataError(
+                    f"{where}: {tensor.name!r} has size {size} on axis {axis}, expected {dim} "
+                    f"(shape {list(array.shape)} vs {_shape_text(dims)})"
+                )
+            if isinstance(dim, str) and dim not in ("batch", "__sample__"):
+                seen = dim_sizes.setdefault(dim, (size, tensor.name))
+                if seen[0] != size:
+                    raise DataError(
+                        f"{where}: dimension {dim!r} is {size} in {tensor.name!r} but {seen[0]} in {seen[1]!r}"
+                    )
+        checked[tensor.name] = _cast(array, tensor, where)
+        _check_finite(checked[tensor.name], tensor.name, where)
+        counts[tensor.name] = array.shape[0] if array.ndim else 1
+    if sample_axis and len(set(counts.values())) > 1:
+        listing = ", ".join(f"{name}={n}" for name, n in counts.items())
+        raise DataError(f"{where}: inputs hold different sample counts ({listing})")
+    return checked
+
+
+def calibration_feeds(
+    arrays: dict[str, np.ndarray], inputs: list[TensorSpec], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Feed dicts for one model run each: slices of ``batch_size`` rows for batched
+    inputs, one stacked sample at a time for unbatched inputs."""
+    batched = all(t.has_batch_axis for t in inputs)
+    total = next(iter(arrays.values())).shape[0]
+    step = max(1, batch_size) if batched else 1
+    for start in range(0, total, step):
+        if batched:
+            yield {t.name: arrays[t.name][start:start + step] for t in inputs}
+        else:
+            yield {t.name: arrays[t.name][start] for t in inputs}
+
+
+def sample_count(arrays: dict[str, np.ndarray]) -> int:
+    return int(next(iter(arrays.values())).shape[0]) if arrays else 0
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _choose(total: int, samples: int, seed: int, where: str) -> np.ndarray:
+    """Sorted indices of ``samples`` entries drawn without replacement (reproducible)."""
+    if total < samples:
+        raise DataError(f"{where}: holds {total} samples, fewer than the {samples} asked for")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=samples, replace=False))
+
+
+def _check_names(present: set[str], inputs: list[TensorSpec], where: str, ignore: set[str]) -> None:
+    wanted = {t.name for t in inputs}
+    missing = sorted(wanted - present)
+    if missing:
+        raise DataError(
+            f"{where}: no tensor named {', '.join(missing)} (it has {', '.join(sorted(present)) or 'nothing'})"
+        )
+    extra = sorted(present - wanted - ignore)
+    if extra:
+        raise DataError(
+            f"{where}: unexpected tensor {', '.join(extra)} (the model's inputs are {', '.join(sorted(wanted))})"
+        )
+
+
+def _read_npz(path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            _check_names(set(archive.files), inputs, str(path), ignore)
+            # .npz members cannot be read partially; only the inputs' members are read.
+            full = {t.name: archive[t.name] for t in inputs}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from None
+    total = _common_count(full, str(path))
+    index = _choose(total, samples, seed, str(path))
+    return {name: array[index] for name, array in full.items()}
+
+
+def _read_hdf5(path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str]) -> dict[str, np.ndarray]:
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise DataError(f"{path}: not a readable HDF5 file ({type(error).__name__})") from None
+    with handle:
+        datasets = {name for name, item in handle.items() if isinstance(item, h5py.Dataset)}
+        _check_names(datasets, inputs, str(path), ignore)
+        counts = {t.name: (handle[t.name].shape[0] if handle[t.name].shape else 1) for t in inputs}
+        total = _common_count_from(counts, str(path))
+        index = _choose(total, samples, seed, str(path))
+        out: dict[str, np.ndarray] = {}
+        for tensor in inputs:
+            dataset = handle[tensor.name]
+            if not dataset.shape:
+                out[tensor.name] = np.asarray(dataset[()])[None]
+                continue
+            parts = [dataset[start:stop][local] for start, stop, local in _windows(index)]
+            out[tensor.name] = np.concatenate(parts) if parts else np.empty((0, *dataset.shape[1:]), dataset.dtype)
+        return out
+
+
+def _read_root(
+    path: Path,
+    inputs: list[TensorSpec],
+    samples: int,
+    seed: int,
+    tree_name: str | None,
+    branches: dict[str, str],
+) -> dict[str, np.ndarray]:
+    import uproot
+
+    where = str(path)
+    try:
+        handle = uproot.open(path)
+    except Exception as error:  # uproot raises several kinds on a corrupt file
+        raise DataError(f"{where}: not a readable ROOT file ({type(error).__name__})") from None
+    with handle:
+        # uproot >= 5.5 writes RNTuples by default; both read the same way here.
+        trees = [key.split(";")[0] for key, cls in handle.classnames().items()
+                 if cls.startswith("TTree") or cls == "ROOT::RNTuple"]
+        if tree_name is None:
+            if len(trees) != 1:
+                raise DataError(f"{where}: name the tree to read (data.root_tree); the file has {', '.join(trees) or 'none'}")
+            tree_name = trees[0]
+        if tree_name not in trees:
+            raise DataError(f"{where}: no tree named {tree_name!r} (it has {', '.join(sorted(set(trees))) or 'none'})")
+        tree = handle[tree_name]
+        unknown = sorted(set(branches) - {t.name for t in inputs})
+        if unknown:
+            raise DataError(f"{where}: branches given for unknown input {', '.join(unknown)}")
+        wanted = {t.name: branches.get(t.name, t.name) for t in inputs}
+        missing = sorted(b for b in wanted.values() if b not in tree.keys())
+        if missing:
+            raise DataError(f"{where}: tree {tree_name!r} has no branch {', '.join(missing)}")
+        index = _choose(int(tree.num_entries), samples, seed, f"{where}:{tree_name}")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+        for start, stop, local in _windows(index):
+            window = tree.arrays(list(wanted.values()), entry_start=start, entry_stop=stop, library="np")
+            for name, branch in wanted.items():
+                parts[name].append(_regular(window[branch], branch, where)[local])
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def _regular(array: np.ndarray, branch: str, where: str) -> np.ndarray:
+    """uproot gives jagged branches as object arrays; stack them when every entry has one shape."""
+    if array.dtype != object:
+        return array
+    try:
+        return np.stack([np.asarray(item) for item in array])
+    except ValueError:
+        raise DataError(f"{where}: branch {branch!r} is jagged (entries differ in length); pad it to a fixed size") from None
+
+
+def _windows(index: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Contiguous read windows (start, stop, positions inside the window) covering sorted ``index``."""
+    position = 0
+    while position < len(index):
+        start = int(index[position])
+        stop = start + READ_WINDOW
+        end = int(np.searchsorted(index, stop, side="left"))
+        stop = int(index[end - 1]) + 1
+        yield start, stop, index[position:end] - start
+        position = end
+
+
+def _common_count(arrays: dict[str, np.ndarray], where: str) -> int:
+    return _common_count_from({name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}, where)
+
+
+def _common_count_from(counts: dict[str, int], where: str) -> int:
+    if len(set(counts.values())) > 1:
+        listing = ", ".join(f"{name}={n}" for name, n in counts.items())
+        raise DataError(f"{where}: inputs hold different sample counts ({listing})")
+    return next(iter(counts.values()))
+
+
+def _cast(array: np.ndarray, tensor: TensorSpec, where: str) -> np.ndarray:
+    target = np.dtype("float32" if tensor.dtype == "bfloat16" else tensor.dtype)
+    if array.dtype == target:
+        return array
+    same_kind = _kind(array.dtype) == _kind(target)
+    if not same_kind:
+        raise DataError(f"{where}: {tensor.name!r} has dtype {array.dtype}, expected {tensor.dtype}")
+    return array.astype(target)
+
+
+def _kind(dtype: np.dtype) -> str:
+    return {"f": "float", "i": "int", "u": "int", "b": "bool"}.get(dtype.kind, dtype.kind)
+
+
+def _check_finite(array: np.ndarray, name: str, where: str) -> None:
+    if array.dtype.kind != "f":
+        return
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, 1 << 22):  # in chunks: no full-size boolean copy
+        chunk = flat[start:start + (1 << 22)]
+        if not np.isfinite(chunk).all():
+            n_nan = int(np.isnan(array).sum())
+            n_inf = int(np.isinf(array).sum())
+            raise DataError(f"{where}: {name!r} contains {n_nan} NaN and {n_inf} Inf values")
+
+
+def _shape_text(dims: list[Any]) -> str:
+    return "[" + ", ".join("samples" if d == "__sample__" else str(d) for d in dims) + "]"

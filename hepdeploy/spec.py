@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hepdeploy.errors import SpecError
+from hepdeploy.errors import SpecError, UnsafeNameError
 from hepdeploy.fsutil import check_safe_name
 
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
@@ -129,6 +129,12 @@ class VariantSpec(_Strict):
     exclude_op_types: list[str] = Field(default_factory=list)
     per_channel: bool = True
     workspace_mib: int = Field(4096, ge=16)
+    # int8-trt: dtype of the layers left unquantized (ModelOpt's high_precision_dtype).
+    # fp32 keeps the variant comparable with the int8 tolerances; fp16 is faster on GPUs.
+    high_precision_dtype: Literal["fp32", "fp16"] = "fp32"
+    # int8: keep input normalisation before the first Conv/Gemm/MatMul and the last
+    # layer before the outputs in FP32 (mixed-scale raw inputs, regression outputs).
+    keep_edges_fp32: bool = True
 
 
 class Tolerance(_Strict):
@@ -143,7 +149,12 @@ class PrecisionTolerance(Tolerance):
 class PhysicsSpec(_Strict):
     """Allowed degradation of physics metrics versus the reference model."""
 
-    task: Literal["classification", "regression", "edge_classification", "none"] = "none"
+    # "auto" infers the task from the labels (integer classes, binary per-edge flags, float
+    # targets); "none" turns physics checks off.
+    task: Literal["auto", "classification", "regression", "edge_classification", "none"] = "auto"
+    output: str | None = Field(None, description="output holding the scores/prediction (default: the first)")
+    class_names: list[str] = Field(default_factory=list, description="names of the classifier's classes, in order")
+    threshold: float = Field(0.5, gt=0, lt=1, description="edge classification: score cut for efficiency/purity")
     max_auc_drop: float = Field(0.01, ge=0)
     background_efficiency: float = Field(0.01, gt=0, lt=1)
     max_signal_efficiency_drop: float = Field(0.02, ge=0)
@@ -298,6 +309,8 @@ def spec_from_dict(data: Any, where: str = "spec", base_dir: Path | None = None)
         spec = ModelSpec.model_validate(data)
     except ValidationError as error:
         raise SpecError(format_validation_error(error, where)) from None
+    except UnsafeNameError as error:  # raised as-is by name validators; say which file it is in
+        raise UnsafeNameError(f"{where}: {error}") from None
     spec.base_dir = base_dir
     return spec
 

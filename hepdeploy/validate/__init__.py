@@ -1,1 +1,309 @@
-"""hepdeploy.validate"""
+"""hepdeploy.validate: does an exported or optimized model still compute what the source did?
+
+Entry points (the CLI and ``hepdeploy build`` call these):
+
+- ``make_reference`` / ``save_reference`` / ``load_reference``: the golden set.
+- ``validate_runner(runner, reference, ...)``: any Runner (ONNX Runtime, Triton client,
+  TensorRT engine ...) against a reference set -> VariantReport.
+- ``validate_candidate(path, reference, ...)``: an artifact file; reads the variant's
+  precision from its sidecar, can localise the first divergent node (ONNX).
+- ``write_reports(reports, folder)``: JSON, JUnit XML, Markdown, HTML with plots.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hepdeploy.errors import DataError, ModelLoadError
+from hepdeploy.validate.compare import (
+    PRECISION_DEFAULTS,
+    ToleranceOverrides,
+    compare_with_tolerances,
+    parse_tolerance_values,
+    precision_key,
+    resolve_tolerances,
+)
+from hepdeploy.validate.physics import PhysicsResult, physics_checks
+from hepdeploy.validate.reference import (
+    ReferenceSet,
+    load_reference,
+    make_reference,
+    read_onnx_test_data,
+    save_reference,
+    write_onnx_test_data,
+)
+from hepdeploy.validate.report import MAX_PLOT_VALUES, VariantReport, console_table, write_reports
+
+if TYPE_CHECKING:
+    from hepdeploy.spec import ModelSpec
+
+log = logging.getLogger("hepdeploy.validate")
+
+POLICIES = ("numerical", "physics", "either", "both")
+# Default pass policy per precision (spec.validation.policy overrides): FP32 must agree
+# numerically; FP16 and INT8 are judged by physics when labels exist.
+DEFAULT_POLICY = {"fp32": "numerical", "fp16": "physics", "int8": "physics"}
+
+__all__ = [
+    "DEFAULT_POLICY", "POLICIES", "PRECISION_DEFAULTS", "ReferenceSet", "VariantReport", "console_table",
+    "load_reference", "make_reference", "read_onnx_test_data", "save_reference", "validate_candidate",
+    "validate_runner", "write_onnx_test_data", "write_reports",
+]
+
+
+def choose_policy(
+    precision: str, physics_ran: bool, spec: ModelSpec | None, policy: str | None, why_not: str = "no labels/targets"
+) -> tuple[str, str]:
+    """(policy, why): explicit > spec.validation.policy > default; physics falls back without labels."""
+    key = precision_key(precision)
+    if policy is not None:
+        if policy not in POLICIES:
+            raise DataError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+        chosen, why = policy, "asked for"
+    elif spec is not None and key in spec.validation.policy:
+        chosen, why = spec.validation.policy[key], f"spec validation.policy.{key}"
+    else:
+        chosen, why = DEFAULT_POLICY[key], f"default for {key}"
+    if chosen in ("physics", "either", "both") and not physics_ran:
+        return "numerical", f"{why} was {chosen}, but {why_not}: numerical checks decide"
+    return chosen, why
+
+
+def validate_runner(
+    runner: Any,
+    reference: ReferenceSet,
+    *,
+    name: str = "candidate",
+    candidate: str | None = None,
+    precision: str = "fp32",
+    spec: ModelSpec | None = None,
+    atol: Any = None,
+    rtol: Any = None,
+    policy: str | None = None,
+    chunk_size: int | None = None,
+) -> VariantReport:
+    """Run ``runner`` on the reference inputs and judge its outputs (numerical + physics).
+
+    ``runner`` is anything with ``run(dict[str, ndarray]) -> dict[str, ndarray]``
+    (``providers_used``, ``input_names`` are used when present). ``atol``/``rtol`` take
+    ``1e-5``, ``'softmax:1e-3'``, a list of those, or ``{output: value}``.
+    """
+    from hepdeploy.validate.runner_access import providers_of, run_in_chunks
+
+    start = time.perf_counter()
+    reference.check("reference")
+    key = precision_key(precision)
+    atol_o = atol if isinstance(atol, ToleranceOverrides) else parse_tolerance_values(atol, "--atol")
+    rtol_o = rtol if isinstance(rtol, ToleranceOverrides) else parse_tolerance_values(rtol, "--rtol")
+    output_names = list(reference.outputs)
+    tolerances = resolve_tolerances(key, output_names, spec.validation.tolerances if spec else None, atol_o, rtol_o)
+
+    input_names = list(getattr(runner, "input_names", None) or reference.inputs)
+    missing = [n for n in input_names if n not in reference.inputs]
+    if missing:
+        raise DataError(
+            f"the reference set has no input named {', '.join(missing)} (candidate inputs: {', '.join(input_names)}; "
+            f"reference inputs: {', '.join(reference.inputs)})"
+        )
+    chunk = chunk_size or (spec.validation.chunk_size if spec is not None else 4096)
+    feed = {n: reference.inputs[n] for n in input_names}
+    outputs = run_in_chunks(runner, feed, chunk)
+    notes: list[str] = []
+    missing_out = [n for n in output_names if n not in outputs]
+    if missing_out:
+        raise DataError(
+            f"the candidate has no output named {', '.join(missing_out)} (candidate outputs: "
+            f"{', '.join(outputs)}; reference outputs: {', '.join(output_names)})"
+        )
+    extra = sorted(set(outputs) - set(output_names))
+    if extra:
+        notes.append(f"candidate outputs not in the reference, not compared: {', '.join(extra)}")
+    numerical = compare_with_tolerances(outputs, reference.outputs, tolerances)
+    try:
+        physics = physics_checks(outputs, reference.outputs, reference.labels,
+                                 spec.validation.physics if spec is not None else None)
+    except DataError as error:
+        physics = PhysicsResult("error", notes=[f"physics checks could not run: {error}"])
+    if reference.labels and not physics.ran and not physics.notes:
+        physics.notes.append("physics checks did not run")
+    why_not = "no labels/targets" if not reference.labels else "physics checks did not run"
+    chosen, why = choose_policy(key, physics.ran, spec, policy, why_not)
+    report = VariantReport(
+        variant=name, candidate=candidate or name, precision=key, policy=chosen, policy_reason=why,
+        providers=providers_of(runner), tolerances=tolerances, numerical=numerical, physics=physics,
+        passed=False, verdict="", n_samples=reference.n_samples, reference=dict(reference.provenance), notes=notes,
+    )
+    report.passed, report.verdict = _verdict(report)
+    report.plot_values = {
+        n: (_flat_sample(reference.outputs[n]), _flat_sample(outputs[n]))
+        for n in output_names if np.asarray(outputs[n]).shape == reference.outputs[n].shape
+    }
+    report.elapsed_s = time.perf_counter() - start
+    log.info("%s: %s", name, report.verdict)
+    return report
+
+
+def _flat_sample(array: np.ndarray) -> np.ndarray:
+    flat = np.asarray(array).reshape(-1)
+    return flat[:MAX_PLOT_VALUES]
+
+
+def _verdict(report: VariantReport) -> tuple[bool, str]:
+    hard = report.hard_failures
+    if hard:
+        return False, "FAIL: " + "; ".join(c.summary() for c in hard)
+    failed_outputs = [c.name for c in report.numerical if not c.passed]
+    num_ok = not failed_outputs
+    num_text = "numerical checks pass" if num_ok else f"numerical checks fail on {', '.join(failed_outputs)}"
+    phys = report.physics
+    failed_metrics = [c.metric for c in phys.checks if not c.passed]
+    phys_ok = phys.ran and not failed_metrics
+    phys_text = (
+        "physics checks did not run" if not phys.ran
+        else "physics checks pass" if phys_ok else f"physics checks fail on {', '.join(failed_metrics)}"
+    )
+    policy = report.policy
+    if policy == "numerical":
+        passed = num_ok
+    elif policy == "physics":
+        passed = phys_ok
+    elif policy == "either":
+        passed = num_ok or phys_ok
+    else:
+        passed = num_ok and phys_ok
+    return passed, f"{'PASS' if passed else 'FAIL'} (policy {policy}): {num_text}; {phys_text}"
+
+
+def validate_candidate(
+    candidate: Path,
+    reference: ReferenceSet,
+    *,
+    spec: ModelSpec | None = None,
+    precision: str | None = None,
+    atol: Any = None,
+    rtol: Any = None,
+    policy: str | None = None,
+    localize: bool = False,
+    chunk_size: int | None = None,
+    fp32_model: Path | None = None,
+    providers: list[str] | None = None,
+    name: str | None = None,
+) -> VariantReport:
+    """Validate one artifact file (``.onnx`` + sidecar, or another kind runners.artifact_runner opens).
+
+    ``precision`` defaults to the sidecar's variant precision; ``localize`` compares every
+    intermediate tensor with ``fp32_model`` (default: the FP32 ONNX the reference was
+    made from, or the FP32 ancestor artifact next to the candidate, found by sidecar sha256).
+    """
+    from hepdeploy.validate.runner_access import open_candidate
+
+    candidate = Path(candidate)
+    if not candidate.exists():
+        raise ModelLoadError(f"{candidate}: candidate model not found")
+    sidecar = None
+    if candidate.suffix == ".onnx":
+        from hepdeploy.artifacts import read_artifact
+
+        sidecar = read_artifact(candidate).sidecar
+    runner = open_candidate(candidate, providers)
+    if sidecar is not None:
+        _check_inputs_against(sidecar.inputs, reference, candidate)
+        reference = _cast_inputs(reference, sidecar.inputs)
+    variant_name = name or candidate.stem
+    chosen_precision = precision or (sidecar.variant.precision if sidecar is not None else "fp32")
+    report = validate_runner(
+        runner, reference, name=variant_name, candidate=str(candidate), precision=chosen_precision, spec=spec,
+        atol=atol, rtol=rtol, policy=policy, chunk_size=chunk_size,
+    )
+    if localize:
+        start = time.perf_counter()
+        _localize_into(report, candidate, reference, fp32_model)
+        report.elapsed_s += time.perf_counter() - start
+    return report
+
+
+def _check_inputs_against(specs: list[Any], reference: ReferenceSet, candidate: Path) -> None:
+    """Names and static dims of the candidate's inputs must match the reference inputs (bad input otherwise)."""
+    for spec in specs:
+        if spec.name not in reference.inputs:
+            raise DataError(
+                f"{candidate}: input {spec.name!r} is not in the reference set (reference inputs: "
+                f"{', '.join(reference.inputs)})"
+            )
+        array = reference.inputs[spec.name]
+        if array.ndim != len(spec.shape):
+            raise DataError(
+                f"{candidate}: input {spec.name!r} has rank {len(spec.shape)} {spec.shape} but the reference's "
+                f"has shape {list(array.shape)}"
+            )
+        for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
+            if isinstance(dim, int) and dim != size:
+                raise DataError(
+                    f"{candidate}: input {spec.name!r} axis {axis} is {dim} but the reference's is {size} "
+                    f"(shape {list(array.shape)})"
+                )
+
+
+def _cast_inputs(reference: ReferenceSet, specs: list[Any]) -> ReferenceSet:
+    """Feed float inputs in the candidate's declared float type (e.g. FP16 I/O graphs)."""
+    cast = dict(reference.inputs)
+    changed = False
+    for spec in specs:
+        array = cast.get(spec.name)
+        if array is not None and array.dtype.kind == "f" and spec.dtype.startswith("float") and str(array.dtype) != spec.dtype:
+            cast[spec.name] = array.astype(spec.dtype)
+            changed = True
+    if not changed:
+        return reference
+    return ReferenceSet(cast, reference.outputs, reference.labels, reference.provenance)
+
+
+def find_fp32_model(candidate: Path, reference: ReferenceSet) -> Path | None:
+    """The FP32 ONNX model to localise against: the reference's source, or the FP32 ancestor artifact."""
+    source = reference.provenance.get("path")
+    if source and str(source).endswith(".onnx") and Path(source).is_file():
+        if Path(source).resolve() != Path(candidate).resolve():
+            return Path(source)
+    import json
+
+    from hepdeploy.artifacts import read_artifact
+
+    try:
+        sidecar = read_artifact(candidate).sidecar
+    except Exception:  # an unreadable sidecar only means no ancestor can be found
+        return None
+    by_sha: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for side in Path(candidate).parent.glob("*.json"):
+        try:
+            data = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("sha256") and side.with_suffix(".onnx").is_file():
+            by_sha[data["sha256"]] = (side.with_suffix(".onnx"), data)
+    parent = sidecar.parent
+    seen: set[str] = set()
+    while parent and parent in by_sha and parent not in seen:
+        seen.add(parent)
+        path, data = by_sha[parent]
+        if (data.get("variant") or {}).get("precision", "fp32") == "fp32":
+            return path
+        parent = data.get("parent")
+    return None
+
+
+def _localize_into(report: VariantReport, candidate: Path, reference: ReferenceSet, fp32_model: Path | None) -> None:
+    from hepdeploy.validate.localize import localize
+
+    if candidate.suffix != ".onnx":
+        report.notes.append("localization needs an ONNX candidate: skipped")
+        return
+    fp32 = Path(fp32_model) if fp32_model is not None else find_fp32_model(candidate, reference)
+    if fp32 is None:
+        report.notes.append("localization skipped: no FP32 ONNX model found (give --fp32-model)")
+        return
+    tol = next(iter(report.tolerances.values()))
+    report.localization = localize(candidate, fp32, reference.inputs, tol.atol, tol.rtol)

@@ -54,6 +54,12 @@ class OutputComparison:
 
 def compare_arrays(name: str, candidate: np.ndarray, reference: np.ndarray, atol: float, rtol: float) -> OutputComparison:
     """Compare one output; shape/dtype-kind mismatches and non-finite values fail with a reason."""
+    # inf - inf and x / tiny are expected here and handled below; numpy need not warn.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _compare_arrays(name, candidate, reference, atol, rtol)
+
+
+def _compare_arrays(name: str, candidate: np.ndarray, reference: np.ndarray, atol: float, rtol: float) -> OutputComparison:
     candidate = np.asarray(candidate)
     reference = np.asarray(reference)
     if candidate.shape != reference.shape:
@@ -131,3 +137,163 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     if nx == 0.0 or ny == 0.0:
         return 0.0
     return float(np.dot(x, y) / (nx * ny))
+
+
+# --------------------------------------------------------------------------------------
+# Tolerances: defaults per precision, the spec's values, and command-line overrides.
+# --------------------------------------------------------------------------------------
+
+# THE one place where the default tolerances per precision live. FP32 variants must
+# reproduce their source like a fresh export does; FP16 keeps ~3 significant digits
+# through a network; INT8 moves outputs by a few per cent and is usually judged by its
+# physics metrics instead (see DEFAULT_POLICY).
+PRECISION_DEFAULTS: dict[str, Tolerances] = {
+    "fp32": Tolerances(atol=CONVERSION_ATOL, rtol=CONVERSION_RTOL),
+    "fp16": Tolerances(atol=5e-3, rtol=1e-2),
+    "int8": Tolerances(atol=5e-2, rtol=1e-1),
+}
+PRECISIONS = tuple(PRECISION_DEFAULTS)
+
+
+def precision_key(precision: str | None) -> str:
+    """Map an artifact precision (fp32|fp16|int8|mixed) onto a tolerance table key."""
+    if precision is None:
+        return "fp32"
+    if precision == "mixed":  # an FP16 graph with some nodes kept in FP32
+        return "fp16"
+    if precision not in PRECISION_DEFAULTS:
+        raise DataError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
+    return precision
+
+
+@dataclass(frozen=True)
+class ResolvedTolerance:
+    """The tolerance one output is checked with, and where each number came from."""
+
+    atol: float
+    rtol: float
+    atol_source: str
+    rtol_source: str
+
+    @property
+    def tolerances(self) -> Tolerances:
+        return Tolerances(self.atol, self.rtol)
+
+
+@dataclass
+class ToleranceOverrides:
+    """User overrides of atol or rtol: one default value and/or values per output."""
+
+    default: float | None = None
+    per_output: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return self.default is None and not self.per_output
+
+
+def parse_tolerance_values(values: object, option: str = "--atol") -> ToleranceOverrides:
+    """Parse ``['1e-5', 'softmax:1e-3']`` (also a float, a string or a {name: value} mapping).
+
+    A bare number is the default for every output; ``NAME:VALUE`` sets one output (the
+    last ``:`` splits, so TensorFlow names such as ``dense/Softmax:0:1e-3`` work).
+    """
+    result = ToleranceOverrides()
+    if values is None:
+        return result
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        result.default = _non_negative(float(values), option, str(values))
+        return result
+    if isinstance(values, dict):
+        for name, value in values.items():
+            result.per_output[str(name)] = _non_negative(_to_float(value, option, f"{name}:{value}"), option, str(value))
+        return result
+    if isinstance(values, str):
+        values = [values]
+    for item in values:  # type: ignore[union-attr]
+        text = str(item).strip()
+        if ":" in text:
+            name, _, value_text = text.rpartition(":")
+            if not name:
+                raise DataError(f"{option} {text!r}: expected VALUE or NAME:VALUE")
+            result.per_output[name] = _non_negative(_to_float(value_text, option, text), option, text)
+        else:
+            result.default = _non_negative(_to_float(text, option, text), option, text)
+    return result
+
+
+def _to_float(value: object, option: str, text: str) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise DataError(f"{option} {text!r}: {value!r} is not a number") from None
+
+
+def _non_negative(value: float, option: str, text: str) -> float:
+    if not np.isfinite(value) or value < 0:
+        raise DataError(f"{option} {text!r}: a tolerance must be a finite number >= 0")
+    return value
+
+
+def resolve_tolerances(
+    precision: str | None,
+    output_names: list[str],
+    spec_tolerances: object | None = None,
+    atol: ToleranceOverrides | None = None,
+    rtol: ToleranceOverrides | None = None,
+) -> dict[str, ResolvedTolerance]:
+    """Per-output tolerances: precision default < spec (``validation.tolerances``) < overrides.
+
+    ``spec_tolerances`` is the spec's ``validation.tolerances`` mapping (precision ->
+    PrecisionTolerance). Overrides naming an output that does not exist raise DataError,
+    since a typo would otherwise silently check nothing.
+    """
+    key = precision_key(precision)
+    base = PRECISION_DEFAULTS[key]
+    atol = atol or ToleranceOverrides()
+    rtol = rtol or ToleranceOverrides()
+    for overrides, option in ((atol, "--atol"), (rtol, "--rtol")):
+        unknown = sorted(set(overrides.per_output) - set(output_names))
+        if unknown:
+            raise DataError(
+                f"{option} names unknown output(s) {', '.join(unknown)} (outputs: {', '.join(output_names)})"
+            )
+    spec_entry = None
+    if spec_tolerances:
+        spec_entry = spec_tolerances.get(key) if isinstance(spec_tolerances, dict) else None
+    if spec_entry is not None:
+        unknown = sorted(set(spec_entry.outputs) - set(output_names))
+        if unknown:
+            raise DataError(
+                f"validation.tolerances.{key}.outputs names unknown output(s) {', '.join(unknown)} "
+                f"(outputs: {', '.join(output_names)})"
+            )
+
+    resolved: dict[str, ResolvedTolerance] = {}
+    for name in output_names:
+        values = {"atol": (base.atol, f"default {key}"), "rtol": (base.rtol, f"default {key}")}
+        if spec_entry is not None:
+            for which in ("atol", "rtol"):
+                if getattr(spec_entry, which) is not None:
+                    values[which] = (float(getattr(spec_entry, which)), f"spec {key}")
+                per = spec_entry.outputs.get(name)
+                if per is not None and getattr(per, which) is not None:
+                    values[which] = (float(getattr(per, which)), f"spec {key}.{name}")
+        for which, overrides in (("atol", atol), ("rtol", rtol)):
+            if overrides.default is not None:
+                values[which] = (overrides.default, f"--{which}")
+            if name in overrides.per_output:
+                values[which] = (overrides.per_output[name], f"--{which} {name}")
+        resolved[name] = ResolvedTolerance(values["atol"][0], values["rtol"][0], values["atol"][1], values["rtol"][1])
+    return resolved
+
+
+def compare_with_tolerances(
+    candidate: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    tolerances: dict[str, ResolvedTolerance],
+) -> list[OutputComparison]:
+    """Compare every reference output with its resolved tolerance (see compare_outputs)."""
+    first = next(iter(tolerances.values()), ResolvedTolerance(CONVERSION_ATOL, CONVERSION_RTOL, "", ""))
+    per_output = {name: tol.tolerances for name, tol in tolerances.items()}
+    return compare_outputs(candidate, reference, first.tolerances, per_output)

@@ -1,0 +1,110 @@
+"""``hepdeploy triton add`` and ``hepdeploy triton check``.
+
+The ``triton`` group is registered on the main group here; other modules (the serve
+stage) attach their own subcommands to ``main.commands['triton']``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hepdeploy.errors import BadInputError
+
+
+@click.group("triton")
+def triton() -> None:
+    """Write and check Triton Inference Server model repositories."""
+
+
+@triton.command("add")
+@click.argument("repo", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--spec", "spec_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Model spec (YAML) whose triton: block sets batching, instances, warm-up ...")
+@click.option("--name", help="Triton model name (default: the spec's triton.model_name, its name, or the file stem).")
+@click.option("--cpu-twin", "cpu_twin", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also publish this model (e.g. the int8-cpu variant) as NAME_cpu for CPU servers.")
+@click.option("--platform", type=click.Choice(
+    ["onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch", "tensorflow_savedmodel"]),
+    help="Triton platform (default: from the file suffix).")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Instance kind of MODEL itself.")
+@click.option("--warmup", "warmup_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Golden inputs (.npz) whose first sample becomes the model_warmup data.")
+@click.option("--verdict", "verdict_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Validation report (JSON) to record in the version's manifest.")
+def add_command(
+    repo: Path,
+    model: Path,
+    spec_path: Path | None,
+    name: str | None,
+    cpu_twin: Path | None,
+    platform: str | None,
+    kind: str,
+    warmup_path: Path | None,
+    verdict_path: Path | None,
+) -> None:
+    """Publish MODEL as the next version of a model in REPO (atomically; REPO is created if missing)."""
+    from hepdeploy.spec import load_spec
+    from hepdeploy.triton.repository import publish_model
+
+    spec = load_spec(spec_path) if spec_path else None
+    triton_spec = spec.triton if spec else None
+    name = name or (triton_spec.model_name if triton_spec else None) or (spec.name if spec else None) or model.stem
+    warmup = None
+    if warmup_path is not None:
+        from hepdeploy.data import load_tensors
+
+        warmup = load_tensors(warmup_path)
+    elif spec is not None and spec.data.reference and (triton_spec is None or triton_spec.warmup):
+        reference = spec.resolve(spec.data.reference)
+        if reference is not None and reference.suffix == ".npz" and reference.is_file():
+            from hepdeploy.data import load_tensors
+
+            warmup = load_tensors(reference)
+    if warmup is not None:
+        input_names = {t.name for t in spec.inputs} if spec else None
+        warmup = {k: v for k, v in warmup.items() if input_names is None or k in input_names}
+    verdict = None
+    if verdict_path is not None:
+        try:
+            verdict = json.loads(verdict_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise BadInputError(f"{verdict_path}: not a readable JSON verdict ({type(error).__name__})") from None
+
+    results = [
+        publish_model(repo, model, name=name, spec=spec, triton=triton_spec, kind=kind,  # type: ignore[arg-type]
+                      verdict=verdict, warmup_inputs=warmup, platform=platform)
+    ]
+    if cpu_twin is not None:
+        cpu_triton = triton_spec.model_copy(update={"platform": None}) if triton_spec else None
+        results.append(
+            publish_model(repo, cpu_twin, name=f"{name}_cpu", spec=spec, triton=cpu_triton, kind="cpu",
+                          verdict=verdict, warmup_inputs=warmup)
+        )
+    for result in results:
+        click.echo(result.line())
+
+
+@triton.command("check")
+@click.argument("repo", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--no-run", is_flag=True, help="Structure and tensors only; do not run models in ONNX Runtime.")
+def check_command(repo: Path, no_run: bool) -> None:
+    """Check every model in REPO: one line per problem, exit 1 if any."""
+    from hepdeploy.triton.check import check_repository_report
+
+    report = check_repository_report(repo, run_models=not no_run)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    for problem in report.problems:
+        click.echo(problem.line())
+    click.echo(report.summary(), err=bool(report.problems))
+    if report.problems:
+        raise click.exceptions.Exit(1)
+
+
+def register(group: click.Group) -> None:
+    """Add the ``triton`` group to the main group."""
+    group.add_command(triton)

@@ -1,0 +1,120 @@
+"""What every converter does after its exporter ran: name, check, self-check, write.
+
+The artifact is only written once the self-check passed, and then atomically, so an
+existing output is replaced only by a complete, checked new one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hepdeploy.artifacts import Artifact, Sidecar, SourceRecord, StepRecord, VariantRecord, opset_of, write_artifact
+from hepdeploy.convert.graph_io import apply_spec_io
+from hepdeploy.convert.selfcheck import SelfCheckReport, self_check
+from hepdeploy.errors import ConversionError, ModelLoadError
+from hepdeploy.fsutil import check_output_folder, sha256_file
+
+if TYPE_CHECKING:
+    import onnx
+
+    from hepdeploy.spec import ModelSpec
+    from hepdeploy.validate.runners import Runner
+
+log = logging.getLogger("hepdeploy.convert")
+
+
+@contextlib.contextmanager
+def progress(message: str) -> Iterator[None]:
+    """A spinner on stderr (rich) for slow steps; silent when stderr is not a terminal."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    log.info("%s ...", message)
+    if console.is_terminal:
+        with console.status(message):
+            yield
+    else:
+        yield
+
+
+def source_sha256(path: Path | None) -> str | None:
+    """sha256 of a model file; for a folder (SavedModel), of its files' relative names and contents."""
+    if path is None or not Path(path).exists():
+        return None
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(item.relative_to(path)).encode())
+        digest.update(sha256_file(item).encode())
+    return digest.hexdigest()
+
+
+def check_output_path(output: Path) -> Path:
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        from hepdeploy.errors import BadInputError
+
+        raise BadInputError(f"{output}: the output must be an .onnx file")
+    if output.is_dir():
+        from hepdeploy.errors import BadInputError
+
+        raise BadInputError(f"{output}: is a folder; give the path of the .onnx file to write")
+    return check_output_folder(output)
+
+
+def finish_conversion(
+    model: onnx.ModelProto,
+    spec: ModelSpec,
+    output: Path,
+    source: SourceRecord,
+    export_step: StepRecord,
+    source_runner: Runner,
+) -> Artifact:
+    """Rename I/O to the spec, check the graph, self-check against the source, write the artifact."""
+    import onnx
+
+    where = str(source.path or spec.name)
+    model = apply_spec_io(model, spec, where)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as error:  # inference is best effort; the checker below is not
+        log.debug("shape inference failed: %s", error)
+    model = apply_spec_io(model, spec, where)  # inference may have re-typed I/O; re-assert the spec's
+    model.graph.name = spec.name
+    try:
+        onnx.checker.check_model(model)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(f"{where}: the exported graph fails the ONNX checker: {first}") from None
+    with progress("self-check: ONNX Runtime vs the source model"):
+        report: SelfCheckReport = self_check(model, source_runner, spec)
+    import onnxruntime
+
+    check_step = StepRecord(name="self-check", tool="onnxruntime", tool_version=onnxruntime.__version__,
+                            parameters=report.as_parameters())
+    sidecar = Sidecar(
+        model_name=spec.name,
+        source=source,
+        exporter=export_step.tool,
+        opset=opset_of(model),
+        producer=f"{model.producer_name} {model.producer_version}".strip() or None,
+        inputs=[t.model_copy(deep=True) for t in spec.inputs],
+        outputs=[t.model_copy(deep=True) for t in spec.outputs],
+        variant=VariantRecord(name="fp32", precision="fp32", target="any"),
+        steps=[export_step, check_step],
+    )
+    if model.ByteSize() >= 2**31:
+        raise ModelLoadError(f"{output}: the model is over 2 GB; external-data models are not supported yet")
+    artifact = write_artifact(model, output, sidecar)
+    log.info("wrote %s (opset %s, exporter %s)", artifact.path, sidecar.opset, sidecar.exporter)
+    return artifact
+
+
+def export_parameters(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,122 @@
+"""Keras (``.keras``/``.h5``) and TensorFlow SavedModel sources, through tf2onnx.
+
+The graph is renamed to the spec's tensor names (no ``:0``) and its dynamic dimensions
+get the spec's names (no ``unk__N``); named dimensions, batch included, stay dynamic.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord
+from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, progress, source_sha256
+from hepdeploy.convert.loaders import import_tensorflow, load_keras, load_savedmodel_callable, tf_input_signature
+from hepdeploy.errors import ConversionError, DependencyMissingError, SpecError
+from hepdeploy.spec import ModelSpec
+from hepdeploy.validate.runners import KerasRunner, SavedModelRunner
+
+log = logging.getLogger("hepdeploy.convert.tensorflow")
+
+TF2ONNX_DEFAULT_OPSET = 17
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _tf2onnx() -> Any:
+    import_tensorflow()
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise DependencyMissingError(f"tf2onnx is not installed ({error}); install hepdeploy[tf]") from None
+    return tf2onnx
+
+
+def check_keras_inputs(model: Any, spec: ModelSpec, where: str) -> None:
+    """The spec's inputs must match the Keras model's in number, rank and fixed sizes."""
+    shapes = [tuple(t.shape) for t in model.inputs]
+    if len(shapes) != len(spec.inputs):
+        raise SpecError(f"{where}: the model has {len(shapes)} input(s) but the spec lists {len(spec.inputs)}")
+    for shape, tensor in zip(shapes, spec.inputs, strict=True):
+        if len(shape) != len(tensor.shape):
+            raise SpecError(f"{where}: input {tensor.name!r} has rank {len(tensor.shape)} in the spec "
+                            f"{tensor.shape} but the model's input has rank {len(shape)} "
+                            f"{[d if d is not None else '?' for d in shape]}")
+        for k, (have, want) in enumerate(zip(shape, tensor.shape, strict=True)):
+            if isinstance(want, int) and have is not None and have != want:
+                raise SpecError(f"{where}: input {tensor.name!r} dimension {k} is {want} in the spec but "
+                                f"{have} in the model")
+            if isinstance(want, str) and have is not None:
+                raise SpecError(f"{where}: input {tensor.name!r} dimension {k} is {want!r} (dynamic) in the spec "
+                                f"but fixed to {have} in the model")
+
+
+def _source_record(spec: ModelSpec, path: Path) -> SourceRecord:
+    tf = import_tensorflow()
+    import keras
+
+    version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
+    return SourceRecord(path=str(path), sha256=source_sha256(path), framework=spec.source.framework,
+                        framework_version=version)
+
+
+def convert_keras_model(model: Any, spec: ModelSpec, output: Path, source: SourceRecord) -> Artifact:
+    """A loaded Keras model to a checked artifact."""
+    tf2onnx = _tf2onnx()
+    output = check_output_path(Path(output))
+    where = source.path or spec.name
+    check_keras_inputs(model, spec, str(where))
+    signature = tf_input_signature(spec)
+    opset = spec.opset or TF2ONNX_DEFAULT_OPSET
+    try:
+        with progress(f"converting {spec.name} with tf2onnx"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    except Exception as error:
+        raise ConversionError(f"{where}: tf2onnx failed: {type(error).__name__}: {_first_line(error)}") from None
+    step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
+                      parameters=export_parameters(opset=opset, entry="from_keras"))
+    runner = KerasRunner(model, [t.name for t in spec.inputs], [t.name for t in spec.outputs])
+    runner.name = f"keras:{where}"
+    return finish_conversion(proto, spec, output, source, step, runner)
+
+
+def convert_keras(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
+    """Convert a spec whose source is a Keras ``.keras``/``.h5`` file."""
+    check_output_path(Path(output))
+    path = spec.resolve(spec.source.path)
+    assert path is not None
+    model = load_keras(path)
+    return convert_keras_model(model, spec, output, _source_record(spec, path))
+
+
+def convert_savedmodel(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
+    """Convert a spec whose source is a TensorFlow SavedModel folder."""
+    tf2onnx = _tf2onnx()
+    output = check_output_path(Path(output))
+    path = spec.resolve(spec.source.path)
+    assert path is not None
+    signature = tf_input_signature(spec)
+    function = load_savedmodel_callable(path, signature)
+    opset = spec.opset or TF2ONNX_DEFAULT_OPSET
+    try:
+        with progress(f"converting {spec.name} with tf2onnx"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    except Exception as error:
+        text = _first_line(error)
+        if "shape" in text.lower() or "rank" in text.lower() or "incompatible" in text.lower():
+            raise SpecError(f"{path}: the spec's input shapes do not fit the SavedModel: {text}") from None
+        raise ConversionError(f"{path}: tf2onnx failed: {type(error).__name__}: {text}") from None
+    step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
+                      parameters=export_parameters(opset=opset, entry="from_function"))
+    runner = SavedModelRunner.__new__(SavedModelRunner)
+    runner.function = function
+    runner.input_names = [t.name for t in spec.inputs]
+    runner.output_names = [t.name for t in spec.outputs]
+    runner.name = f"savedmodel:{path}"
+    return finish_conversion(proto, spec, output, _source_record(spec, path), step, runner)

@@ -1,0 +1,196 @@
+"""PyTorch sources: nn.Module (factory + state dict), TorchScript ``.pt``, ExportedProgram ``.pt2``.
+
+Exporter ``auto`` tries the dynamo exporter (``torch.onnx.export(dynamo=True)``) and falls
+back to the TorchScript exporter; the sidecar records which ran and why. Dynamic
+dimensions come from the spec and the model is traced with sizes >= 2 on each, so
+none is baked into the graph.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord
+from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, progress, source_sha256
+from hepdeploy.convert.loaders import load_torch_source
+from hepdeploy.errors import ConversionError, SpecError
+from hepdeploy.sampling import sample_inputs, trace_sizes
+from hepdeploy.spec import ModelSpec
+from hepdeploy.validate.runners import TorchModuleRunner
+
+log = logging.getLogger("hepdeploy.convert.torch")
+
+Exporter = Literal["auto", "dynamo", "torchscript"]
+DYNAMO_MIN_OPSET = 18
+TORCHSCRIPT_DEFAULT_OPSET = 17
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(error: BaseException) -> str:
+    text = _ANSI.sub("", str(error)).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any], ...]:
+    import torch
+
+    dims: dict[str, Any] = {}
+    for name in {d for t in spec.inputs for d in t.dynamic_dims}:
+        bounds: dict[str, int] = {}
+        if name in spec.dims:
+            if spec.dims[name].min > 1:
+                bounds["min"] = spec.dims[name].min
+            if spec.dims[name].max is not None:
+                bounds["max"] = spec.dims[name].max
+        dims[name] = torch.export.Dim(name, **bounds)
+    return tuple({k: dims[d] for k, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs)
+
+
+def _dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for tensor in [*spec.inputs, *spec.outputs]:
+        named = {k: d for k, d in enumerate(tensor.shape) if isinstance(d, str)}
+        if named:
+            axes[tensor.name] = named
+    return axes
+
+
+def _is_exported_program(model: Any) -> bool:
+    import torch
+
+    return isinstance(model, torch.export.ExportedProgram)
+
+
+def export_dynamo(model: Any, args: tuple[Any, ...], spec: ModelSpec) -> Any:
+    """torch.onnx.export with the dynamo exporter; returns the ModelProto (weights inside)."""
+    import torch
+
+    opset = spec.opset
+    if opset is not None and opset < DYNAMO_MIN_OPSET:
+        raise ConversionError(f"the dynamo exporter writes opset >= {DYNAMO_MIN_OPSET}, the spec asks for {opset}")
+    kwargs: dict[str, Any] = {}
+    if not _is_exported_program(model):
+        kwargs["dynamic_shapes"] = _dynamic_shapes(spec)
+    chatter = io.StringIO()  # the dynamo exporter prints its progress on stdout, which is ours
+    with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, args, dynamo=True, input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs], opset_version=opset, external_data=False,
+            optimize=True, verbose=False, report=False, **kwargs,
+        )
+    log.debug("dynamo exporter said: %s", chatter.getvalue())
+    if program is None:
+        raise ConversionError("the dynamo exporter returned no program")
+    return program.model_proto
+
+
+def export_torchscript(model: Any, args: tuple[Any, ...], spec: ModelSpec) -> Any:
+    """torch.onnx.export with the TorchScript exporter (dynamo=False); returns the ModelProto."""
+    import onnx
+    import torch
+
+    if _is_exported_program(model):
+        model = model.module()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, args, buffer, dynamo=False, input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs], dynamic_axes=_dynamic_axes(spec),
+            opset_version=spec.opset or TORCHSCRIPT_DEFAULT_OPSET, do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _callable(model: Any) -> Any:
+    return model.module() if _is_exported_program(model) else model
+
+
+def convert_torch_model(
+    model: Any,
+    spec: ModelSpec,
+    output: Path,
+    exporter: Exporter = "auto",
+    source: SourceRecord | None = None,
+) -> Artifact:
+    """Export a loaded nn.Module / ScriptModule / ExportedProgram to a checked artifact."""
+    import torch
+
+    output = check_output_path(Path(output))
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise SpecError(f"unknown exporter {exporter!r} (auto, dynamo, torchscript)")
+    if source is None:
+        source = SourceRecord(framework=spec.source.framework, framework_version=torch.__version__)
+    if hasattr(model, "eval"):
+        model.eval()
+    sizes = trace_sizes(spec)
+    example = sample_inputs(spec.inputs, sizes, spec.data.seed)
+    args = tuple(torch.from_numpy(example[t.name]) for t in spec.inputs)
+    runner = TorchModuleRunner(_callable(model), [t.name for t in spec.inputs], [t.name for t in spec.outputs],
+                               name=f"{spec.source.framework}:{source.path or spec.source.factory}")
+    try:
+        runner.run(example)  # fails early and clearly when the spec's shapes do not fit the model
+    except SpecError:
+        raise
+    except Exception as error:
+        raise SpecError(
+            f"{source.path or spec.name}: the model does not run on inputs shaped as the spec says "
+            f"({', '.join(f'{t.name} {t.shape}' for t in spec.inputs)} at sizes {sizes}): "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from None
+    order: list[str] = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    if exporter == "auto" and spec.opset is not None and spec.opset < DYNAMO_MIN_OPSET:
+        order = ["torchscript"]  # dynamo cannot write the requested opset
+    errors: dict[str, str] = {}
+    proto = None
+    ran = None
+    for name in order:
+        try:
+            with progress(f"exporting {spec.name} with the {name} exporter"):
+                proto = export_dynamo(model, args, spec) if name == "dynamo" else export_torchscript(model, args, spec)
+            ran = name
+            break
+        except Exception as error:  # exporters raise many types; we record and maybe fall back
+            errors[name] = f"{type(error).__name__}: {_first_line(error)}"
+            log.info("%s exporter failed on %s: %s", name, spec.name, errors[name])
+    if proto is None or ran is None:
+        detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        raise ConversionError(f"{source.path or spec.name}: export to ONNX failed ({detail})")
+    step = StepRecord(
+        name="export", tool=f"torch.onnx.{ran}", tool_version=torch.__version__,
+        parameters=export_parameters(requested_exporter=exporter, exporter=ran, trace_sizes=sizes,
+                                     opset=spec.opset, fallback_from=errors or None),
+    )
+    return finish_conversion(proto, spec, output, source, step, runner)
+
+
+def convert_torch(spec: ModelSpec, output: Path, exporter: Exporter = "auto") -> Artifact:
+    """Convert a spec whose source is torch / torchscript / exported_program."""
+    import torch
+
+    check_output_path(Path(output))
+    model = load_torch_source(spec)
+    path = spec.resolve(spec.source.path) if spec.source.path else spec.resolve(spec.source.weights)
+    weights = spec.resolve(spec.source.weights)
+    extra: dict[str, Any] = {}
+    if spec.source.factory:
+        extra["factory"] = spec.source.factory
+    if weights is not None and weights != path:
+        extra["weights"] = str(weights)
+        extra["weights_sha256"] = source_sha256(weights)
+    source = SourceRecord(
+        path=str(path) if path else None,
+        sha256=source_sha256(path),
+        framework=spec.source.framework,
+        framework_version=torch.__version__,
+        **extra,
+    )
+    return convert_torch_model(model, spec, output, exporter, source)

@@ -1,0 +1,271 @@
+"""What every zoo network is: a deployment interface, synthetic data, a builder and a training recipe.
+
+A network module subclasses :class:`ZooNetwork` (or one of the framework mix-ins
+:class:`KerasNetwork` / :class:`TorchNetwork`) and registers one instance in
+``hepdeploy.model_zoo.registry``. Heavy frameworks are imported inside methods.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hepdeploy.model_zoo import metrics as zoo_metrics
+from hepdeploy.spec import DimRange, TensorSpec
+
+Budget = Literal["full", "reduced"]
+BUDGETS: tuple[str, ...] = ("full", "reduced")
+Task = Literal["classification", "regression", "edge_classification"]
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How much synthetic data and how many optimizer steps one budget uses."""
+
+    n_train: int
+    n_test: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    threads: int = 1  # fixed thread count: same seed, same platform, same weights
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Dataset:
+    """Inputs keyed by the spec's input names, plus integer labels or float targets."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    # Graph networks: the separate events that ``inputs`` concatenates (for mini-batching).
+    parts: list[Dataset] | None = None
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.labels if self.labels is not None else self.targets  # type: ignore[return-value]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything for a labelled ``.npz``: inputs plus ``labels`` or ``targets``."""
+        out = dict(self.inputs)
+        if self.labels is not None:
+            out["labels"] = self.labels.astype(np.int64)
+        if self.targets is not None:
+            out["targets"] = self.targets.astype(np.float32)
+        return out
+
+
+class ZooNetwork(abc.ABC):
+    """One network of the zoo. Subclasses fill in the class attributes and the abstract methods."""
+
+    name: str
+    description: str
+    flavours: tuple[str, ...]
+    task: Task
+    class_names: tuple[str, ...] = ()
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: dict[str, DimRange]
+    triton: dict[str, Any]
+    recipes: dict[str, TrainingRecipe]
+    data_recipe: str  # human-readable summary of the synthetic data (stored in the cache)
+    export_traps: str  # what this network exercises in ONNX export (README)
+    torch_factory: str | None = None  # 'hepdeploy.model_zoo.mod:fn' for the torch flavour
+    reference_samples: int = 2000
+    calibration_samples: int = 1000
+
+    @property
+    def default_flavour(self) -> str:
+        return self.flavours[0]
+
+    def check_flavour(self, flavour: str | None) -> str:
+        from hepdeploy.errors import BadInputError
+
+        flavour = flavour or self.default_flavour
+        if flavour not in self.flavours:
+            raise BadInputError(
+                f"zoo network {self.name!r} has no {flavour!r} flavour (available: {', '.join(self.flavours)})"
+            )
+        return flavour
+
+    # --- data -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def generate(self, n: int, seed: int) -> Dataset:
+        """``n`` seeded synthetic samples (events for graph networks) with truth."""
+
+    # --- model ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build(self, flavour: str, seed: int = 0) -> Any:
+        """A freshly initialized (seeded) model of this flavour."""
+
+    def fit(self, model: Any, flavour: str, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
+        """Train ``model`` in place."""
+        backend(flavour).fit(self, model, train, recipe, seed)
+
+    def predict(self, model: Any, flavour: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The model's (first) output for ``inputs``."""
+        return backend(flavour).predict(self, model, inputs)
+
+    def save(self, model: Any, flavour: str, path: Path) -> Path:
+        """Write the model (Keras ``.keras`` or torch state dict ``.pt``) atomically."""
+        return backend(flavour).save(self, model, path)
+
+    def load(self, flavour: str, path: Path) -> Any:
+        """Read what :meth:`save` wrote."""
+        return backend(flavour).load(self, flavour, path)
+
+    def parameter_count(self, model: Any, flavour: str) -> int:
+        return backend(flavour).parameter_count(model)
+
+    # Hooks the framework back-ends call.
+    def keras_loss(self) -> Any:
+        return "mse"
+
+    def torch_loss(self, output: Any, truth: Any) -> Any:
+        import torch
+
+        if self.task == "classification":
+            # The network ends in softmax (the deployment output); train on its log.
+            return torch.nn.functional.nll_loss(torch.log(output.clamp_min(1e-7)), truth)
+        if self.task == "edge_classification":
+            return torch.nn.functional.binary_cross_entropy(output.squeeze(-1).clamp(1e-7, 1 - 1e-7), truth)
+        return torch.nn.functional.mse_loss(output.squeeze(-1), truth)
+
+    def model_suffix(self, flavour: str) -> str:
+        return ".keras" if flavour == "keras" else ".pt"
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, predictions: np.ndarray, data: Dataset, train: Dataset | None = None) -> dict[str, float]:
+        """The physics metric of this task on ``data``."""
+        if self.task == "classification":
+            return zoo_metrics.classification_metrics(predictions, data.labels, self.class_names)
+        if self.task == "edge_classification":
+            return zoo_metrics.edge_metrics(predictions, data.labels)
+        return zoo_metrics.regression_metrics(predictions, data.targets)
+
+
+class KerasBackend:
+    """Keras 3 (TensorFlow backend) training, prediction and saving."""
+
+    @staticmethod
+    def fit(net: ZooNetwork, model: Any, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
+        import keras
+
+        loss = "sparse_categorical_crossentropy" if net.task == "classification" else net.keras_loss()
+        model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=loss)
+        x = [train.inputs[t.name] for t in net.inputs]
+        model.fit(
+            x if len(x) > 1 else x[0],
+            train.truth,
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            shuffle=True,
+            verbose=0,
+        )
+
+    @staticmethod
+    def predict(net: ZooNetwork, model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        x = [np.asarray(inputs[t.name]) for t in net.inputs]
+        out = model.predict(x if len(x) > 1 else x[0], batch_size=256, verbose=0)
+        return np.asarray(out[0] if isinstance(out, list) else out)
+
+    @staticmethod
+    def save(net: ZooNetwork, model: Any, path: Path) -> Path:
+        from hepdeploy.fsutil import atomic_path
+
+        with atomic_path(path, suffix=".keras") as tmp:
+            tmp.unlink()  # Keras writes the file itself; the rename stays atomic
+            model.save(tmp)
+        return path
+
+    @staticmethod
+    def load(net: ZooNetwork, flavour: str, path: Path) -> Any:
+        import keras
+
+        return keras.models.load_model(path, compile=False)
+
+    @staticmethod
+    def parameter_count(model: Any) -> int:
+        return int(model.count_params())
+
+
+class TorchBackend:
+    """PyTorch training loop (Adam, one-cycle schedule, seeded shuffling), state-dict saving."""
+
+    @staticmethod
+    def batches(net: ZooNetwork, data: Dataset, batch_size: int, generator: Any) -> Any:
+        """Yield (inputs tuple, truth) mini-batches in a seeded random order."""
+        import torch
+
+        n = len(data.truth)
+        order = torch.randperm(n, generator=generator)
+        tensors = [torch.from_numpy(np.ascontiguousarray(data.inputs[t.name])) for t in net.inputs]
+        truth = torch.from_numpy(data.truth.astype(np.int64 if net.task == "classification" else np.float32))
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield tuple(t[idx] for t in tensors), truth[idx]
+
+    @staticmethod
+    def fit(net: ZooNetwork, model: Any, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+        steps = recipe.epochs * max(1, -(-len(train.truth) // recipe.batch_size))
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.learning_rate, total_steps=steps)
+        model.train()
+        for _ in range(recipe.epochs):
+            for inputs, truth in TorchBackend.batches(net, train, recipe.batch_size, generator):
+                optimizer.zero_grad()
+                loss = net.torch_loss(model(*inputs), truth)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+        model.eval()
+
+    @staticmethod
+    def predict(net: ZooNetwork, model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        model.eval()
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[t.name])) for t in net.inputs]
+        n = tensors[0].shape[0]
+        outs = []
+        with torch.no_grad():
+            for start in range(0, n, 1024):
+                outs.append(model(*(t[start : start + 1024] for t in tensors)).numpy())
+        return np.concatenate(outs)
+
+    @staticmethod
+    def save(net: ZooNetwork, model: Any, path: Path) -> Path:
+        import torch
+
+        from hepdeploy.fsutil import atomic_path
+
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(model.state_dict(), tmp)
+        return path
+
+    @staticmethod
+    def load(net: ZooNetwork, flavour: str, path: Path) -> Any:
+        import torch
+
+        model = net.build(flavour)
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        model.eval()
+        return model
+
+    @staticmethod
+    def parameter_count(model: Any) -> int:
+        return int(sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
+
+
+def backend(flavour: str) -> type[KerasBackend] | type[TorchBackend]:
+    return KerasBackend if flavour == "keras" else TorchBackend

@@ -1,0 +1,121 @@
+"""Export a zoo network for the pipeline: the source model, its spec and labelled data files."""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hepdeploy.data import save_tensors
+from hepdeploy.fsutil import atomic_path, atomic_write_text
+from hepdeploy.model_zoo.base import ZooNetwork
+from hepdeploy.model_zoo.registry import get_network
+from hepdeploy.model_zoo.training import check_budget, data_seeds, find_cached, train_network
+from hepdeploy.spec import ModelSpec, spec_from_dict, spec_to_yaml
+
+log = logging.getLogger("hepdeploy.model_zoo.export")
+
+
+@dataclass
+class ZooExport:
+    """What :func:`export_network` wrote (all paths inside ``out_dir``)."""
+
+    spec: ModelSpec
+    spec_path: Path
+    source_path: Path
+    reference_path: Path
+    calibration_path: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    trained: bool = False
+    budget: str | None = None
+
+
+def export_stem(net: ZooNetwork, flavour: str) -> str:
+    """File stem and spec name: the network name, plus the flavour when it is not the default."""
+    return net.name if flavour == net.default_flavour else f"{net.name}_{flavour}"
+
+
+def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dict[str, Any]:
+    """The deployment spec of one exported network (paths relative to the spec's folder)."""
+    if flavour == "keras":
+        source: dict[str, Any] = {"framework": "keras", "path": source_file}
+    else:
+        source = {"framework": "torch", "factory": net.torch_factory, "weights": source_file}
+    return {
+        "name": stem,
+        "description": net.description,
+        "source": source,
+        "inputs": [t.model_dump(exclude_none=True) for t in net.inputs],
+        "outputs": [t.model_dump(exclude_none=True) for t in net.outputs],
+        "dims": {k: v.model_dump(exclude_none=True) for k, v in net.dims.items()},
+        "data": {
+            "calibration": f"{stem}_calibration.npz",
+            "reference": f"{stem}_reference.npz",
+            "labels": "targets" if net.task == "regression" else "labels",
+            "calibration_samples": min(512, net.calibration_samples),
+        },
+        "validation": {"physics": {"task": net.task}},
+        "triton": {"model_name": stem, **net.triton},
+    }
+
+
+def export_network(
+    name: str,
+    out_dir: Path,
+    flavour: str | None = None,
+    train: bool = True,
+    budget: str = "full",
+    cache_dir: Path | None = None,
+    seed: int = 0,
+) -> ZooExport:
+    """Write ``<stem>.keras`` or ``<stem>.pt``, ``<stem>.yaml``, ``<stem>_reference.npz`` and
+    ``<stem>_calibration.npz`` into ``out_dir``; train first (cached) unless ``train`` is False,
+    in which case cached weights are used if present and seeded untrained ones otherwise."""
+    net = get_network(name)
+    flavour = net.check_flavour(flavour)
+    check_budget(budget)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = export_stem(net, flavour)
+    source_path = out_dir / f"{stem}{net.model_suffix(flavour)}"
+
+    trained = train_network(name, flavour, budget, seed, cache_dir) if train else find_cached(
+        name, flavour, budget, seed, cache_dir
+    )
+    if trained is not None:
+        with atomic_path(source_path, suffix=source_path.suffix) as tmp:
+            shutil.copyfile(trained.model_path, tmp)
+        metrics = dict(trained.metrics)
+    else:
+        log.warning("%s: no trained weights cached; exporting seeded untrained weights", name)
+        net.save(_untrained(net, flavour, seed), flavour, source_path)
+        metrics = {}
+
+    seeds = data_seeds(seed)
+    reference = net.generate(net.reference_samples, seeds["reference"])
+    reference_path = save_tensors(out_dir / f"{stem}_reference.npz", reference.arrays())
+    calibration = net.generate(net.calibration_samples, seeds["calibration"])
+    calibration_path = save_tensors(out_dir / f"{stem}_calibration.npz", calibration.inputs)
+
+    spec_path = out_dir / f"{stem}.yaml"
+    spec = spec_from_dict(spec_dict(net, flavour, stem, source_path.name), where=str(spec_path),
+                          base_dir=out_dir.resolve())
+    atomic_write_text(spec_path, spec_to_yaml(spec))
+    return ZooExport(
+        spec=spec,
+        spec_path=spec_path,
+        source_path=source_path,
+        reference_path=reference_path,
+        calibration_path=calibration_path,
+        metrics=metrics,
+        trained=trained is not None,
+        budget=budget if trained is not None else None,
+    )
+
+
+def _untrained(net: ZooNetwork, flavour: str, seed: int) -> Any:
+    from hepdeploy.model_zoo.training import _deterministic
+
+    with _deterministic(net, flavour, seed, 1):
+        return net.build(flavour, seed=seed)

@@ -1,0 +1,74 @@
+"""FACILE: CMS HCAL channel energy regression (Keras), input [batch, 47] -> output [batch, 1]."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hepdeploy.model_zoo import hcal
+from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
+from hepdeploy.spec import DimRange, TensorSpec
+
+
+class Facile(ZooNetwork):
+    name = "facile"
+    description = "FACILE HCAL energy regression: BatchNorm(47) -> Dense 200-100-50-20-10-5 ReLU -> 1"
+    flavours = ("keras",)
+    task = "regression"
+    inputs = (TensorSpec(name="input", shape=["batch", hcal.N_FEATURES]),)
+    outputs = (TensorSpec(name="output", shape=["batch", 1]),)
+    # One event is ~16000 HCAL channels in one request.
+    dims = {"batch": DimRange(min=1, opt=16000, max=160000)}
+    triton = {
+        "max_batch_size": 160000,
+        "dynamic_batching": {"preferred_batch_size": [16000], "max_queue_delay_microseconds": 100},
+        "perf": {"batch_per_request": 16000, "requests_per_event": 1},
+    }
+    recipes = {
+        "full": TrainingRecipe(n_train=100_000, n_test=20_000, epochs=12, batch_size=256, learning_rate=2e-3),
+        "reduced": TrainingRecipe(n_train=8_000, n_test=4_000, epochs=3, batch_size=256, learning_rate=3e-3),
+    }
+    data_recipe = (
+        "hcal.generate_channels: log-uniform 1-200 GeV, 8-sample pulse x response(depth, |ieta|) x gain "
+        "0.5-2.5 fC/GeV, out-of-time and in-time pile-up, noise, pedestal"
+    )
+    export_traps = (
+        "BatchNormalization at the input folds into a Mul/Add after conversion; large batches "
+        "(16000 per event, max 160000) exercise dynamic batching and TensorRT profiles; a regression "
+        "output makes INT8 judged by bias/resolution rather than argmax."
+    )
+
+    def generate(self, n: int, seed: int) -> Dataset:
+        channels = hcal.generate_channels(n, seed)
+        return Dataset(inputs={"input": channels.features}, targets=channels.energy)
+
+    def build(self, flavour: str = "keras", seed: int = 0) -> Any:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        inp = keras.Input(shape=(hcal.N_FEATURES,), name="input")
+        x = keras.layers.BatchNormalization(name="bn_input")(inp)
+        for i, units in enumerate((200, 100, 50, 20, 10, 5)):
+            x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+        out = keras.layers.Dense(1, name="output")(x)
+        return keras.Model(inp, out, name="facile")
+
+    def keras_loss(self) -> Any:
+        import keras
+
+        # Huber on the energy: robust to the pile-up tails, like FACILE's training.
+        return keras.losses.Huber(delta=5.0)
+
+    def evaluate(self, predictions: np.ndarray, data: Dataset, train: Dataset | None = None) -> dict[str, float]:
+        metrics = super().evaluate(predictions, data)
+        if train is not None:
+            linear = hcal.linear_fit_baseline(
+                hcal.HcalChannels(train.inputs["input"], train.targets), hcal.HcalChannels(data.inputs["input"], data.targets)
+            )
+            baseline = super().evaluate(linear, data)
+            metrics["linear_bias"] = baseline["bias"]
+            metrics["linear_resolution"] = baseline["resolution"]
+        return metrics
+
+
+NETWORK = Facile()

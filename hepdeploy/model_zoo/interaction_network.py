@@ -1,0 +1,160 @@
+"""Interaction network for tracking (Exa.TrkX-style edge classifier), PyTorch, no batch axis.
+
+x [n_hits, 3] (r, phi, z), edge_index [2, n_edges] int64, edge_attr [n_edges, 4]
+-> edge_score [n_edges, 1]. Messages are aggregated onto hits with ``scatter_add``,
+which the ONNX exporters write as ScatterElements(reduction="add") (opset >= 16).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hepdeploy.model_zoo import tracks
+from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
+from hepdeploy.spec import DimRange, TensorSpec
+
+HIDDEN = 40
+ITERATIONS = 3
+
+
+def build_torch(hidden: int = HIDDEN, iterations: int = ITERATIONS) -> Any:
+    """Factory for specs: ``hepdeploy.model_zoo.interaction_network:build_torch``."""
+    import torch
+    from torch import nn
+
+    def mlp(n_in: int, n_out: int, last_activation: bool = True) -> nn.Sequential:
+        layers: list[nn.Module] = [nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out)]
+        if last_activation:
+            layers.append(nn.ReLU())
+        return nn.Sequential(*layers)
+
+    class InteractionNetwork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.node_encoder = mlp(3, hidden)
+            self.edge_encoder = mlp(4, hidden)
+            self.relational = mlp(3 * hidden, hidden)  # edge update from (sender, receiver, edge)
+            self.object = mlp(3 * hidden, hidden)  # node update from (node, incoming, outgoing)
+            self.classifier = mlp(3 * hidden, 1, last_activation=False)
+            self.iterations = iterations
+
+        def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+            src, dst = edge_index[0], edge_index[1]
+            h = self.node_encoder(x)
+            e = self.edge_encoder(edge_attr)
+            # Index tensors for scatter_add: one row per edge, repeated over the features.
+            dst_rows = dst.unsqueeze(1).expand(-1, hidden)
+            src_rows = src.unsqueeze(1).expand(-1, hidden)
+            for _ in range(self.iterations):
+                e = e + self.relational(torch.cat([h[src], h[dst], e], dim=1))
+                incoming = torch.zeros_like(h).scatter_add(0, dst_rows, e)
+                outgoing = torch.zeros_like(h).scatter_add(0, src_rows, e)
+                h = h + self.object(torch.cat([h, incoming, outgoing], dim=1))
+            return torch.sigmoid(self.classifier(torch.cat([h[src], h[dst], e], dim=1)))
+
+    return InteractionNetwork()
+
+
+def _graph_dataset(graphs: list[tracks.TrackGraph]) -> Dataset:
+    merged = tracks.merge(graphs)
+    return Dataset(
+        inputs={"x": merged.x, "edge_index": merged.edge_index, "edge_attr": merged.edge_attr},
+        labels=merged.y,
+    )
+
+
+class InteractionNetworkTracking(ZooNetwork):
+    name = "interaction_network"
+    description = (
+        f"Interaction network edge classifier for tracking: node/edge encoders, {ITERATIONS} message-passing "
+        "iterations with scatter_add aggregation, edge score"
+    )
+    flavours = ("torch",)
+    task = "edge_classification"
+    class_names = ("fake", "true")
+    inputs = (
+        TensorSpec(name="x", shape=["n_hits", 3]),
+        TensorSpec(name="edge_index", dtype="int64", shape=[2, "n_edges"], index_of="n_hits"),
+        TensorSpec(name="edge_attr", shape=["n_edges", 4]),
+    )
+    outputs = (TensorSpec(name="edge_score", shape=["n_edges", 1]),)
+    dims = {"n_hits": DimRange(min=8, opt=1000, max=20000), "n_edges": DimRange(min=8, opt=2000, max=50000)}
+    triton = {"max_batch_size": 0, "perf": {"batch_per_request": 1, "requests_per_event": 1}}
+    recipes = {
+        # n_train / n_test count events (~900 hits, ~1800 candidate edges each).
+        "full": TrainingRecipe(n_train=240, n_test=30, epochs=6, batch_size=4, learning_rate=3e-3),
+        "reduced": TrainingRecipe(n_train=24, n_test=6, epochs=3, batch_size=4, learning_rate=5e-3),
+    }
+    data_recipe = (
+        "tracks.generate_events: 60-100 helices (pT 0.8-10 GeV, |eta|<1.5, 2 T) through 10 barrel layers, "
+        "3% hit inefficiency, 10% noise hits, adjacent-layer edges with |dphi|<0.15 and |z0|<30 cm"
+    )
+    torch_factory = "hepdeploy.model_zoo.interaction_network:build_torch"
+    reference_samples = 4  # events, concatenated into one graph
+    calibration_samples = 4
+    export_traps = (
+        "No batch axis (Triton max_batch_size 0) and two independent dynamic dims (n_hits, n_edges); "
+        "int64 edge_index whose sample values must be valid hit indices; gathers h[src] (Gather) and "
+        "scatter_add aggregation (ScatterElements reduction=add, opset >= 16) whose summation order differs "
+        "between backends (tiny float differences, never exactly equal)."
+    )
+
+    def generate(self, n: int, seed: int) -> Dataset:
+        graphs = tracks.generate_events(n, seed)
+        dataset = _graph_dataset(graphs)
+        dataset.parts = [_graph_dataset([g]) for g in graphs]
+        return dataset
+
+    def build(self, flavour: str = "torch", seed: int = 0) -> Any:
+        import torch
+
+        torch.manual_seed(seed)
+        return build_torch()
+
+    def fit(self, model: Any, flavour: str, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
+        import torch
+
+        events = train.parts or [train]
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+        steps = recipe.epochs * -(-len(events) // recipe.batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.learning_rate, total_steps=steps)
+        model.train()
+        for _ in range(recipe.epochs):
+            order = torch.randperm(len(events), generator=generator).tolist()
+            for start in range(0, len(events), recipe.batch_size):
+                batch = _merge_datasets([events[i] for i in order[start : start + recipe.batch_size]])
+                inputs = [torch.from_numpy(batch.inputs[t.name]) for t in self.inputs]
+                truth = torch.from_numpy(batch.labels.astype(np.float32))
+                optimizer.zero_grad()
+                # True edges are ~40%: weight them up a little so the 0.5 cut keeps efficiency high.
+                score = model(*inputs).squeeze(-1).clamp(1e-7, 1 - 1e-7)
+                weight = torch.where(truth > 0.5, 1.5, 1.0)
+                loss = torch.nn.functional.binary_cross_entropy(score, truth, weight=weight)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+        model.eval()
+
+    def predict(self, model: Any, flavour: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        model.eval()
+        with torch.no_grad():
+            return model(*(torch.from_numpy(np.ascontiguousarray(inputs[t.name])) for t in self.inputs)).numpy()
+
+
+def _merge_datasets(parts: list[Dataset]) -> Dataset:
+    offsets = np.cumsum([0] + [len(p.inputs["x"]) for p in parts[:-1]])
+    return Dataset(
+        inputs={
+            "x": np.concatenate([p.inputs["x"] for p in parts]),
+            "edge_index": np.concatenate([p.inputs["edge_index"] + o for p, o in zip(parts, offsets)], axis=1),
+            "edge_attr": np.concatenate([p.inputs["edge_attr"] for p in parts]),
+        },
+        labels=np.concatenate([p.labels for p in parts]),
+    )
+
+
+NETWORK = InteractionNetworkTracking()

@@ -1,0 +1,133 @@
+"""The fp16 variant: mixed-precision conversion with NVIDIA ModelOpt AutoCast.
+
+AutoCast (``modelopt.onnx.autocast.convert_to_mixed_precision``) is the documented
+TensorRT 11 route to FP16 now that the builder's FP16 flag is gone: it rewrites the
+graph itself, so a strongly typed TensorRT build and ONNX Runtime on a CPU compute the
+same thing. It runs the model on reference data and keeps in FP32 every node whose
+activations would overflow FP16 (``data_max``) or whose weights would (``init_max``),
+plus deep reductions; graph inputs and outputs stay FP32 (``keep_io_types``). The user
+can force more nodes (name regex) or op types to stay FP32.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hepdeploy.errors import BadInputError, ConversionError
+from hepdeploy.optimize.graph import FLOAT, package_version, precision_summary
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger("hepdeploy.optimize.fp16")
+
+
+def check_node_patterns(model: onnx.ModelProto, patterns: list[str], what: str) -> None:
+    """Refuse node-name patterns that match no node (a typo would silently do nothing)."""
+    names = [node.name for node in model.graph.node]
+    for pattern in patterns:
+        try:
+            regex = re.compile(pattern)
+        except re.error as error:
+            raise BadInputError(f"{what} {pattern!r} is not a valid regular expression ({error})") from None
+        if not any(regex.fullmatch(name) or regex.search(name) for name in names):
+            raise BadInputError(f"{what} {pattern!r} matches no node of the model")
+
+
+def check_op_types(op_types: list[str], what: str) -> None:
+    import onnx
+
+    for op_type in op_types:
+        if not onnx.defs.has(op_type):
+            raise BadInputError(f"{what} {op_type!r} is not an ONNX operator type")
+
+
+def convert_fp16(
+    model_path: Path,
+    reference_feeds: list[dict[str, np.ndarray]],
+    fp32_nodes: list[str],
+    fp32_op_types: list[str],
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """AutoCast ``model_path`` to FP16 driven by ``reference_feeds`` (one dict per run); FP32 I/O kept."""
+    import onnx
+
+    original = onnx.load(str(model_path))
+    check_node_patterns(original, fp32_nodes, "--fp32-node")
+    check_op_types(fp32_op_types, "--fp32-op")
+    from hepdeploy.optimize.modelopt_worker import run_job
+
+    with tempfile.TemporaryDirectory(prefix="hepdeploy-fp16-") as folder:
+        # A folder of .npz files, one model run each (AutoCast would split one file by
+        # the model's static batch size, which is 1 for a dynamic batch).
+        data_path = Path(folder) / "reference"
+        data_path.mkdir()
+        for k, feed in enumerate(reference_feeds):
+            np.savez(data_path / f"batch_{k:05d}.npz", **feed)
+        output = Path(folder) / "model.fp16.onnx"
+        run_job(
+            {
+                "step": "fp16",
+                "kind": "fp16",
+                "model": str(model_path),
+                "output": str(output),
+                "feeds": str(data_path),
+                "kwargs": {
+                    "low_precision_type": "fp16",
+                    "nodes_to_exclude": list(fp32_nodes) or None,
+                    "op_types_to_exclude": list(fp32_op_types) or None,
+                    "keep_io_types": True,
+                    "providers": ["cpu"],
+                },
+            },
+            Path(folder),
+        )
+        converted = onnx.load(str(output))
+    summary = precision_summary(converted)
+    if summary.fp16_initializers == 0 and not _has_fp16_compute(converted):
+        raise BadInputError(
+            "fp16: AutoCast kept every node in FP32 (nothing could be converted); "
+            "the model would only be an FP32 copy"
+        )
+    if not summary.io_is_fp32:
+        raise ConversionError("fp16: AutoCast changed the type of a graph input or output")
+    fp32_compute = _fp32_compute_nodes(converted)
+    parameters = {
+        "tool": "modelopt.onnx.autocast",
+        "low_precision_type": "fp16",
+        "keep_io_types": True,
+        "fp32_nodes": list(fp32_nodes),
+        "fp32_op_types": list(fp32_op_types),
+        "reference_runs": len(reference_feeds),
+        "nodes_kept_fp32": len(fp32_compute),
+        "kept_fp32_examples": fp32_compute[:20],
+        **summary.as_dict(),
+    }
+    return converted, parameters
+
+
+def modelopt_version() -> str | None:
+    return package_version("nvidia-modelopt")
+
+
+def _has_fp16_compute(model: onnx.ModelProto) -> bool:
+    return any(
+        node.op_type == "Cast" and any(a.name == "to" and a.i == 10 for a in node.attribute) for node in model.graph.node
+    )
+
+
+def _fp32_compute_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of compute nodes (not casts) whose first output is FP32 after conversion."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    skip = {"Cast", "Constant", "Shape", "Reshape", "Identity"}
+    return [
+        node.name for node in model.graph.node
+        if node.op_type not in skip and node.output and types.get(node.output[0]) == FLOAT
+    ]

@@ -1,0 +1,265 @@
+"""What precision a graph really carries, and small helpers every optimize step shares.
+
+``precision_summary`` reads a model and counts what proves its precision (Q/DQ nodes,
+int8 weight initializers, FP16 initializers, the dtypes of graph inputs/outputs), so a
+step can refuse to call an FP32 copy "INT8" and tests can assert the claim.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hepdeploy.errors import ModelLoadError
+from hepdeploy.spec import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger("hepdeploy.optimize.graph")
+
+FLOAT, UINT8, INT8, FLOAT16 = 1, 2, 3, 10
+# The ops whose INT8 kernels make quantization worth it; Q/DQ around only Add or Relu is not.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class PrecisionSummary:
+    """Counts that show which precision a graph computes in."""
+
+    op_counts: dict[str, int] = field(default_factory=dict)
+    quantize_nodes: int = 0
+    dequantize_nodes: int = 0
+    int8_weights: int = 0  # int8 initializers feeding a DequantizeLinear (quantized weights)
+    quantized_compute: int = 0  # Conv/ConvTranspose/Gemm/MatMul nodes fed by a DequantizeLinear
+    fp16_initializers: int = 0
+    fp32_initializers: int = 0
+    input_dtypes: dict[str, int] = field(default_factory=dict)
+    output_dtypes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def has_qdq(self) -> bool:
+        return self.quantize_nodes > 0 and self.dequantize_nodes > 0
+
+    @property
+    def io_is_fp32(self) -> bool:
+        """Every floating graph input and output is FP32 (integer inputs such as indices are fine)."""
+        dtypes = [*self.input_dtypes.values(), *self.output_dtypes.values()]
+        return all(d == FLOAT or d not in (FLOAT16, 11, 16) for d in dtypes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "quantize_nodes": self.quantize_nodes,
+            "dequantize_nodes": self.dequantize_nodes,
+            "int8_weights": self.int8_weights,
+            "quantized_compute_nodes": self.quantized_compute,
+            "fp16_initializers": self.fp16_initializers,
+            "fp32_initializers": self.fp32_initializers,
+            "nodes": sum(self.op_counts.values()),
+        }
+
+
+def precision_summary(model: onnx.ModelProto) -> PrecisionSummary:
+    graph = model.graph
+    init_types = {init.name: init.data_type for init in graph.initializer}
+    # Constants written as Constant nodes count as initializers too.
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.t is not None:
+                    init_types[node.output[0]] = attribute.t.data_type
+    summary = PrecisionSummary(op_counts=dict(Counter(node.op_type for node in graph.node)))
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            summary.quantize_nodes += 1
+        elif node.op_type == "DequantizeLinear":
+            summary.dequantize_nodes += 1
+            if init_types.get(node.input[0]) in (INT8, UINT8):
+                summary.int8_weights += 1
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    summary.quantized_compute = sum(
+        1 for node in graph.node if node.op_type in COMPUTE_OPS and any(i in dequantized for i in node.input)
+    )
+    summary.fp16_initializers = sum(1 for t in init_types.values() if t == FLOAT16)
+    summary.fp32_initializers = sum(1 for t in init_types.values() if t == FLOAT)
+    initializers = {init.name for init in graph.initializer}
+    summary.input_dtypes = {
+        v.name: v.type.tensor_type.elem_type for v in graph.input if v.name not in initializers
+    }
+    summary.output_dtypes = {v.name: v.type.tensor_type.elem_type for v in graph.output}
+    return summary
+
+
+def ort_session(model: onnx.ModelProto | Path | str, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session (the GPU build lists providers it cannot use here)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(str(source) if isinstance(source, Path) else source, options,
+                                providers=["CPUExecutionProvider"])
+
+
+def run_ort(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run once on ONNX Runtime's CPU provider; a model ORT cannot load is a ModelLoadError."""
+    try:
+        session = ort_session(model)
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"ONNX Runtime cannot load the model: {first[-300:]}") from None
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def sample_inputs(
+    inputs: list[TensorSpec],
+    spec: ModelSpec | None,
+    calibration: dict[str, np.ndarray] | None,
+    count: int = 8,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """A small batch to check a step on: the first calibration samples, else seeded random values.
+
+    Random values follow each tensor's ``low``/``high`` or ``index_of`` so index inputs
+    stay valid; dynamic dims take the spec's ``opt`` size.
+    """
+    if calibration:
+        if all(t.has_batch_axis for t in inputs):
+            return {t.name: calibration[t.name][:count] for t in inputs}
+        return {t.name: calibration[t.name][0] for t in inputs}
+    rng = np.random.default_rng(seed)
+    sizes: dict[str, int] = {}
+
+    def size_of(dim: int | str) -> int:
+        if isinstance(dim, int):
+            return dim
+        if dim == "batch":
+            return count
+        if dim not in sizes:
+            sizes[dim] = spec.dim_range(dim).opt or spec.dim_range(dim).min if spec else 8
+        return sizes[dim]
+
+    feeds: dict[str, np.ndarray] = {}
+    for tensor in inputs:
+        shape = [size_of(d) for d in tensor.shape]
+        dtype = np.dtype("float32" if tensor.dtype == "bfloat16" else tensor.dtype)
+        if tensor.index_of is not None:
+            feeds[tensor.name] = rng.integers(0, size_of(tensor.index_of), size=shape).astype(dtype)
+        elif dtype.kind == "f":
+            low = tensor.low if tensor.low is not None else -1.0
+            high = tensor.high if tensor.high is not None else 1.0
+            feeds[tensor.name] = rng.uniform(low, high, size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[tensor.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            low = int(tensor.low) if tensor.low is not None else 0
+            high = int(tensor.high) if tensor.high is not None else 2
+            feeds[tensor.name] = rng.integers(low, max(high, low + 1), size=shape).astype(dtype)
+    return feeds
+
+
+def package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def prune_opset_imports(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop opset imports of domains no node uses (ORT and quantizers add a dozen)."""
+    used = {node.domain for node in model.graph.node} | {""}
+    for function in model.functions:
+        used |= {node.domain for node in function.node} | {function.domain}
+    kept = [entry for entry in model.opset_import if entry.domain in used or entry.domain == "ai.onnx"]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return model
+
+
+@contextlib.contextmanager
+def quiet_dependencies() -> Iterator[None]:
+    """Silence ModelOpt's and ONNX Runtime's Python logging (e.g. "NVML not found",
+    "consider pre-processing") unless hepdeploy runs at debug level."""
+    if logging.getLogger("hepdeploy").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        # ORT's histogram calibrators print progress to stdout, which is ours for data.
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def name_unnamed_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique name (exclusion lists and quantizers address nodes by name)."""
+    taken = {node.name for node in model.graph.node if node.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            candidate = f"{node.op_type}_{index}"
+            while candidate in taken:
+                candidate += "_"
+            node.name = candidate
+            taken.add(candidate)
+    return model
+
+
+def edge_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """Nodes kept in FP32 by default when quantizing: (head, tail).
+
+    head: non-compute nodes between the graph inputs and the first Conv/Gemm/MatMul
+    (input normalisation such as a folded BatchNorm's Mul/Add, index arithmetic): the raw
+    inputs mix features of very different scales, which one per-tensor INT8 scale
+    cannot hold. tail: the last compute layer(s) and what follows them to the outputs,
+    so regression outputs and logits are not rounded to 256 levels.
+    """
+    graph = model.graph
+    consumers: dict[str, list[Any]] = {}
+    producer: dict[str, Any] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node
+    initializers = {init.name for init in graph.initializer}
+
+    head: list[str] = []
+    seen: set[int] = set()
+    frontier = [v.name for v in graph.input if v.name not in initializers]
+    while frontier:
+        tensor = frontier.pop()
+        for node in consumers.get(tensor, []):
+            if id(node) in seen or node.op_type in COMPUTE_OPS:
+                continue
+            seen.add(id(node))
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                head.append(node.name)
+            frontier.extend(node.output)
+
+    tail: list[str] = []
+    seen = set()
+    frontier = [v.name for v in graph.output]
+    while frontier:
+        tensor = frontier.pop()
+        node = producer.get(tensor)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        tail.append(node.name)
+        if node.op_type not in COMPUTE_OPS:
+            frontier.extend(i for i in node.input if i not in initializers)
+    return sorted(set(head)), sorted(set(tail))

@@ -1,0 +1,428 @@
+"""Throughput and latency versus simultaneous clients against a live Triton server, the SONIC way.
+
+For each concurrency level N, N clients (asynchronous gRPC, one channel each) run in a closed loop:
+each sends one *event* (``requests_per_event`` requests of ``batch_per_request`` rows, taken from the
+golden inputs), waits for the answers, and sends the next. After a warm-up, events are counted for a
+fixed duration. Reported per level: events/s, inferences/s (rows/s), requests/s and the event
+latency's p50/p95/p99. Results go to a table, JSON and a PNG plot (events/s vs clients).
+
+``engine="perf_analyzer"`` runs NVIDIA's ``perf_analyzer`` binary instead (when installed), with
+``--shape`` for every variable dim and ``--input-data`` holding real golden inputs, and parses its CSV.
+
+``measure_inline`` runs the same batches through a local runner in the client process (N threads):
+the "CPU-only" baseline of the SONIC papers.
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import math
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hepdeploy.errors import BadInputError, DataError, DependencyMissingError
+from hepdeploy.fsutil import atomic_path, atomic_write_text, check_output_folder
+from hepdeploy.triton.server import ServerError
+
+log = logging.getLogger("hepdeploy.perf")
+
+Engine = Literal["client", "perf_analyzer"]
+MAX_DISTINCT_BATCHES = 8
+
+
+@dataclass
+class EventDefinition:
+    """What one event is: ``requests_per_event`` requests of ``batch_per_request`` rows each."""
+
+    batch_per_request: int = 1
+    requests_per_event: int = 1
+
+    def __post_init__(self) -> None:
+        if self.batch_per_request < 1 or self.requests_per_event < 1:
+            raise BadInputError("batch per request and requests per event must be >= 1")
+
+    @classmethod
+    def from_spec(cls, spec: Any | None, batch: int | None = None, requests_per_event: int | None = None) -> EventDefinition:
+        perf = spec.triton.perf if spec is not None else None
+        return cls(batch or (perf.batch_per_request if perf else 1),
+                   requests_per_event or (perf.requests_per_event if perf else 1))
+
+
+@dataclass
+class PerfLevel:
+    clients: int
+    duration_s: float
+    events: int
+    requests: int
+    inferences: int
+    events_per_s: float
+    inferences_per_s: float
+    requests_per_s: float
+    latency_ms_p50: float
+    latency_ms_p95: float
+    latency_ms_p99: float
+    latency_ms_mean: float
+
+
+@dataclass
+class PerfReport:
+    model: str
+    target: str
+    engine: str
+    event: EventDefinition
+    levels: list[PerfLevel] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "target": self.target, "engine": self.engine, "event": asdict(self.event),
+                "levels": [asdict(level) for level in self.levels], "notes": self.notes}
+
+    def table(self) -> str:
+        header = (f"{self.model} via {self.engine} ({self.target}); event = {self.event.requests_per_event} "
+                  f"request(s) x {self.event.batch_per_request} rows")
+        rows = [f"{'clients':>7} {'events/s':>10} {'inferences/s':>13} {'requests/s':>11} {'p50 ms':>8} "
+                f"{'p95 ms':>8} {'p99 ms':>8} {'events':>7}"]
+        for level in self.levels:
+            rows.append(f"{level.clients:>7d} {level.events_per_s:>10.1f} {level.inferences_per_s:>13.0f} "
+                        f"{level.requests_per_s:>11.1f} {level.latency_ms_p50:>8.2f} {level.latency_ms_p95:>8.2f} "
+                        f"{level.latency_ms_p99:>8.2f} {level.events:>7d}")
+        return "\n".join([header, *rows, *(f"note: {n}" for n in self.notes)])
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def request_batches(inputs: Mapping[str, np.ndarray], batch: int, batched: bool = True,
+                    count: int = MAX_DISTINCT_BATCHES) -> list[dict[str, np.ndarray]]:
+    """Up to ``count`` distinct requests of ``batch`` rows cut (cyclically) from the golden inputs."""
+    if not inputs:
+        raise DataError("the golden set has no inputs")
+    if not batched:
+        return [{k: np.ascontiguousarray(v) for k, v in inputs.items()}]
+    sizes = {int(np.asarray(v).shape[0]) for v in inputs.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise DataError(f"golden inputs disagree on their first dimension: {sorted(sizes)}")
+    total = sizes.pop()
+    batches = []
+    for k in range(max(1, min(count, math.ceil(total / batch)))):
+        rows = (np.arange(batch) + k * batch) % total
+        batches.append({name: np.ascontiguousarray(np.asarray(v)[rows]) for name, v in inputs.items()})
+    return batches
+
+
+def _percentiles(latencies_s: Sequence[float]) -> tuple[float, float, float, float]:
+    if not latencies_s:
+        return (math.nan,) * 4  # type: ignore[return-value]
+    ms = np.asarray(latencies_s) * 1e3
+    return (float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
+            float(ms.mean()))
+
+
+def _level(clients: int, duration: float, latencies: list[float], event: EventDefinition) -> PerfLevel:
+    events = len(latencies)
+    requests = events * event.requests_per_event
+    inferences = requests * event.batch_per_request
+    p50, p95, p99, mean = _percentiles(latencies)
+    return PerfLevel(clients, duration, events, requests, inferences, events / duration, inferences / duration,
+                     requests / duration, p50, p95, p99, mean)
+
+
+# --------------------------------------------------------------------------- async gRPC clients
+
+
+async def _measure_level_async(url: str, model: str, version: str, batches: list[dict[str, np.ndarray]],
+                               dtypes: Mapping[str, str], output_names: Sequence[str], clients: int,
+                               duration_s: float, warmup_s: float, timeout_s: float,
+                               event: EventDefinition) -> PerfLevel:
+    import tritonclient.grpc.aio as grpc_aio
+
+    from hepdeploy.validate.triton_runner import _NUMPY_TO_TRITON
+
+    prepared = []
+    for arrays in batches:  # serialise every distinct request once; clients reuse them
+        tensors = []
+        for name, array in arrays.items():
+            tensor = grpc_aio.InferInput(name, list(array.shape), _NUMPY_TO_TRITON[dtypes[name]])
+            tensor.set_data_from_numpy(array.astype(dtypes[name], copy=False))
+            tensors.append(tensor)
+        prepared.append(tensors)
+    outputs = [grpc_aio.InferRequestedOutput(n) for n in output_names]
+    connections = [grpc_aio.InferenceServerClient(url) for _ in range(clients)]
+    start = time.monotonic()
+    measure_from = start + warmup_s
+    measure_to = measure_from + duration_s
+    latencies: list[float] = []
+
+    async def one_client(index: int, connection: Any) -> None:
+        turn = index
+        while time.monotonic() < measure_to:
+            sent = time.monotonic()
+            calls = []
+            for _ in range(event.requests_per_event):
+                calls.append(connection.infer(model, prepared[turn % len(prepared)], model_version=version,
+                                              outputs=outputs, client_timeout=timeout_s))
+                turn += 1
+            await asyncio.gather(*calls)
+            done = time.monotonic()
+            if measure_from <= sent and done <= measure_to:
+                latencies.append(done - sent)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one_client(i, c) for i, c in enumerate(connections))),
+                               timeout=warmup_s + duration_s + timeout_s + 5)
+    except asyncio.TimeoutError:
+        raise ServerError(f"{model}: perf level with {clients} client(s) did not finish within "
+                          f"{warmup_s + duration_s + timeout_s:.0f} s") from None
+    except Exception as error:  # InferenceServerException, grpc errors
+        from hepdeploy.validate.triton_runner import _error_line
+
+        raise ServerError(f"{model} at {url}: inference failed during perf with {clients} client(s): "
+                          f"{_error_line(error)}") from None
+    finally:
+        for connection in connections:
+            try:
+                await connection.close()
+            except Exception:  # a dead server's channel may fail to close
+                log.debug("closing a perf client failed", exc_info=True)
+    return _level(clients, duration_s, latencies, event)
+
+
+def run_perf(
+    url: str,
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    version: str = "",
+    concurrency: Sequence[int] = (1, 2, 4),
+    duration_s: float = 5.0,
+    warmup_s: float = 1.0,
+    event: EventDefinition | None = None,
+    timeout_s: float = 30.0,
+    expected: Any = None,
+    engine: Engine = "client",
+    perf_analyzer: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PerfReport:
+    """Measure ``model`` at ``url`` for every concurrency level; see the module docstring."""
+    from hepdeploy.validate.triton_runner import TritonRunner
+
+    event = event or EventDefinition()
+    if not concurrency or any(c < 1 for c in concurrency):
+        raise BadInputError("concurrency levels must be positive integers")
+    if duration_s <= 0 or warmup_s < 0:
+        raise BadInputError("duration must be > 0 s and warm-up >= 0 s")
+    with TritonRunner(url, model, version, timeout_s=timeout_s, expected=expected) as probe:
+        probe.check_metadata()  # names, dtypes, dims and max_batch_size from the server itself
+        batched = probe.max_batch_size > 0
+        if batched and event.batch_per_request > probe.max_batch_size:
+            raise BadInputError(f"{model}: {event.batch_per_request} rows per request exceed the served "
+                                f"max_batch_size {probe.max_batch_size}")
+        dtypes = {name: dtype for name, dtype, _ in probe.input_specs}
+        missing = [n for n in dtypes if n not in inputs]
+        if missing:
+            raise DataError(f"the golden set has no input(s) {', '.join(missing)} that {model} takes")
+        batches = request_batches({n: inputs[n] for n in dtypes}, event.batch_per_request, batched)
+        if not batched and event.batch_per_request != 1:
+            event = EventDefinition(int(next(iter(batches[0].values())).shape[0]) if batches[0] else 1,
+                                    event.requests_per_event)
+        output_names = list(probe.output_names)
+        served_shapes = {name: shape for name, _, shape in probe.input_specs}
+    report = PerfReport(model=model, target=url, engine=engine, event=event)
+    for clients in concurrency:
+        if progress:
+            progress(f"{model}: {clients} client(s), {warmup_s:g} s warm-up + {duration_s:g} s")
+        if engine == "perf_analyzer":
+            level = _perf_analyzer_level(perf_analyzer, url, model, version, batches, served_shapes, batched,
+                                         clients, duration_s, event, timeout_s)
+        else:
+            level = asyncio.run(_measure_level_async(url, model, version, batches, dtypes, output_names, clients,
+                                                     duration_s, warmup_s, timeout_s, event))
+        if level.events == 0:
+            report.notes.append(f"{clients} client(s): no event completed inside the {duration_s:g} s window")
+        report.levels.append(level)
+        log.info("%s: %d client(s): %.1f events/s, p50 %.2f ms", model, clients, level.events_per_s,
+                 level.latency_ms_p50)
+    return report
+
+
+# --------------------------------------------------------------------------- inline baseline
+
+
+def measure_inline(run: Callable[[dict[str, np.ndarray]], Any], inputs: Mapping[str, np.ndarray], *,
+                   concurrency: Sequence[int] = (1, 2, 4), duration_s: float = 5.0, warmup_s: float = 1.0,
+                   event: EventDefinition | None = None, batched: bool = True, label: str = "inline") -> PerfReport:
+    """The same events run in this process by ``run`` (e.g. an ONNX Runtime session), N threads at a time."""
+    event = event or EventDefinition()
+    batches = request_batches(inputs, event.batch_per_request, batched)
+    report = PerfReport(model=label, target="in-process", engine="inline", event=event)
+    for clients in concurrency:
+        latencies: list[float] = []
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+        start = time.monotonic()
+        measure_from, measure_to = start + warmup_s, start + warmup_s + duration_s
+
+        def worker(index: int) -> None:
+            turn = index
+            try:
+                while time.monotonic() < measure_to:
+                    sent = time.monotonic()
+                    for _ in range(event.requests_per_event):
+                        run(batches[turn % len(batches)])
+                        turn += 1
+                    done = time.monotonic()
+                    if measure_from <= sent and done <= measure_to:
+                        with lock:
+                            latencies.append(done - sent)
+            except BaseException as error:  # reported after join
+                errors.append(error)
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=warmup_s + duration_s + 120)
+        if errors:
+            raise errors[0]
+        report.levels.append(_level(clients, duration_s, latencies, event))
+    return report
+
+
+# --------------------------------------------------------------------------- perf_analyzer
+
+
+def find_perf_analyzer(explicit: str | None = None) -> str:
+    path = explicit or shutil.which("perf_analyzer")
+    if not path:
+        raise DependencyMissingError("perf_analyzer is not installed (it ships in NVIDIA's tritonserver SDK container "
+                                     "and the `perf-analyzer` wheel); use the default --engine client")
+    return path
+
+
+def perf_analyzer_input_data(batches: list[dict[str, np.ndarray]], batched: bool) -> dict[str, Any]:
+    """perf_analyzer's --input-data JSON: one entry per sample (batched: rows, which -b groups per request)."""
+    entries = []
+    first = batches[0]
+    rows = int(next(iter(first.values())).shape[0]) if batched else 1
+    for row in range(min(rows, 64) if batched else 1):
+        entry = {}
+        for name, array in first.items():
+            sample = array[row] if batched else array
+            entry[name] = {"content": np.asarray(sample).reshape(-1).tolist(), "shape": list(np.shape(sample))}
+        entries.append(entry)
+    return {"data": entries}
+
+
+def perf_analyzer_command(binary: str, url: str, model: str, version: str, shapes: Mapping[str, list[int]],
+                          sample: Mapping[str, np.ndarray], batched: bool, batch: int, clients: int,
+                          duration_s: float, input_data: Path, csv_path: Path) -> list[str]:
+    """The perf_analyzer command line: --shape for every variable dim, real data, one concurrency level."""
+    command = [binary, "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
+               "--concurrency-range", f"{clients}:{clients}", "--measurement-mode", "time_windows",
+               "--measurement-interval", str(max(100, int(duration_s * 1000))), "-f", str(csv_path)]
+    if version:
+        command += ["-x", version]
+    if batched:
+        command += ["-b", str(batch)]
+    for name, dims in shapes.items():
+        served = dims[1:] if batched else dims
+        if any(d < 0 for d in served):
+            actual = list(np.shape(sample[name]))[1:] if batched else list(np.shape(sample[name]))
+            command += ["--shape", f"{name}:{','.join(str(d) for d in actual)}"]
+    return command
+
+
+def parse_perf_analyzer_csv(text: str, clients: int, duration_s: float, event: EventDefinition) -> PerfLevel:
+    """One level from perf_analyzer's CSV (``Inferences/Second`` counts rows; latencies in microseconds)."""
+    rows = list(csv.DictReader(text.splitlines()))
+    if not rows:
+        raise DataError("perf_analyzer wrote no result rows")
+    row = next((r for r in rows if str(r.get("Concurrency", "")).strip() == str(clients)), rows[-1])
+    try:
+        inferences_per_s = float(row["Inferences/Second"])
+        latency = {k: float(row[f"p{k} latency"]) / 1e3 for k in (50, 95, 99)}
+        mean = float(row.get("Avg latency") or "nan") / 1e3
+    except (KeyError, ValueError) as error:
+        raise DataError(f"perf_analyzer CSV lacks a column or value: {error}") from None
+    requests_per_s = inferences_per_s / event.batch_per_request
+    events_per_s = requests_per_s / event.requests_per_event
+    events = int(round(events_per_s * duration_s))
+    return PerfLevel(clients, duration_s, events, events * event.requests_per_event,
+                     events * event.requests_per_event * event.batch_per_request, events_per_s, inferences_per_s,
+                     requests_per_s, latency[50], latency[95], latency[99], mean)
+
+
+def _perf_analyzer_level(binary: str | None, url: str, model: str, version: str,
+                         batches: list[dict[str, np.ndarray]], shapes: Mapping[str, list[int]], batched: bool,
+                         clients: int, duration_s: float, event: EventDefinition, timeout_s: float) -> PerfLevel:
+    executable = find_perf_analyzer(binary)
+    with tempfile.TemporaryDirectory(prefix="hepdeploy-pa-") as folder_text:
+        folder = Path(folder_text)
+        data_path, csv_path = folder / "input.json", folder / "result.csv"
+        data_path.write_text(json.dumps(perf_analyzer_input_data(batches, batched)), encoding="utf-8")
+        command = perf_analyzer_command(executable, url, model, version, shapes, batches[0], batched,
+                                        event.batch_per_request, clients, duration_s, data_path, csv_path)
+        log.info("running %s", " ".join(command))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False,
+                                  timeout=duration_s * 10 + timeout_s + 60)
+        except subprocess.TimeoutExpired:
+            raise ServerError(f"perf_analyzer did not finish for {clients} client(s)") from None
+        if done.returncode != 0 or not csv_path.is_file():
+            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ServerError(f"perf_analyzer failed (exit {done.returncode}): {last[0]}")
+        return parse_perf_analyzer_csv(csv_path.read_text(encoding="utf-8"), clients, duration_s, event)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def plot_levels(reports: Sequence[PerfReport], path: Path, title: str = "Throughput versus simultaneous clients") -> Path:
+    """events/s versus clients, one line per report, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    check_output_folder(path)
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for report in reports:
+        xs = [level.clients for level in report.levels]
+        ys = [level.events_per_s for level in report.levels]
+        axis.plot(xs, ys, marker="o", label=f"{report.model} ({report.engine})")
+    axis.set_xscale("log", base=2)
+    values = [level.events_per_s for report in reports for level in report.levels if level.events_per_s > 0]
+    if values and max(values) / min(values) > 20:  # several models of very different cost on one plot
+        axis.set_yscale("log")
+    axis.set_xlabel("simultaneous clients")
+    axis.set_ylabel("events / s")
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(Path(path), suffix=".png.tmp") as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def write_perf_outputs(report: PerfReport, json_path: Path | None = None, plot_path: Path | None = None) -> list[Path]:
+    written = []
+    if json_path is not None:
+        check_output_folder(json_path)
+        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2) + "\n")
+        written.append(Path(json_path))
+    if plot_path is not None:
+        written.append(plot_levels([report], Path(plot_path), title=f"{report.model}: events/s versus clients"))
+    return written

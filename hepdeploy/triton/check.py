@@ -1,0 +1,465 @@
+"""``hepdeploy triton check``: is a model repository what a Triton server will load and run?
+
+Checks, per model folder: the config parses with the schema; the model name is valid
+and equals the folder name; version folders are numeric and not empty; the model file
+for the platform is there; input/output names, data types and dims agree with the model
+file; max_batch_size agrees with the model's batch axis; preferred batch sizes fit;
+warm-up files have the announced size; checksums match the hepdeploy manifest (when one
+is there: repositories hepdeploy did not write have none, which is fine); and finally
+each ONNX model runs in ONNX Runtime at batch 1 and at the largest preferred batch, fed
+from the warm-up data (or seeded samples). TensorRT plans are deserialized where
+TensorRT is installed; elsewhere that is noted as skipped, not passed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hepdeploy.errors import HepDeployError, RepositoryError, UnsafeNameError
+from hepdeploy.fsutil import check_safe_name, sha256_file
+from hepdeploy.triton.config import (
+    WARMUP_FOLDER,
+    config_platform,
+    model_filename,
+    numpy_dtype_of,
+    read_model_config,
+)
+from hepdeploy.triton.repository import CONFIG_NAME, INNER_STAGING, MANIFEST_NAME, read_manifest
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tritonclient.grpc import model_config_pb2
+
+# Folders Triton itself skips inside a model folder.
+_TRITON_MODEL_SUBFOLDERS = {WARMUP_FOLDER, "initial_state", "configs"}
+# Without preferred sizes, run at most this batch (max_batch_size may be 160000).
+_MAX_RUN_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Problem:
+    model: str
+    path: Path
+    message: str
+
+    def line(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    repo: Path
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    versions: int = 0
+    runs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        return (
+            f"{self.repo}: {len(self.models)} model(s), {self.versions} version(s), {self.runs} model run(s), "
+            f"{len(self.problems)} problem(s)"
+        )
+
+
+class _ModelChecker:
+    """Checks one model folder; collects problems and notes."""
+
+    def __init__(self, model_dir: Path, report: CheckReport, run_models: bool) -> None:
+        self.dir = model_dir
+        self.name = model_dir.name
+        self.report = report
+        self.run_models = run_models
+        self.problems: list[Problem] = []
+
+    def problem(self, path: Path, message: str) -> None:
+        self.problems.append(Problem(self.name, path, message))
+
+    def note(self, message: str) -> None:
+        self.report.notes.append(f"{self.dir}: {message}")
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def check(self) -> list[Problem]:
+        try:
+            check_safe_name(self.name, "model name")
+        except UnsafeNameError as error:
+            self.problem(self.dir, str(error))
+        config_path = self.dir / CONFIG_NAME
+        if not config_path.is_file():
+            self.problem(config_path, "no config.pbtxt (hepdeploy checks need one; Triton can only auto-complete some)")
+            return self.problems
+        try:
+            config = read_model_config(config_path)
+        except RepositoryError as error:
+            self.problem(config_path, str(error).removeprefix(f"{config_path}: "))
+            return self.problems
+        if config.name and config.name != self.name:
+            self.problem(config_path, f"config name {config.name!r} differs from the folder name {self.name!r}")
+        platform = config_platform(config)
+        if not platform:
+            self.problem(config_path, "config sets neither platform nor backend")
+            return self.problems
+        self._check_batching(config, config_path)
+        self._check_warmup(config)
+        versions = self._versions(config)
+        served = _served_versions(config, [int(v.name) for v in versions])
+        for version_dir in versions:
+            self.report.versions += 1
+            self._check_version(config, platform, version_dir, served=int(version_dir.name) in served)
+        return self.problems
+
+    def _check_batching(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+        max_batch = config.max_batch_size
+        if max_batch < 0:
+            self.problem(path, f"max_batch_size {max_batch} is negative")
+        if config.HasField("dynamic_batching"):
+            if max_batch == 0:
+                self.problem(path, "dynamic_batching needs max_batch_size > 0")
+            preferred = list(config.dynamic_batching.preferred_batch_size)
+            too_big = [p for p in preferred if p > max_batch]
+            if too_big and max_batch > 0:
+                self.problem(path, f"preferred_batch_size {too_big} > max_batch_size {max_batch}")
+        for tensor in [*config.input, *config.output]:
+            if not tensor.dims:
+                self.problem(path, f"tensor {tensor.name!r} has no dims")
+
+    def _check_warmup(self, config: model_config_pb2.ModelConfig) -> None:
+        for sample in config.model_warmup:
+            for input_name, entry in sample.inputs.items():
+                if not entry.input_data_file:
+                    continue
+                path = self.dir / WARMUP_FOLDER / entry.input_data_file
+                if not path.is_file():
+                    self.problem(path, f"warm-up file for input {input_name!r} is missing")
+                    continue
+                try:
+                    itemsize = _itemsize(model_type_name(entry.data_type))
+                except HepDeployError as error:
+                    self.problem(path, str(error))
+                    continue
+                want = math.prod(entry.dims) * itemsize
+                if path.stat().st_size != want:
+                    self.problem(
+                        path, f"warm-up file has {path.stat().st_size} bytes, dims {list(entry.dims)} need {want}"
+                    )
+
+    def _versions(self, config: model_config_pb2.ModelConfig) -> list[Path]:
+        versions: list[Path] = []
+        bad = 0
+        for child in sorted(self.dir.iterdir()):
+            if not child.is_dir() or child.name in _TRITON_MODEL_SUBFOLDERS:
+                continue
+            bad += 1
+            if not child.name.isdigit():
+                self.problem(child, f"folder {child.name!r} is not a numeric version folder (Triton ignores it)")
+            elif len(child.name) > 1 and child.name.startswith("0"):
+                self.problem(child, f"version folder {child.name!r} has leading zeros (Triton ignores it)")
+            elif not any(child.iterdir()):
+                self.problem(child, "version folder is empty")
+            else:
+                bad -= 1
+                versions.append(child)
+        if not versions and not bad:
+            self.problem(self.dir, "no version folder")
+        present = {int(v.name) for v in versions}
+        if config.version_policy.HasField("specific"):
+            missing = [v for v in config.version_policy.specific.versions if v not in present]
+            if missing:
+                self.problem(self.dir / CONFIG_NAME, f"version_policy names versions {missing} that are not present")
+        return versions
+
+    # -- one version -------------------------------------------------------------------------
+
+    def _check_version(
+        self, config: model_config_pb2.ModelConfig, platform: str, version_dir: Path, served: bool
+    ) -> None:
+        """Files of every version; tensors and runs only for versions the version_policy serves."""
+        self._check_manifest(version_dir)
+        wanted = model_filename(config)
+        if not served:
+            if wanted and not (version_dir / wanted).exists() and platform != "python":
+                self.problem(version_dir / wanted, f"model file {wanted} for platform {platform} is missing")
+            self.note(f"version {version_dir.name} is not served under the version_policy; tensors not compared")
+            return
+        if platform == "python":
+            if not (version_dir / "model.py").is_file():
+                self.problem(version_dir / "model.py", "Python-backend model file model.py is missing")
+            for onnx_file in sorted(version_dir.glob("*.onnx")):
+                self._check_onnx(config, onnx_file)
+            return
+        if platform == "tensorrt_plan" and config.cc_model_filenames:
+            for capability, filename in config.cc_model_filenames.items():
+                if not (version_dir / filename).is_file():
+                    self.problem(version_dir / filename, f"plan for compute capability {capability} is missing")
+        if wanted is None:
+            self.note(f"platform {platform!r}: model file not checked")
+            return
+        path = version_dir / wanted
+        if not path.exists():
+            if not (platform == "tensorrt_plan" and config.cc_model_filenames):
+                self.problem(path, f"model file {wanted} for platform {platform} is missing")
+            return
+        if platform == "onnxruntime_onnx":
+            self._check_onnx(config, path)
+        elif platform == "tensorrt_plan":
+            self._check_plan(config, path)
+        elif platform == "pytorch_libtorch":
+            self._check_torchscript(path)
+        elif platform == "tensorflow_savedmodel" and not (path / "saved_model.pb").is_file():
+            self.problem(path, "not a SavedModel folder (no saved_model.pb)")
+
+    def _check_manifest(self, version_dir: Path) -> None:
+        try:
+            manifest = read_manifest(version_dir)
+        except RepositoryError as error:
+            self.problem(version_dir / MANIFEST_NAME, str(error).split(": ", 1)[-1])
+            return
+        if manifest is None:
+            return  # not written by hepdeploy: nothing to compare against
+        listed = manifest["files"]
+        for relative, digest in sorted(listed.items()):
+            path = version_dir / relative
+            if not path.is_file():
+                self.problem(path, "listed in the manifest but missing")
+            elif sha256_file(path) != digest:
+                self.problem(path, "sha256 does not match the manifest (file changed after publishing)")
+        for path in sorted(version_dir.rglob("*")):
+            relative = path.relative_to(version_dir).as_posix()
+            if path.is_file() and path.name != MANIFEST_NAME and relative not in listed:
+                self.problem(path, "not in the manifest (added after publishing?)")
+
+    def _check_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+        from hepdeploy.artifacts import load_onnx, tensor_specs_of
+
+        try:
+            model = load_onnx(path, load_weights=False)
+        except HepDeployError as error:
+            self.problem(path, str(error).split(": ", 1)[-1])
+            return
+        inputs, outputs = tensor_specs_of(model)
+        model_inputs = {t.name: t for t in inputs}
+        model_outputs = {t.name: t for t in outputs}
+        ok = True
+        for tensor in config.input:
+            ok &= self._compare_tensor(config, path, "input", tensor, model_inputs)
+        for name in sorted(set(model_inputs) - {t.name for t in config.input}):
+            self.problem(path, f"model input {name!r} is not in the config")
+            ok = False
+        for tensor in config.output:
+            ok &= self._compare_tensor(config, path, "output", tensor, model_outputs)
+        if ok and self.run_models:
+            self._run_onnx(config, path)
+
+    def _compare_tensor(
+        self, config: model_config_pb2.ModelConfig, path: Path, role: str, tensor: Any, model_tensors: dict
+    ) -> bool:
+        from tritonclient.grpc import model_config_pb2 as pb2
+
+        model_tensor = model_tensors.get(tensor.name)
+        if model_tensor is None:
+            self.problem(
+                path, f"config {role} {tensor.name!r} is not a model {role} (model has {', '.join(model_tensors)})"
+            )
+            return False
+        ok = True
+        type_name = pb2.DataType.Name(tensor.data_type)
+        try:
+            config_dtype = numpy_dtype_of(type_name)
+        except HepDeployError:
+            config_dtype = type_name
+        if config_dtype != model_tensor.dtype:
+            self.problem(path, f"{role} {tensor.name!r}: config data_type {type_name} but the model has {model_tensor.dtype}")
+            ok = False
+        dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+        model_shape = list(model_tensor.shape)
+        shown = "[" + ", ".join(str(d) for d in model_shape) + "]"
+        if config.max_batch_size > 0:
+            if not model_shape or not isinstance(model_shape[0], str):
+                first = model_shape[0] if model_shape else "scalar"
+                self.problem(
+                    path,
+                    f"{role} {tensor.name!r}: max_batch_size {config.max_batch_size} but the model's first dim is "
+                    f"{first}, not a free batch axis (model shape {shown}); use max_batch_size: 0",
+                )
+                return False
+            model_shape = model_shape[1:]
+        if len(dims) != len(model_shape):
+            hint = ""
+            if config.max_batch_size == 0 and len(model_shape) == len(dims) + 1 and isinstance(model_shape[0], str):
+                hint = " (max_batch_size is 0 but the model has a batch axis: set max_batch_size > 0)"
+            self.problem(path, f"{role} {tensor.name!r}: config dims {dims} do not match the model shape {shown}{hint}")
+            return False
+        for k, (want, have) in enumerate(zip(dims, model_shape, strict=True)):
+            if isinstance(have, int) and want != have:
+                self.problem(
+                    path, f"{role} {tensor.name!r}: config dims {dims} do not match the model shape {shown} (axis {k})"
+                )
+                return False
+        return ok
+
+    def _run_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+        import numpy as np
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own exception types
+            self.problem(path, f"ONNX Runtime cannot load it: {_first_line(error)}")
+            return
+        sample, from_warmup = self._sample_inputs(config)
+        batches = [None]
+        if config.max_batch_size > 0:
+            preferred = list(config.dynamic_batching.preferred_batch_size)
+            largest = max(preferred) if preferred else min(config.max_batch_size, _MAX_RUN_BATCH)
+            batches = sorted({1, largest})
+        output_names = [t.name for t in config.output]
+        for batch in batches:
+            feed = {
+                name: (np.repeat(array, batch, axis=0) if batch is not None else array) for name, array in sample.items()
+            }
+            try:
+                results = session.run(output_names, feed)
+            except Exception as error:
+                where = f"at batch {batch}" if batch is not None else "on a sample"
+                self.problem(path, f"ONNX Runtime run {where} failed: {_first_line(error)}")
+                return
+            self.report.runs += 1
+            for tensor, result in zip(config.output, results, strict=True):
+                dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+                want = ([batch] if batch is not None else []) + dims
+                got = list(np.shape(result))
+                if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=False)):
+                    self.problem(path, f"output {tensor.name!r} has shape {got}, the config announces {want}")
+                if from_warmup and np.issubdtype(np.asarray(result).dtype, np.floating):
+                    if not np.all(np.isfinite(result)):
+                        self.problem(path, f"output {tensor.name!r} is not finite on the warm-up sample")
+
+    def _sample_inputs(self, config: model_config_pb2.ModelConfig) -> tuple[dict[str, np.ndarray], bool]:
+        """One batch element (or one whole sample when unbatched): warm-up data, else seeded."""
+        import numpy as np
+        from tritonclient.grpc import model_config_pb2 as pb2
+
+        warm: dict[str, np.ndarray] = {}
+        for sample in config.model_warmup:
+            for input_name, entry in sample.inputs.items():
+                path = self.dir / WARMUP_FOLDER / entry.input_data_file
+                if entry.input_data_file and path.is_file() and input_name not in warm:
+                    dtype = numpy_dtype_of(pb2.DataType.Name(entry.data_type))
+                    data = np.fromfile(path, dtype=dtype)
+                    if data.size == math.prod(entry.dims):
+                        warm[input_name] = data.reshape(list(entry.dims))
+        rng = np.random.default_rng(0)
+        inputs = {}
+        for tensor in config.input:
+            dtype = numpy_dtype_of(pb2.DataType.Name(tensor.data_type))
+            if tensor.name in warm:
+                array = warm[tensor.name].astype(dtype, copy=False)
+            else:
+                dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+                shape = [8 if d == -1 else d for d in dims]
+                if np.issubdtype(np.dtype(dtype), np.floating):
+                    array = rng.standard_normal(shape).astype(dtype)
+                else:  # zeros are valid indices and valid flags
+                    array = np.zeros(shape, dtype=dtype)
+            inputs[tensor.name] = array[np.newaxis] if config.max_batch_size > 0 else array
+        return inputs, len(warm) == len(config.input) and bool(warm)
+
+    def _check_plan(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+        try:
+            import tensorrt as trt
+        except Exception:  # ImportError, or the bindings without libnvinfer
+            self.note(f"{path.name}: TensorRT is not installed here; plan not deserialized (skipped)")
+            return
+        logger = trt.Logger(trt.Logger.ERROR)
+        engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            self.problem(path, "TensorRT cannot deserialize this plan (other TensorRT version or GPU?)")
+            return
+        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        for tensor in [*config.input, *config.output]:
+            if tensor.name not in names:
+                self.problem(path, f"tensor {tensor.name!r} is not in the engine (engine has {', '.join(sorted(names))})")
+
+    def _check_torchscript(self, path: Path) -> None:
+        try:
+            import torch
+        except ImportError:
+            self.note(f"{path.name}: torch is not installed; TorchScript file not loaded (skipped)")
+            return
+        try:
+            torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:
+            self.problem(path, f"not a loadable TorchScript file: {_first_line(error)}")
+            return
+        self.note(f"{path.name}: TorchScript loads; tensors not compared (TorchScript has no I/O signature)")
+
+
+def _served_versions(config: model_config_pb2.ModelConfig, present: list[int]) -> set[int]:
+    """The versions Triton loads under the config's version_policy (default: the latest one)."""
+    policy = config.version_policy
+    if policy.HasField("all"):
+        return set(present)
+    if policy.HasField("specific"):
+        return set(policy.specific.versions) & set(present)
+    count = policy.latest.num_versions if policy.HasField("latest") else 1
+    return set(sorted(present)[-max(count, 1):])
+
+
+def model_type_name(data_type: int) -> str:
+    from tritonclient.grpc import model_config_pb2 as pb2
+
+    return numpy_dtype_of(pb2.DataType.Name(data_type))
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np
+
+    return np.dtype(dtype).itemsize
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def check_model(model_dir: Path, *, run_models: bool = True, report: CheckReport | None = None) -> list[Problem]:
+    """Problems of one model folder (its folder name is the model name)."""
+    report = report if report is not None else CheckReport(repo=Path(model_dir).parent)
+    return _ModelChecker(Path(model_dir), report, run_models).check()
+
+
+def check_repository_report(repo: Path, *, run_models: bool = True) -> CheckReport:
+    repo = Path(repo)
+    report = CheckReport(repo=repo)
+    if not repo.is_dir():
+        report.problems.append(Problem("", repo, "model repository folder not found"))
+        return report
+    for child in sorted(repo.iterdir()):
+        if not child.is_dir():
+            continue
+        if child.name == INNER_STAGING:
+            report.problems.append(
+                Problem(child.name, child, "leftover hepdeploy staging folder: Triton would try to load it as a model")
+            )
+            continue
+        report.models.append(child.name)
+        report.problems.extend(check_model(child, run_models=run_models, report=report))
+    if not report.models:
+        report.notes.append(f"{repo}: no model folders")
+    return report
+
+
+def check_repository(repo: Path, *, run_models: bool = True) -> list[Problem]:
+    """Every problem in a model repository, one per line-worthy finding (empty list: all good)."""
+    return check_repository_report(repo, run_models=run_models).problems

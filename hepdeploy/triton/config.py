@@ -1,0 +1,410 @@
+"""Triton ``config.pbtxt`` through the official schema.
+
+Configs are ``tritonclient.grpc.model_config_pb2.ModelConfig`` messages written and read
+with protobuf's text format; nothing here formats a config by hand. The one addition is
+``max_batch_size: 0``: proto3 scalars have no presence, so text_format never prints a
+zero, yet an explicit ``max_batch_size: 0`` is what tells a reader (and Triton's
+auto-complete, which otherwise may *guess* a batch size) that the model has no batch
+axis. ``config_to_pbtxt`` inserts that single line and proves, by parsing the result back
+and comparing messages, that the text still means exactly the message.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from hepdeploy.errors import RepositoryError, SpecError
+from hepdeploy.fsutil import check_safe_name
+from hepdeploy.spec import TensorSpec, TritonSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tritonclient.grpc import model_config_pb2
+
+Kind = Literal["gpu", "cpu"]
+PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch", "tensorflow_savedmodel", "python")
+
+# What Triton looks for in a version folder when default_model_filename is not set.
+DEFAULT_MODEL_FILENAMES = {
+    "onnxruntime_onnx": "model.onnx",
+    "tensorrt_plan": "model.plan",
+    "pytorch_libtorch": "model.pt",
+    "tensorflow_savedmodel": "model.savedmodel",
+    "python": "model.py",
+}
+
+# numpy dtype name <-> Triton DataType enum name.
+_DTYPE_TO_TRITON = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "float64": "TYPE_FP64",
+    "bfloat16": "TYPE_BF16",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "int16": "TYPE_INT16",
+    "uint16": "TYPE_UINT16",
+    "int32": "TYPE_INT32",
+    "uint32": "TYPE_UINT32",
+    "int64": "TYPE_INT64",
+    "uint64": "TYPE_UINT64",
+    "bool": "TYPE_BOOL",
+}
+_TRITON_TO_DTYPE = {v: k for k, v in _DTYPE_TO_TRITON.items()}
+
+# ONNX Runtime backend model parameters (triton-inference-server/onnxruntime_backend README):
+# execution_mode 0 = sequential, 1 = parallel; inter-op threads only matter in parallel mode.
+ORT_INTRA_OP_THREADS = "intra_op_thread_count"
+ORT_INTER_OP_THREADS = "inter_op_thread_count"
+ORT_EXECUTION_MODE = "execution_mode"
+
+WARMUP_FOLDER = "warmup"  # Triton reads model_warmup input_data_file from <model>/warmup/
+
+
+def _pb2() -> Any:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def triton_dtype(dtype: str) -> str:
+    """``float32`` -> ``TYPE_FP32``."""
+    try:
+        return _DTYPE_TO_TRITON[dtype]
+    except KeyError:
+        raise SpecError(f"dtype {dtype!r} has no Triton data type") from None
+
+
+def numpy_dtype_of(triton_type: str) -> str:
+    """``TYPE_FP32`` -> ``float32`` (raises for TYPE_STRING and unknown names)."""
+    try:
+        return _TRITON_TO_DTYPE[triton_type]
+    except KeyError:
+        raise RepositoryError(f"Triton data type {triton_type} is not supported here") from None
+
+
+def has_free_batch_axis(tensors: Sequence[TensorSpec]) -> bool:
+    """Every tensor's first dimension is dynamic (a name), so Triton may batch over it."""
+    return bool(tensors) and all(t.shape and isinstance(t.shape[0], str) for t in tensors)
+
+
+def default_batched(tensors: Sequence[TensorSpec]) -> bool:
+    """By the project's convention a model is batched when every first dim is named ``batch``."""
+    return bool(tensors) and all(t.shape and t.shape[0] == "batch" for t in tensors)
+
+
+def tensor_specs_from(source: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of an Artifact, Sidecar, ModelSpec, (inputs, outputs) pair or ONNX path."""
+    from hepdeploy.artifacts import Artifact, Sidecar, read_artifact
+
+    if isinstance(source, Artifact):
+        return list(source.sidecar.inputs), list(source.sidecar.outputs)
+    if isinstance(source, Sidecar):
+        return list(source.inputs), list(source.outputs)
+    if isinstance(source, (str, Path)):
+        return tensor_specs_from(read_artifact(Path(source)))
+    if isinstance(source, tuple) and len(source) == 2:
+        return list(source[0]), list(source[1])
+    inputs, outputs = getattr(source, "inputs", None), getattr(source, "outputs", None)
+    if inputs is not None and outputs is not None:
+        return list(inputs), list(outputs)
+    raise TypeError(f"cannot read tensor specs from {type(source).__name__}")
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """One warm-up input: its raw bytes (row-major) and the dims Triton must announce."""
+
+    name: str
+    dtype: str
+    dims: list[int]
+    data: bytes
+
+
+def warmup_samples(
+    inputs: Sequence[TensorSpec], warmup_inputs: Mapping[str, np.ndarray], batched: bool
+) -> list[WarmupSample]:
+    """One sample per input taken from golden inputs: the first row when batched, else as is."""
+    import numpy as np
+
+    samples = []
+    for spec in inputs:
+        if spec.name not in warmup_inputs:
+            raise SpecError(f"warm-up data lacks input {spec.name!r} (has {', '.join(sorted(warmup_inputs))})")
+        array = np.asarray(warmup_inputs[spec.name])
+        if array.ndim != len(spec.shape):
+            raise SpecError(
+                f"warm-up input {spec.name!r}: rank {array.ndim} but the model's input has rank {len(spec.shape)}"
+            )
+        if batched:
+            if array.shape[0] < 1:
+                raise SpecError(f"warm-up input {spec.name!r} is empty")
+            array = array[:1]
+        array = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+        dims = list(array.shape[1:] if batched else array.shape)
+        samples.append(WarmupSample(spec.name, spec.dtype, [int(d) for d in dims], array.tobytes(order="C")))
+    return samples
+
+
+def _dims(spec: TensorSpec, batched: bool) -> list[int]:
+    shape = spec.shape[1:] if batched else spec.shape
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def _fill_tensor(message: Any, spec: TensorSpec, batched: bool) -> None:
+    pb2 = _pb2()
+    message.name = spec.name
+    message.data_type = pb2.DataType.Value(triton_dtype(spec.dtype))
+    dims = _dims(spec, batched)
+    if batched and not dims:
+        # A [batch] tensor: Triton needs non-empty dims, so announce [1] and reshape to [].
+        message.dims.append(1)
+        message.reshape.SetInParent()
+    else:
+        message.dims.extend(dims)
+
+
+def _version_policy(config: Any, policy: str | Mapping[str, Any]) -> None:
+    if policy == "latest":
+        config.version_policy.latest.num_versions = 1
+    elif policy == "all":
+        config.version_policy.all.SetInParent()
+    elif isinstance(policy, Mapping) and set(policy) == {"latest"}:
+        config.version_policy.latest.num_versions = int(policy["latest"])
+    elif isinstance(policy, Mapping) and set(policy) == {"specific"}:
+        versions = policy["specific"]
+        if not versions or not all(isinstance(v, int) and v > 0 for v in versions):
+            raise SpecError("triton.version_policy.specific must be a list of positive version numbers")
+        config.version_policy.specific.versions.extend(versions)
+    elif isinstance(policy, Mapping) and set(policy) == {"all"}:
+        config.version_policy.all.SetInParent()
+    else:
+        raise SpecError(
+            f"triton.version_policy {policy!r}: use 'latest', 'all', {{latest: N}} or {{specific: [1, 2]}}"
+        )
+
+
+def build_model_config(
+    artifact_or_specs: Any,
+    triton: TritonSpec,
+    *,
+    name: str,
+    platform: str | None = None,
+    kind: Kind = "gpu",
+    warmup_inputs: Mapping[str, np.ndarray] | None = None,
+    default_model_filename: str | None = None,
+    cc_model_filenames: Mapping[str, str] | None = None,
+) -> model_config_pb2.ModelConfig:
+    """The ModelConfig for one model from its tensor specs and the spec's ``triton:`` block.
+
+    ``kind='cpu'`` makes the CPU-fallback twin: KIND_CPU instances, ONNX Runtime thread
+    settings from ``triton.cpu_twin``, no GPU accelerator. Warm-up files themselves are
+    written by the repository module; this only references ``warmup/<input name>``.
+    """
+    pb2 = _pb2()
+    check_safe_name(name, "Triton model name")
+    platform = platform or triton.platform or "onnxruntime_onnx"
+    if platform not in PLATFORMS:
+        raise SpecError(f"Triton platform {platform!r} is not supported (one of {', '.join(PLATFORMS)})")
+    inputs, outputs = tensor_specs_from(artifact_or_specs)
+    if not inputs or not outputs:
+        raise SpecError(f"model {name!r}: needs at least one input and one output")
+    tensors = [*inputs, *outputs]
+
+    # -- batching ---------------------------------------------------------------------------
+    if triton.max_batch_size is None:
+        max_batch = 0
+        if default_batched(tensors):
+            preferred = triton.dynamic_batching.preferred_batch_size if triton.dynamic_batching else []
+            max_batch = max([*preferred, 64])
+    else:
+        max_batch = triton.max_batch_size
+    if max_batch > 0 and not has_free_batch_axis(tensors):
+        fixed = [f"{t.name}{t.shape}" for t in tensors if not (t.shape and isinstance(t.shape[0], str))]
+        raise SpecError(
+            f"model {name!r}: triton.max_batch_size {max_batch} needs a free batch axis as the first dimension "
+            f"of every input and output, but these have none: {', '.join(fixed)}; use max_batch_size: 0"
+        )
+    batched = max_batch > 0
+
+    config = pb2.ModelConfig()
+    config.name = name
+    if platform == "python":
+        config.backend = "python"
+    else:
+        config.platform = platform
+    config.max_batch_size = max_batch
+    for spec in inputs:
+        _fill_tensor(config.input.add(), spec, batched)
+    for spec in outputs:
+        _fill_tensor(config.output.add(), spec, batched)
+
+    if triton.dynamic_batching is not None or batched:
+        if not batched:
+            raise SpecError(f"model {name!r}: dynamic_batching needs max_batch_size > 0 (the model has no batch axis)")
+        settings = triton.dynamic_batching
+        preferred = list(settings.preferred_batch_size) if settings else []
+        too_big = [p for p in preferred if p > max_batch or p < 1]
+        if too_big:
+            raise SpecError(
+                f"model {name!r}: preferred_batch_size {too_big} must be between 1 and max_batch_size {max_batch}"
+            )
+        config.dynamic_batching.SetInParent()
+        config.dynamic_batching.preferred_batch_size.extend(preferred)
+        config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_microseconds if settings else 100
+
+    # -- instances ---------------------------------------------------------------------------
+    twin = triton.cpu_twin
+    if kind == "cpu":
+        group = config.instance_group.add()
+        group.kind = pb2.ModelInstanceGroup.Kind.Value("KIND_CPU")
+        group.count = twin.count if twin else 1
+    else:
+        for wanted in triton.instance_group or []:
+            group = config.instance_group.add()
+            group.kind = pb2.ModelInstanceGroup.Kind.Value(wanted.kind)
+            group.count = wanted.count
+            group.gpus.extend(wanted.gpus)
+        if not triton.instance_group:
+            group = config.instance_group.add()
+            group.kind = pb2.ModelInstanceGroup.Kind.Value("KIND_GPU")
+            group.count = 1
+
+    # -- platform specifics ------------------------------------------------------------------
+    if platform == "onnxruntime_onnx":
+        if kind == "gpu" and triton.tensorrt_accelerator:
+            accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
+            accelerator.name = "tensorrt"
+            accelerator.parameters["precision_mode"] = triton.tensorrt_accelerator
+        if kind == "cpu":
+            intra = twin.intra_op_threads if twin else 0
+            inter = twin.inter_op_threads if twin else 0
+            config.parameters[ORT_INTRA_OP_THREADS].string_value = str(intra)
+            if inter > 0:
+                config.parameters[ORT_EXECUTION_MODE].string_value = "1"
+                config.parameters[ORT_INTER_OP_THREADS].string_value = str(inter)
+    if default_model_filename and default_model_filename != DEFAULT_MODEL_FILENAMES.get(platform):
+        config.default_model_filename = default_model_filename
+    if cc_model_filenames:
+        if platform != "tensorrt_plan":
+            raise SpecError("cc_model_filenames is only meaningful for tensorrt_plan models")
+        for capability, filename in sorted(cc_model_filenames.items()):
+            config.cc_model_filenames[capability] = filename
+
+    _version_policy(config, triton.version_policy)
+
+    # -- warm-up from golden inputs ---------------------------------------------------------
+    if triton.warmup and warmup_inputs:
+        warmup = config.model_warmup.add()
+        warmup.name = "golden_sample"
+        warmup.batch_size = 1
+        for sample in warmup_samples(inputs, warmup_inputs, batched):
+            entry = warmup.inputs[sample.name]
+            entry.data_type = pb2.DataType.Value(triton_dtype(sample.dtype))
+            entry.dims.extend(sample.dims)
+            entry.input_data_file = sample.name
+    return config
+
+
+# -- text format ---------------------------------------------------------------------------------
+
+def config_to_pbtxt(config: model_config_pb2.ModelConfig) -> str:
+    """Text format of a ModelConfig, with ``max_batch_size: 0`` printed explicitly."""
+    from google.protobuf import text_format
+
+    text = text_format.MessageToString(config)
+    if config.max_batch_size == 0:
+        # Put the line where text_format would print a non-zero value: before the first
+        # top-level field with a higher field number.
+        fields = config.DESCRIPTOR.fields_by_name
+        own_number = fields["max_batch_size"].number
+        lines = text.splitlines()
+        at = len(lines)
+        for index, line in enumerate(lines):
+            if line[:1].isspace() or not line.strip():
+                continue
+            field = fields.get(line.split(":", 1)[0].split(" ", 1)[0])
+            if field is not None and field.number > own_number:
+                at = index
+                break
+        lines.insert(at, "max_batch_size: 0")
+        text = "\n".join(lines) + "\n"
+    if parse_model_config(text, "generated config") != config:  # the line must not change the meaning
+        raise AssertionError("config text does not round-trip through the schema")
+    return text
+
+
+def parse_model_config(text: str, where: str = "config.pbtxt") -> model_config_pb2.ModelConfig:
+    """Parse config text with the schema; RepositoryError with the parser's line:column message."""
+    from google.protobuf import text_format
+
+    config = _pb2().ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise RepositoryError(f"{where}: not a valid model config: {error}") from None
+    return config
+
+
+def read_model_config(path: Path) -> model_config_pb2.ModelConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RepositoryError(f"{path}: no config.pbtxt") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RepositoryError(f"{path}: cannot read config ({type(error).__name__})") from None
+    return parse_model_config(text, str(path))
+
+
+# -- helpers used by repository and check --------------------------------------------------------
+
+
+def config_platform(config: model_config_pb2.ModelConfig) -> str:
+    """Platform name, with backend-only configs mapped to their platform (onnxruntime -> onnxruntime_onnx)."""
+    if config.platform:
+        return config.platform
+    return {
+        "onnxruntime": "onnxruntime_onnx",
+        "tensorrt": "tensorrt_plan",
+        "pytorch": "pytorch_libtorch",
+        "tensorflow": "tensorflow_savedmodel",
+        "python": "python",
+    }.get(config.backend, config.backend)
+
+
+def model_filename(config: model_config_pb2.ModelConfig) -> str | None:
+    return config.default_model_filename or DEFAULT_MODEL_FILENAMES.get(config_platform(config))
+
+
+def perf_analyzer_command(
+    config: model_config_pb2.ModelConfig,
+    *,
+    dim_sizes: Mapping[str, int] | None = None,
+    batch: int | None = None,
+    url: str = "localhost:8001",
+) -> str:
+    """The perf_analyzer command that measures this model: ``--shape`` for every input.
+
+    Variable dims take their size from the warm-up sample (or ``dim_sizes``, else 8) so
+    perf_analyzer can build requests; ``-b`` is the largest preferred batch when batched.
+    """
+    warm: dict[str, list[int]] = {}
+    for sample in config.model_warmup:
+        for input_name, entry in sample.inputs.items():
+            warm.setdefault(input_name, list(entry.dims))
+    parts = ["perf_analyzer", "-m", config.name]
+    for tensor in config.input:
+        dims = list(tensor.dims)
+        if tensor.name in warm and len(warm[tensor.name]) == len(dims):
+            dims = [w if d == -1 else d for d, w in zip(dims, warm[tensor.name], strict=True)]
+        dims = [(dim_sizes or {}).get(tensor.name, 8) if d == -1 else d for d in dims]
+        parts += ["--shape", f"{tensor.name}:{','.join(str(d) for d in dims)}"]
+    if config.max_batch_size > 0:
+        preferred = list(config.dynamic_batching.preferred_batch_size)
+        size = batch or (max(preferred) if preferred else 1)
+        parts += ["-b", str(min(size, config.max_batch_size))]
+    parts += ["-i", "grpc", "-u", url, "--concurrency-range", "1:4"]
+    return " ".join(parts)
+

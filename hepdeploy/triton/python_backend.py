@@ -1,0 +1,330 @@
+"""The Python-backend twin of an ONNX model: Triton's Python backend running the ONNX file with ONNX Runtime.
+
+A twin folder holds ``config.pbtxt`` with ``backend: "python"`` and the *same* tensor names, data
+types, dims, ``max_batch_size`` and dynamic batching as the ONNX model's config (it is derived from
+that config message, never written by hand), and a version folder with ``model.py`` and
+``model.onnx``. It serves where a Triton build lacks the ONNX Runtime backend (PyTriton-style
+servers, the bundled binary in :mod:`hepdeploy.triton.server`) and lets tests drive a real server.
+
+``model.py`` concatenates the requests that Triton's dynamic batcher hands it in one ``execute`` call
+along the batch axis (when the model has one and the non-batch dims agree), runs ONNX Runtime once,
+and splits the outputs back per request, so batching behaves as in the ONNX Runtime backend.
+"""
+from __future__ import annotations
+
+import site
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hepdeploy import __version__
+from hepdeploy.errors import SpecError
+from hepdeploy.fsutil import check_input_file, check_safe_name
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2
+
+    from hepdeploy.spec import TensorSpec, TritonSpec
+
+PYTHON_TWIN_SUFFIX = "_py"
+ONNX_FILENAME = "model.onnx"
+MODEL_PY_FILENAME = "model.py"
+
+_MODEL_PY = '''"""Triton Python-backend model written by hepdeploy {version}.
+
+Runs {onnx_filename} (next to this file) with ONNX Runtime on the CPU, with the tensor names, dims and
+batching of config.pbtxt. Requests that the dynamic batcher hands over together are run as one batch.
+"""
+import json
+import os
+import sys
+
+ONNX_FILENAME = {onnx_filename!r}
+# Where onnxruntime was installed when this file was written; used only when the stub's Python
+# cannot import it (the stub ignores PYTHONPATH). $HEPDEPLOY_SITE_PACKAGES is tried first.
+WRITER_SITE_PACKAGES = {site_packages!r}
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+        return onnxruntime
+    except ImportError:
+        pass
+    extra = [p for p in os.environ.get("HEPDEPLOY_SITE_PACKAGES", "").split(os.pathsep) if p]
+    for path in extra + list(WRITER_SITE_PACKAGES):
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.append(path)
+    import onnxruntime
+    return onnxruntime
+
+
+import numpy as np  # noqa: E402  (the backend's utilities import numpy themselves)
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+_NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def _input_array(request, name):
+    # Through DLPack, for the same reason as _output_tensor: as_numpy() misreads buffers under numpy 2.
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    try:
+        return np.from_dlpack(tensor)
+    except Exception:
+        if _NUMPY_2:
+            raise
+        return tensor.as_numpy()
+
+
+def _output_tensor(name, array):
+    # Through DLPack: the stub's pybind11 numpy path (pb_utils.Tensor(name, array)) sends empty
+    # buffers under numpy 2 (Triton 2.51 stubs were built for numpy 1); DLPack does not depend on it.
+    try:
+        return pb_utils.Tensor.from_dlpack(name, array)
+    except Exception:
+        if _NUMPY_2:
+            raise
+        return pb_utils.Tensor(name, array)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        ort = _import_onnxruntime()
+        config = json.loads(args["model_config"])
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.inputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["input"]]
+        self.outputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]]
+        parameters = {{k: v.get("string_value", "") for k, v in config.get("parameters", {{}}).items()}}
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        intra = int(parameters.get("intra_op_thread_count") or 0)
+        inter = int(parameters.get("inter_op_thread_count") or 0)
+        if intra > 0:
+            options.intra_op_num_threads = intra
+        if inter > 0:
+            options.inter_op_num_threads = inter
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        path = os.path.join(args["model_repository"], args["model_version"], ONNX_FILENAME)
+        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        graph_inputs = {{i.name for i in self.session.get_inputs()}}
+        graph_outputs = {{o.name for o in self.session.get_outputs()}}
+        missing = [n for n, _ in self.inputs if n not in graph_inputs] + [
+            n for n, _ in self.outputs if n not in graph_outputs]
+        if missing:
+            raise ValueError(f"{{ONNX_FILENAME}} has no tensor(s) {{', '.join(missing)}} named in config.pbtxt")
+
+    def _run(self, feeds):
+        values = self.session.run([n for n, _ in self.outputs], feeds)
+        return [np.ascontiguousarray(v.astype(dtype, copy=False)) for v, (_, dtype) in zip(values, self.outputs)]
+
+    def execute(self, requests):
+        arrays = []
+        for request in requests:
+            arrays.append({{n: _input_array(request, n) for n, _ in self.inputs}})
+        results = [None] * len(requests)
+        if self.max_batch_size > 0 and len(requests) > 1:
+            # One ONNX Runtime call per group of requests whose non-batch dims agree.
+            groups = {{}}
+            for index, feeds in enumerate(arrays):
+                key = tuple((n, feeds[n].shape[1:]) for n, _ in self.inputs)
+                groups.setdefault(key, []).append(index)
+            for members in groups.values():
+                if len(members) == 1:
+                    continue
+                try:
+                    joined = {{n: np.concatenate([arrays[i][n] for i in members]) for n, _ in self.inputs}}
+                    outputs = self._run(joined)
+                except Exception:  # fall back to one call per request, which reports its own error
+                    continue
+                start = 0
+                for i in members:
+                    size = arrays[i][self.inputs[0][0]].shape[0]
+                    results[i] = [o[start:start + size] for o in outputs]
+                    start += size
+        responses = []
+        for index, feeds in enumerate(arrays):
+            try:
+                outputs = results[index] if results[index] is not None else self._run(feeds)
+            except Exception as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {{first}}")))
+                continue
+            tensors = [_output_tensor(n, v) for (n, _), v in zip(self.outputs, outputs)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def finalize(self):
+        self.session = None
+'''
+
+
+def environment_site_packages() -> list[str]:
+    """This environment's site-packages folders (where onnxruntime and numpy live)."""
+    paths = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    return [p for p in dict.fromkeys([*paths, *[p for p in sys.path if p.endswith("site-packages")]]) if p]
+
+
+def model_py_text(onnx_filename: str = ONNX_FILENAME, site_packages: list[str] | None = None) -> str:
+    """The ``model.py`` of a twin (deterministic for a given environment)."""
+    check_safe_name(onnx_filename, "ONNX file name")
+    return _MODEL_PY.format(version=__version__, onnx_filename=onnx_filename,
+                            site_packages=list(site_packages if site_packages is not None else environment_site_packages()))
+
+
+def python_backend_config(onnx_config: model_config_pb2.ModelConfig, name: str | None = None) -> model_config_pb2.ModelConfig:
+    """The twin's config from an ONNX Runtime model's config: same tensors, dims and batching.
+
+    Kept: inputs/outputs (names, data types, dims, reshape), max_batch_size, dynamic batching,
+    sequence batching, warm-up, version policy and ONNX Runtime thread parameters (model.py reads
+    them). Changed: ``backend: "python"``, CPU instances (the twin runs ONNX Runtime on the CPU),
+    no ONNX Runtime/TensorRT optimization block, no default_model_filename.
+    """
+    from tritonclient.grpc import model_config_pb2 as pb2
+
+    config = pb2.ModelConfig()
+    config.CopyFrom(onnx_config)
+    if name is not None:
+        config.name = check_safe_name(name, "Triton model name")
+    config.ClearField("platform")
+    config.backend = "python"
+    config.ClearField("optimization")
+    config.ClearField("default_model_filename")
+    config.ClearField("cc_model_filenames")
+    kept = {k: v for k, v in onnx_config.parameters.items()
+            if k in ("intra_op_thread_count", "inter_op_thread_count")}
+    config.ClearField("parameters")
+    for key, value in kept.items():
+        config.parameters[key].string_value = value.string_value
+    count = sum(g.count for g in onnx_config.instance_group) or 1
+    config.ClearField("instance_group")
+    group = config.instance_group.add()
+    group.kind = pb2.ModelInstanceGroup.Kind.Value("KIND_CPU")
+    group.count = max(1, count)
+    return config
+
+
+def twin_name(model_name: str) -> str:
+    return check_safe_name(f"{model_name}{PYTHON_TWIN_SUFFIX}", "Triton model name")
+
+
+def write_python_backend_files(
+    onnx_path: Path | str,
+    specs: Any,
+    max_batch_size: int | None = None,
+    *,
+    name: str | None = None,
+    triton: TritonSpec | None = None,
+    onnx_config: model_config_pb2.ModelConfig | None = None,
+    warmup_inputs: Mapping[str, Any] | None = None,
+) -> dict[str, bytes]:
+    """The files of a Python-backend twin, as ``{relative path: bytes}``.
+
+    ``config.pbtxt`` belongs in the model folder; ``model.py`` and ``model.onnx`` in the version folder.
+    The config is derived from ``onnx_config`` when given (the ONNX model's own config), else built
+    from ``specs`` (an Artifact, Sidecar, ModelSpec or (inputs, outputs)) and ``triton`` with the
+    triton stage's config builder, with ``max_batch_size`` overriding the spec's.
+    """
+    from hepdeploy.spec import TritonSpec
+    from hepdeploy.triton.config import build_model_config, config_to_pbtxt, tensor_specs_from
+
+    onnx_path = check_input_file(Path(onnx_path), "ONNX model")
+    if onnx_config is None:
+        inputs, outputs = tensor_specs_from(specs)
+        settings = (triton or TritonSpec()).model_copy(deep=True)
+        if max_batch_size is not None:
+            settings.max_batch_size = max_batch_size
+        base_name = name or getattr(getattr(specs, "sidecar", None), "model_name", None) or onnx_path.stem
+        onnx_config = build_model_config((inputs, outputs), settings, name=check_safe_name(base_name, "model name"),
+                                         platform="onnxruntime_onnx", kind="cpu", warmup_inputs=warmup_inputs)
+        if name is None:
+            name = twin_name(base_name)
+    elif max_batch_size is not None and max_batch_size != onnx_config.max_batch_size:
+        raise SpecError(f"max_batch_size {max_batch_size} differs from the ONNX config's {onnx_config.max_batch_size}; "
+                        "the twin must batch as the ONNX model does")
+    config = python_backend_config(onnx_config, name or twin_name(onnx_config.name))
+    files = {
+        "config.pbtxt": config_to_pbtxt(config).encode("utf-8"),
+        MODEL_PY_FILENAME: model_py_text().encode("utf-8"),
+        ONNX_FILENAME: onnx_path.read_bytes(),
+    }
+    if config.model_warmup and warmup_inputs:
+        from hepdeploy.triton.config import WARMUP_FOLDER, warmup_samples
+
+        inputs, _ = tensor_specs_of_config(config)
+        for sample in warmup_samples(inputs, warmup_inputs, config.max_batch_size > 0):
+            files[f"{WARMUP_FOLDER}/{sample.name}"] = sample.data
+    return files
+
+
+def same_interface(a: model_config_pb2.ModelConfig, b: model_config_pb2.ModelConfig) -> list[str]:
+    """Differences in tensor names, types, dims and batching between two configs (empty when equal)."""
+    problems = []
+    if a.max_batch_size != b.max_batch_size:
+        problems.append(f"max_batch_size {a.max_batch_size} != {b.max_batch_size}")
+    for kind in ("input", "output"):
+        left = [(t.name, t.data_type, list(t.dims)) for t in getattr(a, kind)]
+        right = [(t.name, t.data_type, list(t.dims)) for t in getattr(b, kind)]
+        if left != right:
+            problems.append(f"{kind}s differ: {left} != {right}")
+    if a.HasField("dynamic_batching") != b.HasField("dynamic_batching") or (
+            a.dynamic_batching != b.dynamic_batching):
+        problems.append("dynamic_batching differs")
+    return problems
+
+
+def tensor_specs_of_config(config: model_config_pb2.ModelConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Tensor specs as a served model announces them (batch axis named ``batch`` when batched)."""
+    from hepdeploy.spec import TensorSpec
+    from hepdeploy.triton.config import numpy_dtype_of
+    from tritonclient.grpc import model_config_pb2 as pb2
+
+    def spec(tensor: Any, position: int) -> TensorSpec:
+        shape: list[int | str] = [d if d > 0 else f"dim{position}_{k}" for k, d in enumerate(tensor.dims)]
+        if config.max_batch_size > 0:
+            shape = ["batch", *shape]
+        dtype = numpy_dtype_of(pb2.DataType.Name(tensor.data_type))
+        return TensorSpec.model_construct(name=tensor.name, dtype=dtype, shape=shape)
+
+    return ([spec(t, i) for i, t in enumerate(config.input)], [spec(t, i) for i, t in enumerate(config.output)])
+
+
+def publish_python_twin(
+    repo: Path | str,
+    onnx_path: Path | str,
+    *,
+    name: str | None = None,
+    spec: Any | None = None,
+    triton: TritonSpec | None = None,
+    onnx_config: model_config_pb2.ModelConfig | None = None,
+    warmup_inputs: Mapping[str, Any] | None = None,
+    verdict: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> Any:
+    """Publish the Python-backend twin of ``onnx_path`` as the next version of ``name`` in ``repo``.
+
+    ``name`` defaults to ``<model name>_py``. The config is the ONNX model's config (``onnx_config``,
+    else built from the artifact's sidecar and ``triton``/``spec.triton`` exactly as ``triton add``
+    builds it) turned into a Python-backend config; publishing goes through the triton stage's
+    atomic, versioned :func:`hepdeploy.triton.repository.publish_model`.
+    """
+    from hepdeploy.artifacts import read_artifact
+    from hepdeploy.spec import TritonSpec
+    from hepdeploy.triton.config import build_model_config
+    from hepdeploy.triton.repository import publish_model
+
+    artifact = read_artifact(Path(onnx_path))
+    settings = triton or (spec.triton if spec is not None else None) or TritonSpec()
+    base = (settings.model_name if settings.model_name else None) or (spec.name if spec is not None else None) \
+        or artifact.sidecar.model_name
+    name = name or twin_name(base)
+    if onnx_config is None:
+        onnx_config = build_model_config(artifact, settings, name=base, platform="onnxruntime_onnx", kind="cpu",
+                                         warmup_inputs=warmup_inputs)
+    config = python_backend_config(onnx_config, name)
+    return publish_model(
+        Path(repo), artifact.path, name=name, spec=spec, triton=settings, kind="cpu", verdict=verdict,
+        warmup_inputs=warmup_inputs, extra_files={MODEL_PY_FILENAME: model_py_text().encode("utf-8")},
+        platform="python", config=config, verify=verify,
+    )

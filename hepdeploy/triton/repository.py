@@ -1,0 +1,522 @@
+"""Publishing models into a Triton model repository: versioned and atomic.
+
+Each publish adds the next integer version folder and never touches an existing one.
+Everything a publish changes (the new version, the config, the README, the warm-up
+files) is assembled first in a private staging folder on the same file system, then
+made visible by ONE rename:
+
+* a new model: ``rename(staging/<name>, repo/<name>)``;
+* a new version of an existing model: the staged folder is a full copy of the model
+  folder in which the existing files are *hard links* (same inodes, same bytes, nothing
+  copied) plus the new version and the new config; ``renameat2(RENAME_EXCHANGE)`` swaps
+  it with ``repo/<name>`` in one step, so a polling server sees either the old model or
+  the new one, never a new version with an old config. Where the file system cannot
+  exchange (not Linux, NFS), it falls back to renames in a safe order: warm-up files,
+  then the version folder, README, and last config.pbtxt (each rename atomic).
+
+Where the staging folder lives: Triton treats *every* subfolder of the repository as a
+model (hidden ones included) and would try to load a staging folder there, and a
+leftover after a crash would change the repository. So staging is a hidden sibling of
+the repository, ``<parent>/.<repo>.hepdeploy-staging/``, which is on the same file
+system (checked); only if the parent is on another file system or not writable does it
+fall back to ``<repo>/.hepdeploy-staging/`` (``triton check`` then warns about it).
+A process killed at any moment leaves the repository exactly as it was; its staging
+leftovers are removed by the next publish, which holds an exclusive lock on the staging
+folder for its whole run.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as _dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hepdeploy import __version__
+from hepdeploy.errors import BadInputError, ModelLoadError, RepositoryError
+from hepdeploy.fsutil import atomic_write_bytes, atomic_write_text, check_input_file, check_safe_name, sha256_file
+from hepdeploy.spec import ModelSpec, TensorSpec, TritonSpec
+from hepdeploy.triton.config import (
+    DEFAULT_MODEL_FILENAMES,
+    WARMUP_FOLDER,
+    Kind,
+    build_model_config,
+    config_to_pbtxt,
+    perf_analyzer_command,
+    read_model_config,
+    warmup_samples,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tritonclient.grpc import model_config_pb2
+
+log = logging.getLogger("hepdeploy.triton.repository")
+
+MANIFEST_NAME = "hepdeploy-manifest.json"
+MANIFEST_SCHEMA = 1
+CONFIG_NAME = "config.pbtxt"
+README_NAME = "README.md"
+INNER_STAGING = ".hepdeploy-staging"
+# Tests only: seconds to sleep per copied MiB, so a test can SIGKILL a publish mid-copy.
+_SLOW_COPY_ENV = "HEPDEPLOY_TEST_SLOW_COPY"
+_CHUNK = 1 << 20
+_FILE_MODE = 0o644
+
+
+@dataclass
+class PublishResult:
+    name: str
+    version: int
+    model_dir: Path
+    version_dir: Path
+    config_changed: bool
+    files: dict[str, str] = field(default_factory=dict)  # file in the version folder -> sha256
+
+    def line(self) -> str:
+        return f"published {self.name} version {self.version} -> {self.version_dir}"
+
+
+def platform_for_file(path: Path) -> str:
+    """Guess the Triton platform from a model file."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "tensorflow_savedmodel"
+        raise ModelLoadError(f"{path}: a folder but not a TensorFlow SavedModel (no saved_model.pb)")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime_onnx"
+    if suffix in (".plan", ".engine", ".trt"):
+        return "tensorrt_plan"
+    if suffix in (".pt", ".pts", ".torchscript"):
+        return "pytorch_libtorch"
+    raise ModelLoadError(f"{path}: cannot tell the Triton platform from the suffix {suffix!r}; pass --platform")
+
+
+def version_folders(model_dir: Path) -> list[int]:
+    """Numeric version folders of a model folder (as Triton reads them: no leading zeros)."""
+    versions = []
+    if model_dir.is_dir():
+        for child in model_dir.iterdir():
+            if child.is_dir() and child.name.isdigit() and (child.name == "0" or not child.name.startswith("0")):
+                versions.append(int(child.name))
+    return sorted(versions)
+
+
+# -- file helpers ---------------------------------------------------------------------------------
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """Copy in chunks (so the test hook can slow it down) and fsync."""
+    delay = float(os.environ.get(_SLOW_COPY_ENV, "0") or 0)
+    with open(src, "rb") as reader, open(dst, "wb") as writer:
+        while block := reader.read(_CHUNK):
+            writer.write(block)
+            if delay:
+                writer.flush()
+                time.sleep(delay)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    """Atomic write, then world-readable: a server often runs as another user than the build."""
+    if isinstance(data, str):
+        atomic_write_text(path, data)
+    else:
+        atomic_write_bytes(path, data)
+    os.chmod(path, _FILE_MODE)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    dst.mkdir()
+    for child in sorted(src.iterdir()):
+        target = dst / child.name
+        if child.is_dir() and not child.is_symlink():
+            _copy_tree(child, target)
+        else:
+            _copy_file(child, target)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Mirror ``src`` into ``dst`` with hard links (copies where links are refused)."""
+    dst.mkdir()
+    shutil.copymode(src, dst)
+    for child in sorted(src.iterdir()):
+        target = dst / child.name
+        if child.is_symlink():
+            os.symlink(os.readlink(child), target)
+        elif child.is_dir():
+            _link_tree(child, target)
+        else:
+            try:
+                os.link(child, target)
+            except OSError:
+                _copy_file(child, target)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2). False where the system cannot do it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+# -- staging ----------------------------------------------------------------------------------
+
+
+def staging_root(repo: Path) -> Path:
+    """Where this repository's publishes are assembled (see the module docstring)."""
+    repo = repo.resolve()
+    outside = repo.parent / f".{repo.name}.hepdeploy-staging"
+    try:
+        same_fs = os.stat(repo.parent).st_dev == os.stat(repo).st_dev
+    except OSError:
+        same_fs = False
+    if same_fs and os.access(repo.parent, os.W_OK):
+        return outside
+    log.warning("staging inside %s (its parent is on another file system or read-only)", repo)
+    return repo / INNER_STAGING
+
+
+@contextlib.contextmanager
+def _staging(repo: Path) -> Iterator[Path]:
+    """A fresh private staging folder, under an exclusive lock; removes stale leftovers."""
+    root = staging_root(repo)
+    root.mkdir(exist_ok=True)
+    lock_fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        # Holding the lock, no other publish runs: anything here is left from a killed one.
+        for stale in root.iterdir():
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix="publish-", dir=root))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        os.close(lock_fd)  # releases the lock
+        if root.name == INNER_STAGING:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+
+
+# -- manifest and README ----------------------------------------------------------------------
+
+
+def _version_files(version_dir: Path) -> dict[str, str]:
+    files = {}
+    for path in sorted(version_dir.rglob("*")):
+        if path.is_file() and path.name != MANIFEST_NAME:
+            files[path.relative_to(version_dir).as_posix()] = sha256_file(path)
+    return files
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any] | None:
+    path = version_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RepositoryError(f"{path}: unreadable manifest ({type(error).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise RepositoryError(f"{path}: manifest has no 'files' table")
+    return data
+
+
+def _readme_text(config: model_config_pb2.ModelConfig, versions: list[int], spec: ModelSpec | None) -> str:
+    batch = None
+    if spec is not None and spec.triton.perf.batch_per_request > 1:
+        batch = spec.triton.perf.batch_per_request
+    dims: dict[str, int] = {}
+    if spec is not None:
+        for tensor in spec.inputs:
+            named = [d for d in tensor.shape[1:] if isinstance(d, str)]
+            if len(named) == 1:
+                dims[tensor.name] = spec.dim_range(named[0]).opt or spec.dim_range(named[0]).min
+    kind = ", ".join(sorted({g.Kind.Name(g.kind) for g in config.instance_group})) or "default instances"
+    return (
+        f"# {config.name}\n\n"
+        f"Written by hepdeploy {__version__}: platform {config.platform or config.backend}, {kind}, "
+        f"versions {', '.join(map(str, versions))}; each version folder holds {MANIFEST_NAME} (sha256 of every "
+        f"file, toolkit version, validation verdict). Check with `hepdeploy triton check <repository>`.\n\n"
+        f"Measure it against a running server:\n\n"
+        f"    {perf_analyzer_command(config, dim_sizes=dims, batch=batch)}\n"
+    )
+
+
+# -- publish ----------------------------------------------------------------------------------
+
+
+def _tensors_for(model_file: Path, platform: str, spec: ModelSpec | None) -> tuple[list[TensorSpec], list[TensorSpec], Any]:
+    """Tensor specs for the config and the sidecar (if any) of the model file."""
+    from hepdeploy.artifacts import read_artifact, sidecar_path_for
+
+    if model_file.suffix.lower() == ".onnx" and model_file.is_file():
+        artifact = read_artifact(model_file)
+        return list(artifact.sidecar.inputs), list(artifact.sidecar.outputs), artifact.sidecar
+    side = sidecar_path_for(model_file)
+    if side.is_file() and side != model_file:
+        from hepdeploy.artifacts import Sidecar
+
+        with contextlib.suppress(Exception):
+            sidecar = Sidecar.model_validate_json(side.read_text(encoding="utf-8"))
+            return list(sidecar.inputs), list(sidecar.outputs), sidecar
+    if spec is None:
+        raise BadInputError(f"{model_file}: a {platform} model needs --spec for its input and output tensors")
+    return list(spec.inputs), list(spec.outputs), None
+
+
+def publish_model(
+    repo: Path,
+    model_file: Path,
+    *,
+    name: str,
+    spec: ModelSpec | None = None,
+    triton: TritonSpec | None = None,
+    kind: Kind = "gpu",
+    verdict: Mapping[str, Any] | None = None,
+    warmup_inputs: Mapping[str, np.ndarray] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+    platform: str | None = None,
+    config: model_config_pb2.ModelConfig | None = None,
+    model_filename: str | None = None,
+    cc_model_files: Mapping[str, Path] | None = None,
+    verify: bool = True,
+) -> PublishResult:
+    """Publish ``model_file`` as the next version of model ``name`` in ``repo``.
+
+    ``triton`` defaults to ``spec.triton``. ``config`` replaces the generated config (its
+    name must be ``name``), e.g. for a Python-backend twin that also ships ``model.py`` via
+    ``extra_files`` (file name -> bytes, placed in the version folder). ``cc_model_files``
+    maps compute capabilities ("8.0") to TensorRT plans built for them. With ``verify``
+    the staged model folder goes through ``check_model`` (including an ONNX Runtime run)
+    before it is made visible; any problem aborts the publish with the repository untouched.
+    """
+    from hepdeploy.triton.check import check_model
+
+    check_safe_name(name, "Triton model name")
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise RepositoryError(f"{repo}: not a folder")
+    if not repo.exists():
+        if not repo.parent.is_dir():
+            raise BadInputError(f"{repo}: parent folder {repo.parent} does not exist")
+        repo.mkdir()
+    model_file = Path(model_file)
+    if not model_file.exists():
+        raise BadInputError(f"{model_file}: model file not found")
+    if not model_file.is_dir():
+        check_input_file(model_file, "model file")
+    triton = triton or (spec.triton if spec is not None else TritonSpec())
+    platform = platform or (config.platform or config.backend if config is not None else None)
+    platform = platform or triton.platform or platform_for_file(model_file)
+    if platform == "python":
+        filename = model_filename or DEFAULT_MODEL_FILENAMES[platform_for_file(model_file)]
+    else:
+        filename = model_filename or DEFAULT_MODEL_FILENAMES[platform]
+    check_safe_name(filename, "model file name")
+    for extra in extra_files or {}:
+        check_safe_name(extra, "extra file name")
+        if extra in (filename, MANIFEST_NAME):
+            raise BadInputError(f"extra file {extra!r} would overwrite the model file or the manifest")
+
+    inputs, outputs, sidecar = _tensors_for(model_file, platform, spec)
+    cc_names = {cap: f"model_sm{cap.replace('.', '')}.plan" for cap in (cc_model_files or {})}
+    if config is None:
+        config = build_model_config(
+            (inputs, outputs),
+            triton,
+            name=name,
+            platform=platform,
+            kind=kind,
+            warmup_inputs=warmup_inputs,
+            default_model_filename=filename if platform != "python" else None,
+            cc_model_filenames=cc_names or None,
+        )
+    elif config.name != name:
+        raise BadInputError(f"config name {config.name!r} differs from the model name {name!r}")
+    config_text = config_to_pbtxt(config)
+    batched = config.max_batch_size > 0
+    samples = warmup_samples(inputs, warmup_inputs, batched) if (config.model_warmup and warmup_inputs) else []
+
+    model_dir = repo / name
+    if model_dir.exists() and not model_dir.is_dir():
+        raise RepositoryError(f"{model_dir}: exists and is not a model folder")
+    if model_dir.is_dir() and (model_dir / CONFIG_NAME).is_file():
+        # A broken existing config is reported, and left exactly as it is.
+        try:
+            read_model_config(model_dir / CONFIG_NAME)
+        except RepositoryError as error:
+            raise RepositoryError(f"{error}; not publishing into {model_dir} (nothing changed)") from None
+
+    try:
+        with _staging(repo) as work:
+            existing = version_folders(model_dir)
+            version = (existing[-1] + 1) if existing else 1
+            staged = work / name
+            if model_dir.is_dir():
+                _link_tree(model_dir, staged)
+            else:
+                staged.mkdir()
+            version_dir = staged / str(version)
+            version_dir.mkdir()
+            if model_file.is_dir():
+                _copy_tree(model_file, version_dir / filename)
+            else:
+                _copy_file(model_file, version_dir / filename)
+            for capability, path in (cc_model_files or {}).items():
+                _copy_file(check_input_file(Path(path), "TensorRT plan"), version_dir / cc_names[capability])
+            for extra, data in (extra_files or {}).items():
+                _write(version_dir / extra, data)
+            files = _version_files(version_dir)
+            manifest = {
+                "schema": MANIFEST_SCHEMA,
+                "model": name,
+                "version": version,
+                "platform": platform,
+                "kind": kind,
+                "files": files,
+                "hepdeploy_version": __version__,
+                "published_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "source": {
+                    "path": str(model_file.resolve()),
+                    "variant": sidecar.variant.model_dump() if sidecar is not None else None,
+                    "sha256": sidecar.sha256 if sidecar is not None else None,
+                    "steps": [step.name for step in sidecar.steps] if sidecar is not None else [],
+                },
+                "verdict": dict(verdict) if verdict is not None else None,
+            }
+            _write(version_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, default=str) + "\n")
+            if samples:
+                (staged / WARMUP_FOLDER).mkdir(exist_ok=True)
+                for sample in samples:
+                    _write(staged / WARMUP_FOLDER / sample.name, sample.data)
+            old_text = (model_dir / CONFIG_NAME).read_text(encoding="utf-8") if (model_dir / CONFIG_NAME).is_file() else None
+            _write(staged / CONFIG_NAME, config_text)
+            _write(staged / README_NAME, _readme_text(config, [*existing, version], spec))
+
+            if verify:
+                problems = check_model(staged, run_models=True)
+                if problems:
+                    raise RepositoryError(
+                        f"model {name!r} failed its check before publishing (nothing changed): "
+                        + "; ".join(p.message for p in problems[:3])
+                    )
+            _commit(staged, model_dir, version, [s.name for s in samples])
+    except OSError as error:  # disk full, permission denied ... while staging
+        what = error.strerror or type(error).__name__
+        raise RepositoryError(f"{model_dir}: cannot stage the new version ({what}); nothing changed") from None
+    return PublishResult(
+        name=name,
+        version=version,
+        model_dir=model_dir,
+        version_dir=model_dir / str(version),
+        config_changed=old_text != config_text,
+        files=files,
+    )
+
+
+def _commit(staged: Path, model_dir: Path, version: int, warmup_names: list[str]) -> None:
+    """Make the staged model folder visible in one rename (see module docstring)."""
+    try:
+        if not model_dir.exists():
+            os.rename(staged, model_dir)
+        elif not _exchange(staged, model_dir):
+            _commit_by_renames(staged, model_dir, version, warmup_names)
+        _fsync_dir(model_dir.parent)
+    except OSError as error:
+        raise RepositoryError(f"{model_dir}: cannot publish ({error.strerror or error}); nothing changed") from None
+
+
+def _commit_by_renames(staged: Path, model_dir: Path, version: int, warmup_names: list[str]) -> None:
+    """Fallback without RENAME_EXCHANGE: each rename atomic, config last."""
+    if warmup_names:
+        (model_dir / WARMUP_FOLDER).mkdir(exist_ok=True)
+        for item in warmup_names:
+            os.replace(staged / WARMUP_FOLDER / item, model_dir / WARMUP_FOLDER / item)
+    os.rename(staged / str(version), model_dir / str(version))
+    os.replace(staged / README_NAME, model_dir / README_NAME)
+    os.replace(staged / CONFIG_NAME, model_dir / CONFIG_NAME)
+
+
+def publish_twins(
+    repo: Path,
+    gpu_model: Path,
+    cpu_model: Path | None,
+    *,
+    name: str,
+    spec: ModelSpec | None,
+    triton: TritonSpec | None = None,
+    verdicts: Mapping[str, Mapping[str, Any] | None] | None = None,
+    warmup_inputs: Mapping[str, np.ndarray] | None = None,
+    platform: str | None = None,
+) -> list[PublishResult]:
+    """``<name>`` for GPU servers and, with ``cpu_model``, ``<name>_cpu`` for CPU fallback servers."""
+    verdicts = verdicts or {}
+    results = [
+        publish_model(
+            repo, gpu_model, name=name, spec=spec, triton=triton, kind="gpu",
+            verdict=verdicts.get("gpu"), warmup_inputs=warmup_inputs, platform=platform,
+        )
+    ]
+    if cpu_model is not None:
+        cpu_triton = (triton or (spec.triton if spec else TritonSpec())).model_copy(update={"platform": None})
+        results.append(
+            publish_model(
+                repo, cpu_model, name=f"{name}_cpu", spec=spec, triton=cpu_triton, kind="cpu",
+                verdict=verdicts.get("cpu"), warmup_inputs=warmup_inputs,
+            )
+        )
+    return results
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "MANIFEST_NAME",
+    "PublishResult",
+    "platform_for_file",
+    "publish_model",
+    "publish_twins",
+    "read_manifest",
+    "staging_root",
+    "version_folders",
+]

@@ -1,0 +1,370 @@
+"""Reference sets: inputs, golden outputs of the source model, optional labels, provenance.
+
+Stored as one ``.npz`` (keys ``input/NAME``, ``output/NAME``, ``label/NAME`` and a JSON
+``__provenance__``), and read/written in the ONNX test-data layout
+(``test_data_set_N/input_K.pb``, ``output_K.pb``; labels as ``label_K.pb``, which the
+ONNX test runners ignore). A reference must be finite: NaN or Inf in golden outputs is
+refused when a set is made, saved or loaded.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hepdeploy import __version__
+from hepdeploy.errors import BadInputError, DataError
+from hepdeploy.fsutil import atomic_write_bytes, check_output_folder, sha256_file
+
+if TYPE_CHECKING:
+    from hepdeploy.spec import ModelSpec
+
+log = logging.getLogger("hepdeploy.validate.reference")
+
+REFERENCE_FORMAT = 1
+_INPUT, _OUTPUT, _LABEL, _PROVENANCE = "input/", "output/", "label/", "__provenance__"
+
+
+@dataclass
+class ReferenceSet:
+    """Inputs, the source model's outputs for them, optional labels/targets, and who made them."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        first = next(iter(self.inputs.values()), None)
+        return 0 if first is None or first.ndim == 0 else int(first.shape[0])
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.labels)
+
+    def check(self, where: str = "reference") -> ReferenceSet:
+        """Raise DataError unless the set is usable: non-empty, finite outputs, labels of the right length."""
+        if not self.inputs:
+            raise DataError(f"{where}: no inputs")
+        if not self.outputs:
+            raise DataError(f"{where}: no reference outputs")
+        for name, array in self.inputs.items():
+            if array.size == 0 or (array.ndim > 0 and array.shape[0] == 0):
+                raise DataError(f"{where}: input {name!r} is empty (shape {list(array.shape)})")
+        for name, array in self.outputs.items():
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                bad = int((~np.isfinite(array)).sum())
+                raise DataError(
+                    f"{where}: reference output {name!r} has {bad} NaN/Inf values; a reference must be finite"
+                )
+        n = self.n_samples
+        for name, array in self.labels.items():
+            if array.ndim == 0 or array.shape[0] != n:
+                length = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+                raise DataError(f"{where}: labels {name!r} have {length} but the inputs have {n} samples")
+        return self
+
+    def subset(self, stop: int) -> ReferenceSet:
+        """The first ``stop`` samples (batched tensors only; others are kept whole)."""
+        n = self.n_samples
+
+        def cut(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: (v[:stop] if v.ndim and v.shape[0] == n else v) for k, v in arrays.items()}
+
+        return ReferenceSet(cut(self.inputs), cut(self.outputs), cut(self.labels), dict(self.provenance))
+
+
+# ---------------------------------------------------------------------------- npz
+
+
+def save_reference(reference: ReferenceSet, path: Path) -> Path:
+    """Write a reference set to ``.npz`` atomically (refused when its outputs are not finite)."""
+    path = Path(path)
+    reference.check(str(path))
+    if path.suffix != ".npz":
+        raise BadInputError(f"{path}: a reference set is written as .npz")
+    check_output_folder(path)
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, group in ((_INPUT, reference.inputs), (_OUTPUT, reference.outputs), (_LABEL, reference.labels)):
+        for name, value in group.items():
+            arrays[prefix + name] = np.asarray(value)
+    provenance = {"format": REFERENCE_FORMAT, **reference.provenance}
+    arrays[_PROVENANCE] = np.array(json.dumps(provenance, default=str))
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_reference(path: Path) -> ReferenceSet:
+    """Read a reference set from ``.npz`` or from an ONNX test-data folder; checked before use."""
+    path = Path(path)
+    if path.is_dir():
+        return read_onnx_test_data(path)
+    from hepdeploy.data import load_tensors
+
+    arrays = load_tensors(path)
+    if not any(k.startswith(_OUTPUT) for k in arrays):
+        raise DataError(
+            f"{path}: not a hepdeploy reference set (no 'output/NAME' arrays; make one with `hepdeploy reference`)"
+        )
+    provenance: dict[str, Any] = {}
+    if _PROVENANCE in arrays:
+        try:
+            provenance = json.loads(str(arrays.pop(_PROVENANCE)))
+        except json.JSONDecodeError:
+            raise DataError(f"{path}: provenance record is not valid JSON") from None
+    reference = ReferenceSet(
+        inputs={k[len(_INPUT):]: v for k, v in arrays.items() if k.startswith(_INPUT)},
+        outputs={k[len(_OUTPUT):]: v for k, v in arrays.items() if k.startswith(_OUTPUT)},
+        labels={k[len(_LABEL):]: v for k, v in arrays.items() if k.startswith(_LABEL)},
+        provenance=provenance,
+    )
+    reference.provenance.setdefault("file", str(path))
+    return reference.check(str(path))
+
+
+# ---------------------------------------------------------------------------- ONNX layout
+
+
+def write_onnx_test_data(
+    reference: ReferenceSet,
+    folder: Path,
+    input_order: list[str] | None = None,
+    output_order: list[str] | None = None,
+    samples_per_set: int | None = None,
+) -> list[Path]:
+    """Write ``folder/test_data_set_N/{input,output,label}_K.pb`` (TensorProto files).
+
+    ``samples_per_set`` splits the batch into several sets (all in one set when None).
+    The orders give K (the model's input/output order); default: the set's own order.
+    """
+    from onnx import numpy_helper
+
+    reference.check(str(folder))
+    folder = Path(folder)
+    check_output_folder(folder)
+    folder.mkdir(exist_ok=True)
+    inputs = input_order or list(reference.inputs)
+    outputs = output_order or list(reference.outputs)
+    n = reference.n_samples
+    step = samples_per_set or max(n, 1)
+    written = []
+    for index, start in enumerate(range(0, max(n, 1), step)):
+        part = _slice(reference, start, start + step)
+        set_dir = folder / f"test_data_set_{index}"
+        set_dir.mkdir(exist_ok=True)
+        for kind, names, arrays in (("input", inputs, part.inputs), ("output", outputs, part.outputs),
+                                    ("label", list(part.labels), part.labels)):
+            for k, name in enumerate(names):
+                if name not in arrays:
+                    raise DataError(f"{kind} {name!r} is not in the reference set")
+                proto = numpy_helper.from_array(np.ascontiguousarray(arrays[name]), name=name)
+                written.append(atomic_write_bytes(set_dir / f"{kind}_{k}.pb", proto.SerializeToString()))
+    if reference.provenance:
+        written.append(atomic_write_bytes(folder / "provenance.json",
+                                          json.dumps(reference.provenance, indent=2, default=str).encode()))
+    return written
+
+
+def read_onnx_test_data(folder: Path) -> ReferenceSet:
+    """Read every ``test_data_set_N`` of a folder (or one set folder); sets are concatenated on axis 0."""
+    from onnx import TensorProto, numpy_helper
+
+    folder = Path(folder)
+    sets = sorted(folder.glob("test_data_set_*"), key=lambda p: _index(p.name))
+    if not sets and list(folder.glob("input_*.pb")):
+        sets = [folder]
+    if not sets:
+        raise DataError(f"{folder}: no test_data_set_N folders and no input_K.pb files")
+    parts: list[ReferenceSet] = []
+    for set_dir in sets:
+        groups: dict[str, dict[str, np.ndarray]] = {"input": {}, "output": {}, "label": {}}
+        for kind in groups:
+            for k, pb in enumerate(sorted(set_dir.glob(f"{kind}_*.pb"), key=lambda p: _index(p.stem))):
+                proto = TensorProto()
+                try:
+                    proto.ParseFromString(pb.read_bytes())
+                    array = numpy_helper.to_array(proto)
+                except Exception as error:  # protobuf DecodeError, ValueError on odd dtypes
+                    raise DataError(f"{pb}: not a readable TensorProto ({type(error).__name__})") from None
+                groups[kind][proto.name or f"{kind}_{k}"] = array
+        parts.append(ReferenceSet(groups["input"], groups["output"], groups["label"]))
+    provenance: dict[str, Any] = {}
+    prov_file = folder / "provenance.json"
+    if prov_file.is_file():
+        try:
+            provenance = json.loads(prov_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            log.warning("%s: ignoring unreadable provenance.json", prov_file)
+    provenance.setdefault("file", str(folder))
+    merged = parts[0] if len(parts) == 1 else _concatenate(parts, folder)
+    merged.provenance = provenance
+    return merged.check(str(folder))
+
+
+def _index(name: str) -> int:
+    tail = name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _slice(reference: ReferenceSet, start: int, stop: int) -> ReferenceSet:
+    n = reference.n_samples
+
+    def cut(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: (v[start:stop] if v.ndim and v.shape[0] == n else v) for k, v in arrays.items()}
+
+    return ReferenceSet(cut(reference.inputs), cut(reference.outputs), cut(reference.labels))
+
+
+def _concatenate(parts: list[ReferenceSet], where: Path) -> ReferenceSet:
+    def join(group: str) -> dict[str, np.ndarray]:
+        names = list(getattr(parts[0], group))
+        out = {}
+        for name in names:
+            arrays = [getattr(p, group).get(name) for p in parts]
+            if any(a is None for a in arrays):
+                raise DataError(f"{where}: {group[:-1]} {name!r} is missing from some test_data_set folders")
+            try:
+                out[name] = np.concatenate(arrays, axis=0)
+            except ValueError:
+                raise DataError(f"{where}: {group[:-1]} {name!r} has different shapes across test data sets") from None
+        return out
+
+    return ReferenceSet(join("inputs"), join("outputs"), join("labels"))
+
+
+# ---------------------------------------------------------------------------- making one
+
+
+def load_data_file(data: Mapping[str, np.ndarray] | Path | str) -> dict[str, np.ndarray]:
+    """Arrays from a dict or a data file (.npz via hepdeploy.data; a reference set reads its inputs+labels)."""
+    if isinstance(data, Mapping):
+        return {str(k): np.asarray(v) for k, v in data.items()}
+    path = Path(data)
+    if path.is_dir():
+        ref = read_onnx_test_data(path)
+        return {**ref.inputs, **ref.labels}
+    from hepdeploy.data import load_tensors
+
+    arrays = load_tensors(path)
+    if any(k.startswith(_OUTPUT) for k in arrays):  # a golden file given as data: use its inputs and labels
+        ref = load_reference(path)
+        return {**ref.inputs, **ref.labels}
+    return arrays
+
+
+def resolve_labels(
+    labels: str | Path | Mapping[str, np.ndarray] | np.ndarray | None,
+    arrays: dict[str, np.ndarray],
+    spec_label_name: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Labels/targets: a name inside the data, a file (.npz: every array), an array, or the spec's name."""
+    if labels is None:
+        if spec_label_name and spec_label_name in arrays:
+            return {spec_label_name: arrays[spec_label_name]}
+        return {}
+    if isinstance(labels, np.ndarray):
+        return {"labels": labels}
+    if isinstance(labels, Mapping):
+        return {str(k): np.asarray(v) for k, v in labels.items()}
+    text = str(labels)
+    if text in arrays:
+        return {text: arrays[text]}
+    path = Path(text)
+    if path.suffix == ".npz" or path.exists():
+        from hepdeploy.data import load_tensors
+
+        loaded = load_tensors(path)
+        if not loaded:
+            raise DataError(f"{path}: no arrays in the labels file")
+        return loaded
+    raise DataError(f"labels {text!r}: neither an array in the data ({', '.join(sorted(arrays))}) nor a file")
+
+
+def make_reference(
+    source: Any,
+    data: Mapping[str, np.ndarray] | Path | str,
+    *,
+    labels: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
+    spec: ModelSpec | None = None,
+    chunk_size: int | None = None,
+    max_samples: int | None = None,
+) -> ReferenceSet:
+    """Run the source model on ``data`` and return the reference set.
+
+    ``source``: a Runner (anything with ``run(dict) -> dict``), a ModelSpec, or a model
+    path (``.onnx``, ``.yaml`` spec, or whatever runners.artifact_runner accepts).
+    ``data``: a dict of arrays or a data file; arrays not consumed as inputs may hold
+    labels (``labels='NAME'`` or the spec's ``data.labels``).
+    """
+    from hepdeploy.validate.runner_access import describe_runner, open_source, run_in_chunks
+
+    spec_obj = spec
+    runner, source_info, spec_from_source = open_source(source)
+    spec_obj = spec_obj or spec_from_source
+    arrays = load_data_file(data)
+    if not arrays:
+        raise DataError(f"{data}: the data set is empty")
+    input_names = _input_names(runner, spec_obj, arrays)
+    missing = [n for n in input_names if n not in arrays]
+    if missing:
+        raise DataError(
+            f"data has no array named {', '.join(missing)} (model inputs: {', '.join(input_names)}; "
+            f"data: {', '.join(sorted(arrays))})"
+        )
+    inputs = {n: arrays[n] for n in input_names}
+    label_arrays = resolve_labels(labels, arrays, spec_obj.data.labels if spec_obj is not None else None)
+    if max_samples is not None:
+        inputs = {k: v[:max_samples] for k, v in inputs.items()}
+        label_arrays = {k: v[:max_samples] for k, v in label_arrays.items()}
+    probe = ReferenceSet(inputs, {"_": np.zeros(1)}, label_arrays)
+    probe.check(str(data) if not isinstance(data, Mapping) else "data")
+    chunk = chunk_size or (spec_obj.validation.chunk_size if spec_obj is not None else 4096)
+    outputs = run_in_chunks(runner, inputs, chunk)
+    provenance = {
+        **source_info,
+        "runner": describe_runner(runner),
+        "n_samples": probe.n_samples,
+        "data": None if isinstance(data, Mapping) else str(data),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    reference = ReferenceSet(inputs, outputs, label_arrays, provenance)
+    return reference.check("source model outputs")
+
+
+def _input_names(runner: Any, spec: ModelSpec | None, arrays: dict[str, np.ndarray]) -> list[str]:
+    names = getattr(runner, "input_names", None)
+    if names:
+        return list(names)
+    if spec is not None:
+        return [t.name for t in spec.inputs]
+    raise DataError("cannot tell which data arrays are the model inputs: give a spec or an ONNX model")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"hepdeploy": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for dist in ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "tensorflow-cpu", "tensorflow", "keras"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+def model_sha256(path: Path | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    return sha256_file(Path(path))

@@ -1,0 +1,496 @@
+"""Validation reports: one VariantReport per candidate, written for people and for CI.
+
+``write_reports`` writes, into one folder: ``report.json`` (versioned schema),
+``junit.xml`` (one test case per variant x output x check, as GitLab/GitHub/Jenkins read
+it), ``report.md`` (also appended to ``$GITHUB_STEP_SUMMARY`` when set) and
+``report.html`` with matplotlib plots under ``plots/``. ``console_table`` renders the
+summary the CLI prints.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hepdeploy import __version__
+from hepdeploy.fsutil import atomic_path, atomic_write_text
+from hepdeploy.validate.compare import PRECISION_DEFAULTS, OutputComparison, ResolvedTolerance
+from hepdeploy.validate.localize import LocalizationReport
+from hepdeploy.validate.physics import PhysicsResult
+
+log = logging.getLogger("hepdeploy.validate.report")
+
+REPORT_SCHEMA = "hepdeploy.validation-report"
+REPORT_SCHEMA_VERSION = 1
+MAX_PLOT_VALUES = 200_000  # values kept per output for plots (not written to JSON)
+
+
+@dataclass
+class VariantReport:
+    """Everything known about one candidate's agreement with the reference."""
+
+    variant: str
+    candidate: str
+    precision: str
+    policy: str
+    policy_reason: str
+    providers: list[str]
+    tolerances: dict[str, ResolvedTolerance]
+    numerical: list[OutputComparison]
+    physics: PhysicsResult
+    passed: bool
+    verdict: str
+    n_samples: int
+    reference: dict[str, Any] = field(default_factory=dict)
+    localization: LocalizationReport | None = None
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    # For plots only: flattened reference/candidate values per output (subsampled).
+    plot_values: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def numerical_passed(self) -> bool:
+        return all(c.passed for c in self.numerical)
+
+    @property
+    def hard_failures(self) -> list[OutputComparison]:
+        """Shape/dtype mismatches and NaN/Inf where the reference is finite: fail under every policy."""
+        return [c for c in self.numerical if c.problem]
+
+    def counts_numerical(self) -> bool:
+        return self.policy in ("numerical", "either", "both")
+
+    def counts_physics(self) -> bool:
+        return self.policy in ("physics", "either", "both") and self.physics.ran
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "candidate": self.candidate,
+            "precision": self.precision,
+            "policy": self.policy,
+            "policy_reason": self.policy_reason,
+            "passed": self.passed,
+            "verdict": self.verdict,
+            "providers": list(self.providers),
+            "n_samples": self.n_samples,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "tolerances": {
+                name: {"atol": t.atol, "rtol": t.rtol, "atol_source": t.atol_source, "rtol_source": t.rtol_source}
+                for name, t in self.tolerances.items()
+            },
+            "numerical": {"passed": self.numerical_passed, "outputs": [_comparison_dict(c) for c in self.numerical]},
+            "physics": self.physics.to_dict(),
+            "localization": self.localization.to_dict() if self.localization else None,
+            "reference": self.reference,
+            "notes": list(self.notes),
+        }
+
+
+def _comparison_dict(c: OutputComparison) -> dict[str, Any]:
+    def num(x: float) -> float | None:
+        return float(x) if x is not None and np.isfinite(x) else None
+
+    return {
+        "name": c.name, "passed": c.passed, "atol": c.atol, "rtol": c.rtol, "n_elements": c.n_elements,
+        "max_abs_error": num(c.max_abs_error), "mean_abs_error": num(c.mean_abs_error),
+        "median_abs_error": num(c.median_abs_error), "p99_abs_error": num(c.p99_abs_error),
+        "max_rel_error": num(c.max_rel_error), "fraction_out_of_tolerance": num(c.fraction_out_of_tolerance),
+        "cosine_similarity": num(c.cosine_similarity), "problem": c.problem,
+    }
+
+
+def defaults_line() -> str:
+    """The default tolerances per precision, as printed in every report."""
+    return ", ".join(f"{k}: atol={v.atol:g} rtol={v.rtol:g}" for k, v in PRECISION_DEFAULTS.items())
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+def write_reports(reports: list[VariantReport], report_dir: Path) -> list[Path]:
+    """Write JSON, JUnit XML, Markdown and HTML (+ PNG plots) into ``report_dir``; return the paths."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written = [
+        atomic_write_text(report_dir / "report.json", json.dumps(report_json(reports), indent=2) + "\n"),
+        atomic_write_text(report_dir / "junit.xml", junit_xml(reports)),
+    ]
+    markdown = report_markdown(reports)
+    written.append(atomic_write_text(report_dir / "report.md", markdown))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(markdown + "\n")
+        except OSError as error:
+            log.warning("cannot append to $GITHUB_STEP_SUMMARY (%s): %s", summary, error)
+    plots = write_plots(reports, report_dir / "plots")
+    written += [p for paths in plots.values() for p in paths]
+    written.append(atomic_write_text(report_dir / "report.html", report_html(reports, plots, report_dir)))
+    return written
+
+
+def report_json(reports: list[VariantReport]) -> dict[str, Any]:
+    return {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "hepdeploy_version": __version__,
+        "created": _now(),
+        "passed": all(r.passed for r in reports),
+        "default_tolerances": {k: {"atol": v.atol, "rtol": v.rtol} for k, v in PRECISION_DEFAULTS.items()},
+        "variants": [r.to_dict() for r in reports],
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------- JUnit
+
+
+@dataclass
+class _Case:
+    classname: str
+    name: str
+    outcome: str  # passed | failure | skipped
+    message: str = ""
+    details: str = ""
+
+
+def junit_cases(report: VariantReport) -> list[_Case]:
+    """One case per output x numerical check, per physics metric, and one for localization."""
+    cases: list[_Case] = []
+    cls = f"hepdeploy.validate.{report.variant}"
+    counts_num = report.counts_numerical()
+    for c in report.numerical:
+        shape_problem = bool(c.problem) and ("shape" in c.problem or "dtype" in c.problem)
+        finite_problem = bool(c.problem) and "NaN/Inf" in c.problem
+        cases.append(_Case(cls, f"{c.name}: shape and dtype", "failure" if shape_problem else "passed",
+                           c.problem if shape_problem else ""))
+        cases.append(_Case(cls, f"{c.name}: finite where the reference is", "failure" if finite_problem else "passed",
+                           c.problem if finite_problem else ""))
+        within = c.passed or bool(c.problem)
+        tol = f"atol={c.atol:g} rtol={c.rtol:g}"
+        if c.problem:
+            outcome, message = "skipped", f"not compared: {c.problem}"
+        elif within:
+            outcome, message = "passed", ""
+        elif counts_num:
+            outcome, message = "failure", f"{100 * c.fraction_out_of_tolerance:.3g}% of elements out of tolerance ({tol})"
+        else:
+            outcome, message = "skipped", f"out of tolerance ({tol}) but not required by policy {report.policy}"
+        cases.append(_Case(cls, f"{c.name}: within tolerance", outcome, message, c.summary()))
+    counts_phys = report.policy in ("physics", "either", "both")
+    for check in report.physics.checks:
+        if check.passed:
+            outcome, message = "passed", ""
+        elif counts_phys:
+            outcome, message = "failure", check.summary()
+        else:
+            outcome, message = "skipped", f"{check.summary()}; not required by policy {report.policy}"
+        cases.append(_Case(cls, f"{check.output}: physics {check.metric}", outcome, message, check.summary()))
+    if not report.physics.ran:
+        note = "; ".join(report.physics.notes) or "physics checks did not run"
+        cases.append(_Case(cls, "physics", "skipped", note))
+    if report.localization is not None:
+        cases.append(_Case(cls, "localize: first divergent node", "passed", "", report.localization.summary()))
+    return cases
+
+
+def junit_xml(reports: list[VariantReport]) -> str:
+    import xml.etree.ElementTree as ET
+
+    timestamp = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+    root = ET.Element("testsuites", name="hepdeploy validate")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    total_time = 0.0
+    for index, report in enumerate(reports):
+        cases = junit_cases(report)
+        failures = sum(c.outcome == "failure" for c in cases)
+        skipped = sum(c.outcome == "skipped" for c in cases)
+        # "either" passes on one family alone: its failed cases then show as skipped, not red.
+        if report.passed and failures:
+            for c in cases:
+                if c.outcome == "failure" and "shape" not in c.name and "finite" not in c.name:
+                    c.outcome, c.message = "skipped", f"{c.message}; variant passes by policy {report.policy}"
+            failures = sum(c.outcome == "failure" for c in cases)
+            skipped = sum(c.outcome == "skipped" for c in cases)
+        per_case = report.elapsed_s / max(len(cases), 1)
+        suite = ET.SubElement(root, "testsuite", {
+            "name": report.variant, "tests": str(len(cases)), "failures": str(failures), "errors": "0",
+            "skipped": str(skipped), "time": f"{report.elapsed_s:.3f}", "timestamp": timestamp,
+            "hostname": socket.gethostname() or "localhost", "id": str(index), "package": "hepdeploy.validate",
+        })
+        props = ET.SubElement(suite, "properties")
+        for key, value in (("candidate", report.candidate), ("precision", report.precision),
+                           ("policy", report.policy), ("providers", ",".join(report.providers)),
+                           ("verdict", report.verdict)):
+            ET.SubElement(props, "property", name=key, value=str(value))
+        for case in cases:
+            element = ET.SubElement(suite, "testcase", classname=case.classname, name=case.name,
+                                    time=f"{per_case:.3f}")
+            if case.outcome == "failure":
+                failure = ET.SubElement(element, "failure", message=case.message[:500], type="DisagreementError")
+                failure.text = case.details or case.message
+            elif case.outcome == "skipped":
+                ET.SubElement(element, "skipped", message=case.message[:500])
+            if case.details and case.outcome != "failure":
+                ET.SubElement(element, "system-out").text = case.details
+        ET.SubElement(suite, "system-out").text = report.verdict
+        ET.SubElement(suite, "system-err").text = ""
+        totals["tests"] += len(cases)
+        totals["failures"] += failures
+        totals["skipped"] += skipped
+        total_time += report.elapsed_s
+    for key in ("tests", "failures", "errors"):
+        root.set(key, str(totals[key]))
+    root.set("time", f"{total_time:.3f}")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "-"
+    return format(x, spec)
+
+
+def console_table(reports: list[VariantReport]) -> Any:
+    """A rich renderable: one row per variant x output, then physics rows."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"hepdeploy validate ({'PASS' if all(r.passed for r in reports) else 'FAIL'})")
+    for column in ("variant", "check", "value", "limit", "result"):
+        table.add_column(column)
+    for report in reports:
+        verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+        table.add_row(escape(report.variant), f"{report.precision}, policy {report.policy}",
+                      ", ".join(report.providers), "", verdict)
+        for c in report.numerical:
+            value = c.problem or f"max|d|={_fmt(c.max_abs_error)} p99={_fmt(c.p99_abs_error)} " \
+                                 f"out={_fmt(c.fraction_out_of_tolerance)}"
+            table.add_row("", escape(c.name), escape(value), f"atol={c.atol:g} rtol={c.rtol:g}", "ok" if c.passed else "FAIL")
+        for check in report.physics.checks:
+            value = f"{_fmt(check.reference, '.4f')} -> {_fmt(check.candidate, '.4f')}"
+            table.add_row("", escape(check.metric), value, check.rule,
+                          "info" if check.informational else "ok" if check.passed else "FAIL")
+        for note in report.physics.notes + report.notes:
+            table.add_row("", "note", escape(note), "", "")
+        if report.localization is not None:
+            table.add_row("", "localize", escape(report.localization.summary()), "", "")
+    table.caption = f"default tolerances: {defaults_line()}"
+    return table
+
+
+def report_markdown(reports: list[VariantReport]) -> str:
+    ok = all(r.passed for r in reports)
+    lines = [f"## hepdeploy validation: {'✅ PASS' if ok else '❌ FAIL'}", ""]
+    lines += ["| variant | precision | policy | result | providers | worst max abs error |",
+              "|---|---|---|---|---|---|"]
+    for r in reports:
+        worst = max((c.max_abs_error for c in r.numerical if np.isfinite(c.max_abs_error)), default=float("nan"))
+        lines.append(f"| {r.variant} | {r.precision} | {r.policy} | {'PASS' if r.passed else '**FAIL**'} | "
+                     f"{', '.join(r.providers)} | {_fmt(worst)} |")
+    lines += ["", f"Default tolerances: {defaults_line()}.", ""]
+    for r in reports:
+        lines += [f"### {r.variant}: {'PASS' if r.passed else 'FAIL'}", "", f"{r.verdict}", "",
+                  f"Candidate `{r.candidate}`, {r.n_samples} samples; policy {r.policy} ({r.policy_reason}).", "",
+                  "| output | atol | rtol | max abs | mean abs | p99 abs | max rel | out of tol | cosine | result |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in r.numerical:
+            tol = r.tolerances.get(c.name)
+            atol = f"{c.atol:g} ({tol.atol_source})" if tol else f"{c.atol:g}"
+            rtol = f"{c.rtol:g} ({tol.rtol_source})" if tol else f"{c.rtol:g}"
+            result = c.problem or ("ok" if c.passed else "FAIL")
+            lines.append(f"| {c.name} | {atol} | {rtol} | {_fmt(c.max_abs_error)} | {_fmt(c.mean_abs_error)} | "
+                         f"{_fmt(c.p99_abs_error)} | {_fmt(c.max_rel_error)} | {_fmt(c.fraction_out_of_tolerance)} | "
+                         f"{_fmt(c.cosine_similarity, '.6f')} | {result} |")
+        lines.append("")
+        if r.physics.ran:
+            lines += [f"Physics ({r.physics.task}, output `{r.physics.output}`, labels `{r.physics.labels}`):", "",
+                      "| metric | reference | candidate | change | allowed | result |", "|---|---|---|---|---|---|"]
+            for check in r.physics.checks:
+                result = "info" if check.informational else "ok" if check.passed else "FAIL"
+                lines.append(f"| {check.metric} | {_fmt(check.reference, '.4f')} | {_fmt(check.candidate, '.4f')} | "
+                             f"{_fmt(check.change, '+.4f')} | {check.rule} | {result} |")
+            lines.append("")
+        for note in r.physics.notes + r.notes:
+            lines.append(f"- {note}")
+        if r.localization is not None:
+            lines.append(f"- localization: {r.localization.summary()}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- plots + HTML
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def write_plots(reports: list[VariantReport], folder: Path) -> dict[str, list[Path]]:
+    """PNG plots per variant: output distributions, residuals, ROC curves / regression residuals."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict[str, list[Path]] = {}
+    for report in reports:
+        paths: list[Path] = []
+        stem = _safe(report.variant)
+        for output, (ref, cand) in report.plot_values.items():
+            if ref.size == 0 or ref.dtype.kind not in "fiub":
+                continue
+            fig, (ax_dist, ax_res) = plt.subplots(1, 2, figsize=(10, 3.6))
+            finite = np.isfinite(ref) & np.isfinite(cand)
+            r, c = ref[finite].astype(np.float64), cand[finite].astype(np.float64)
+            low, high = (float(r.min()), float(r.max())) if r.size else (0.0, 1.0)
+            bins = np.linspace(low, high if high > low else low + 1.0, 60)
+            ax_dist.hist(r, bins=bins, histtype="step", linewidth=2.0, label="reference")
+            ax_dist.hist(c, bins=bins, histtype="step", linewidth=1.2, linestyle="--", label=report.variant)
+            ax_dist.set_yscale("log")
+            ax_dist.set_xlabel(f"{output} value")
+            ax_dist.set_ylabel("entries")
+            ax_dist.set_title(f"{output}: distribution")
+            ax_dist.legend()
+            residual = c - r
+            tol = report.tolerances.get(output)
+            ax_res.hist(residual, bins=60, histtype="stepfilled", alpha=0.7)
+            if tol is not None:
+                ax_res.axvline(tol.atol, color="red", linestyle=":", label=f"atol={tol.atol:g}")
+                ax_res.axvline(-tol.atol, color="red", linestyle=":")
+                ax_res.legend()
+            ax_res.set_yscale("log")
+            ax_res.set_xlabel(f"{report.variant} - reference")
+            ax_res.set_ylabel("entries")
+            ax_res.set_title(f"{output}: residual ({int((~finite).sum())} non-finite)")
+            fig.tight_layout()
+            paths.append(_save_figure(fig, folder / f"{stem}_{_safe(output)}_outputs.png"))
+            plt.close(fig)
+        if report.physics.curves:
+            fig, ax = plt.subplots(figsize=(6, 5))
+            for k, (label, curve) in enumerate(report.physics.curves.items()):
+                colour = f"C{k % 10}"
+                ax.plot(curve["tpr_ref"], np.maximum(curve["fpr_ref"], 1e-6), color=colour, linewidth=2.0,
+                        label=f"{label} reference")
+                ax.plot(curve["tpr_cand"], np.maximum(curve["fpr_cand"], 1e-6), color=colour, linewidth=1.2,
+                        linestyle="--", label=f"{label} {report.variant}")
+            ax.set_yscale("log")
+            ax.set_ylim(1e-4, 1.0)
+            ax.set_xlabel("signal efficiency")
+            ax.set_ylabel("background efficiency (mistag)")
+            ax.set_title(f"ROC: reference (solid) vs {report.variant} (dashed)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            paths.append(_save_figure(fig, folder / f"{stem}_roc.png"))
+            plt.close(fig)
+        if report.physics.residuals:
+            n = len(report.physics.residuals)
+            fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
+            for ax, (label, values) in zip(axes[0], report.physics.residuals.items(), strict=True):
+                ref_res, cand_res = values["reference"], values["candidate"]
+                both = np.r_[ref_res, cand_res]
+                both = both[np.isfinite(both)]
+                lo, hi = np.percentile(both, [0.5, 99.5]) if both.size else (-1.0, 1.0)
+                bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 60)
+                ax.hist(ref_res, bins=bins, histtype="step", linewidth=2.0, label="reference")
+                ax.hist(cand_res, bins=bins, histtype="step", linestyle="--", label=report.variant)
+                ax.set_xlabel(f"(prediction - true) / true, {label}")
+                ax.set_ylabel("events")
+                ax.legend()
+            fig.tight_layout()
+            paths.append(_save_figure(fig, folder / f"{stem}_regression.png"))
+            plt.close(fig)
+        result[report.variant] = paths
+    return result
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    return path
+
+
+def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], report_dir: Path) -> str:
+    ok = all(r.passed for r in reports)
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>hepdeploy validation: {'PASS' if ok else 'FAIL'}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}td:first-child{text-align:left}"
+        ".pass{color:#070;font-weight:bold}.fail{color:#b00;font-weight:bold}img{max-width:100%;margin:0.5em 0}"
+        "</style></head><body>",
+        f"<h1>hepdeploy validation: <span class='{'pass' if ok else 'fail'}'>{'PASS' if ok else 'FAIL'}</span></h1>",
+        f"<p>Default tolerances: {esc(defaults_line())}. Generated {esc(_now())} by hepdeploy {esc(__version__)}.</p>",
+    ]
+    for r in reports:
+        css = "pass" if r.passed else "fail"
+        parts += [
+            f"<h2 id='{esc(_safe(r.variant))}'>{esc(r.variant)}: <span class='{css}'>"
+            f"{'PASS' if r.passed else 'FAIL'}</span></h2>",
+            f"<p>{esc(r.verdict)}</p>",
+            f"<p>Candidate <code>{esc(r.candidate)}</code>, precision {esc(r.precision)}, policy {esc(r.policy)} "
+            f"({esc(r.policy_reason)}), providers {esc(', '.join(r.providers))}, {r.n_samples} samples.</p>",
+            "<table><tr><th>output</th><th>atol</th><th>rtol</th><th>max abs</th><th>p99 abs</th><th>max rel</th>"
+            "<th>out of tol</th><th>cosine</th><th>result</th></tr>",
+        ]
+        for c in r.numerical:
+            result = esc(c.problem) if c.problem else ("ok" if c.passed else "FAIL")
+            parts.append(
+                f"<tr><td>{esc(c.name)}</td><td>{c.atol:g}</td><td>{c.rtol:g}</td><td>{_fmt(c.max_abs_error)}</td>"
+                f"<td>{_fmt(c.p99_abs_error)}</td><td>{_fmt(c.max_rel_error)}</td>"
+                f"<td>{_fmt(c.fraction_out_of_tolerance)}</td><td>{_fmt(c.cosine_similarity, '.6f')}</td>"
+                f"<td class='{'pass' if c.passed else 'fail'}'>{result}</td></tr>"
+            )
+        parts.append("</table>")
+        if r.physics.ran:
+            parts.append(f"<p>Physics: {esc(r.physics.task)} on output <code>{esc(str(r.physics.output))}</code>"
+                         f" with labels <code>{esc(str(r.physics.labels))}</code>.</p>")
+            parts.append("<table><tr><th>metric</th><th>reference</th><th>candidate</th><th>change</th>"
+                         "<th>allowed</th><th>result</th></tr>")
+            for check in r.physics.checks:
+                result = "info" if check.informational else "ok" if check.passed else "FAIL"
+                parts.append(
+                    f"<tr><td>{esc(check.metric)}</td><td>{_fmt(check.reference, '.4f')}</td>"
+                    f"<td>{_fmt(check.candidate, '.4f')}</td><td>{_fmt(check.change, '+.4f')}</td>"
+                    f"<td>{esc(check.rule)}</td><td class='{'pass' if check.passed else 'fail'}'>{result}</td></tr>"
+                )
+            parts.append("</table>")
+        notes = r.physics.notes + r.notes
+        if notes:
+            parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+        if r.localization is not None:
+            parts.append(f"<p>Localization: {esc(r.localization.summary())}</p>")
+            rows = [t for t in r.localization.tensors if t.max_abs_error is not None][:200]
+            parts.append("<table><tr><th>node</th><th>op</th><th>tensor</th><th>max abs</th><th>out of tol</th>"
+                         "<th>exceeds</th></tr>")
+            for t in rows:
+                parts.append(f"<tr><td>{esc(t.node)}</td><td>{esc(t.op_type)}</td><td>{esc(t.tensor)}</td>"
+                             f"<td>{_fmt(t.max_abs_error)}</td><td>{_fmt(t.fraction_out_of_tolerance)}</td>"
+                             f"<td class='{'fail' if t.exceeds else 'pass'}'>{'yes' if t.exceeds else 'no'}</td></tr>")
+            parts.append("</table>")
+        for path in plots.get(r.variant, []):
+            rel = path.relative_to(report_dir).as_posix()
+            parts.append(f"<div><img src='{esc(rel)}' alt='{esc(path.stem)}'></div>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

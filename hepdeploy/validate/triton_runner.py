@@ -1,0 +1,298 @@
+"""A runner over a model served by a live Triton server (gRPC through tritonclient, or HTTP).
+
+Same interface as the runners in :mod:`hepdeploy.validate.runners`: ``run(inputs) -> outputs``.
+Before the first request it reads the server's model metadata and config and checks them against
+the artifact's tensor specs (names, dtypes, fixed dims, batch axis), so a wrong model behind the
+right name is refused before any number is compared. A reference set is split into requests no
+larger than the model's ``max_batch_size``. Every call has a timeout: a dead or hung server gives a
+clear :class:`~hepdeploy.triton.server.ServerError` within it, never a hang.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, DisagreementError
+from hepdeploy.spec import TensorSpec
+from hepdeploy.triton.server import ServerError
+
+log = logging.getLogger("hepdeploy.validate.triton_runner")
+
+Protocol = Literal["grpc", "http"]
+
+_TRITON_TO_NUMPY = {
+    "FP32": "float32", "FP16": "float16", "FP64": "float64", "BF16": "bfloat16", "INT8": "int8",
+    "UINT8": "uint8", "INT16": "int16", "UINT16": "uint16", "INT32": "int32", "UINT32": "uint32",
+    "INT64": "int64", "UINT64": "uint64", "BOOL": "bool",
+}
+_NUMPY_TO_TRITON = {v: k for k, v in _TRITON_TO_NUMPY.items()}
+
+
+class ServedModelMismatchError(DisagreementError):
+    """The server's model does not have the artifact's tensors (exit 1)."""
+
+
+def parse_model_ref(text: str) -> tuple[str, str]:
+    """``NAME[:VERSION]`` -> (name, version or '')."""
+    from hepdeploy.fsutil import check_safe_name
+
+    name, _, version = text.partition(":")
+    check_safe_name(name, "Triton model name")
+    if version and not version.isdigit():
+        raise BadInputError(f"model {text!r}: the version after ':' must be a number")
+    return name, version
+
+
+def parse_server_url(text: str) -> str:
+    """``HOST:PORT`` (an ``http://``/``grpc://`` prefix is dropped)."""
+    for prefix in ("grpc://", "http://"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    host, _, port = text.rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadInputError(f"server {text!r}: expected HOST:PORT such as 127.0.0.1:8001")
+    return f"{host}:{port}"
+
+
+def _error_line(error: BaseException) -> str:
+    text = getattr(error, "message", None)
+    text = text() if callable(text) else text
+    text = str(text or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class TritonRunner:
+    """Runs inputs through ``model`` on a Triton server at ``url`` (``HOST:PORT``).
+
+    ``expected``: the artifact's (inputs, outputs) tensor specs; checked against the served model
+    on first use (:meth:`check_metadata`). ``max_request_batch`` caps request size below the
+    model's ``max_batch_size``. ``timeout_s`` bounds every network call.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        version: str = "",
+        *,
+        protocol: Protocol = "grpc",
+        timeout_s: float = 30.0,
+        expected: tuple[Sequence[TensorSpec], Sequence[TensorSpec]] | None = None,
+        max_request_batch: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.url = parse_server_url(url)
+        self.model, parsed_version = parse_model_ref(model) if ":" in model else (model, "")
+        self.version = str(version or parsed_version)
+        self.protocol = protocol
+        self.timeout_s = float(timeout_s)
+        self.expected = expected
+        self.max_request_batch = max_request_batch
+        self.name = name or f"triton:{self.protocol}://{self.url}/{self.model}" + (
+            f":{self.version}" if self.version else "")
+        self._client = self._connect()
+        self._checked = False
+        self.max_batch_size = 0
+        self.input_specs: list[tuple[str, str, list[int]]] = []
+        self.output_names: list[str] = []
+        self.requests_sent = 0
+
+    # -- connection ---------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        if self.protocol == "grpc":
+            import tritonclient.grpc as client_module
+
+            return client_module.InferenceServerClient(self.url)
+        if self.protocol == "http":
+            try:
+                import tritonclient.http as client_module
+            except (ImportError, RuntimeError):
+                raise DependencyMissingError(
+                    "the HTTP protocol needs tritonclient's http support: pip install 'tritonclient[http]' "
+                    "(or use the default gRPC protocol)") from None
+            return client_module.InferenceServerClient(
+                self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s)
+        raise BadInputError(f"protocol {self.protocol!r}: use grpc or http")
+
+    def _module(self) -> Any:
+        if self.protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        return module
+
+    def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """One client call with the timeout; any failure becomes one clear ServerError line."""
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
+        started = time.monotonic()
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # tritonclient raises InferenceServerException, grpc/gevent errors
+            elapsed = time.monotonic() - started
+            line = _error_line(error)
+            if "deadline" in line.lower() or "timed out" in line.lower() or elapsed >= self.timeout_s * 0.95:
+                raise ServerError(f"{self.name}: {what}: no answer within {self.timeout_s:g} s ({line})") from None
+            lowered = line.lower()
+            if any(k in lowered for k in ("unavailable", "connect", "connection", "socket closed", "broken pipe",
+                                          "reset by peer", "failed to connect")):
+                raise ServerError(f"{self.name}: {what}: server not reachable ({line})") from None
+            raise ServerError(f"{self.name}: {what}: {line}") from None
+
+    def close(self) -> None:
+        closer = getattr(self._client, "close", None)
+        if closer:
+            try:
+                closer()
+            except Exception:  # closing a dead connection may raise; nothing to do about it
+                log.debug("closing the client failed", exc_info=True)
+
+    def __enter__(self) -> TritonRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata -----------------------------------------------------------------------------
+    def model_config(self) -> dict[str, Any]:
+        if self.protocol == "grpc":
+            answer = self._call("model config", self._client.get_model_config, self.model, self.version, as_json=True)
+            return dict(answer.get("config", answer))
+        return dict(self._call("model config", self._client.get_model_config, self.model, self.version))
+
+    def model_metadata(self) -> dict[str, Any]:
+        if self.protocol == "grpc":
+            return dict(self._call("model metadata", self._client.get_model_metadata, self.model, self.version,
+                                   as_json=True))
+        return dict(self._call("model metadata", self._client.get_model_metadata, self.model, self.version))
+
+    def check_metadata(self) -> None:
+        """Read the served model's metadata and config; raise ServedModelMismatchError if they differ from the specs."""
+        ready = self._call("model ready", self._client.is_model_ready, self.model, self.version)
+        if not ready:
+            raise ServerError(f"{self.name}: the server has no ready model {self.model!r}"
+                              + (f" version {self.version}" if self.version else ""))
+        metadata = self.model_metadata()
+        config = self.model_config()
+        self.max_batch_size = int(config.get("max_batch_size", 0) or 0)
+        served_inputs = [(t["name"], _TRITON_TO_NUMPY.get(t["datatype"], t["datatype"]), [int(d) for d in t["shape"]])
+                         for t in metadata.get("inputs", [])]
+        served_outputs = [(t["name"], _TRITON_TO_NUMPY.get(t["datatype"], t["datatype"]), [int(d) for d in t["shape"]])
+                          for t in metadata.get("outputs", [])]
+        self.input_specs = served_inputs
+        self.output_names = [name for name, _, _ in served_outputs]
+        if self.expected is not None:
+            problems = _compare_specs("input", served_inputs, self.expected[0], self.max_batch_size)
+            problems += _compare_specs("output", served_outputs, self.expected[1], self.max_batch_size)
+            if problems:
+                raise ServedModelMismatchError(f"{self.name}: the served model differs from the artifact: "
+                                               + "; ".join(problems))
+        self._checked = True
+
+    @property
+    def input_names(self) -> list[str]:
+        """The served model's input names (reading them runs the metadata check)."""
+        if not self._checked:
+            self.check_metadata()
+        return [name for name, _, _ in self.input_specs]
+
+    @property
+    def providers_used(self) -> list[str]:
+        return [f"triton-{self.protocol}:{self.url}"]
+
+    # -- inference ----------------------------------------------------------------------------
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._checked:
+            self.check_metadata()
+        missing = [n for n, _, _ in self.input_specs if n not in inputs]
+        if missing:
+            raise DataError(f"{self.name}: no data for input(s) {', '.join(missing)}")
+        arrays = {n: _as_served_dtype(n, np.asarray(inputs[n]), dtype) for n, dtype, _ in self.input_specs}
+        if self.max_batch_size <= 0:
+            return self._infer(arrays)
+        sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+        if len(sizes) != 1 or 0 in sizes:
+            raise DataError(f"{self.name}: batched inputs need one common, non-zero first dimension, got "
+                            f"{ {n: list(a.shape) for n, a in arrays.items()} }")
+        total = sizes.pop()
+        step = min(self.max_batch_size, self.max_request_batch or self.max_batch_size)
+        if total <= step:
+            return self._infer(arrays)
+        pieces = [self._infer({n: a[start:start + step] for n, a in arrays.items()})
+                  for start in range(0, total, step)]
+        return {name: np.concatenate([p[name] for p in pieces], axis=0) for name in pieces[0]}
+
+    def make_request_inputs(self, arrays: dict[str, np.ndarray]) -> list[Any]:
+        module = self._module()
+        tensors = []
+        for name, dtype, _ in self.input_specs:
+            array = np.ascontiguousarray(arrays[name])
+            tensor = module.InferInput(name, list(array.shape), _NUMPY_TO_TRITON[dtype])
+            if self.protocol == "http":
+                tensor.set_data_from_numpy(array, binary_data=True)
+            else:
+                tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        return tensors
+
+    def _infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        module = self._module()
+        outputs = [module.InferRequestedOutput(n) for n in self.output_names]
+        result = self._call("inference", self._client.infer, self.model, self.make_request_inputs(arrays),
+                            model_version=self.version, outputs=outputs)
+        self.requests_sent += 1
+        values = {}
+        for name in self.output_names:
+            value = result.as_numpy(name)
+            if value is None:
+                raise ServerError(f"{self.name}: the answer has no output {name!r}")
+            values[name] = value
+        return values
+
+
+def _as_served_dtype(name: str, array: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype not in _NUMPY_TO_TRITON or dtype == "bfloat16":
+        raise DataError(f"input {name!r}: the served data type {dtype} cannot be sent from numpy")
+    wanted = np.dtype(dtype)
+    if array.dtype == wanted:
+        return array
+    if array.dtype.kind != wanted.kind and not (array.dtype.kind in "iu" and wanted.kind in "iu"):
+        raise DataError(f"input {name!r}: data of dtype {array.dtype} but the served model takes {dtype}")
+    return array.astype(wanted)
+
+
+def _compare_specs(kind: str, served: list[tuple[str, str, list[int]]], expected: Sequence[TensorSpec],
+                   max_batch_size: int) -> list[str]:
+    problems = []
+    served_by_name = {n: (d, s) for n, d, s in served}
+    expected_names = [t.name for t in expected]
+    missing = [n for n in expected_names if n not in served_by_name]
+    extra = [n for n in served_by_name if n not in expected_names]
+    if missing:
+        problems.append(f"{kind}(s) {', '.join(missing)} not served (server has {', '.join(served_by_name) or 'none'})")
+    if extra and kind == "input":
+        problems.append(f"served {kind}(s) {', '.join(extra)} not in the artifact")
+    for spec in expected:
+        if spec.name not in served_by_name:
+            continue
+        dtype, shape = served_by_name[spec.name]
+        if dtype != spec.dtype:
+            problems.append(f"{kind} {spec.name!r}: served dtype {dtype}, artifact {spec.dtype}")
+        wanted = list(spec.shape)
+        if len(shape) != len(wanted):
+            problems.append(f"{kind} {spec.name!r}: served rank {len(shape)} {shape}, artifact {wanted}")
+            continue
+        if max_batch_size > 0 and not isinstance(wanted[0], str):
+            problems.append(f"{kind} {spec.name!r}: served with a batch axis, the artifact's first dim is fixed "
+                            f"({wanted[0]})")
+        for axis, (got, want) in enumerate(zip(shape, wanted, strict=True)):
+            if isinstance(want, int) and got not in (want, -1):
+                problems.append(f"{kind} {spec.name!r}: axis {axis} served as {got}, artifact has {want}")
+            elif isinstance(want, int) and got == -1 and not (axis == 0 and max_batch_size > 0):
+                log.info("%s %r axis %d is dynamic on the server, fixed (%d) in the artifact", kind, spec.name, axis,
+                         want)
+    return problems

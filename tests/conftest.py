@@ -1,0 +1,46 @@
+"""Shared fixtures: trained zoo networks, exported once per test session.
+
+``zoo_export(name, flavour=None)`` returns a :class:`hepdeploy.model_zoo.ZooExport`
+(spec, spec_path, source_path, reference_path, calibration_path, metrics) of the
+network trained with the *reduced* budget. Training results are cached in
+``zoo_cache_dir`` (shared by pytest-xdist workers of one session; set
+``HEPDEPLOY_TEST_CACHE`` to keep it across sessions), so each network trains at most
+once per session. Treat the exported folder as read-only: copy files you modify.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def zoo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training cache for this session (the parent of per-worker temp folders under xdist)."""
+    if os.environ.get("HEPDEPLOY_TEST_CACHE"):
+        path = Path(os.environ["HEPDEPLOY_TEST_CACHE"])
+    else:
+        base = tmp_path_factory.getbasetemp()
+        root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+        path = root / "hepdeploy-zoo-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def zoo_export(tmp_path_factory: pytest.TempPathFactory, zoo_cache_dir: Path) -> Callable[..., object]:
+    """Factory: ``zoo_export("facile")``, ``zoo_export("jet_mlp", flavour="torch")``."""
+    from hepdeploy.model_zoo import export_network
+
+    made: dict[tuple[str, str | None], object] = {}
+
+    def export(name: str, flavour: str | None = None) -> object:
+        key = (name, flavour)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"zoo-{name}-{flavour or 'default'}")
+            made[key] = export_network(name, out, flavour=flavour, budget="reduced", cache_dir=zoo_cache_dir)
+        return made[key]
+
+    return export

@@ -1,0 +1,124 @@
+"""perf at 1, 2 and 4 clients; a server killed mid-run gives a clear error, not a hang; serve_check;
+`hepdeploy triton serve` stops cleanly on Ctrl-C."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_perf_at_1_2_and_4_clients_returns_positive_throughput(triton_server, serve_repository, tmp_path):
+    from hepdeploy.cli import main
+
+    model = serve_repository.models["jet_mlp"]
+    json_path, plot_path = tmp_path / "perf.json", tmp_path / "perf.png"
+    result = CliRunner().invoke(main, [
+        "perf", "--server", triton_server.grpc_url, "--model", "jet_mlp_py", "--golden", str(model.golden),
+        "--spec", str(serve_repository.models["jet_mlp"].spec.base_dir / "jet_mlp.yaml"),
+        "--concurrency", "1,2,4", "--duration", "0.6", "--warmup", "0.2",
+        "--json", str(json_path), "--plot", str(plot_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(json_path.read_text())
+    assert [level["clients"] for level in data["levels"]] == [1, 2, 4]
+    # One event of the jet MLP spec is one request of 16 jets.
+    assert data["event"] == {"batch_per_request": 16, "requests_per_event": 1}
+    for level in data["levels"]:
+        assert level["events"] > 0 and level["events_per_s"] > 0
+        assert level["inferences"] == level["events"] * 16
+        assert 0 < level["latency_ms_p50"] <= level["latency_ms_p95"] <= level["latency_ms_p99"]
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_perf_sends_facile_events_of_the_specs_request_batch(triton_server, serve_repository):
+    from hepdeploy.perf import EventDefinition, run_perf
+
+    model = serve_repository.models["facile"]
+    event = EventDefinition.from_spec(model.spec, batch=4000)  # 16000 in the spec; smaller keeps the test short
+    report = run_perf(triton_server.grpc_url, "facile_py", model.inputs, concurrency=(2,), duration_s=0.8,
+                      warmup_s=0.2, event=event, expected=(model.spec.inputs, model.spec.outputs))
+    level = report.levels[0]
+    assert level.events > 0 and level.inferences == level.events * 4000
+
+
+def test_killing_the_server_mid_run_gives_a_clear_error_not_a_hang(triton_binary, serve_repository, tmp_path):
+    from hepdeploy.perf import run_perf
+    from hepdeploy.triton.server import ServerError, TritonServer
+    from hepdeploy.validate.triton_runner import TritonRunner
+
+    model = serve_repository.models["jet_mlp"]
+    with TritonServer(serve_repository.path, binary=triton_binary, load=["jet_mlp_py"]) as server:
+        runner = TritonRunner(server.grpc_url, "jet_mlp_py", timeout_s=10)
+        runner.run({k: v[:8] for k, v in model.inputs.items()})
+        killer = threading.Timer(1.5, os.kill, args=(server.pid, signal.SIGKILL))
+        killer.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(ServerError) as perf_error:
+                run_perf(server.grpc_url, "jet_mlp_py", model.inputs, concurrency=(2,), duration_s=120,
+                         warmup_s=0.1, timeout_s=10)
+        finally:
+            killer.cancel()
+        # The measurement would run 120 s; the dead server is noticed within one request timeout instead.
+        assert time.monotonic() - started < 60
+        assert "jet_mlp_py" in str(perf_error.value) and "inference failed" in str(perf_error.value)
+        with pytest.raises(ServerError, match="not reachable|no answer"):
+            runner.run({k: v[:8] for k, v in model.inputs.items()})
+        runner.close()
+        assert not server.is_running()
+
+
+def test_serve_check_validates_loadable_models_and_lists_the_refused_ones(triton_binary, serve_repository):
+    from hepdeploy.triton.server import serve_check
+
+    goldens = {name: m.golden for name, m in serve_repository.models.items()}
+    goldens["jet_mlp_wrong"] = serve_repository.models["jet_mlp"].golden
+    report = serve_check(serve_repository.path, goldens, timeout_s=300, binary=triton_binary)
+    by_name = {m.name: m for m in report.models}
+    assert by_name["facile_py"].passed and by_name["jet_mlp_py"].passed
+    assert by_name["jet_mlp_wrong_py"].passed is False
+    assert not by_name[serve_repository.refused].loaded
+    assert "preferred size must be <= max batch size" in by_name[serve_repository.refused].load_error
+    assert report.status == "failed" and not report.ok
+    assert "jet_mlp_wrong_py" in report.reason
+
+
+def test_triton_serve_command_starts_and_stops_cleanly_on_ctrl_c(triton_binary, serve_repository, tmp_path):
+    from hepdeploy.validate.triton_runner import TritonRunner
+
+    command = [sys.executable, "-m", "hepdeploy", "triton", "serve", str(serve_repository.path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PATH": os.environ.get("PATH", "")})
+    try:
+        ready_line = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+            if line.startswith("ready:"):
+                ready_line = line
+                break
+        assert ready_line, process.stderr.read() if process.poll() is not None else "no ready line"
+        grpc_url = ready_line.split()[2]
+        assert grpc_url.startswith("127.0.0.1:")
+        server_pid = int(ready_line.split("(pid ")[1].split(",")[0])
+        with TritonRunner(grpc_url, "jet_mlp_py", timeout_s=30) as runner:
+            inputs = serve_repository.models["jet_mlp"].inputs
+            assert runner.run({k: v[:4] for k, v in inputs.items()})["output"].shape == (4, 5)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+        assert "not loaded: refused_py: " in stderr
+        with pytest.raises(ProcessLookupError):
+            os.kill(server_pid, 0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
