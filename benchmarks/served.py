@@ -56,6 +56,7 @@ def main() -> int:
     binary = find_tritonserver(repository=repo)
     reports = []
     started = time.time()
+    load_before = os.getloadavg()[0]
     with TritonServer(repo, binary=binary) as server:
         errors = server.model_load_errors()
         if errors:
@@ -73,13 +74,15 @@ def main() -> int:
                                     warmup_s=args.warmup, event=event, label=f"{name} inline (ONNX Runtime, 1 thread/call)")
             reports.append(inline)
     elapsed = time.time() - started
+    load_after = os.getloadavg()[0]
 
     lines = [
         f"Command: `.venv/bin/python benchmarks/served.py --out {args.out} --clients {args.clients} "
         f"--duration {args.duration:g} --warmup {args.warmup:g}`",
         "",
         f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU; "
-        f"server: {binary.describe()}; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {elapsed:.0f} s.",
+        f"server: {binary.describe()}; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {elapsed:.0f} s; "
+        f"1-min load average {load_before:.1f} before, {load_after:.1f} after (other processes share the cores).",
         "",
         "| model | mode | event | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in clients) + " |",
         "| --- | --- | --- | " + " | ".join("---:" for _ in clients) + " |",
@@ -87,7 +90,7 @@ def main() -> int:
     for report in reports:
         name, mode = report.model.split(" ", 1)
         event = f"{report.event.requests_per_event}x{report.event.batch_per_request} rows"
-        cells = [f"{level.events_per_s:.1f} ev/s (p99 {level.latency_ms_p99:.1f} ms)" for level in report.levels]
+        cells = [f"{level.events_per_s:.4g} ev/s (p99 {level.latency_ms_p99:.3g} ms)" for level in report.levels]
         lines.append(f"| {name} | {mode} | {event} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     (args.out / "served.md").write_text(table, encoding="utf-8")

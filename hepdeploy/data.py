@@ -77,6 +77,9 @@ def load_calibration(
     if not inputs:
         raise DataError(f"{path}: the model has no inputs to calibrate")
     suffix = path.suffix.lower()
+    if not all(t.has_batch_axis for t in inputs):
+        arrays = _read_unbatched(path, inputs, samples, seed, set(ignore))
+        return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
     if suffix == ".npz":
         arrays = _read_npz(path, inputs, samples, seed, set(ignore))
     elif suffix in HDF5_SUFFIXES:
@@ -178,6 +181,34 @@ def _check_names(present: set[str], inputs: list[TensorSpec], where: str, ignore
         raise DataError(
             f"{where}: unexpected tensor {', '.join(extra)} (the model's inputs are {', '.join(sorted(wanted))})"
         )
+
+
+def _read_unbatched(
+    path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str]
+) -> dict[str, np.ndarray]:
+    """Unbatched inputs (a graph of ``n_hits`` nodes ...): either one graph, with each array
+    of the spec's rank (used whole: ``samples`` does not apply), or graphs of equal size
+    stacked on a new leading axis (a random subset of ``samples`` of them)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        full = load_tensors(path)
+    elif suffix in HDF5_SUFFIXES:
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                full = {name: handle[name][()] for name, item in handle.items() if isinstance(item, h5py.Dataset)}
+        except OSError as error:
+            raise DataError(f"{path}: not a readable HDF5 file ({type(error).__name__})") from None
+    else:
+        raise DataError(f"{path}: unbatched (graph) inputs are read from .npz or .h5 files, not {path.suffix!r}")
+    _check_names(set(full), inputs, str(path), ignore)
+    full = {t.name: full[t.name] for t in inputs}
+    if all(full[t.name].ndim == len(t.shape) for t in inputs):
+        return {name: value[None] for name, value in full.items()}  # one whole graph
+    total = _common_count(full, str(path))
+    index = _choose(total, samples, seed, str(path))
+    return {name: value[index] for name, value in full.items()}
 
 
 def _read_npz(path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str]) -> dict[str, np.ndarray]:

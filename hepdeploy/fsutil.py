@@ -65,6 +65,11 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp makes the file private (0600); give it the permissions a plain open() would
+    # (0666 minus the umask) so e.g. a Triton container running as another user can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         _fsync_file(tmp)

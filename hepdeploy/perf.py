@@ -400,11 +400,14 @@ def plot_levels(reports: Sequence[PerfReport], path: Path, title: str = "Through
     for report in reports:
         xs = [level.clients for level in report.levels]
         ys = [level.events_per_s for level in report.levels]
-        axis.plot(xs, ys, marker="o", label=f"{report.model} ({report.engine})")
+        label = report.model if "(" in report.model else f"{report.model} ({report.engine})"
+        axis.plot(xs, ys, marker="o", label=label)
     axis.set_xscale("log", base=2)
     values = [level.events_per_s for report in reports for level in report.levels if level.events_per_s > 0]
     if values and max(values) / min(values) > 20:  # several models of very different cost on one plot
         axis.set_yscale("log")
+    ticks = sorted({level.clients for report in reports for level in report.levels})
+    axis.set_xticks(ticks, [str(t) for t in ticks])
     axis.set_xlabel("simultaneous clients")
     axis.set_ylabel("events / s")
     axis.set_title(title)

@@ -107,12 +107,13 @@ def self_check_sizes(spec: ModelSpec) -> list[dict[str, int]]:
         batch_values = sorted({max(low, 1), max(low, min(SELF_CHECK_BATCH, top))})
     others = {dim: _two_values(spec, dim) for dim in dims if dim != "batch"}
     combos: list[dict[str, int]] = []
-    n_rounds = max([len(batch_values), *(len(v) for v in others.values())] or [1])
-    for k in range(n_rounds):
+    lengths = [len(v) for v in others.values()] + ([len(batch_values)] if "batch" in dims else [])
+    for k in range(max(lengths, default=1)):
         combo = {dim: values[min(k, len(values) - 1)] for dim, values in others.items()}
         if "batch" in dims:
             combo["batch"] = batch_values[min(k, len(batch_values) - 1)]
-        combos.append(combo)
+        if combo not in combos:
+            combos.append(combo)
     # One more mix: the large batch with the first value of the other dimensions, so a
     # batch-times-length interaction is not hidden by always changing both together.
     if "batch" in dims and others and len(batch_values) > 1:

@@ -32,7 +32,8 @@ def triton() -> None:
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="Instance kind of MODEL itself.")
 @click.option("--warmup", "warmup_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Golden inputs (.npz) whose first sample becomes the model_warmup data.")
+              help="Golden inputs (.npz): the first row (the whole arrays for a model without batch axis) "
+                   "becomes the model_warmup data.")
 @click.option("--verdict", "verdict_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Validation report (JSON) to record in the version's manifest.")
 def add_command(

@@ -8,27 +8,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord, load_onnx, opset_of
 from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, source_sha256
 from hepdeploy.convert.graph_io import apply_spec_io, real_inputs
 from hepdeploy.errors import ConversionError, ModelLoadError
 from hepdeploy.spec import ModelSpec
-from hepdeploy.validate.runners import OnnxRuntimeRunner
+from hepdeploy.validate.runners import OnnxRuntimeRunner, RenamedRunner
 
 log = logging.getLogger("hepdeploy.convert.onnx")
-
-
-class RenamedRunner:
-    """Runs a model whose tensors have other names, translating names positionally."""
-
-    def __init__(self, inner: OnnxRuntimeRunner, inputs: dict[str, str], outputs: dict[str, str], name: str):
-        self.inner, self.inputs, self.outputs, self.name = inner, inputs, outputs, name
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        produced = self.inner.run({self.inputs[k]: v for k, v in inputs.items() if k in self.inputs})
-        return {new: produced[old] for new, old in self.outputs.items()}
 
 
 def convert_onnx(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:

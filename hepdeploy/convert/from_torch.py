@@ -13,6 +13,7 @@ import logging
 import re
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord
@@ -36,6 +37,29 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def _first_line(error: BaseException) -> str:
     text = _ANSI.sub("", str(error)).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch._export", "torch.fx", "onnxscript",
+                  "onnx_ir", "torch.utils._sympy")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Exporter chatter (missing torchvision ops, pass logs) only when hepdeploy logs at DEBUG.
+
+    torch configures its own loggers when imported, so the CLI's settings do not reach them.
+    """
+    if logging.getLogger("hepdeploy").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any], ...]:
@@ -79,7 +103,7 @@ def export_dynamo(model: Any, args: tuple[Any, ...], spec: ModelSpec) -> Any:
     if not _is_exported_program(model):
         kwargs["dynamic_shapes"] = _dynamic_shapes(spec)
     chatter = io.StringIO()  # the dynamo exporter prints its progress on stdout, which is ours
-    with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), _quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model, args, dynamo=True, input_names=[t.name for t in spec.inputs],
@@ -100,7 +124,7 @@ def export_torchscript(model: Any, args: tuple[Any, ...], spec: ModelSpec) -> An
     if _is_exported_program(model):
         model = model.module()
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_exporter():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, args, buffer, dynamo=False, input_names=[t.name for t in spec.inputs],

@@ -166,6 +166,11 @@ def _make_onnx_variant(
                 model, step = _precision_step(prepared, vspec, inputs, arrays, spec)
         steps.append(step)
 
+    # Shape hints written by the tools (AutoCast records the sizes of its reference run)
+    # are optional and can be wrong for other sizes; ONNX Runtime and TensorRT infer their own.
+    del model.graph.value_info[:]
+    _check_runs(model, vspec.name, inputs, sample)
+
     precision, target = _RECORDS[vspec.name]
     record = VariantRecord(name=vspec.name, precision=precision, target=target)  # type: ignore[arg-type]
     sidecar = derive_sidecar(parent, record, steps[0])
@@ -221,3 +226,23 @@ def _precision_step(
                                  tool_version=package_version("onnxruntime-gpu") or package_version("onnxruntime"),
                                  parameters=parameters)
     raise BadInputError(f"unknown variant {vspec.name!r} (one of {', '.join(VARIANT_NAMES)})")
+
+
+def _check_runs(model: Any, variant: str, inputs: list[TensorSpec], sample: dict[str, np.ndarray]) -> None:
+    """The variant must load and run in ONNX Runtime on the CPU, at the sample's batch and at
+    batch 1, with finite outputs wherever the input model's are finite."""
+    from hepdeploy.errors import ConversionError
+    from hepdeploy.optimize.graph import run_ort
+
+    batches = [sample]
+    if all(t.has_batch_axis for t in inputs) and next(iter(sample.values())).shape[0] > 1:
+        batches.append({name: value[:1] for name, value in sample.items()})
+    for feeds in batches:
+        try:
+            outputs = run_ort(model, feeds)
+        except Exception as error:  # ORT's own error types; any failure means a broken variant
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConversionError(f"{variant}: the optimized model does not run in ONNX Runtime: {first[-300:]}") from None
+        bad = [name for name, value in outputs.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
+        if bad:
+            raise ConversionError(f"{variant}: the optimized model gives NaN/Inf in {', '.join(bad)}")

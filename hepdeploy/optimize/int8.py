@@ -72,6 +72,29 @@ def _nodes_matching(model: onnx.ModelProto, patterns: list[str], op_types: list[
     ]
 
 
+PREFIX_MARK = ":"
+
+
+def _prefix_safe(name: str) -> str:
+    return name + PREFIX_MARK
+
+
+def _break_name_prefixes(model: onnx.ModelProto) -> dict[str, str]:
+    """Append ':' to every node name (in place); return new -> old names.
+
+    ModelOpt matches its own exclusion lists (e.g. its GEMV/small-K MatMul exclusions)
+    as regex *prefixes*, so excluding ``linear`` also excluded ``linear_1`` ... ``linear_17``
+    and left the interaction network with nothing quantized. With a terminator no name is
+    a prefix of another; the names are restored after quantization.
+    """
+    renamed = {}
+    for node in model.graph.node:
+        new = _prefix_safe(node.name)
+        renamed[new] = node.name
+        node.name = new
+    return renamed
+
+
 def _edge_exclusions(model: onnx.ModelProto, variant: VariantSpec) -> list[str]:
     if not variant.keep_edges_fp32:
         return []
@@ -107,14 +130,17 @@ def quantize_for_tensorrt(
     check_op_types(variant.exclude_op_types, "--exclude-op")
     method = "max" if variant.calibration_method == "minmax" else variant.calibration_method
     edges = _edge_exclusions(original, variant)
-    exclude_patterns = [*variant.exclude_nodes, *(f"^{re.escape(name)}$" for name in edges)]
+    # User patterns are expanded here (same rule as int8-cpu) and handed over as exact names.
+    excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, [])) | set(edges))
+    exclude_patterns = [f"^{re.escape(_prefix_safe(name))}$" for name in excluded]
     from hepdeploy.optimize.modelopt_worker import run_job
 
     with tempfile.TemporaryDirectory(prefix="hepdeploy-int8trt-") as folder:
         # ModelOpt writes intermediate files next to its input: give it a private folder.
         work = Path(folder)
         work_input = work / "model.onnx"
-        work_input.write_bytes(model_path.read_bytes())
+        renamed = _break_name_prefixes(original)
+        onnx.save(original, str(work_input))
         work_output = work / "model.int8.onnx"
         feeds = work / "feeds"
         feeds.mkdir()
@@ -154,6 +180,10 @@ def quantize_for_tensorrt(
                 f"(the model's ops: {', '.join(sorted({n.op_type for n in original.graph.node}))})"
             )
         quantized = onnx.load(str(work_output))
+    for node in quantized.graph.node:
+        node.name = renamed.get(node.name, node.name)
+    for node in original.graph.node:
+        node.name = renamed.get(node.name, node.name)
     summary = _require_qdq(quantized, "int8-trt", original)
     parameters = {
         "tool": "modelopt.onnx.quantization",

@@ -120,11 +120,11 @@ class _ModelChecker:
         if max_batch < 0:
             self.problem(path, f"max_batch_size {max_batch} is negative")
         if config.HasField("dynamic_batching"):
-            if max_batch == 0:
-                self.problem(path, "dynamic_batching needs max_batch_size > 0")
+            # Triton accepts a dynamic batcher without batching (max_batch_size 0: a request queue),
+            # but refuses any preferred size above max_batch_size.
             preferred = list(config.dynamic_batching.preferred_batch_size)
             too_big = [p for p in preferred if p > max_batch]
-            if too_big and max_batch > 0:
+            if too_big:
                 self.problem(path, f"preferred_batch_size {too_big} > max_batch_size {max_batch}")
         for tensor in [*config.input, *config.output]:
             if not tensor.dims:

@@ -207,6 +207,8 @@ def build_model_config(
     platform = platform or triton.platform or "onnxruntime_onnx"
     if platform not in PLATFORMS:
         raise SpecError(f"Triton platform {platform!r} is not supported (one of {', '.join(PLATFORMS)})")
+    if kind == "cpu" and platform == "tensorrt_plan":
+        raise SpecError(f"model {name!r}: a TensorRT plan runs on GPUs only; a CPU twin needs an ONNX variant")
     inputs, outputs = tensor_specs_from(artifact_or_specs)
     if not inputs or not outputs:
         raise SpecError(f"model {name!r}: needs at least one input and one output")
@@ -241,8 +243,8 @@ def build_model_config(
         _fill_tensor(config.output.add(), spec, batched)
 
     if triton.dynamic_batching is not None or batched:
-        if not batched:
-            raise SpecError(f"model {name!r}: dynamic_batching needs max_batch_size > 0 (the model has no batch axis)")
+        # Without a batch axis Triton still accepts a dynamic batcher as a plain request queue,
+        # but no preferred batch size (each must be <= max_batch_size, here 0).
         settings = triton.dynamic_batching
         preferred = list(settings.preferred_batch_size) if settings else []
         too_big = [p for p in preferred if p > max_batch or p < 1]

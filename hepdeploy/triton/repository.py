@@ -30,7 +30,6 @@ import contextlib
 import ctypes
 import datetime as _dt
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -222,7 +221,12 @@ def _staging(repo: Path) -> Iterator[Path]:
     root.mkdir(exist_ok=True)
     lock_fd = os.open(root, os.O_RDONLY)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: publishes are not serialized against each other
+            fcntl = None  # type: ignore[assignment]
+        if fcntl is not None:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
         # Holding the lock, no other publish runs: anything here is left from a killed one.
         for stale in root.iterdir():
             shutil.rmtree(stale, ignore_errors=True)
@@ -337,10 +341,8 @@ def publish_model(
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise RepositoryError(f"{repo}: not a folder")
-    if not repo.exists():
-        if not repo.parent.is_dir():
-            raise BadInputError(f"{repo}: parent folder {repo.parent} does not exist")
-        repo.mkdir()
+    if not repo.exists() and not repo.parent.is_dir():
+        raise BadInputError(f"{repo}: parent folder {repo.parent} does not exist")
     model_file = Path(model_file)
     if not model_file.exists():
         raise BadInputError(f"{model_file}: model file not found")
@@ -387,7 +389,11 @@ def publish_model(
             read_model_config(model_dir / CONFIG_NAME)
         except RepositoryError as error:
             raise RepositoryError(f"{error}; not publishing into {model_dir} (nothing changed)") from None
+    # Problems the model folder already has do not block a new version; new ones do.
+    known = {(p.path.relative_to(model_dir), p.message) for p in check_model(model_dir, run_models=False)} \
+        if model_dir.is_dir() else set()
 
+    repo.mkdir(exist_ok=True)
     try:
         with _staging(repo) as work:
             existing = version_folders(model_dir)
@@ -430,12 +436,16 @@ def publish_model(
                 (staged / WARMUP_FOLDER).mkdir(exist_ok=True)
                 for sample in samples:
                     _write(staged / WARMUP_FOLDER / sample.name, sample.data)
-            old_text = (model_dir / CONFIG_NAME).read_text(encoding="utf-8") if (model_dir / CONFIG_NAME).is_file() else None
+            old_config = model_dir / CONFIG_NAME
+            old_text = old_config.read_text(encoding="utf-8") if old_config.is_file() else None
             _write(staged / CONFIG_NAME, config_text)
             _write(staged / README_NAME, _readme_text(config, [*existing, version], spec))
 
             if verify:
-                problems = check_model(staged, run_models=True)
+                problems = [
+                    p for p in check_model(staged, run_models=True)
+                    if (p.path.relative_to(staged), p.message) not in known
+                ]
                 if problems:
                     raise RepositoryError(
                         f"model {name!r} failed its check before publishing (nothing changed): "
@@ -509,12 +519,67 @@ def publish_twins(
     return results
 
 
+def publish_spec(
+    repo: Path,
+    spec: ModelSpec,
+    variants: Mapping[str, Path],
+    *,
+    verdicts: Mapping[str, Mapping[str, Any] | None] | None = None,
+    warmup_inputs: Mapping[str, np.ndarray] | None = None,
+    fallback_variant: str = "fp32",
+) -> list[PublishResult]:
+    """Everything one spec publishes, from the variant files a build made (variant name -> file).
+
+    ``<name>`` (``triton.model_name`` or the spec's name) serves ``triton.variant`` on GPUs (a
+    ``tensorrt`` variant is a .plan; when the wanted variant was not built, e.g. no GPU for the
+    plan, ``fallback_variant`` is served and a warning logged); with ``triton.cpu_twin``,
+    ``<name>_cpu`` serves the twin's variant on CPUs; with ``triton.python_backend``, the
+    serve stage's ``<name>_py`` twin runs the GPU model's ONNX file in Triton's Python backend.
+    Each version's manifest records the verdict of the variant it serves.
+    """
+    triton = spec.triton
+    name = triton.model_name or spec.name
+    verdicts = verdicts or {}
+    wanted = triton.variant
+    if wanted not in variants:
+        if fallback_variant not in variants:
+            raise BadInputError(f"{name}: neither variant {wanted!r} nor {fallback_variant!r} was built")
+        log.warning("%s: variant %s was not built; serving %s instead", name, wanted, fallback_variant)
+        wanted = fallback_variant
+    gpu_file = Path(variants[wanted])
+    results = [
+        publish_model(repo, gpu_file, name=name, spec=spec, triton=triton, kind="gpu",
+                      verdict=verdicts.get(wanted), warmup_inputs=warmup_inputs)
+    ]
+    twin = triton.cpu_twin
+    if twin is not None:
+        if twin.variant in variants and Path(variants[twin.variant]).suffix == ".onnx":
+            results.append(
+                publish_model(repo, Path(variants[twin.variant]), name=f"{name}_cpu", spec=spec,
+                              triton=triton.model_copy(update={"platform": None}), kind="cpu",
+                              verdict=verdicts.get(twin.variant), warmup_inputs=warmup_inputs)
+            )
+        else:
+            log.warning("%s: CPU twin variant %s was not built; no %s_cpu published", name, twin.variant, name)
+    if triton.python_backend:
+        from hepdeploy.triton.python_backend import publish_python_twin
+
+        onnx_file = gpu_file if gpu_file.suffix == ".onnx" else variants.get(fallback_variant)
+        if onnx_file is None:
+            log.warning("%s: no ONNX variant for the Python-backend twin; not published", name)
+        else:
+            results.append(publish_python_twin(repo, Path(onnx_file), spec=spec, triton=triton,
+                                               warmup_inputs=warmup_inputs, verdict=verdicts.get(wanted)))
+    return results
+
+
 __all__ = [
     "CONFIG_NAME",
     "MANIFEST_NAME",
     "PublishResult",
     "platform_for_file",
     "publish_model",
+    "publish_spec",
     "publish_twins",
     "read_manifest",
     "staging_root",

@@ -67,6 +67,14 @@ class ServerError(HepDeployError):
     exit_code = 2
 
 
+class BundledServerUnavailable(DependencyMissingError):
+    """The bundled server cannot be installed or run here; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str, repository: Path | str | None = None) -> None:
+        self.reason = reason
+        super().__init__(_no_server_message(repository, reason))
+
+
 # --------------------------------------------------------------------------- finding a binary
 
 
@@ -160,7 +168,7 @@ def install_bundled_server(cache: Path | None = None, wheel: Path | None = None,
     """
     problem = bundled_platform_problem()
     if problem:
-        raise DependencyMissingError(_no_server_message(None, problem))
+        raise BundledServerUnavailable(problem)
     target = bundled_server_dir(cache)
     if (target / "bin" / "tritonserver").is_file():
         return target
@@ -194,11 +202,11 @@ def _download_wheel(folder: Path, timeout_s: float) -> Path:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise DependencyMissingError(_no_server_message(None, f"pip download timed out after {timeout_s:.0f} s")) from None
+        raise BundledServerUnavailable(f"pip download timed out after {timeout_s:.0f} s") from None
     wheels = sorted(folder.glob("nvidia_pytriton-*.whl"))
     if done.returncode != 0 or not wheels:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel downloaded"]
-        raise DependencyMissingError(_no_server_message(None, f"pip download nvidia-pytriton failed: {last[0]}"))
+        raise BundledServerUnavailable(f"pip download nvidia-pytriton failed: {last[0]}")
     return wheels[0]
 
 
@@ -208,7 +216,7 @@ def _unpack_server(wheel: Path, out: Path) -> None:
     try:
         archive = zipfile.ZipFile(wheel)
     except zipfile.BadZipFile:
-        raise DependencyMissingError(f"{wheel}: not a readable wheel") from None
+        raise BundledServerUnavailable(f"{wheel}: not a readable wheel") from None
     with archive:
         for info in archive.infolist():
             for prefix, dest in prefixes.items():
@@ -223,7 +231,7 @@ def _unpack_server(wheel: Path, out: Path) -> None:
                     mode = (info.external_attr >> 16) & 0o777
                     os.chmod(path, 0o755 if mode & 0o111 or path.parent.name == "bin" else 0o644)
     if not (out / "bin" / "tritonserver").is_file():
-        raise DependencyMissingError(f"{wheel}: holds no pytriton/tritonserver/bin/tritonserver")
+        raise BundledServerUnavailable(f"{wheel}: holds no pytriton/tritonserver/bin/tritonserver")
 
 
 def _backend_directory(server_dir: Path) -> Path:
@@ -234,7 +242,7 @@ def _backend_directory(server_dir: Path) -> Path:
         return folder
     stub = server_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
-        raise DependencyMissingError(f"the bundled server has no Python-backend stub for Python {version}")
+        raise BundledServerUnavailable(f"the bundled server has no Python-backend stub for Python {version}")
     with tempfile.TemporaryDirectory(prefix=".backends-", dir=server_dir) as staging_text:
         staging = Path(staging_text) / "b"
         shutil.copytree(server_dir / "backends", staging)
@@ -249,12 +257,11 @@ def bundled_server(cache: Path | None = None, install: bool = True, wheel: Path 
     """The nvidia-pytriton server as a :class:`ServerBinary` (installing it first when allowed)."""
     problem = bundled_platform_problem()
     if problem:
-        raise DependencyMissingError(_no_server_message(None, problem))
+        raise BundledServerUnavailable(problem)
     server_dir = bundled_server_dir(cache)
     if not (server_dir / "bin" / "tritonserver").is_file():
         if not install:
-            raise DependencyMissingError(_no_server_message(
-                None, "the bundled server is not installed; run `hepdeploy triton serve --install`"))
+            raise BundledServerUnavailable("the bundled server is not installed; run `hepdeploy triton serve --install`")
         server_dir = install_bundled_server(cache, wheel)
     backends = _backend_directory(server_dir)
     libpython = _python_shared_library()
@@ -287,10 +294,8 @@ def find_tritonserver(explicit: Path | str | None = None, allow_bundled: bool = 
         raise DependencyMissingError(_no_server_message(repository, "no tritonserver on PATH"))
     try:
         return bundled_server(install=install, wheel=wheel)
-    except DependencyMissingError as error:
-        if "Put `tritonserver` on PATH" in str(error):
-            raise
-        raise DependencyMissingError(_no_server_message(repository, str(error))) from None
+    except BundledServerUnavailable as error:
+        raise BundledServerUnavailable(error.reason, repository) from None
 
 
 # --------------------------------------------------------------------------- running a server

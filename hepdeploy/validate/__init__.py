@@ -211,7 +211,7 @@ def validate_candidate(
         sidecar = read_artifact(candidate).sidecar
     runner = open_candidate(candidate, providers)
     if sidecar is not None:
-        _check_inputs_against(sidecar.inputs, reference, candidate)
+        _check_against_sidecar(sidecar, reference, candidate)
         reference = _cast_inputs(reference, sidecar.inputs)
     variant_name = name or candidate.stem
     chosen_precision = precision or (sidecar.variant.precision if sidecar is not None else "fp32")
@@ -226,26 +226,41 @@ def validate_candidate(
     return report
 
 
-def _check_inputs_against(specs: list[Any], reference: ReferenceSet, candidate: Path) -> None:
-    """Names and static dims of the candidate's inputs must match the reference inputs (bad input otherwise)."""
-    for spec in specs:
-        if spec.name not in reference.inputs:
-            raise DataError(
-                f"{candidate}: input {spec.name!r} is not in the reference set (reference inputs: "
-                f"{', '.join(reference.inputs)})"
-            )
-        array = reference.inputs[spec.name]
-        if array.ndim != len(spec.shape):
-            raise DataError(
-                f"{candidate}: input {spec.name!r} has rank {len(spec.shape)} {spec.shape} but the reference's "
-                f"has shape {list(array.shape)}"
-            )
-        for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
-            if isinstance(dim, int) and dim != size:
+def _check_against_sidecar(sidecar: Any, reference: ReferenceSet, candidate: Path) -> None:
+    """The golden tensors must be the candidate's: names, ranks and fixed dims (bad input otherwise).
+
+    Checked before anything runs, so a golden file made for another model is refused with
+    a clear line instead of failing as a "disagreement".
+    """
+    output_names = {t.name for t in sidecar.outputs}
+    missing = [name for name in reference.outputs if name not in output_names]
+    if missing:
+        raise DataError(
+            f"{candidate}: the candidate has no output named {', '.join(missing)} (candidate outputs: "
+            f"{', '.join(sorted(output_names))}; reference outputs: {', '.join(reference.outputs)})"
+        )
+    for kind, specs, arrays in (("input", sidecar.inputs, reference.inputs),
+                                ("output", sidecar.outputs, reference.outputs)):
+        for spec in specs:
+            if spec.name not in arrays:
+                if kind == "output":
+                    continue  # an output the golden file does not hold is simply not compared
                 raise DataError(
-                    f"{candidate}: input {spec.name!r} axis {axis} is {dim} but the reference's is {size} "
-                    f"(shape {list(array.shape)})"
+                    f"{candidate}: input {spec.name!r} is not in the reference set (reference inputs: "
+                    f"{', '.join(arrays)})"
                 )
+            array = arrays[spec.name]
+            if array.ndim != len(spec.shape):
+                raise DataError(
+                    f"{candidate}: {kind} {spec.name!r} has rank {len(spec.shape)} {spec.shape} but the "
+                    f"reference's has shape {list(array.shape)}"
+                )
+            for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
+                if isinstance(dim, int) and dim != size:
+                    raise DataError(
+                        f"{candidate}: {kind} {spec.name!r} axis {axis} is {dim} but the reference's is {size} "
+                        f"(shape {list(array.shape)})"
+                    )
 
 
 def _cast_inputs(reference: ReferenceSet, specs: list[Any]) -> ReferenceSet:
@@ -303,7 +318,8 @@ def _localize_into(report: VariantReport, candidate: Path, reference: ReferenceS
         return
     fp32 = Path(fp32_model) if fp32_model is not None else find_fp32_model(candidate, reference)
     if fp32 is None:
-        report.notes.append("localization skipped: no FP32 ONNX model found (give --fp32-model)")
+        report.notes.append("localization skipped: no other FP32 ONNX model to compare with was found "
+                            "(give --fp32-model / fp32_model)")
         return
     tol = next(iter(report.tolerances.values()))
     report.localization = localize(candidate, fp32, reference.inputs, tol.atol, tol.rtol)

@@ -64,7 +64,7 @@ class LocalizationReport:
         return (
             f"first divergent node: {self.first_divergent_node} ({self.first_divergent_op}) output "
             f"{self.first_divergent_tensor}: max|d|={row.max_abs_error:.3g}, "
-            f"{100 * (row.fraction_out_of_tolerance or 0):.1f}% out of tolerance"
+            f"{100 * (row.fraction_out_of_tolerance or 0):.3g}% of its elements out of tolerance"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,10 +89,15 @@ def localize(
 
     cand_model = candidate if hasattr(candidate, "graph") else load_onnx(Path(candidate))
     ref_model = fp32_model if hasattr(fp32_model, "graph") else load_onnx(Path(fp32_model))
+    from hepdeploy.validate.reference import common_batch_size
+
     n = next(iter(inputs.values())).shape[0] if inputs else 0
     if n == 0:
         raise DataError("localization needs at least one input sample")
-    feed = {k: v[:max_samples] for k, v in inputs.items()}
+    # Only a common batch axis may be cut; a graph (hits + edges) is used whole.
+    batched = common_batch_size(inputs) is not None
+    feed = {k: v[:max_samples] for k, v in inputs.items()} if batched else dict(inputs)
+    n = min(n, max_samples) if batched else n
 
     ref_values = _run_all_tensors(ref_model, feed)
     cand_values = _run_all_tensors(cand_model, feed)
@@ -101,7 +106,7 @@ def localize(
     report = LocalizationReport(
         candidate=str(candidate) if not hasattr(candidate, "graph") else "(model)",
         fp32_model=str(fp32_model) if not hasattr(fp32_model, "graph") else "(model)",
-        atol=atol, rtol=rtol, n_samples=int(min(n, max_samples)),
+        atol=atol, rtol=rtol, n_samples=int(n),
     )
     for node in ref_model.graph.node:
         if node.op_type == "Constant":

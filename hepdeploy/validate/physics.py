@@ -203,7 +203,7 @@ def infer_task(prediction: np.ndarray, truth: np.ndarray) -> str:
     integral = truth.dtype.kind in "biu" or (truth.dtype.kind == "f" and np.all(np.mod(truth, 1) == 0))
     binary = integral and np.isin(np.unique(truth), [0, 1]).all()
     per_row = prediction.reshape(prediction.shape[0], -1).shape[1] if prediction.ndim else 1
-    if truth.shape == prediction.shape and binary:
+    if binary and (truth.shape == prediction.shape or (per_row == 1 and truth.size == prediction.shape[0])):
         return "classification" if per_row == 1 else "edge_classification"
     if integral and truth.ndim == 1 and per_row > 1:
         return "classification"

@@ -47,6 +47,11 @@ class ReferenceSet:
         return 0 if first is None or first.ndim == 0 else int(first.shape[0])
 
     @property
+    def batched(self) -> bool:
+        """True when every input shares one first dimension (the batch axis) that can be split."""
+        return common_batch_size(self.inputs) is not None
+
+    @property
     def has_labels(self) -> bool:
         return bool(self.labels)
 
@@ -66,20 +71,37 @@ class ReferenceSet:
                     f"{where}: reference output {name!r} has {bad} NaN/Inf values; a reference must be finite"
                 )
         n = self.n_samples
+        # Labels go with samples, or (models without a batch axis, e.g. per-edge scores)
+        # with the rows of an output.
+        allowed = {n} if self.batched else {n} | {o.shape[0] for o in self.outputs.values() if o.ndim}
         for name, array in self.labels.items():
-            if array.ndim == 0 or array.shape[0] != n:
+            if array.ndim == 0 or array.shape[0] not in allowed:
                 length = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
-                raise DataError(f"{where}: labels {name!r} have {length} but the inputs have {n} samples")
+                what = f"the inputs have {n} samples" if self.batched else (
+                    f"neither the inputs ({n}) nor an output ({', '.join(str(a) for a in sorted(allowed - {n}))}) "
+                    "have that many rows")
+                raise DataError(f"{where}: labels {name!r} have {length} but {what}")
         return self
 
     def subset(self, stop: int) -> ReferenceSet:
-        """The first ``stop`` samples (batched tensors only; others are kept whole)."""
+        """The first ``stop`` samples; a set without a common batch axis is returned whole."""
+        if not self.batched:
+            return self
         n = self.n_samples
 
         def cut(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return {k: (v[:stop] if v.ndim and v.shape[0] == n else v) for k, v in arrays.items()}
 
         return ReferenceSet(cut(self.inputs), cut(self.outputs), cut(self.labels), dict(self.provenance))
+
+
+def common_batch_size(inputs: Mapping[str, np.ndarray]) -> int | None:
+    """The first dimension all inputs share, or None (a graph-per-call model such as a GNN)."""
+    sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in inputs.values()}
+    if len(sizes) != 1:
+        return None
+    size = sizes.pop()
+    return size if size >= 0 else None
 
 
 # ---------------------------------------------------------------------------- npz
@@ -324,11 +346,14 @@ def make_reference(
         )
     inputs = {n: arrays[n] for n in input_names}
     label_arrays = resolve_labels(labels, arrays, spec_obj.data.labels if spec_obj is not None else None)
-    if max_samples is not None:
+    where = str(data) if not isinstance(data, Mapping) else "data"
+    if max_samples is not None and common_batch_size(inputs) is not None:
         inputs = {k: v[:max_samples] for k, v in inputs.items()}
         label_arrays = {k: v[:max_samples] for k, v in label_arrays.items()}
-    probe = ReferenceSet(inputs, {"_": np.zeros(1)}, label_arrays)
-    probe.check(str(data) if not isinstance(data, Mapping) else "data")
+    probe = ReferenceSet(inputs, {"_": np.zeros(1)}, {})
+    probe.check(where)
+    if common_batch_size(inputs) is not None:  # labels checked before the (maybe long) run
+        ReferenceSet(inputs, {"_": np.zeros(1)}, label_arrays).check(where)
     chunk = chunk_size or (spec_obj.validation.chunk_size if spec_obj is not None else 4096)
     outputs = run_in_chunks(runner, inputs, chunk)
     provenance = {
@@ -340,7 +365,7 @@ def make_reference(
         "versions": _versions(),
     }
     reference = ReferenceSet(inputs, outputs, label_arrays, provenance)
-    return reference.check("source model outputs")
+    return reference.check(where)
 
 
 def _input_names(runner: Any, spec: ModelSpec | None, arrays: dict[str, np.ndarray]) -> list[str]:

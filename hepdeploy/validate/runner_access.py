@@ -78,6 +78,8 @@ def open_candidate(path: Path, providers: list[str] | None = None) -> Any:
         load_onnx(path, load_weights=False)  # one clear line for a corrupt file
         return onnx_runner(path, providers)
     runners = _runners_module()
+    if path.suffix in (".plan", ".engine") and runners is not None and hasattr(runners, "TensorRTEngineRunner"):
+        return runners.TensorRTEngineRunner(path)  # DependencyMissingError without TensorRT and a GPU
     factory = getattr(runners, "artifact_runner", None) if runners else None
     if factory is None:
         raise ModelLoadError(f"{path}: only .onnx candidates can be validated here (no runner for {path.suffix!r})")
@@ -136,14 +138,22 @@ def _file_info(path: Path | None, framework: str) -> dict[str, Any]:
 
 
 def run_in_chunks(runner: Any, inputs: dict[str, np.ndarray], chunk_size: int) -> dict[str, np.ndarray]:
-    """Run batch-first inputs in chunks and concatenate the outputs on axis 0."""
+    """Run batch-first inputs in chunks and concatenate the outputs on axis 0.
+
+    Inputs without one common first dimension (a whole graph per call: hits, edges) are
+    run in one call, since splitting them would cut the graph.
+    """
+    from hepdeploy.validate.reference import common_batch_size
+
+    if chunk_size < 1:
+        raise DataError(f"chunk size must be >= 1, got {chunk_size}")
+    n = common_batch_size(inputs)
+    if n is None or n <= chunk_size:
+        return {k: np.asarray(v) for k, v in runner.run(inputs).items()}
     runners = _runners_module()
     chunked = getattr(runners, "run_chunked", None) if runners else None
     if chunked is not None:
-        return {k: np.asarray(v) for k, v in chunked(runner, inputs, chunk_size).items()}
-    if chunk_size < 1:
-        raise DataError(f"chunk size must be >= 1, got {chunk_size}")
-    n = next(iter(inputs.values())).shape[0]
+        return {k: np.asarray(v) for k, v in chunked(runner, inputs, chunk_size, list(inputs)).items()}
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, chunk_size):
         result = runner.run({k: v[start:start + chunk_size] for k, v in inputs.items()})

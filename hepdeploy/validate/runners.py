@@ -144,7 +144,7 @@ class OnnxRuntimeRunner:
                         label, ", ".join(missing), ", ".join(self.providers_used))
 
     @staticmethod
-    def _model_bytes(model: Any, output_names: Sequence[str] | None) -> tuple[bytes, str]:
+    def _model_bytes(model: Any, output_names: Sequence[str] | None) -> tuple[bytes | str, str]:
         import onnx
 
         if isinstance(model, (str, Path)):
@@ -155,7 +155,7 @@ class OnnxRuntimeRunner:
                 from hepdeploy.fsutil import check_input_file
 
                 check_input_file(path, "ONNX model")
-                return path.read_bytes(), str(path)
+                return str(path), str(path)  # by path, so external-data files next to it are found
             proto = load_onnx(path)
             label = str(path)
         elif isinstance(model, bytes):
@@ -181,6 +181,27 @@ class OnnxRuntimeRunner:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise DataError(f"{self.name}: ONNX Runtime failed to run: {first}") from None
         return dict(zip(self.output_names, values, strict=True))
+
+
+class RenamedRunner:
+    """Runs a model whose tensors have other names, translating the names (spec name -> model name)."""
+
+    def __init__(self, inner: Runner, inputs: dict[str, str], outputs: dict[str, str], name: str | None = None):
+        self.inner, self.inputs, self.outputs = inner, dict(inputs), dict(outputs)
+        self.name = name or inner.name
+        self.input_names = list(self.inputs)
+        self.output_names = list(self.outputs)
+
+    @property
+    def providers_used(self) -> list[str]:
+        return list(getattr(self.inner, "providers_used", []))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.inputs if n not in inputs]
+        if missing:
+            raise DataError(f"{self.name}: no data for input(s) {', '.join(missing)}")
+        produced = self.inner.run({self.inputs[k]: inputs[k] for k in self.inputs})
+        return {new: produced[old] for new, old in self.outputs.items()}
 
 
 def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -351,7 +372,13 @@ class TensorRTEngineRunner:
 
     def _np_dtype(self, name: str) -> np.dtype:
         trt_type = self.engine.get_tensor_dtype(name)
-        return np.dtype(self._NP_FROM_TRT.get(trt_type.name, np.float32))
+        try:
+            return np.dtype(self._trt.nptype(trt_type))
+        except (TypeError, KeyError):  # e.g. BF16/FP8 have no numpy type in some releases
+            if trt_type.name not in self._NP_FROM_TRT:
+                raise DataError(f"{self.name}: tensor {name!r} has TensorRT type {trt_type.name}, "
+                                "which has no numpy equivalent here") from None
+            return np.dtype(self._NP_FROM_TRT[trt_type.name])
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -376,7 +403,8 @@ class TensorRTEngineRunner:
             out = torch.empty(shape, dtype=torch_dtype, device=self.device)
             outputs[n] = out
             self.context.set_tensor_address(n, out.data_ptr())
-        stream = torch.cuda.Stream(device=self.device)
+        # The stream the input copies were queued on, so the engine sees the copied data.
+        stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise DataError(f"{self.name}: TensorRT execution failed")
         stream.synchronize()
@@ -415,11 +443,26 @@ def source_runner(spec: ModelSpec, loaded: Any | None = None) -> Runner:
         runner.name = f"savedmodel:{spec.source.path}"
         return runner
     if framework == "onnx":
-        return OnnxRuntimeRunner(spec.resolve(spec.source.path))
+        runner = OnnxRuntimeRunner(spec.resolve(spec.source.path), name=f"onnx:{spec.source.path}")
+        if runner.input_names == inputs and [o for o in runner.output_names] == outputs:
+            return runner
+        # The file's own tensor names differ from the spec's: translate positionally, as convert does.
+        if len(runner.input_names) != len(inputs) or len(runner.output_names) != len(outputs):
+            raise SpecError(f"{spec.source.path}: the model has {len(runner.input_names)} input(s) and "
+                            f"{len(runner.output_names)} output(s); the spec lists {len(inputs)} and {len(outputs)}")
+        return RenamedRunner(runner, dict(zip(inputs, runner.input_names, strict=True)),
+                             dict(zip(outputs, runner.output_names, strict=True)), name=runner.name)
     raise SpecError(f"{spec.name}: no runner for framework {framework!r}")
 
 
 def artifact_runner(path: Path | str, providers: Sequence[str] | None = None,
-                    intra_op_threads: int | None = None) -> OnnxRuntimeRunner:
-    """ONNX Runtime over an artifact's ``.onnx`` (CPU unless providers say otherwise)."""
-    return OnnxRuntimeRunner(Path(path), providers=providers, intra_op_threads=intra_op_threads)
+                    intra_op_threads: int | None = None) -> Runner:
+    """A runner over a deployable artifact: ``.onnx`` in ONNX Runtime (CPU unless ``providers``
+    say otherwise), ``.plan``/``.engine`` in TensorRT."""
+    path = Path(path)
+    if path.suffix in (".plan", ".engine"):
+        return TensorRTEngineRunner(path)
+    if path.suffix != ".onnx":
+        raise ModelLoadError(f"{path}: not a deployable artifact (.onnx, or a TensorRT .plan/.engine); "
+                             "convert the model first or give its spec")
+    return OnnxRuntimeRunner(path, providers=providers, intra_op_threads=intra_op_threads)

@@ -135,3 +135,30 @@ def test_tensorrt_runner_says_what_is_missing(tmp_path):
         pass
     with pytest.raises(DependencyMissingError, match="TensorRT|CUDA"):
         TensorRTEngineRunner(tmp_path / "model.plan")
+
+
+def test_self_check_sizes_of_a_static_model_is_one_run():
+    spec = spec_from_dict({"name": "m", "source": {"framework": "onnx", "path": "m.onnx"},
+                           "inputs": [{"name": "x", "shape": [4, 16]}], "outputs": [{"name": "y", "shape": [4, 1]}]})
+    assert self_check_sizes(spec) == [{}]
+    assert trace_sizes(spec) == {}
+
+
+def test_source_runner_translates_an_onnx_sources_own_names(jet_onnx):
+    from hepdeploy.validate.runners import source_runner
+
+    spec = spec_from_dict({"name": "jet", "source": {"framework": "onnx", "path": str(jet_onnx)},
+                           "inputs": [{"name": "input_1", "shape": ["batch", 16]}],
+                           "outputs": [{"name": "probs", "shape": ["batch", 5]}]})
+    x = np.random.default_rng(3).standard_normal((4, 16)).astype(np.float32)
+    out = source_runner(spec).run({"input_1": x})
+    np.testing.assert_array_equal(out["probs"], OnnxRuntimeRunner(jet_onnx).run({"features": x})["scores"])
+
+
+def test_artifact_runner_opens_onnx_and_refuses_other_files(jet_onnx, tmp_path):
+    from hepdeploy.errors import ModelLoadError
+    from hepdeploy.validate.runners import artifact_runner
+
+    assert artifact_runner(jet_onnx).providers_used == ["CPUExecutionProvider"]
+    with pytest.raises(ModelLoadError, match="not a deployable artifact"):
+        artifact_runner(tmp_path / "model.keras")

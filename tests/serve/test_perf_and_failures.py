@@ -122,3 +122,22 @@ def test_triton_serve_command_starts_and_stops_cleanly_on_ctrl_c(triton_binary, 
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+
+
+def test_perf_can_start_its_own_server_on_a_repository(triton_binary, serve_repository, tmp_path):
+    from hepdeploy.cli import main
+
+    model = serve_repository.models["facile"]
+    result = CliRunner().invoke(main, [
+        "perf", "--repo", str(serve_repository.path), "--model", "facile_py", "--golden", str(model.golden),
+        "--batch", "1000", "--concurrency", "1", "--duration", "0.5", "--warmup", "0.1",
+        "--json", str(tmp_path / "perf.json")])
+    assert result.exit_code == 0, result.output
+    level = json.loads((tmp_path / "perf.json").read_text())["levels"][0]
+    assert level["clients"] == 1 and level["inferences"] == level["events"] * 1000 > 0
+
+    refused = CliRunner().invoke(main, [
+        "perf", "--repo", str(serve_repository.path), "--model", serve_repository.refused, "--golden",
+        str(model.golden), "--concurrency", "1", "--duration", "0.2"])
+    assert refused.exit_code == 1
+    assert "preferred size must be <= max batch size" in refused.output

@@ -185,3 +185,37 @@ def test_versions_not_served_are_not_compared(tmp_path, models, interaction_spec
     _edit_config(repo / "net", lambda c: c.version_policy.all.SetInParent())
     messages = [p.message for p in check_repository(repo)]
     assert any("config input 'input' is not a model input" in m for m in messages), messages
+
+
+def test_cli_add_with_warmup_and_verdict(tmp_path, models, interaction_golden):
+    import json
+
+    import numpy as np
+
+    golden = tmp_path / "golden.npz"
+    np.savez(golden, **interaction_golden, labels=np.zeros(90))
+    verdict = tmp_path / "verdict.json"
+    verdict.write_text(json.dumps({"passed": True, "variant": "fp32"}))
+    repo = tmp_path / "repo"
+    runner = CliRunner()
+    result = runner.invoke(main, ["triton", "add", str(repo), str(models["interaction"]), "--name", "in",
+                                  "--warmup", str(golden), "--verdict", str(verdict)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((repo / "in" / "1" / MANIFEST_NAME).read_text())
+    assert manifest["verdict"] == {"passed": True, "variant": "fp32"}
+    assert sorted(p.name for p in (repo / "in" / "warmup").iterdir()) == ["edge_index", "x"]
+    assert runner.invoke(main, ["triton", "check", str(repo)]).exit_code == 0
+
+    verdict.write_text("{not json")
+    result = runner.invoke(main, ["triton", "add", str(repo), str(models["interaction"]), "--name", "in",
+                                  "--verdict", str(verdict)])
+    assert result.exit_code == 2 and "not a readable JSON verdict" in result.output
+    assert sorted(p.name for p in (repo / "in").iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_preferred_batch_on_model_without_batch_axis(good_repo):
+    _edit_config(good_repo / "interaction_network", lambda c: c.dynamic_batching.preferred_batch_size.append(4))
+    messages = [p.message for p in check_repository(good_repo)]
+    assert messages == ["preferred_batch_size [4] > max_batch_size 0"]
+    _edit_config(good_repo / "interaction_network", lambda c: c.dynamic_batching.ClearField("preferred_batch_size"))
+    assert check_repository(good_repo) == []  # a plain request queue is fine

@@ -146,3 +146,19 @@ def test_bad_pbtxt_is_reported_with_position(tmp_path):
         read_model_config(path)
     with pytest.raises(RepositoryError):
         parse_model_config("input { nme: 'x' }")
+
+
+def test_request_queue_without_batch_axis(models):
+    # Triton accepts a dynamic batcher on a max_batch_size 0 model (a request queue), never preferred sizes.
+    queue = TritonSpec(dynamic_batching={"max_queue_delay_microseconds": 50})
+    config = build_model_config(models["interaction"], queue, name="in")
+    assert config.max_batch_size == 0 and config.dynamic_batching.max_queue_delay_microseconds == 50
+    _roundtrip(config)
+    with pytest.raises(SpecError, match="preferred_batch_size"):
+        build_model_config(models["interaction"], TritonSpec(dynamic_batching={"preferred_batch_size": [4]}),
+                           name="in")
+
+
+def test_tensorrt_plan_cannot_be_a_cpu_twin(facile_spec):
+    with pytest.raises(SpecError, match="GPUs only"):
+        build_model_config(facile_spec, facile_spec.triton, name="x", platform="tensorrt_plan", kind="cpu")

@@ -96,7 +96,7 @@ def test_preferred_batch_above_max(tmp_path, models, facile_spec):
     settings = facile_spec.triton.model_copy(update={"max_batch_size": 1000})
     with pytest.raises(SpecError, match="preferred_batch_size"):
         publish_model(tmp_path / "repo", models["facile"], name="facile", triton=settings)
-    assert not (tmp_path / "repo" / "facile").exists()
+    assert list(tmp_path.iterdir()) == []  # not even the repository folder was created
 
 
 def test_broken_existing_config_is_left_untouched_and_reported(tmp_path, models, snapshot):
@@ -294,3 +294,53 @@ def test_torchscript_model(tmp_path, facile_spec):
     (repo / "facile_pt" / "1" / "model.pt").write_bytes(b"garbage")
     (repo / "facile_pt" / "1" / MANIFEST_NAME).unlink()
     assert any("not a loadable TorchScript file" in p.message for p in check_repository(repo))
+
+
+def test_existing_problems_do_not_block_but_new_ones_do(tmp_path, models, interaction_spec, facile_spec):
+    repo = tmp_path / "repo"
+    publish_model(repo, models["facile"], name="facile", spec=facile_spec)
+    (repo / "facile" / "old").mkdir()  # a stray folder someone left: reported, but not ours to fix
+    (repo / "facile" / "old" / "x").write_text("x")
+    assert publish_model(repo, models["facile_other"], name="facile", spec=facile_spec).version == 2
+    # a config the model cannot run with is a NEW problem: refused, nothing changed
+    settings = facile_spec.triton.model_copy(update={"version_policy": "all"})
+    with pytest.raises(RepositoryError, match="failed its check before publishing"):
+        publish_model(repo, models["interaction"], name="facile", spec=interaction_spec, triton=settings.model_copy(
+            update={"max_batch_size": 0, "dynamic_batching": None}))
+    assert sorted(p.name for p in (repo / "facile").iterdir() if p.name.isdigit()) == ["1", "2"]
+
+
+def test_publish_spec_serves_the_spec_variants(tmp_path, models, facile_spec, facile_golden):
+    from hepdeploy.triton.repository import publish_spec
+
+    spec = facile_spec.model_copy(deep=True)
+    spec.triton.variant = "fp16"  # not built here: falls back to fp32, with a warning
+    spec.triton.python_backend = True
+    variants = {"fp32": models["facile"], "int8-cpu": models["facile_other"]}
+    verdicts = {"fp32": {"passed": True, "variant": "fp32"}, "int8-cpu": {"passed": True, "variant": "int8-cpu"}}
+    repo = tmp_path / "repo"
+    results = publish_spec(repo, spec, variants, verdicts=verdicts, warmup_inputs=facile_golden)
+    assert [r.name for r in results] == ["facile", "facile_cpu", "facile_py"]
+    gpu_manifest = json.loads((repo / "facile" / "1" / MANIFEST_NAME).read_text())
+    assert gpu_manifest["files"]["model.onnx"] == sha256_file(models["facile"])  # the fp32 fallback
+    cpu_manifest = json.loads((repo / "facile_cpu" / "1" / MANIFEST_NAME).read_text())
+    assert cpu_manifest["verdict"]["variant"] == "int8-cpu"
+    assert cpu_manifest["files"]["model.onnx"] == sha256_file(models["facile_other"])
+    assert read_model_config(repo / "facile_py" / "config.pbtxt").backend == "python"
+    assert check_repository(repo) == []
+
+
+def test_savedmodel_folder_is_copied_whole(tmp_path, facile_spec):
+    # A SavedModel is a folder; only its layout is checked here (loading it needs TensorFlow).
+    saved = tmp_path / "facile_savedmodel"
+    (saved / "variables").mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"graph")
+    (saved / "variables" / "variables.index").write_bytes(b"index")
+    repo = tmp_path / "repo"
+    result = publish_model(repo, saved, name="facile_tf", spec=facile_spec)
+    assert read_model_config(repo / "facile_tf" / "config.pbtxt").platform == "tensorflow_savedmodel"
+    assert sorted(result.files) == ["model.savedmodel/saved_model.pb", "model.savedmodel/variables/variables.index"]
+    assert check_repository(repo) == []
+    (repo / "facile_tf" / "1" / "model.savedmodel" / "saved_model.pb").unlink()
+    messages = [p.message for p in check_repository(repo)]
+    assert any("not a SavedModel folder" in m for m in messages) and any("listed in the manifest" in m for m in messages)

@@ -92,3 +92,8 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_tensors(path, {"x": rng.normal(size=(300, 8)).astype(np.float32),
                         "labels": rng.integers(0, 3, 300)})
     return path
+
+
+@pytest.fixture(scope="session")
+def tracking_case(zoo_export: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory) -> ModelCase:
+    return _case(zoo_export, tmp_path_factory, "interaction_network", None)

@@ -98,6 +98,10 @@ def test_golden_with_other_shapes(tiny_onnx: Path, tmp_path: Path) -> None:
     save_tensors(path, {"input/x": np.zeros((4, 7), np.float32), "output/prob": np.zeros((4, 3)),
                         "output/energy": np.zeros((4, 1))})
     _bad(_run("validate", tiny_onnx, "--golden", path), "axis 1 is 8 but the reference's is 7")
+    outputs = tmp_path / "output_shapes.npz"
+    save_tensors(outputs, {"input/x": np.zeros((4, 8), np.float32), "output/prob": np.zeros((4, 2)),
+                           "output/energy": np.zeros((4, 1))})
+    _bad(_run("validate", tiny_onnx, "--golden", outputs), "output 'prob' axis 1 is 3 but the reference's is 2")
 
 
 def test_labels_of_another_length(tiny_onnx: Path, golden: Path, tmp_path: Path) -> None:

@@ -164,3 +164,16 @@ def test_reports_for_real_variants(jet_case, tmp_path: Path, monkeypatch: pytest
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/{png.name}" in html
+
+
+def test_graph_model_without_batch_axis(tracking_case, tmp_path: Path) -> None:
+    """Interaction network: one graph per call (hits and edges), per-edge labels, edge metrics."""
+    ref = tracking_case.reference
+    assert not ref.batched and ref.labels["labels"].shape[0] == ref.inputs["edge_attr"].shape[0]
+    report = validate_candidate(tracking_case.fp32, ref, spec=tracking_case.zoo.spec, chunk_size=100, localize=True,
+                                fp32_model=tracking_case.fp32)
+    assert report.passed, report.verdict
+    metrics = {c.metric: c for c in report.physics.checks}
+    assert {"edge_auc", "edge_efficiency@0.5", "edge_purity@0.5"} <= set(metrics)
+    assert 0.5 < metrics["edge_auc"].reference < 1
+    assert report.localization.first_divergent_node is None
