@@ -100,6 +100,46 @@ def serve_command(repo: Path | None, tritonserver_path: Path | None, no_bundled:
             log.info("tritonserver stopped (exit code %s)", code)
 
 
+@click.command("serve-check")
+@click.argument("repo", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--golden", "goldens", multiple=True, metavar="NAME=FILE",
+              help="Golden set of model NAME (twins NAME_py / NAME_cpu use it too); repeat per model.")
+@click.option("--tritonserver", "tritonserver_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The tritonserver binary to run (default: one on PATH, else the bundled one).")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds for the whole check.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the report as JSON.")
+def serve_check_command(repo: Path, goldens: tuple[str, ...], tritonserver_path: Path | None, timeout: float,
+                        json_path: Path | None) -> None:
+    """Start a local server on REPO, validate every model it loads against its golden set, stop it.
+
+    Exit 0 when every loaded model with a golden set agrees, 1 when one disagrees or the server fails,
+    2 when no server can run here. Models the server refuses are listed with its own message.
+    """
+    import json as json_module
+
+    from hepdeploy.errors import DependencyMissingError, ValidationFailedError
+    from hepdeploy.fsutil import atomic_write_text
+    from hepdeploy.triton.server import find_tritonserver, serve_check
+
+    mapping: dict[str, Path] = {}
+    for item in goldens:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{item!r}: expected NAME=FILE", param_hint="--golden")
+        mapping[name] = Path(path)
+    binary = find_tritonserver(tritonserver_path, repository=repo) if tritonserver_path else None
+    report = serve_check(repo, mapping, timeout_s=timeout, binary=binary)
+    for line in report.lines():
+        click.echo(line)
+    if json_path is not None:
+        atomic_write_text(json_path, json_module.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    if report.status == "skipped":
+        raise DependencyMissingError(report.reason)
+    if not report.ok:
+        raise ValidationFailedError(f"serve check failed: {report.reason or 'see above'}")
+
+
 # --------------------------------------------------------------------------- perf
 
 
@@ -319,6 +359,7 @@ def register(group: click.Group) -> None:
     triton_group = group.commands.get("triton")
     if isinstance(triton_group, click.Group):
         triton_group.add_command(serve_command)
+        triton_group.add_command(serve_check_command)
         add = triton_group.commands.get("add")
         if add is not None:
             _attach_python_backend(add)

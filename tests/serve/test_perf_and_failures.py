@@ -43,10 +43,17 @@ def test_perf_sends_facile_events_of_the_specs_request_batch(triton_server, serv
 
     model = serve_repository.models["facile"]
     event = EventDefinition.from_spec(model.spec, batch=4000)  # 16000 in the spec; smaller keeps the test short
+    assert event.requests_per_event == 1
     report = run_perf(triton_server.grpc_url, "facile_py", model.inputs, concurrency=(2,), duration_s=0.8,
                       warmup_s=0.2, event=event, expected=(model.spec.inputs, model.spec.outputs))
     level = report.levels[0]
     assert level.events > 0 and level.inferences == level.events * 4000
+
+    # An event of two requests (e.g. two sub-detectors) counts once, with both requests' rows.
+    two = EventDefinition(batch_per_request=1000, requests_per_event=2)
+    level = run_perf(triton_server.grpc_url, "facile_py", model.inputs, concurrency=(1,), duration_s=0.5,
+                     warmup_s=0.1, event=two).levels[0]
+    assert level.events > 0 and level.requests == 2 * level.events and level.inferences == 2000 * level.events
 
 
 def test_killing_the_server_mid_run_gives_a_clear_error_not_a_hang(triton_binary, serve_repository, tmp_path):
@@ -76,15 +83,26 @@ def test_killing_the_server_mid_run_gives_a_clear_error_not_a_hang(triton_binary
         assert not server.is_running()
 
 
-def test_serve_check_validates_loadable_models_and_lists_the_refused_ones(triton_binary, serve_repository):
-    from hepdeploy.triton.server import serve_check
+def test_serve_check_validates_loadable_models_and_lists_the_refused_ones(triton_binary, serve_repository, tmp_path):
+    from hepdeploy.cli import main
 
     goldens = {name: m.golden for name, m in serve_repository.models.items()}
     goldens["jet_mlp_wrong"] = serve_repository.models["jet_mlp"].golden
+    args = [f"--golden={name}={path}" for name, path in goldens.items()]
+    result = CliRunner().invoke(main, ["triton", "serve-check", str(serve_repository.path), *args,
+                                       "--json", str(tmp_path / "check.json")])
+    assert result.exit_code == 1, result.output  # the perturbed twin disagrees
+    assert "refused_py: not loaded by the server: " in result.output
+    data = json.loads((tmp_path / "check.json").read_text())
+    assert data["status"] == "failed" and not data["ok"]
+
+    from hepdeploy.triton.server import serve_check
+
     report = serve_check(serve_repository.path, goldens, timeout_s=300, binary=triton_binary)
     by_name = {m.name: m for m in report.models}
     assert by_name["facile_py"].passed and by_name["jet_mlp_py"].passed
     assert by_name["jet_mlp_wrong_py"].passed is False
+    assert not by_name["jet_mlp"].loaded and "backend 'onnxruntime'" in by_name["jet_mlp"].load_error
     assert not by_name[serve_repository.refused].loaded
     assert "preferred size must be <= max batch size" in by_name[serve_repository.refused].load_error
     assert report.status == "failed" and not report.ok

@@ -89,14 +89,8 @@ def test_a_config_the_server_refuses_is_reported_with_the_servers_own_message(tr
     assert "dynamic batching preferred size must be <= max batch size" in errors[serve_repository.refused]
 
 
-def test_an_onnxruntime_model_is_refused_by_the_bundled_server_with_its_message(triton_binary, serve_repository, tmp_path):
-    from hepdeploy.triton.repository import publish_model
-    from hepdeploy.triton.server import TritonServer
-
-    model = serve_repository.models["jet_mlp"]
-    repo = tmp_path / "repo"
-    publish_model(repo, model.artifact, name="jet_mlp", spec=model.spec, kind="cpu")
+def test_an_onnxruntime_model_is_refused_by_the_bundled_server_with_its_message(triton_server, triton_binary):
     assert not triton_binary.can_load("onnxruntime_onnx") and triton_binary.can_load("python")
-    with TritonServer(repo, binary=triton_binary) as server:
-        errors = server.model_load_errors()
+    assert "jet_mlp" not in triton_server.ready_models()
+    errors = triton_server.model_load_errors()
     assert "unable to find backend library for backend 'onnxruntime'" in errors["jet_mlp"]
