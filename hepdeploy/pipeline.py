@@ -94,3 +94,201 @@ def _timed(name: str, action) -> StepResult:  # noqa: ANN001 - a zero-argument c
         result = StepResult(name, "failed", str(error))
     result.details.setdefault("seconds", round(time.perf_counter() - start, 2))
     return result
+
+
+def _variant_file(folder: Path, name: str, variant: str) -> Path:
+    suffix = ".plan" if variant == "tensorrt" else ".onnx"
+    return folder / "variants" / f"{name}_{variant.replace('-', '_')}{suffix}"
+
+
+def _zoo_spec(name: str, folder: Path, budget: str) -> StepResult:
+    """Export a zoo network (trained, cached) with its spec and labelled data sets."""
+    from hepdeploy.model_zoo import export_network
+
+    exported = export_network(name, folder / "source", budget=budget)
+    return StepResult(
+        "zoo-export", "ok", outputs=[exported.spec_path, exported.source_path],
+        details={"spec": exported.spec, "metrics": exported.metrics, "trained": exported.trained},
+    )
+
+
+def _reference_step(spec: ModelSpec, fp32_model: Path, golden: Path) -> StepResult:
+    """The golden set: the SOURCE model run on the spec's reference data (labels kept).
+
+    Without reference data the conversion's own seeded sample inputs are used, and the
+    golden set has no labels (physics checks then cannot run; the reports say so).
+    """
+    from hepdeploy.validate.reference import make_reference, save_reference
+
+    data_path = spec.resolve(spec.data.reference)
+    if data_path is not None:
+        reference = make_reference(spec, data_path, labels=spec.data.labels, spec=spec)
+        note = f"source model on {data_path.name}"
+    else:
+        from hepdeploy.sampling import sample_inputs
+
+        sizes = {dim: spec.dim_range(dim).opt or spec.dim_range(dim).min for t in spec.inputs for dim in t.dynamic_dims}
+        if "batch" in sizes:
+            sizes["batch"] = min(256, spec.dim_range("batch").max or 256)
+        data = sample_inputs(spec.inputs, sizes, seed=spec.data.seed)
+        reference = make_reference(spec, data, spec=spec)
+        note = "source model on seeded sample inputs (no labels: numerical checks only)"
+    save_reference(reference, golden)
+    return StepResult("reference", "ok", note, outputs=[golden], details={"samples": reference.n_samples})
+
+
+def _validate_step(variant: str, candidate: Path, reference, spec: ModelSpec, reports: list) -> StepResult:  # noqa: ANN001
+    from hepdeploy.validate import validate_candidate
+
+    report = validate_candidate(candidate, reference, spec=spec, name=variant)
+    reports.append(report)
+    status = "ok" if report.passed else "failed"
+    return StepResult(f"validate:{variant}", status, report.verdict,
+                      details={"passed": report.passed, "policy": report.policy})
+
+
+def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None, goldens: dict[str, Path]) -> ModelBuild:
+    """Run the chain for one spec; every step's outcome is recorded, none is hidden."""
+    from hepdeploy.convert import convert_from_spec
+    from hepdeploy.optimize import optimize_artifact
+
+    folder = options.out_dir / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "variants").mkdir(exist_ok=True)
+    build = ModelBuild(spec.name, folder)
+
+    if spec.source.framework == "zoo" and spec.source.zoo:
+        exported = build.add(_timed("zoo-export", lambda: _zoo_spec(spec.source.zoo, folder, options.budget)))
+        if not exported.ok:
+            return build
+        spec = _merge_zoo_spec(spec, exported.details.pop("spec"))
+
+    fp32_path = folder / f"{spec.name}.onnx"
+    converted = build.add(_timed("convert", lambda: StepResult(
+        "convert", "ok", outputs=[convert_from_spec(spec, fp32_path, options.exporter).path])))
+    if not converted.ok:
+        return build
+
+    golden = folder / "golden.npz"
+    referenced = build.add(_timed("reference", lambda: _reference_step(spec, fp32_path, golden)))
+
+    wanted = options.variants or [v.name for v in spec.variants]
+    calibration = spec.resolve(spec.data.calibration) or spec.resolve(spec.data.reference)
+    made: dict[str, Path] = {}
+    for variant in wanted:
+        output = _variant_file(folder, spec.name, variant)
+        step = build.add(_timed(f"optimize:{variant}", lambda v=variant, o=output: optimize_artifact(
+            fp32_path, spec.variant(v), o, calibration=calibration, spec=spec, require_gpu=options.require_gpu)))
+        step.step = f"optimize:{variant}"
+        if step.ok:
+            made[variant] = output
+
+    verdicts: dict[str, dict] = {}
+    passing: dict[str, Path] = {}
+    if referenced.ok:
+        from hepdeploy.validate import load_reference
+        from hepdeploy.validate.report import write_reports
+
+        reference = load_reference(golden)
+        goldens[spec.triton.model_name or spec.name] = golden
+        reports: list = []
+        for variant, path in made.items():
+            if path.suffix != ".onnx":
+                build.add(StepResult(f"validate:{variant}", "skipped", "engines are validated on a GPU machine"))
+                passing[variant] = path
+                continue
+            step = build.add(_timed(f"validate:{variant}", lambda v=variant, p=path: _validate_step(
+                v, p, reference, spec, reports)))
+            verdicts[variant] = {"passed": step.ok, "verdict": step.reason}
+            if step.ok:
+                passing[variant] = path
+        if reports:
+            written = write_reports(reports, folder / "reports")
+            build.add(StepResult("reports", "ok", outputs=written))
+    else:
+        build.add(StepResult("validate", "skipped", "no golden set: nothing was validated or published"))
+
+    if repository is not None and options.publish and passing:
+        warmup = load_reference(golden).inputs if referenced.ok else None
+        build.add(_timed("publish", lambda: _publish_step(repository, spec, passing, verdicts, warmup)))
+    elif repository is not None and options.publish:
+        build.add(StepResult("publish", "skipped", "no variant passed validation"))
+    return build
+
+
+def _publish_step(repository: Path, spec: ModelSpec, variants: dict[str, Path], verdicts: dict, warmup) -> StepResult:  # noqa: ANN001
+    from hepdeploy.triton.repository import publish_spec
+
+    results = publish_spec(repository, spec, variants, verdicts=verdicts, warmup_inputs=warmup)
+    return StepResult("publish", "ok", ", ".join(f"{r.name} v{r.version}" for r in results),
+                      outputs=[r.version_dir for r in results])
+
+
+def _merge_zoo_spec(user: ModelSpec, zoo: ModelSpec) -> ModelSpec:
+    """The zoo's concrete spec, with whatever the user's spec set explicitly winning."""
+    from hepdeploy.convert import merge_zoo_spec
+
+    return merge_zoo_spec(user, zoo)
+
+
+def zoo_build_spec(name: str) -> ModelSpec:
+    """A minimal spec that builds a zoo network with the zoo's own settings."""
+    from hepdeploy.model_zoo import get_network
+
+    network = get_network(name)
+    return ModelSpec.model_validate({
+        "name": name,
+        "source": {"framework": "zoo", "zoo": name},
+        "inputs": [t.model_dump(exclude_none=True) for t in network.inputs],
+        "outputs": [t.model_dump(exclude_none=True) for t in network.outputs],
+    })
+
+
+def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
+    """Build every spec into ``options.out_dir`` and publish into ``OUT/model_repository``."""
+    out_dir = options.out_dir
+    if not out_dir.parent.is_dir():
+        raise BadInputError(f"{out_dir}: its parent folder does not exist")
+    out_dir.mkdir(exist_ok=True)
+    repository = out_dir / "model_repository" if options.publish else None
+    if repository is not None:
+        repository.mkdir(exist_ok=True)
+    report = BuildReport(out_dir, repository=repository)
+    goldens: dict[str, Path] = {}
+    if options.serve_check:
+        # The bundled server has only the Python backend: publish Python-backend twins
+        # so the serve check has models it can load.
+        specs = [s.model_copy(update={"triton": s.triton.model_copy(update={"python_backend": True})}) for s in specs]
+    for spec in specs:
+        report.models.append(build_model(spec, options, repository, goldens))
+    if repository is not None:
+        report.repository_steps.append(_timed("triton-check", lambda: _check_step(repository)))
+        if options.serve_check:
+            report.repository_steps.append(_timed("serve-check", lambda: _serve_check_step(repository, goldens)))
+    summary = out_dir / "build-summary.json"
+    atomic_write_text(summary, json.dumps(report.to_json(), indent=2, default=str) + "\n")
+    return report
+
+
+def _check_step(repository: Path) -> StepResult:
+    from hepdeploy.triton.check import check_repository_report
+
+    checked = check_repository_report(repository)
+    if checked.problems:
+        return StepResult("triton-check", "failed", f"{len(checked.problems)} problem(s)",
+                          details={"problems": [p.line() for p in checked.problems]})
+    return StepResult("triton-check", "ok", checked.summary())
+
+
+def _serve_check_step(repository: Path, goldens: dict[str, Path]) -> StepResult:
+    from hepdeploy.triton.server import serve_check
+
+    checked = serve_check(repository, goldens)
+    status = "skipped" if checked.status == "skipped" else "ok" if checked.ok else "failed"
+    return StepResult("serve-check", status, checked.reason,
+                      details={"lines": checked.lines(), "not_loaded": checked.not_loaded})
+
+
+def load_specs(paths: list[Path]) -> list[ModelSpec]:
+    """Load every spec first, so a bad one fails the build before any work starts."""
+    return [load_spec(path) for path in paths]

@@ -1,8 +1,74 @@
-"""CLI commands of the build stage (filled in by its issue)."""
+"""`hepdeploy build`: the whole chain from specs (or the embedded zoo set) to a model repository."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import click
 
+DEFAULT_OUT = Path("hepdeploy-out")
+
+
+@click.command("build")
+@click.argument("specs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=DEFAULT_OUT, show_default=True,
+              help="Output folder: one folder per model, plus model_repository/.")
+@click.option("--zoo", "zoo_names", multiple=True, help="Build these zoo networks (repeatable).")
+@click.option("--variant", "variants", multiple=True,
+              type=click.Choice(["fp32", "fp16", "int8-trt", "int8-cpu", "tensorrt"]),
+              help="Variants to make (default: each spec's list; fp32, int8-cpu, fp16, int8-trt).")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True)
+@click.option("--no-publish", is_flag=True, help="Stop after validation; write no model repository.")
+@click.option("--serve-check", is_flag=True,
+              help="Start a local Triton server on the new repository and validate what it serves.")
+@click.option("--require-gpu", is_flag=True, help="Fail (exit 2) instead of skipping the TensorRT engine without a GPU.")
+@click.option("--budget", type=click.Choice(["full", "reduced"]), default="full", show_default=True,
+              help="Training budget for zoo networks that are not cached yet.")
+def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, ...], variants: tuple[str, ...],
+                  exporter: str, no_publish: bool, serve_check: bool, require_gpu: bool, budget: str) -> None:
+    """Convert, optimize, validate and publish every SPEC.
+
+    With no SPEC and no --zoo, builds the embedded default zoo set into ./hepdeploy-out/.
+    Exit 0 when every variant passed and the repository checks clean, 1 otherwise.
+    """
+    from hepdeploy.pipeline import DEFAULT_ZOO_SET, BuildOptions, build, load_specs, zoo_build_spec
+
+    model_specs = load_specs(list(specs))
+    names = list(zoo_names) or ([] if specs else list(DEFAULT_ZOO_SET))
+    model_specs += [zoo_build_spec(name) for name in names]
+    options = BuildOptions(out_dir=out_dir, exporter=exporter, variants=list(variants) or None,
+                           publish=not no_publish, serve_check=serve_check, require_gpu=require_gpu, budget=budget)
+    report = build(model_specs, options)
+    _print_report(report)
+    sys.exit(1 if report.failed else 0)
+
+
+def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"hepdeploy build -> {report.out_dir}")
+    for column in ("model", "step", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for model in report.models:
+        for step in model.steps:
+            table.add_row(model.name, step.step, _status(step.status), step.reason[:160])
+    for step in report.repository_steps:
+        table.add_row("(repository)", step.step, _status(step.status), step.reason[:160])
+        for line in step.details.get("problems", []) + step.details.get("lines", []):
+            table.add_row("", "", "", line[:160])
+    console = Console(width=160)
+    console.print(table)
+    console.print(f"artifacts and reports: {report.out_dir.resolve()}")
+    if report.repository is not None:
+        console.print(f"Triton model repository: {report.repository.resolve()}")
+    console.print(f"summary: {(report.out_dir / 'build-summary.json').resolve()}")
+    console.print("result: " + ("[red]FAILED[/red]" if report.failed else "[green]passed[/green]"))
+
+
+def _status(status: str) -> str:
+    return {"ok": "[green]ok[/green]", "failed": "[red]failed[/red]", "skipped": "[yellow]skipped[/yellow]"}[status]
+
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the main group."""
+    group.add_command(build_command)

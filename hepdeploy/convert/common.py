@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,12 +93,14 @@ def finish_conversion(
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(f"{where}: the exported graph fails the ONNX checker: {first}") from None
+    started = time.perf_counter()
     with progress("self-check: ONNX Runtime vs the source model"):
         report: SelfCheckReport = self_check(model, source_runner, spec)
     import onnxruntime
 
     check_step = StepRecord(name="self-check", tool="onnxruntime", tool_version=onnxruntime.__version__,
-                            parameters=report.as_parameters())
+                            parameters={**report.as_parameters(),
+                                        "seconds": round(time.perf_counter() - started, 3)})
     sidecar = Sidecar(
         model_name=spec.name,
         source=source,

@@ -6,6 +6,7 @@ get the spec's names (no ``unk__N``); named dimensions, batch included, stay dyn
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ def convert_keras_model(model: Any, spec: ModelSpec, output: Path, source: Sourc
     check_keras_inputs(model, spec, str(where))
     signature = tf_input_signature(spec)
     opset = spec.opset or TF2ONNX_DEFAULT_OPSET
+    started = time.perf_counter()
     try:
         with progress(f"converting {spec.name} with tf2onnx"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -79,7 +81,8 @@ def convert_keras_model(model: Any, spec: ModelSpec, output: Path, source: Sourc
     except Exception as error:
         raise ConversionError(f"{where}: tf2onnx failed: {type(error).__name__}: {_first_line(error)}") from None
     step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
-                      parameters=export_parameters(opset=opset, entry="from_keras"))
+                      parameters=export_parameters(opset=opset, entry="from_keras",
+                                                   seconds=round(time.perf_counter() - started, 3)))
     runner = KerasRunner(model, [t.name for t in spec.inputs], [t.name for t in spec.outputs])
     runner.name = f"keras:{where}"
     return finish_conversion(proto, spec, output, source, step, runner)
@@ -103,6 +106,7 @@ def convert_savedmodel(spec: ModelSpec, output: Path, exporter: str = "auto") ->
     signature = tf_input_signature(spec)
     function = load_savedmodel_callable(path, signature)
     opset = spec.opset or TF2ONNX_DEFAULT_OPSET
+    started = time.perf_counter()
     try:
         with progress(f"converting {spec.name} with tf2onnx"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -113,7 +117,8 @@ def convert_savedmodel(spec: ModelSpec, output: Path, exporter: str = "auto") ->
             raise SpecError(f"{path}: the spec's input shapes do not fit the SavedModel: {text}") from None
         raise ConversionError(f"{path}: tf2onnx failed: {type(error).__name__}: {text}") from None
     step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
-                      parameters=export_parameters(opset=opset, entry="from_function"))
+                      parameters=export_parameters(opset=opset, entry="from_function",
+                                                   seconds=round(time.perf_counter() - started, 3)))
     runner = SavedModelRunner.__new__(SavedModelRunner)
     runner.function = function
     runner.input_names = [t.name for t in spec.inputs]

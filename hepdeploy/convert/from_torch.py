@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import re
+import time
 import warnings
 from pathlib import Path
 from collections.abc import Iterator
@@ -176,6 +177,7 @@ def convert_torch_model(
     errors: dict[str, str] = {}
     proto = None
     ran = None
+    started = time.perf_counter()
     for name in order:
         try:
             with progress(f"exporting {spec.name} with the {name} exporter"):
@@ -191,7 +193,8 @@ def convert_torch_model(
     step = StepRecord(
         name="export", tool=f"torch.onnx.{ran}", tool_version=torch.__version__,
         parameters=export_parameters(requested_exporter=exporter, exporter=ran, trace_sizes=sizes,
-                                     opset=spec.opset, fallback_from=errors or None),
+                                     opset=spec.opset, fallback_from=errors or None,
+                                     seconds=round(time.perf_counter() - started, 3)),
     )
     return finish_conversion(proto, spec, output, source, step, runner)
 

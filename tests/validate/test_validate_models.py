@@ -177,3 +177,25 @@ def test_graph_model_without_batch_axis(tracking_case, tmp_path: Path) -> None:
     assert {"edge_auc", "edge_efficiency@0.5", "edge_purity@0.5"} <= set(metrics)
     assert 0.5 < metrics["edge_auc"].reference < 1
     assert report.localization.first_divergent_node is None
+
+
+# The networks whose reduced training takes minutes (ParticleNet ~2 min, ResNet-50 ~10 GB of
+# memory) are checked only when asked for; the others run in every CI job.
+_HEAVY = {"particlenet", "resnet50"}
+
+
+@pytest.mark.parametrize("network", ["deepjet", "particlenet", "resnet50"])
+def test_fp32_of_other_zoo_networks_passes(network: str, zoo_export, tmp_path: Path) -> None:
+    import os
+
+    from hepdeploy.convert import convert_from_spec
+    from hepdeploy.validate import make_reference
+
+    if network in _HEAVY and not os.environ.get("HEPDEPLOY_TEST_ALL_ZOO"):
+        pytest.skip(f"{network}: heavy to train; set HEPDEPLOY_TEST_ALL_ZOO=1 to include it")
+    exported = zoo_export(network)
+    artifact = convert_from_spec(exported.spec, tmp_path / "fp32.onnx")
+    reference = make_reference(exported.spec, exported.reference_path, max_samples=500)
+    report = validate_candidate(artifact.path, reference, spec=exported.spec)
+    assert report.passed, report.verdict
+    assert report.physics.ran and report.physics.task == "classification"
