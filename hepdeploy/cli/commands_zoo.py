@@ -74,6 +74,7 @@ def zoo_rows(cache_dir: Path | None = None, seed: int = 0) -> list[dict[str, Any
 def list_command(as_json: bool, cache_dir: Path | None) -> None:
     """Networks with frameworks, tensor shapes, parameter counts and cached metrics."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     with Console(stderr=True).status("building the zoo networks to count parameters"):
@@ -88,10 +89,11 @@ def list_command(as_json: bool, cache_dir: Path | None) -> None:
         if row["metrics"]:
             metrics = format_metrics(row["task"], row["metrics"])
             if row["budget"] != "full":
-                metrics += f" [{row['budget']} budget]"
+                metrics += f" ({row['budget']} budget)"
         else:
             metrics = "not trained"
-        table.add_row(row["name"], row["flavour"], row["inputs"], row["outputs"], f"{row['parameters']:,}", metrics)
+        cells = (row["name"], row["flavour"], row["inputs"], row["outputs"], f"{row['parameters']:,}", metrics)
+        table.add_row(*(escape(cell) for cell in cells))
     Console(width=200).print(table)
 
 

@@ -69,18 +69,17 @@ def check_output_path(output: Path) -> Path:
     return check_output_folder(output)
 
 
-def finish_conversion(
-    model: onnx.ModelProto,
-    spec: ModelSpec,
-    output: Path,
-    source: SourceRecord,
-    export_step: StepRecord,
-    source_runner: Runner,
-) -> Artifact:
-    """Rename I/O to the spec, check the graph, self-check against the source, write the artifact."""
-    import onnx
+def check_converted(
+    model: onnx.ModelProto, spec: ModelSpec, where: str, source_runner: Runner
+) -> tuple[onnx.ModelProto, StepRecord]:
+    """Rename I/O to the spec, run the checker and the self-check; the model and the check's record.
 
-    where = str(source.path or spec.name)
+    Raises SpecError (the spec does not fit), ConversionError (broken graph) or
+    DisagreementError (the graph does not reproduce its source). Writes nothing.
+    """
+    import onnx
+    import onnxruntime
+
     model = apply_spec_io(model, spec, where)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -96,27 +95,44 @@ def finish_conversion(
     started = time.perf_counter()
     with progress("self-check: ONNX Runtime vs the source model"):
         report: SelfCheckReport = self_check(model, source_runner, spec)
-    import onnxruntime
+    step = StepRecord(name="self-check", tool="onnxruntime", tool_version=onnxruntime.__version__,
+                      parameters={**report.as_parameters(), "seconds": round(time.perf_counter() - started, 3)})
+    return model, step
 
-    check_step = StepRecord(name="self-check", tool="onnxruntime", tool_version=onnxruntime.__version__,
-                            parameters={**report.as_parameters(),
-                                        "seconds": round(time.perf_counter() - started, 3)})
+
+def write_converted(
+    model: onnx.ModelProto, spec: ModelSpec, output: Path, source: SourceRecord, steps: list[StepRecord]
+) -> Artifact:
+    """Write a checked model and its sidecar (atomically; the .onnx first, then the .json)."""
     sidecar = Sidecar(
         model_name=spec.name,
         source=source,
-        exporter=export_step.tool,
+        exporter=steps[0].tool if steps else None,
         opset=opset_of(model),
         producer=f"{model.producer_name} {model.producer_version}".strip() or None,
         inputs=[t.model_copy(deep=True) for t in spec.inputs],
         outputs=[t.model_copy(deep=True) for t in spec.outputs],
         variant=VariantRecord(name="fp32", precision="fp32", target="any"),
-        steps=[export_step, check_step],
+        steps=steps,
     )
     if model.ByteSize() >= 2**31:
         raise ModelLoadError(f"{output}: the model is over 2 GB; external-data models are not supported yet")
     artifact = write_artifact(model, output, sidecar)
     log.info("wrote %s (opset %s, exporter %s)", artifact.path, sidecar.opset, sidecar.exporter)
     return artifact
+
+
+def finish_conversion(
+    model: onnx.ModelProto,
+    spec: ModelSpec,
+    output: Path,
+    source: SourceRecord,
+    export_step: StepRecord,
+    source_runner: Runner,
+) -> Artifact:
+    """Check the exported graph against its source, then write the artifact."""
+    model, check_step = check_converted(model, spec, str(source.path or spec.name), source_runner)
+    return write_converted(model, spec, output, source, [export_step, check_step])
 
 
 def export_parameters(**values: Any) -> dict[str, Any]:

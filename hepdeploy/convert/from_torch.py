@@ -18,9 +18,16 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord
-from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, progress, source_sha256
+from hepdeploy.convert.common import (
+    check_converted,
+    check_output_path,
+    export_parameters,
+    progress,
+    source_sha256,
+    write_converted,
+)
 from hepdeploy.convert.loaders import load_torch_source
-from hepdeploy.errors import ConversionError, SpecError
+from hepdeploy.errors import ConversionError, DisagreementError, SpecError
 from hepdeploy.sampling import sample_inputs, trace_sizes
 from hepdeploy.spec import ModelSpec
 from hepdeploy.validate.runners import TorchModuleRunner
@@ -175,28 +182,42 @@ def convert_torch_model(
     if exporter == "auto" and spec.opset is not None and spec.opset < DYNAMO_MIN_OPSET:
         order = ["torchscript"]  # dynamo cannot write the requested opset
     errors: dict[str, str] = {}
-    proto = None
-    ran = None
-    started = time.perf_counter()
-    for name in order:
+    disagreement: DisagreementError | None = None
+    where = str(source.path or spec.name)
+    for position, name in enumerate(order):
+        last = position == len(order) - 1
+        started = time.perf_counter()
         try:
             with progress(f"exporting {spec.name} with the {name} exporter"):
                 proto = export_dynamo(model, args, spec) if name == "dynamo" else export_torchscript(model, args, spec)
-            ran = name
-            break
         except Exception as error:  # exporters raise many types; we record and maybe fall back
             errors[name] = f"{type(error).__name__}: {_first_line(error)}"
             log.info("%s exporter failed on %s: %s", name, spec.name, errors[name])
-    if proto is None or ran is None:
-        detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
-        raise ConversionError(f"{source.path or spec.name}: export to ONNX failed ({detail})")
-    step = StepRecord(
-        name="export", tool=f"torch.onnx.{ran}", tool_version=torch.__version__,
-        parameters=export_parameters(requested_exporter=exporter, exporter=ran, trace_sizes=sizes,
-                                     opset=spec.opset, fallback_from=errors or None,
-                                     seconds=round(time.perf_counter() - started, 3)),
-    )
-    return finish_conversion(proto, spec, output, source, step, runner)
+            continue
+        seconds = round(time.perf_counter() - started, 3)
+        try:
+            # A graph that exported but is wrong (a dimension baked in, numbers that differ)
+            # is as much a reason to try the next exporter as an exception.
+            proto, check_step = check_converted(proto, spec, where, runner)
+        except (ConversionError, DisagreementError) as error:
+            if isinstance(error, DisagreementError):
+                disagreement = error
+            errors[name] = f"{type(error).__name__}: {_first_line(error)}"
+            if last:
+                break
+            log.info("%s exporter's graph rejected for %s: %s; trying the next exporter", name, spec.name,
+                     errors[name])
+            continue
+        step = StepRecord(
+            name="export", tool=f"torch.onnx.{name}", tool_version=torch.__version__,
+            parameters=export_parameters(requested_exporter=exporter, exporter=name, trace_sizes=sizes,
+                                         opset=spec.opset, fallback_from=errors or None, seconds=seconds),
+        )
+        return write_converted(proto, spec, output, source, [step, check_step])
+    detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
+    if disagreement is not None:
+        raise DisagreementError(f"{where}: no exporter produced a graph that agrees with the model ({detail})")
+    raise ConversionError(f"{where}: export to ONNX failed ({detail})")
 
 
 def convert_torch(spec: ModelSpec, output: Path, exporter: Exporter = "auto") -> Artifact:

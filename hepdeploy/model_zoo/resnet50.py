@@ -45,7 +45,7 @@ class ResNet50TopTagger(ZooNetwork):
     calibration_samples = 64
     export_traps = (
         "53 Conv+BatchNormalization pairs that tf2onnx folds; NHWC Keras input in front of NCHW ONNX convs "
-        "(a Transpose at the input that TensorRT must absorb); 25.6 M parameters (100 MB FP32 - still inside "
+        "(a Transpose at the input that TensorRT must absorb); 23.6 M parameters (94 MB FP32 - still inside "
         "the 2 GB protobuf limit, so a single-file .onnx); heavy enough that the conversion self-check at batch "
         "64 takes seconds; BatchNorm moving statistics barely updated by a short training (momentum lowered)."
     )

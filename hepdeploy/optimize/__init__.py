@@ -172,6 +172,8 @@ def _make_onnx_variant(
     _check_runs(model, vspec.name, inputs, sample)
 
     precision, target = _RECORDS[vspec.name]
+    if vspec.name == "int8-trt" and vspec.high_precision_dtype == "fp16":
+        precision = "mixed"  # INT8 layers plus FP16 for the rest
     record = VariantRecord(name=vspec.name, precision=precision, target=target)  # type: ignore[arg-type]
     sidecar = derive_sidecar(parent, record, steps[0])
     sidecar.steps.extend(steps[1:])

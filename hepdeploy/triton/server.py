@@ -274,7 +274,9 @@ def bundled_server(cache: Path | None = None, install: bool = True, wheel: Path 
     env = {"LD_LIBRARY_PATH": os.pathsep.join(p for p in library_path if p), "PATH": path}
     return ServerBinary(
         executable=server_dir / "bin" / "tritonserver", origin="bundled", env=env,
-        extra_args=(f"--backend-directory={backends}", f"--cache-directory={server_dir / 'caches'}"),
+        extra_args=(f"--backend-directory={backends}", f"--cache-directory={server_dir / 'caches'}",
+                    # The stub's 30 s default start-up limit is too tight on a loaded 2-core machine.
+                    "--backend-config=python,stub-timeout-seconds=120"),
         backends=BUNDLED_BACKENDS, version=BUNDLED_TRITON_VERSION,
     )
 

@@ -2,11 +2,12 @@
 
 Every tensor the nodes of both graphs compute is made a graph output; both models run
 on the same inputs; each FP32 tensor is matched with the candidate's tensor of the same
-name (quantizers and autocast keep node output names, and add QuantizeLinear/
-DequantizeLinear/Cast nodes whose outputs are followed back to the tensor they carry) or,
-when renamed, with the same output of the node of the same name and op type. In the FP32
-graph's order, the first node whose output exceeds the tolerance is where the
-disagreement starts.
+name (quantizers and autocast keep node output names and add QuantizeLinear/
+DequantizeLinear/Cast nodes around them: an activation wrapped in Q/DQ is compared as the
+DequantizeLinear output its consumers read, a graph output behind a Cast by its final
+name) or, when renamed, with the same output of the node of the same name and op type.
+In the FP32 graph's order, the first node whose output exceeds the tolerance is where
+the disagreement starts.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from hepdeploy.validate.compare import compare_arrays
 
 log = logging.getLogger("hepdeploy.validate.localize")
 
-PASS_THROUGH_OPS = ("QuantizeLinear", "DequantizeLinear", "Cast")
 DEFAULT_LOCALIZE_SAMPLES = 256
 
 
