@@ -37,8 +37,8 @@ class ResNet50TopTagger(ZooNetwork):
     }
     recipes = {
         # A few hundred images: ~0.3 s per image per training step on 2 cores.
-        "full": TrainingRecipe(n_train=320, n_test=200, epochs=1, batch_size=32, learning_rate=1e-3, threads=2),
-        "reduced": TrainingRecipe(n_train=32, n_test=32, epochs=1, batch_size=16, learning_rate=1e-3, threads=2),
+        "full": TrainingRecipe(n_train=320, n_test=200, epochs=1, batch_size=16, learning_rate=1e-3, threads=2),
+        "reduced": TrainingRecipe(n_train=16, n_test=32, epochs=1, batch_size=8, learning_rate=1e-3, threads=2),
     }
     data_recipe = "jets.generate_jets(kinds=q,g,t,t, pT 400-600, <=64 constituents) -> jets.jet_images(224, +-1)"
     reference_samples = 200

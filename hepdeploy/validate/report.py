@@ -375,9 +375,15 @@ def write_plots(reports: list[VariantReport], folder: Path) -> dict[str, list[Pa
             tol = report.tolerances.get(output)
             ax_res.hist(residual, bins=60, histtype="stepfilled", alpha=0.7)
             if tol is not None:
-                ax_res.axvline(tol.atol, color="red", linestyle=":", label=f"atol={tol.atol:g}")
-                ax_res.axvline(-tol.atol, color="red", linestyle=":")
-                ax_res.legend()
+                # The atol lines only where they do not squeeze the histogram into one bin.
+                reach = float(np.abs(residual).max()) if residual.size else 0.0
+                if 0 < tol.atol <= 3 * reach:
+                    ax_res.axvline(tol.atol, color="red", linestyle=":", label=f"atol={tol.atol:g}")
+                    ax_res.axvline(-tol.atol, color="red", linestyle=":")
+                    ax_res.legend()
+                else:
+                    ax_res.text(0.98, 0.95, f"atol={tol.atol:g} (off scale)", transform=ax_res.transAxes,
+                                ha="right", va="top", color="red")
             ax_res.set_yscale("log")
             ax_res.set_xlabel(f"{report.variant} - reference")
             ax_res.set_ylabel("entries")

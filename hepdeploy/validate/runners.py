@@ -307,7 +307,9 @@ class KerasRunner:
         if missing:
             raise DataError(f"{self.name}: no data for input(s) {', '.join(missing)}")
         args = [inputs[n] for n in self.input_names]
-        values = self.model(args if len(args) > 1 else args[0], training=False)
+        # Pass the inputs in the structure the model was built with (a list, or one tensor).
+        as_list = len(args) > 1 or isinstance(getattr(self.model, "input", None), (list, tuple))
+        values = self.model(args if as_list else args[0], training=False)
         names = self.output_names or [n for n in getattr(self.model, "output_names", None) or [] if n.isidentifier()]
         return _to_numpy_outputs(values, names or None, self.name)
 

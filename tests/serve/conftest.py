@@ -118,7 +118,7 @@ def triton_server(serve_repository, triton_binary):
     """One server on the repository for the whole session, stopped by its own PID at the end."""
     from hepdeploy.triton.server import TritonServer
 
-    server = TritonServer(serve_repository.path, binary=triton_binary, startup_timeout_s=60, load_timeout_s=90)
+    server = TritonServer(serve_repository.path, binary=triton_binary, startup_timeout_s=180, load_timeout_s=300)
     server.start()
     try:
         yield server

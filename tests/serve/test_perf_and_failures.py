@@ -13,7 +13,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.timeout(600)]
+# Generous limits: they only stop a hang; a loaded 2-core CI machine can take minutes to train and start.
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def test_perf_at_1_2_and_4_clients_returns_positive_throughput(triton_server, serve_repository, tmp_path):
@@ -62,7 +63,7 @@ def test_killing_the_server_mid_run_gives_a_clear_error_not_a_hang(triton_binary
     from hepdeploy.validate.triton_runner import TritonRunner
 
     model = serve_repository.models["jet_mlp"]
-    with TritonServer(serve_repository.path, binary=triton_binary, load=["jet_mlp_py"]) as server:
+    with TritonServer(serve_repository.path, binary=triton_binary, load=["jet_mlp_py"], startup_timeout_s=180) as server:
         runner = TritonRunner(server.grpc_url, "jet_mlp_py", timeout_s=10)
         runner.run({k: v[:8] for k, v in model.inputs.items()})
         killer = threading.Timer(1.5, os.kill, args=(server.pid, signal.SIGKILL))
@@ -93,20 +94,15 @@ def test_serve_check_validates_loadable_models_and_lists_the_refused_ones(triton
                                        "--json", str(tmp_path / "check.json")])
     assert result.exit_code == 1, result.output  # the perturbed twin disagrees
     assert "refused_py: not loaded by the server: " in result.output
-    data = json.loads((tmp_path / "check.json").read_text())
-    assert data["status"] == "failed" and not data["ok"]
-
-    from hepdeploy.triton.server import serve_check
-
-    report = serve_check(serve_repository.path, goldens, timeout_s=300, binary=triton_binary)
-    by_name = {m.name: m for m in report.models}
-    assert by_name["facile_py"].passed and by_name["jet_mlp_py"].passed
-    assert by_name["jet_mlp_wrong_py"].passed is False
-    assert not by_name["jet_mlp"].loaded and "backend 'onnxruntime'" in by_name["jet_mlp"].load_error
-    assert not by_name[serve_repository.refused].loaded
-    assert "preferred size must be <= max batch size" in by_name[serve_repository.refused].load_error
-    assert report.status == "failed" and not report.ok
-    assert "jet_mlp_wrong_py" in report.reason
+    report = json.loads((tmp_path / "check.json").read_text())
+    by_name = {m["name"]: m for m in report["models"]}
+    assert by_name["facile_py"]["passed"] and by_name["jet_mlp_py"]["passed"]
+    assert by_name["jet_mlp_wrong_py"]["passed"] is False
+    assert not by_name[serve_repository.refused]["loaded"]
+    assert "preferred size must be <= max batch size" in by_name[serve_repository.refused]["load_error"]
+    assert not by_name["jet_mlp"]["loaded"] and "backend 'onnxruntime'" in by_name["jet_mlp"]["load_error"]
+    assert report["status"] == "failed" and not report["ok"]
+    assert "jet_mlp_wrong_py" in report["reason"]
 
 
 def test_triton_serve_command_starts_and_stops_cleanly_on_ctrl_c(triton_binary, serve_repository, tmp_path):
@@ -117,7 +113,7 @@ def test_triton_serve_command_starts_and_stops_cleanly_on_ctrl_c(triton_binary, 
                                env={**os.environ, "PATH": os.environ.get("PATH", "")})
     try:
         ready_line = ""
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
             line = process.stdout.readline()
             if line.startswith("ready:"):
