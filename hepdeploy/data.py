@@ -154,6 +154,13 @@ def calibration_feeds(
             yield {t.name: arrays[t.name][start] for t in inputs}
 
 
+def batch_size_for(arrays: dict[str, np.ndarray], largest: int = 32, budget_bytes: int = 4 << 20) -> int:
+    """Rows per calibration run: up to ``largest``, fewer for big samples (a 224x224x3 image
+    is 0.6 MB), since calibrators keep every intermediate tensor of a run in memory."""
+    per_sample = sum(value[0].nbytes for value in arrays.values()) if arrays else 1
+    return int(max(1, min(largest, budget_bytes // max(per_sample, 1))))
+
+
 def sample_count(arrays: dict[str, np.ndarray]) -> int:
     return int(next(iter(arrays.values())).shape[0]) if arrays else 0
 

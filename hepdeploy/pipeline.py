@@ -161,7 +161,9 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
         exported = build.add(_timed("zoo-export", lambda: _zoo_spec(spec.source.zoo, folder, options.budget)))
         if not exported.ok:
             return build
-        spec = _merge_zoo_spec(spec, exported.details.pop("spec"))
+        from hepdeploy.convert import merge_zoo_spec
+
+        spec = merge_zoo_spec(spec, exported.details.pop("spec"))
 
     fp32_path = folder / f"{spec.name}.onnx"
     converted = build.add(_timed("convert", lambda: StepResult(
@@ -222,13 +224,6 @@ def _publish_step(repository: Path, spec: ModelSpec, variants: dict[str, Path], 
     results = publish_spec(repository, spec, variants, verdicts=verdicts, warmup_inputs=warmup)
     return StepResult("publish", "ok", ", ".join(f"{r.name} v{r.version}" for r in results),
                       outputs=[r.version_dir for r in results])
-
-
-def _merge_zoo_spec(user: ModelSpec, zoo: ModelSpec) -> ModelSpec:
-    """The zoo's concrete spec, with whatever the user's spec set explicitly winning."""
-    from hepdeploy.convert import merge_zoo_spec
-
-    return merge_zoo_spec(user, zoo)
 
 
 def zoo_build_spec(name: str) -> ModelSpec:

@@ -158,7 +158,7 @@ class PhysicsSpec(_Strict):
     max_auc_drop: float = Field(0.01, ge=0)
     background_efficiency: float = Field(0.01, gt=0, lt=1)
     max_signal_efficiency_drop: float = Field(0.02, ge=0)
-    min_argmax_agreement: float = Field(0.97, ge=0, le=1)
+    min_argmax_agreement: float = Field(0.95, ge=0, le=1)
     max_bias_change: float = Field(0.01, ge=0)
     max_resolution_change: float = Field(0.01, ge=0, description="absolute change of IQR/1.349 resolution")
 

@@ -53,6 +53,28 @@ def convert_onnx(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artif
     return _convert(spec, output, exporter)
 
 
+def merge_zoo_spec(user: ModelSpec, zoo_spec: ModelSpec) -> ModelSpec:
+    """The zoo's concrete spec, with every field the user's spec set explicitly winning.
+
+    Data paths the user gives stay relative to the user's spec folder.
+    """
+    if zoo_spec.source.framework == "zoo":
+        raise SpecError(f"zoo network {user.source.zoo!r} exported a spec that is itself a zoo source")
+    update: dict[str, Any] = {"name": user.name}
+    for key in ("inputs", "outputs", "dims", "opset", "data", "variants", "validation", "triton"):
+        if key in user.model_fields_set:
+            update[key] = getattr(user, key)
+    if "dims" in update:
+        update["dims"] = {**zoo_spec.dims, **user.dims}
+    if "data" in update:
+        data = user.data.model_copy(update={
+            key: str(user.resolve(getattr(user.data, key)))
+            for key in ("calibration", "reference") if getattr(user.data, key)
+        })
+        update["data"] = data
+    return zoo_spec.model_copy(update=update)
+
+
 def convert_zoo(
     spec: ModelSpec,
     output: Path,
@@ -76,16 +98,7 @@ def convert_zoo(
         folder = Path(work_dir) if work_dir is not None else Path(tmp)
         exported: Any = export_network(spec.source.zoo, folder, flavour=spec.source.zoo_flavour, train=train,
                                        budget=budget)
-        zoo_spec: ModelSpec = exported.spec
-        if zoo_spec.source.framework == "zoo":
-            raise SpecError(f"zoo network {spec.source.zoo!r} exported a spec that is itself a zoo source")
-        update: dict[str, Any] = {"name": spec.name}
-        for key in ("inputs", "outputs", "dims", "opset", "data", "variants", "validation", "triton"):
-            if key in spec.model_fields_set:
-                update[key] = getattr(spec, key)
-        if "dims" in update:
-            update["dims"] = {**zoo_spec.dims, **spec.dims}
-        merged = zoo_spec.model_copy(update=update)
+        merged = merge_zoo_spec(spec, exported.spec)
         artifact = convert_from_spec(merged, output, exporter)
         # Record the zoo network as the source (the exported file may live in a temp folder).
         from hepdeploy.artifacts import Artifact as _Artifact
@@ -136,5 +149,5 @@ def convert_from_spec(spec: ModelSpec, output: Path, exporter: str = "auto") -> 
     return _CONVERTERS[framework](spec, Path(output), exporter)
 
 
-__all__ = ["EXPORTERS", "convert_from_spec", "convert_keras", "convert_onnx", "convert_savedmodel",
+__all__ = ["EXPORTERS", "convert_from_spec", "merge_zoo_spec", "convert_keras", "convert_onnx", "convert_savedmodel",
            "convert_torch", "convert_zoo"]

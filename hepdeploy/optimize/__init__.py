@@ -194,12 +194,12 @@ def _precision_step(
     from hepdeploy.optimize.graph import package_version, sample_inputs
 
     if vspec.name == "fp16":
+        from hepdeploy.data import batch_size_for, calibration_feeds
         from hepdeploy.optimize.fp16 import convert_fp16
 
-        from hepdeploy.data import calibration_feeds
-
         if arrays is not None:
-            n = min(REFERENCE_SAMPLES, next(iter(arrays.values())).shape[0])
+            # Fewer samples for big inputs: AutoCast keeps every activation of every run.
+            n = min(batch_size_for(arrays, REFERENCE_SAMPLES, budget_bytes=8 << 20), next(iter(arrays.values())).shape[0])
             reference = {name: value[:n] for name, value in arrays.items()}
             source = "calibration data"
         else:
@@ -207,7 +207,7 @@ def _precision_step(
             if not all(t.has_batch_axis for t in inputs):
                 reference = {name: value[None] for name, value in reference.items()}
             source = "random samples from the tensor specs"
-        feeds = list(calibration_feeds(reference, inputs, batch_size=16))
+        feeds = list(calibration_feeds(reference, inputs, batch_size=batch_size_for(reference, 16)))
         model, parameters = convert_fp16(prepared, feeds, vspec.fp32_nodes, vspec.fp32_op_types)
         parameters["reference_data"] = source
         return model, StepRecord(name="fp16", tool="nvidia-modelopt", tool_version=package_version("nvidia-modelopt"),

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hepdeploy.data import calibration_feeds, sample_count
+from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
 from hepdeploy.optimize.fp16 import check_node_patterns, check_op_types
 from hepdeploy.optimize.graph import edge_nodes, package_version, precision_summary
@@ -39,10 +39,11 @@ CALIBRATION_BATCH = 32
 PERCENTILE = 99.99
 
 
-def make_reader(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], batch_size: int = CALIBRATION_BATCH) -> Any:
+def make_reader(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], batch_size: int | None = None) -> Any:
     """An ONNX Runtime CalibrationDataReader over validated calibration arrays (rewindable)."""
     from onnxruntime.quantization import CalibrationDataReader
 
+    batch_size = batch_size or batch_size_for(arrays, CALIBRATION_BATCH)
     feeds = list(calibration_feeds(arrays, inputs, batch_size))
 
     class ArrayReader(CalibrationDataReader):
@@ -144,7 +145,7 @@ def quantize_for_tensorrt(
         work_output = work / "model.int8.onnx"
         feeds = work / "feeds"
         feeds.mkdir()
-        for k, feed in enumerate(calibration_feeds(calibration, inputs, CALIBRATION_BATCH)):
+        for k, feed in enumerate(calibration_feeds(calibration, inputs, batch_size_for(calibration, CALIBRATION_BATCH))):
             np.savez(feeds / f"batch_{k:05d}.npz", **feed)
         cache_path = None
         if method == "percentile":
