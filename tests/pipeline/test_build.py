@@ -1,0 +1,58 @@
+"""`hepdeploy build` end to end on a real (reduced-budget) zoo network."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hepdeploy.cli import main
+from hepdeploy.triton.check import check_repository
+
+
+@pytest.mark.slow
+def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The build trains (or reuses) the zoo network in the session's shared test cache.
+    monkeypatch.setenv("HEPDEPLOY_CACHE", str(zoo_cache_dir))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["build", "--zoo", "jet_mlp", "--budget", "reduced", "-o", str(out)], catch_exceptions=False
+    )
+    summary = json.loads((out / "build-summary.json").read_text())
+    steps = {s["step"]: s for s in summary["models"][0]["steps"]}
+    for name in ("zoo-export", "convert", "reference", "optimize:fp32", "optimize:int8-cpu",
+                 "optimize:fp16", "optimize:int8-trt", "validate:fp32", "publish"):
+        assert steps[name]["status"] == "ok", (name, steps[name])
+    # The exit code is the verdict: 1 exactly when some step failed.
+    failed = [s for s in summary["models"][0]["steps"] + summary["repository_steps"] if s["status"] == "failed"]
+    assert result.exit_code == (1 if failed else 0), result.output
+    assert summary["passed"] is (not failed)
+    # Every variant file is a real artifact with its sidecar, and the reports exist.
+    for variant in ("fp32", "int8_cpu", "fp16", "int8_trt"):
+        assert (out / "jet_mlp" / "variants" / f"jet_mlp_{variant}.onnx").is_file()
+        assert (out / "jet_mlp" / "variants" / f"jet_mlp_{variant}.json").is_file()
+    for report in ("report.json", "junit.xml", "report.md", "report.html"):
+        assert (out / "jet_mlp" / "reports" / report).is_file()
+    # Only variants that passed validation are published, and the repository checks clean.
+    repo = out / "model_repository"
+    assert (repo / "jet_mlp" / "config.pbtxt").is_file()
+    assert (repo / "jet_mlp" / "1" / "model.onnx").is_file()
+    assert check_repository(repo) == []
+    assert "Triton model repository" in result.output
+
+
+def test_build_refuses_a_bad_spec_before_any_work(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\nsource: {framework: zoo, zoo: facile}\ninputs: []\noutputs: []\nbogus: 1\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", str(spec), "-o", str(out)])
+    assert result.exit_code == 2
+    assert "bogus: unknown key" in result.output
+    assert not out.exists()
+
+
+def test_build_unknown_zoo_network(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["build", "--zoo", "nonesuch", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "unknown zoo network 'nonesuch'" in result.output

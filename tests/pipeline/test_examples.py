@@ -1,0 +1,27 @@
+"""Every shipped example spec parses, and its paths and names are what the docs say."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hepdeploy.spec import load_spec
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def test_examples_are_shipped() -> None:
+    assert len(EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_parses(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name
+    assert spec.base_dir == path.parent
+    for tensor in [*spec.inputs, *spec.outputs]:
+        assert tensor.shape, f"{path.name}: {tensor.name} has no shape"
+    if spec.triton.max_batch_size == 0:
+        assert not spec.batched
+    elif spec.triton.max_batch_size:
+        assert spec.batched
