@@ -129,7 +129,8 @@ def benchmark_network(name: str, work: Path, threads: int, args: argparse.Namesp
         out = folder / f"{name}.{variant}.onnx"
         if not out.is_file():
             t0 = time.perf_counter()
-            optimize_artifact(onnx_path, variant, out, spec=export.spec, samples=args.calibration_samples)
+            optimize_artifact(onnx_path, variant, out, spec=export.spec,
+                              samples=min(args.calibration_samples, export.spec.data.calibration_samples))
             log.info("%s %s made in %.1f s", name, variant, time.perf_counter() - t0)
         paths[variant] = out
 

@@ -412,7 +412,7 @@ def plot_levels(reports: Sequence[PerfReport], path: Path, title: str = "Through
     axis.set_ylabel("events / s")
     axis.set_title(title)
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="best")
     figure.tight_layout()
     with atomic_path(Path(path), suffix=".png.tmp") as tmp:
         figure.savefig(tmp, format="png", dpi=110)

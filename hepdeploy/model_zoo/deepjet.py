@@ -159,7 +159,7 @@ class DeepJet(ZooNetwork):
         "perf": {"batch_per_request": 20, "requests_per_event": 1},
     }
     recipes = {
-        "full": TrainingRecipe(n_train=20_000, n_test=5_000, epochs=4, batch_size=256, learning_rate=2e-3),
+        "full": TrainingRecipe(n_train=16_000, n_test=5_000, epochs=4, batch_size=256, learning_rate=2e-3),
         "reduced": TrainingRecipe(n_train=2_000, n_test=1_000, epochs=2, batch_size=256, learning_rate=3e-3),
     }
     data_recipe = (

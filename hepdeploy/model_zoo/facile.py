@@ -25,7 +25,7 @@ class Facile(ZooNetwork):
         "perf": {"batch_per_request": 16000, "requests_per_event": 1},
     }
     recipes = {
-        "full": TrainingRecipe(n_train=100_000, n_test=20_000, epochs=12, batch_size=256, learning_rate=2e-3),
+        "full": TrainingRecipe(n_train=60_000, n_test=20_000, epochs=8, batch_size=256, learning_rate=2e-3),
         "reduced": TrainingRecipe(n_train=8_000, n_test=4_000, epochs=3, batch_size=256, learning_rate=3e-3),
     }
     data_recipe = (

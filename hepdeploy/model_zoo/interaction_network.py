@@ -83,7 +83,7 @@ class InteractionNetworkTracking(ZooNetwork):
     triton = {"max_batch_size": 0, "perf": {"batch_per_request": 1, "requests_per_event": 1}}
     recipes = {
         # n_train / n_test count events (~900 hits, ~1800 candidate edges each).
-        "full": TrainingRecipe(n_train=240, n_test=30, epochs=6, batch_size=4, learning_rate=3e-3),
+        "full": TrainingRecipe(n_train=240, n_test=30, epochs=8, batch_size=4, learning_rate=3e-3),
         "reduced": TrainingRecipe(n_train=24, n_test=6, epochs=3, batch_size=4, learning_rate=5e-3),
     }
     data_recipe = (

@@ -46,7 +46,7 @@ class JetMLPNetwork(ZooNetwork):
         "perf": {"batch_per_request": 16, "requests_per_event": 1},
     }
     recipes = {
-        "full": TrainingRecipe(n_train=60_000, n_test=20_000, epochs=20, batch_size=256, learning_rate=3e-3),
+        "full": TrainingRecipe(n_train=50_000, n_test=20_000, epochs=15, batch_size=256, learning_rate=3e-3),
         "reduced": TrainingRecipe(n_train=8_000, n_test=4_000, epochs=6, batch_size=256, learning_rate=5e-3),
     }
     data_recipe = "jets.generate_jets(kinds=g,q,W,Z,t, pT 400-600, <=64 constituents) -> jets.high_level_features"

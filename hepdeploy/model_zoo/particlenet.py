@@ -210,8 +210,8 @@ class ParticleNetAK4(ZooNetwork):
         "perf": {"batch_per_request": 20, "requests_per_event": 1},
     }
     recipes = {
-        "full": TrainingRecipe(n_train=10_000, n_test=4_000, epochs=4, batch_size=128, learning_rate=5e-3, threads=2),
-        "reduced": TrainingRecipe(n_train=1_500, n_test=1_000, epochs=2, batch_size=128, learning_rate=5e-3, threads=2),
+        "full": TrainingRecipe(n_train=10_000, n_test=4_000, epochs=4, batch_size=128, learning_rate=5e-3),
+        "reduced": TrainingRecipe(n_train=1_500, n_test=1_000, epochs=2, batch_size=128, learning_rate=5e-3),
     }
     data_recipe = (
         f"jets.generate_jets(kinds={','.join(CLASSES)}, pT 30-300, <= {N_PF} constituents, <= {N_SV} SVs) "

@@ -326,6 +326,7 @@ class ModelLoadResult:
 
 def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
     # If the Python process that started the server dies (even by SIGKILL), the server gets SIGTERM.
+    # (Linux ties this to the *thread* that forked: start servers from a thread that outlives them.)
     with contextlib.suppress(Exception):
         import ctypes
 

@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 
 def _tiny_artifact(tmp_path):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from hepdeploy.artifacts import Sidecar, SourceRecord, write_artifact
