@@ -9,7 +9,8 @@ generator, then time, in one process and one after another on the same input bat
   ``tf.function`` over the Keras model),
 * each variant in ONNX Runtime's CPU provider (all graph optimisations on).
 
-Every runner gets the same thread count (``--threads``, default: the core count):
+Runners are timed round-robin (one call each per round), so load from other processes
+hits them alike. Every runner gets the same thread count (``--threads``, default: the core count):
 ``torch.set_num_threads``, TensorFlow's intra-op pool, ORT ``intra_op_num_threads``
 (inter-op 1). events/s = batch size / mean latency; p50/p99 are per-batch latencies.
 The max |difference| to the FP32 ONNX output on the same batch is printed as a sanity check.
@@ -43,17 +44,22 @@ CASES: dict[str, dict[str, Any]] = {
 VARIANTS = ("fp32", "fp16", "int8-trt", "int8-cpu")
 
 
-def time_calls(run: Callable[[], Any], warmup: int, min_runs: int, min_seconds: float) -> list[float]:
-    """Per-call latencies in seconds: ``warmup`` untimed calls, then at least ``min_runs`` timed
-    calls and at least ``min_seconds`` of them."""
-    for _ in range(warmup):
-        run()
-    latencies: list[float] = []
+def time_interleaved(runs: dict[str, Callable[[], Any]], warmup: int, min_runs: int, min_seconds: float) -> dict[str, list[float]]:
+    """Per-call latencies (s) of every runner, timed round-robin (one call each per round) so
+    that load from other processes on a shared machine hits all runners alike: ``warmup``
+    untimed calls each, then rounds until each has ``min_runs`` calls and ``min_seconds`` passed
+    per runner on average."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    latencies: dict[str, list[float]] = {name: [] for name in runs}
     start = time.perf_counter()
-    while len(latencies) < min_runs or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        run()
-        latencies.append(time.perf_counter() - t0)
+    while (min(len(v) for v in latencies.values()) < min_runs
+           or time.perf_counter() - start < min_seconds * len(runs)):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            latencies[name].append(time.perf_counter() - t0)
     return latencies
 
 
@@ -137,20 +143,20 @@ def benchmark_network(name: str, work: Path, threads: int, args: argparse.Namesp
     batch = CASES[name]["batch"]
     inputs = net.generate(batch, seed=123).inputs
     inputs = {t.name: np.ascontiguousarray(inputs[t.name]).astype(t.dtype) for t in net.inputs}
-    rows: list[dict[str, Any]] = []
-    label, run = source_runner(net, flavour, export.source_path, inputs, threads)
-    rows.append({"runner": f"source ({label})", **summarize(time_calls(run, args.warmup, args.runs, args.seconds), batch)})
-    del run
-    reference = None
+    label, source_run = source_runner(net, flavour, export.source_path, inputs, threads)
+    runs: dict[str, Callable[[], Any]] = {f"source ({label})": source_run}
+    sessions = {}
     for variant in VARIANTS:
-        session, run = ort_runner(paths[variant], inputs, threads)
-        outputs = run()
-        if reference is None:
-            reference = outputs[0]
-        row = {"runner": f"ORT {variant}", **summarize(time_calls(run, args.warmup, args.runs, args.seconds), batch)}
-        row["max_abs_diff_vs_fp32"] = float(np.abs(outputs[0] - reference).max())
+        sessions[variant], runs[f"ORT {variant}"] = ort_runner(paths[variant], inputs, threads)
+    reference = runs["ORT fp32"]()[0]
+    differences = {f"ORT {v}": float(np.abs(runs[f"ORT {v}"]()[0] - reference).max()) for v in VARIANTS}
+    latencies = time_interleaved(runs, args.warmup, args.runs, args.seconds)
+    rows: list[dict[str, Any]] = []
+    for runner, values in latencies.items():
+        row = {"runner": runner, **summarize(values, batch)}
+        if runner in differences:
+            row["max_abs_diff_vs_fp32"] = differences[runner]
         rows.append(row)
-        del session, run
     fp32 = next(r for r in rows if r["runner"] == "ORT fp32")["events_per_s"]
     for row in rows:
         row["speedup_vs_ort_fp32"] = row["events_per_s"] / fp32

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hepdeploy.errors import ConversionError
+from hepdeploy.errors import ConversionError, DependencyMissingError
 
 log = logging.getLogger("hepdeploy.optimize.modelopt_worker")
 
@@ -41,6 +41,11 @@ def run_job(job: dict[str, Any], folder: Path, timeout_s: float = 3600) -> None:
         error_path = job_path.with_name(job_path.name + ".error")
         if error_path.is_file():
             error = json.loads(error_path.read_text(encoding="utf-8"))
+            if error["error"] in ("ModuleNotFoundError", "ImportError"):
+                raise DependencyMissingError(
+                    f"{job['step']}: needs NVIDIA ModelOpt ({error['message']}); "
+                    "install it with: pip install 'hepdeploy[optimize]'"
+                )
             raise ConversionError(f"{job['step']}: ModelOpt failed: {error['error']}: {error['message']}")
         tail = (completed.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise ConversionError(f"{job['step']}: ModelOpt worker exited with {completed.returncode}: {tail[0]}")
