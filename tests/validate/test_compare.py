@@ -95,3 +95,14 @@ def test_precision_keys() -> None:
     assert PRECISION_DEFAULTS["fp32"].atol < PRECISION_DEFAULTS["fp16"].atol < PRECISION_DEFAULTS["int8"].atol
     with pytest.raises(DataError):
         precision_key("int4")
+
+
+def test_relative_error_is_not_blown_up_by_a_near_zero_reference() -> None:
+    from hepdeploy.validate.compare import compare_arrays
+
+    reference = np.array([1e-300, 0.5], dtype=np.float64).astype(np.float32)  # 1e-300 underflows to 0
+    candidate = np.array([1e-8, 0.5], dtype=np.float32)
+    result = compare_arrays("softmax", candidate, reference, atol=1e-5, rtol=1e-4)
+    assert result.passed
+    # |d| / max(|b|, eps(float32)) = 1e-8 / 1.19e-7
+    assert result.max_rel_error == pytest.approx(1e-8 / np.finfo(np.float32).eps, rel=1e-3)
