@@ -12,13 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, DisagreementError
 from hepdeploy.spec import TensorSpec
 from hepdeploy.triton.server import ServerError
+
+if TYPE_CHECKING:
+    from hepdeploy.spec import ModelSpec
+    from hepdeploy.validate.report import VariantReport
 
 log = logging.getLogger("hepdeploy.validate.triton_runner")
 
@@ -296,3 +301,33 @@ def _compare_specs(kind: str, served: list[tuple[str, str, list[int]]], expected
                 log.info("%s %r axis %d is dynamic on the server, fixed (%d) in the artifact", kind, spec.name, axis,
                          want)
     return problems
+
+
+def validate_served(server: str, model_ref: str, golden: Path, *, protocol: Protocol = "grpc",
+                    timeout_s: float = 30.0, spec: ModelSpec | None = None, artifact: Path | None = None,
+                    precision: str | None = None, atol: Any = None, rtol: Any = None, policy: str | None = None,
+                    chunk_size: int | None = None) -> VariantReport:
+    """Validate what ``server`` returns for ``model_ref`` (NAME[:VERSION]) against the golden set ``golden``.
+
+    Same comparisons, physics checks and report as a file candidate. The served tensors are checked
+    against ``artifact``'s sidecar when given (its precision picks the tolerances unless ``precision``
+    does), else against ``spec``'s inputs/outputs.
+    """
+    from hepdeploy.validate import load_reference, validate_runner
+
+    name, version = parse_model_ref(model_ref)
+    expected = None
+    chosen_precision = precision
+    if artifact is not None:
+        from hepdeploy.artifacts import read_artifact
+
+        sidecar = read_artifact(artifact).sidecar
+        expected = (sidecar.inputs, sidecar.outputs)
+        chosen_precision = chosen_precision or sidecar.variant.precision
+    elif spec is not None:
+        expected = (spec.inputs, spec.outputs)
+    reference = load_reference(golden)
+    with TritonRunner(server, name, version, protocol=protocol, timeout_s=timeout_s, expected=expected) as runner:
+        return validate_runner(runner, reference, name=model_ref, candidate=f"{protocol}://{runner.url}/{model_ref}",
+                               precision=chosen_precision or "fp32", spec=spec, atol=atol, rtol=rtol, policy=policy,
+                               chunk_size=chunk_size)
