@@ -1,15 +1,11 @@
-"""Serving commands: ``hepdeploy triton serve``, ``hepdeploy perf``, and the server options of
-``hepdeploy validate`` (``--server/--model``) and ``hepdeploy triton add`` (``--python-backend``).
+"""Serving commands: ``hepdeploy triton serve``, ``hepdeploy triton serve-check`` and ``hepdeploy perf``.
 
-The last two are attached to the commands that the validate and triton stages own, by adding
-options and wrapping their callbacks here: without the new options those commands behave exactly
-as before.
+``hepdeploy validate --server`` lives in commands_validate.py (library: validate.triton_runner.validate_served),
+``hepdeploy triton add --python-backend`` in commands_triton.py (library: triton.python_backend.publish_python_twin).
 """
 from __future__ import annotations
 
-import functools
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -205,166 +201,12 @@ def perf_command(server_url: str | None, repo: Path | None, model_ref: str, gold
         click.echo(f"wrote {path}", err=True)
 
 
-# --------------------------------------------------------------------------- validate --server
-
-
-def validate_served(server: str, model_ref: str, golden: Path, *, protocol: str = "grpc", timeout_s: float = 30.0,
-                    spec: Any = None, artifact: Path | None = None, precision: str | None = None, atol: Any = None,
-                    rtol: Any = None, policy: str | None = None, chunk_size: int | None = None) -> Any:
-    """Validate what the server returns for MODEL against GOLDEN (same comparisons, physics and reports)."""
-    from hepdeploy.validate import load_reference, validate_runner
-    from hepdeploy.validate.triton_runner import TritonRunner, parse_model_ref
-
-    name, version = parse_model_ref(model_ref)
-    expected = None
-    chosen_precision = precision
-    if artifact is not None:
-        from hepdeploy.artifacts import read_artifact
-
-        sidecar = read_artifact(artifact).sidecar
-        expected = (sidecar.inputs, sidecar.outputs)
-        chosen_precision = chosen_precision or sidecar.variant.precision
-    elif spec is not None:
-        expected = (spec.inputs, spec.outputs)
-    reference = load_reference(golden)
-    with TritonRunner(server, name, version, protocol=protocol, timeout_s=timeout_s,  # type: ignore[arg-type]
-                      expected=expected) as runner:
-        return validate_runner(runner, reference, name=model_ref, candidate=f"{protocol}://{runner.url}/{model_ref}",
-                               precision=chosen_precision or "fp32", spec=spec, atol=atol, rtol=rtol, policy=policy,
-                               chunk_size=chunk_size)
-
-
-_SERVER_OPTIONS = [
-    click.Option(["--server"], metavar="HOST:PORT",
-                 help="Validate what a live Triton server returns (with --model and --golden) instead of files."),
-    click.Option(["--model", "served_model"], metavar="NAME[:VERSION]", help="With --server: the served model."),
-    click.Option(["--protocol"], type=click.Choice(["grpc", "http"]), default="grpc", show_default=True,
-                 help="With --server: gRPC (default) or HTTP (needs tritonclient[http])."),
-    click.Option(["--server-timeout"], type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                 help="With --server: seconds allowed for every call to the server."),
-    click.Option(["--artifact"], type=click.Path(path_type=Path, dir_okay=False),
-                 help="With --server: the artifact (.onnx + sidecar) whose tensors the served model must have."),
-]
-
-
-def _attach_server_validation(validate: click.Command) -> None:
-    if any(p.name == "server" for p in validate.params):
-        return
-    original = validate.callback
-    assert original is not None
-
-    @functools.wraps(original)
-    def callback(**kwargs: Any) -> Any:
-        server = kwargs.pop("server")
-        model_ref = kwargs.pop("served_model")
-        protocol = kwargs.pop("protocol")
-        timeout_s = kwargs.pop("server_timeout")
-        artifact = kwargs.pop("artifact")
-        if server is None:
-            if model_ref is not None or artifact is not None:
-                raise click.UsageError("--model and --artifact go with --server HOST:PORT")
-            return original(**kwargs)
-        return _validate_served_command(server, model_ref, protocol, timeout_s, artifact, kwargs)
-
-    validate.callback = callback
-    validate.params.extend(_SERVER_OPTIONS)
-
-
-def _validate_served_command(server: str, model_ref: str | None, protocol: str, timeout_s: float,
-                             artifact: Path | None, options: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    from hepdeploy.errors import ValidationFailedError
-    from hepdeploy.spec import load_spec
-    from hepdeploy.validate import console_table, write_reports
-    from hepdeploy.validate.compare import parse_tolerance_values
-
-    if model_ref is None or options.get("golden") is None:
-        raise click.UsageError("--server needs --model NAME[:VERSION] and --golden FILE")
-    if options.get("candidates"):
-        raise click.UsageError("with --server, give no CANDIDATE files (the server's model is the candidate)")
-    unused = [f"--{k.replace('_', '-')}" for k in ("reference_model", "data", "localize", "fp32_model", "providers",
-                                                      "save_golden") if options.get(k)]
-    if unused:
-        raise click.UsageError(f"{', '.join(unused)} do not apply with --server")
-    spec = load_spec(options["spec_path"]) if options.get("spec_path") else None
-    report = validate_served(
-        server, model_ref, options["golden"], protocol=protocol, timeout_s=timeout_s, spec=spec, artifact=artifact,
-        precision=options.get("precision"), atol=parse_tolerance_values(options.get("atol") or (), "--atol"),
-        rtol=parse_tolerance_values(options.get("rtol") or (), "--rtol"), policy=options.get("policy"),
-        chunk_size=options.get("chunk_size"),
-    )
-    Console(file=sys.stdout, width=160).print(console_table([report]))
-    if options.get("report_dir") is not None:
-        written = write_reports([report], options["report_dir"])
-        click.echo(f"reports: {len(written)} files in {options['report_dir']}", err=True)
-    if not report.passed:
-        raise ValidationFailedError(f"the served model {model_ref} disagrees with the golden set: {report.verdict}")
-
-
-# --------------------------------------------------------------------------- triton add --python-backend
-
-
-def _attach_python_backend(add: click.Command) -> None:
-    if any(p.name == "python_backend" for p in add.params):
-        return
-    original = add.callback
-    assert original is not None
-
-    @functools.wraps(original)
-    def callback(**kwargs: Any) -> Any:
-        python_backend = kwargs.pop("python_backend")
-        result = original(**kwargs)
-        spec = None
-        if kwargs.get("spec_path"):
-            from hepdeploy.spec import load_spec
-
-            spec = load_spec(kwargs["spec_path"])
-        if python_backend or (spec is not None and spec.triton.python_backend):
-            _publish_twin_for_add(kwargs, spec)
-        return result
-
-    add.callback = callback
-    add.params.append(click.Option(
-        ["--python-backend"], is_flag=True,
-        help="Also publish NAME_py: a Python-backend twin running the same ONNX file with ONNX Runtime "
-             "(same tensors, dims, batching), for servers without the ONNX Runtime backend."))
-
-
-def _publish_twin_for_add(options: dict[str, Any], spec: Any) -> None:
-    from hepdeploy.errors import BadInputError
-    from hepdeploy.triton.python_backend import publish_python_twin, twin_name
-
-    model: Path = options["model"]
-    if model.suffix != ".onnx":
-        raise BadInputError(f"{model}: --python-backend needs an ONNX model")
-    triton_spec = spec.triton if spec is not None else None
-    base = options.get("name") or (triton_spec.model_name if triton_spec else None) or (
-        spec.name if spec is not None else None) or model.stem
-    warmup = None
-    if options.get("warmup_path") is not None:
-        from hepdeploy.data import load_tensors
-
-        warmup = load_tensors(options["warmup_path"])
-        if spec is not None:
-            warmup = {k: v for k, v in warmup.items() if k in {t.name for t in spec.inputs}}
-    result = publish_python_twin(options["repo"], model, name=twin_name(base), spec=spec, triton=triton_spec,
-                                 warmup_inputs=warmup)
-    click.echo(result.line())
-
-
 def register(group: click.Group) -> None:
-    """``perf`` on the main group; ``serve`` in the triton group; server options on validate and triton add."""
+    """``perf`` on the main group; ``serve`` and ``serve-check`` in the triton group."""
     group.add_command(perf_command)
     triton_group = group.commands.get("triton")
     if isinstance(triton_group, click.Group):
         triton_group.add_command(serve_command)
         triton_group.add_command(serve_check_command)
-        add = triton_group.commands.get("add")
-        if add is not None:
-            _attach_python_backend(add)
-    else:  # the triton stage is not installed: still offer the server
+    else:  # the triton stage is not installed: no group to add `serve` to
         log.debug("no triton group to attach `serve` to")
-    validate = group.commands.get("validate")
-    if validate is not None:
-        _attach_server_validation(validate)

@@ -1,4 +1,4 @@
-"""``hepdeploy triton add`` and ``hepdeploy triton check``.
+"""``hepdeploy triton add`` (with ``--python-backend`` for a Python-backend twin) and ``hepdeploy triton check``.
 
 The ``triton`` group is registered on the main group here; other modules (the serve
 stage) attach their own subcommands to ``main.commands['triton']``.
@@ -36,6 +36,9 @@ def triton() -> None:
                    "becomes the model_warmup data.")
 @click.option("--verdict", "verdict_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Validation report (JSON) to record in the version's manifest.")
+@click.option("--python-backend", is_flag=True,
+              help="Also publish NAME_py: a Python-backend twin running the same ONNX file with ONNX Runtime "
+                   "(same tensors, dims, batching), for servers without the ONNX Runtime backend.")
 def add_command(
     repo: Path,
     model: Path,
@@ -46,6 +49,7 @@ def add_command(
     kind: str,
     warmup_path: Path | None,
     verdict_path: Path | None,
+    python_backend: bool,
 ) -> None:
     """Publish MODEL as the next version of a model in REPO (atomically; REPO is created if missing)."""
     from hepdeploy.spec import load_spec
@@ -54,6 +58,9 @@ def add_command(
     spec = load_spec(spec_path) if spec_path else None
     triton_spec = spec.triton if spec else None
     name = name or (triton_spec.model_name if triton_spec else None) or (spec.name if spec else None) or model.stem
+    with_python_twin = python_backend or (triton_spec is not None and triton_spec.python_backend)
+    if with_python_twin and model.suffix != ".onnx":  # refused before anything is published
+        raise BadInputError(f"{model}: --python-backend needs an ONNX model")
     warmup = None
     if warmup_path is not None:
         from hepdeploy.data import load_tensors
@@ -87,6 +94,13 @@ def add_command(
         )
     for result in results:
         click.echo(result.line())
+    if with_python_twin:
+        from hepdeploy.triton.python_backend import publish_python_twin, twin_name
+
+        # The twin's warm-up comes from --warmup only (not the spec's reference fallback), as before.
+        twin = publish_python_twin(repo, model, name=twin_name(name), spec=spec, triton=triton_spec,
+                                   warmup_inputs=warmup if warmup_path is not None else None)
+        click.echo(twin.line())
 
 
 @triton.command("check")

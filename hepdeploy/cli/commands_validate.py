@@ -75,18 +75,41 @@ def _reference_from_options(golden: Path | None, reference_model: str | None, da
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Samples per inference call.")
 @click.option("--providers", metavar="LIST", help="ONNX Runtime providers, e.g. cuda,cpu (default cpu).")
 @click.option("--save-golden", type=click.Path(path_type=Path), help="With --reference: also save the reference.")
+@click.option("--server", metavar="HOST:PORT",
+              help="Validate what a live Triton server returns (with --model and --golden) instead of files.")
+@click.option("--model", "served_model", metavar="NAME[:VERSION]", help="With --server: the served model.")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True,
+              help="With --server: gRPC (default) or HTTP (needs tritonclient[http]).")
+@click.option("--server-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="With --server: seconds allowed for every call to the server.")
+@click.option("--artifact", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --server: the artifact (.onnx + sidecar) whose tensors the served model must have.")
 def validate_command(candidates: tuple[Path, ...], golden: Path | None, reference_model: str | None,
                      data: Path | None, labels: str | None, spec_path: Path | None, atol: tuple[str, ...],
                      rtol: tuple[str, ...], precision: str | None, policy: str | None, report_dir: Path | None,
                      localize: bool, fp32_model: Path | None, chunk_size: int | None, providers: str | None,
-                     save_golden: Path | None) -> None:
-    """Check CANDIDATE models against a reference set: exit 0 agree, 1 disagree, 2 bad input."""
+                     save_golden: Path | None, server: str | None, served_model: str | None, protocol: str,
+                     server_timeout: float, artifact: Path | None) -> None:
+    """Check CANDIDATE models against a reference set: exit 0 agree, 1 disagree, 2 bad input.
+
+    With --server HOST:PORT the candidate is the model a live Triton server serves (--model).
+    """
     from rich.console import Console
 
     from hepdeploy.errors import ValidationFailedError
     from hepdeploy.validate import console_table, save_reference, validate_candidate, write_reports
     from hepdeploy.validate.compare import parse_tolerance_values
 
+    if server is not None:
+        unused = [option for option, value in (
+            ("--reference", reference_model), ("--data", data), ("--localize", localize),
+            ("--fp32-model", fp32_model), ("--providers", providers), ("--save-golden", save_golden)) if value]
+        _validate_served(server, served_model, golden, candidates, unused, protocol=protocol,
+                         timeout_s=server_timeout, artifact=artifact, spec_path=spec_path, precision=precision,
+                         atol=atol, rtol=rtol, policy=policy, chunk_size=chunk_size, report_dir=report_dir)
+        return
+    if served_model is not None or artifact is not None:
+        raise click.UsageError("--model and --artifact go with --server HOST:PORT")
     if not candidates:
         raise click.UsageError("give at least one CANDIDATE model")
     spec = _load_spec_if_any(spec_path)
@@ -109,6 +132,38 @@ def validate_command(candidates: tuple[Path, ...], golden: Path | None, referenc
     failed = [r.variant for r in reports if not r.passed]
     if failed:
         raise ValidationFailedError(f"{len(failed)} of {len(reports)} candidate(s) disagree: {', '.join(failed)}")
+
+
+def _validate_served(server: str, model_ref: str | None, golden: Path | None, candidates: tuple[Path, ...],
+                     unused: list[str], *, protocol: str, timeout_s: float, artifact: Path | None,
+                     spec_path: Path | None, precision: str | None, atol: tuple[str, ...], rtol: tuple[str, ...],
+                     policy: str | None, chunk_size: int | None, report_dir: Path | None) -> None:
+    """``validate --server``: the served model is the one candidate; same table, reports and exit codes."""
+    from rich.console import Console
+
+    from hepdeploy.errors import ValidationFailedError
+    from hepdeploy.validate import console_table, write_reports
+    from hepdeploy.validate.compare import parse_tolerance_values
+    from hepdeploy.validate.triton_runner import validate_served
+
+    if model_ref is None or golden is None:
+        raise click.UsageError("--server needs --model NAME[:VERSION] and --golden FILE")
+    if candidates:
+        raise click.UsageError("with --server, give no CANDIDATE files (the server's model is the candidate)")
+    if unused:
+        raise click.UsageError(f"{', '.join(unused)} do not apply with --server")
+    report = validate_served(
+        server, model_ref, golden, protocol=protocol, timeout_s=timeout_s,  # type: ignore[arg-type]
+        spec=_load_spec_if_any(spec_path), artifact=artifact, precision=precision,
+        atol=parse_tolerance_values(atol, "--atol"), rtol=parse_tolerance_values(rtol, "--rtol"), policy=policy,
+        chunk_size=chunk_size,
+    )
+    Console(file=sys.stdout, width=160).print(console_table([report]))
+    if report_dir is not None:
+        written = write_reports([report], report_dir)
+        click.echo(f"reports: {len(written)} files in {report_dir}", err=True)
+    if not report.passed:
+        raise ValidationFailedError(f"the served model {model_ref} disagrees with the golden set: {report.verdict}")
 
 
 @click.command("reference")
