@@ -63,6 +63,7 @@ def load_calibration(
     tree: str | None = None,
     branches: dict[str, str] | None = None,
     ignore: Iterable[str] = (),
+    allow_fewer: bool = False,
 ) -> dict[str, np.ndarray]:
     """``samples`` randomly chosen samples (reproducible with ``seed``) for each input.
 
@@ -78,14 +79,14 @@ def load_calibration(
         raise DataError(f"{path}: the model has no inputs to calibrate")
     suffix = path.suffix.lower()
     if not all(t.has_batch_axis for t in inputs):
-        arrays = _read_unbatched(path, inputs, samples, seed, set(ignore))
+        arrays = _read_unbatched(path, inputs, samples, seed, set(ignore), allow_fewer)
         return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
     if suffix == ".npz":
-        arrays = _read_npz(path, inputs, samples, seed, set(ignore))
+        arrays = _read_npz(path, inputs, samples, seed, set(ignore), allow_fewer)
     elif suffix in HDF5_SUFFIXES:
-        arrays = _read_hdf5(path, inputs, samples, seed, set(ignore))
+        arrays = _read_hdf5(path, inputs, samples, seed, set(ignore), allow_fewer)
     elif suffix in ROOT_SUFFIXES:
-        arrays = _read_root(path, inputs, samples, seed, tree, branches or {})
+        arrays = _read_root(path, inputs, samples, seed, tree, branches or {}, allow_fewer)
     else:
         raise DataError(f"{path}: unsupported calibration data format {path.suffix!r} (.npz, .h5 or .root)")
     return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
@@ -168,8 +169,10 @@ def sample_count(arrays: dict[str, np.ndarray]) -> int:
 # --------------------------------------------------------------------------- readers
 
 
-def _choose(total: int, samples: int, seed: int, where: str) -> np.ndarray:
+def _choose(total: int, samples: int, seed: int, where: str, allow_fewer: bool = False) -> np.ndarray:
     """Sorted indices of ``samples`` entries drawn without replacement (reproducible)."""
+    if allow_fewer:
+        samples = min(samples, total)
     if total < samples:
         raise DataError(f"{where}: holds {total} samples, fewer than the {samples} asked for")
     rng = np.random.default_rng(seed)
@@ -191,7 +194,7 @@ def _check_names(present: set[str], inputs: list[TensorSpec], where: str, ignore
 
 
 def _read_unbatched(
-    path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str]
+    path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str], allow_fewer: bool = False
 ) -> dict[str, np.ndarray]:
     """Unbatched inputs (a graph of ``n_hits`` nodes ...): either one graph, with each array
     of the spec's rank (used whole: ``samples`` does not apply), or graphs of equal size
@@ -214,11 +217,13 @@ def _read_unbatched(
     if all(full[t.name].ndim == len(t.shape) for t in inputs):
         return {name: value[None] for name, value in full.items()}  # one whole graph
     total = _common_count(full, str(path))
-    index = _choose(total, samples, seed, str(path))
+    index = _choose(total, samples, seed, str(path), allow_fewer)
     return {name: value[index] for name, value in full.items()}
 
 
-def _read_npz(path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str]) -> dict[str, np.ndarray]:
+def _read_npz(
+    path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str], allow_fewer: bool = False
+) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             _check_names(set(archive.files), inputs, str(path), ignore)
@@ -227,11 +232,13 @@ def _read_npz(path: Path, inputs: list[TensorSpec], samples: int, seed: int, ign
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from None
     total = _common_count(full, str(path))
-    index = _choose(total, samples, seed, str(path))
+    index = _choose(total, samples, seed, str(path), allow_fewer)
     return {name: array[index] for name, array in full.items()}
 
 
-def _read_hdf5(path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str]) -> dict[str, np.ndarray]:
+def _read_hdf5(
+    path: Path, inputs: list[TensorSpec], samples: int, seed: int, ignore: set[str], allow_fewer: bool = False
+) -> dict[str, np.ndarray]:
     import h5py
 
     try:
@@ -243,7 +250,7 @@ def _read_hdf5(path: Path, inputs: list[TensorSpec], samples: int, seed: int, ig
         _check_names(datasets, inputs, str(path), ignore)
         counts = {t.name: (handle[t.name].shape[0] if handle[t.name].shape else 1) for t in inputs}
         total = _common_count_from(counts, str(path))
-        index = _choose(total, samples, seed, str(path))
+        index = _choose(total, samples, seed, str(path), allow_fewer)
         out: dict[str, np.ndarray] = {}
         for tensor in inputs:
             dataset = handle[tensor.name]
@@ -262,6 +269,7 @@ def _read_root(
     seed: int,
     tree_name: str | None,
     branches: dict[str, str],
+    allow_fewer: bool = False,
 ) -> dict[str, np.ndarray]:
     import uproot
 
@@ -288,7 +296,7 @@ def _read_root(
         missing = sorted(b for b in wanted.values() if b not in tree.keys())
         if missing:
             raise DataError(f"{where}: tree {tree_name!r} has no branch {', '.join(missing)}")
-        index = _choose(int(tree.num_entries), samples, seed, f"{where}:{tree_name}")
+        index = _choose(int(tree.num_entries), samples, seed, f"{where}:{tree_name}", allow_fewer)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         for start, stop, local in _windows(index):
             window = tree.arrays(list(wanted.values()), entry_start=start, entry_stop=stop, library="np")

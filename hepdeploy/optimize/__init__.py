@@ -77,9 +77,12 @@ def resolve_calibration(
     if path is None:
         return None
     ignore = [t.name for t in spec.outputs] + ([data.labels] if data and data.labels else []) if spec else []
+    # A count nobody asked for (no --samples, spec default) adapts to a smaller file.
+    explicit = samples is not None or (data is not None and "calibration_samples" in data.model_fields_set)
     return load_calibration(
         path, inputs, samples=count, seed=data.seed if data else 0,
         tree=data.root_tree if data else None, branches=data.root_branches if data else None, ignore=ignore,
+        allow_fewer=not explicit,
     )
 
 

@@ -175,3 +175,11 @@ def test_unknown_format_and_corrupt_files(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"not really a data file")
         with pytest.raises(DataError, match="not a readable"):
             load_calibration(tmp_path / name, INPUTS, samples=1)
+
+
+def test_a_default_count_adapts_to_a_smaller_file(tmp_path: Path) -> None:
+    path = save_tensors(tmp_path / "small.npz", _arrays(40))
+    got = load_calibration(path, INPUTS, samples=512, seed=0, allow_fewer=True)
+    assert got["points"].shape[0] == 40
+    with pytest.raises(DataError, match="fewer than the 512 asked for"):
+        load_calibration(path, INPUTS, samples=512, seed=0)
