@@ -73,18 +73,19 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 
 def _register_commands() -> None:
-    from hepdeploy.cli import commands_build, commands_convert, commands_zoo
+    from hepdeploy.cli import (
+        commands_build,
+        commands_convert,
+        commands_optimize,
+        commands_serve,
+        commands_triton,
+        commands_validate,
+        commands_zoo,
+    )
 
-    for module in (commands_convert, commands_zoo, commands_build):
-        module.register(main)
-    # Stage command modules added by later issues register themselves here too.
-    for optional in ("commands_optimize", "commands_validate", "commands_triton", "commands_serve"):
-        try:
-            module = __import__(f"hepdeploy.cli.{optional}", fromlist=["register"])
-        except ModuleNotFoundError as error:
-            if error.name != f"hepdeploy.cli.{optional}":
-                raise
-            continue
+    # commands_serve adds `serve` to the `triton` group, so it comes after commands_triton.
+    for module in (commands_convert, commands_zoo, commands_optimize, commands_validate, commands_triton,
+                   commands_serve, commands_build):
         module.register(main)
 
 

@@ -91,7 +91,7 @@ def test_export_and_convert(name: str, flavour: str | None, zoo_export: Any, tmp
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
-    feed = {t.name: reference[t.name][: 64 if spec.batched else None] for t in spec.inputs}
+    feed = {t.name: reference[t.name][: 16 if spec.batched else None] for t in spec.inputs}
     produced = session.run(None, feed)[0]
     model = net.load(flavour or net.default_flavour, exported.source_path)
     expected = net.predict(model, flavour or net.default_flavour, feed)
