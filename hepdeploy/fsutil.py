@@ -74,7 +74,7 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -104,8 +104,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable; not every file system allows opening a folder.
+def fsync_dir(path: Path) -> None:
+    """Make renames inside ``path`` durable (best effort: not every file system allows it)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:

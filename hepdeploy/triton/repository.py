@@ -44,7 +44,14 @@ from typing import TYPE_CHECKING, Any
 
 from hepdeploy import __version__
 from hepdeploy.errors import BadInputError, ModelLoadError, RepositoryError
-from hepdeploy.fsutil import atomic_write_bytes, atomic_write_text, check_input_file, check_safe_name, sha256_file
+from hepdeploy.fsutil import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_input_file,
+    check_safe_name,
+    fsync_dir,
+    sha256_file,
+)
 from hepdeploy.spec import ModelSpec, TensorSpec, TritonSpec
 from hepdeploy.triton.config import (
     DEFAULT_MODEL_FILENAMES,
@@ -164,15 +171,6 @@ def _link_tree(src: Path, dst: Path) -> None:
                 os.link(child, target)
             except OSError:
                 _copy_file(child, target)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 _RENAME_EXCHANGE = 2
@@ -472,7 +470,7 @@ def _commit(staged: Path, model_dir: Path, version: int, warmup_names: list[str]
             os.rename(staged, model_dir)
         elif not _exchange(staged, model_dir):
             _commit_by_renames(staged, model_dir, version, warmup_names)
-        _fsync_dir(model_dir.parent)
+        fsync_dir(model_dir.parent)
     except OSError as error:
         raise RepositoryError(f"{model_dir}: cannot publish ({error.strerror or error}); nothing changed") from None
 

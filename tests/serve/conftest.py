@@ -32,23 +32,6 @@ class ServeRepository:
     refused: str
 
 
-@pytest.fixture(scope="session")
-def triton_binary():
-    """The bundled server (downloaded once into the cache); skipped only where it cannot run at all."""
-    from hepdeploy.errors import DependencyMissingError
-    from hepdeploy.triton.server import bundled_platform_problem, bundled_server
-
-    problem = bundled_platform_problem()
-    if problem:
-        pytest.skip(f"the bundled Triton server cannot run here: {problem}")
-    try:
-        return bundled_server(install=True)
-    except DependencyMissingError as error:
-        if "Linux x86_64" in str(error) or "glibc" in str(error) or "libpython" in str(error):
-            pytest.skip(f"the bundled Triton server cannot run here: {str(error).splitlines()[0]}")
-        raise
-
-
 def _served_model(zoo_export, name: str, out: Path) -> ServedModel:
     from hepdeploy.convert import convert_from_spec
     from hepdeploy.validate import make_reference, save_reference

@@ -15,24 +15,10 @@ from hepdeploy.triton.check import check_repository
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-@pytest.fixture(scope="module")
-def server_binary():
-    from hepdeploy.errors import DependencyMissingError
-    from hepdeploy.triton.server import bundled_platform_problem, bundled_server
-
-    problem = bundled_platform_problem()
-    if problem:
-        pytest.skip(f"the bundled Triton server cannot run here: {problem}")
-    try:
-        return bundled_server(install=True)
-    except DependencyMissingError as error:
-        pytest.skip(f"the bundled Triton server cannot run here: {str(error).splitlines()[0]}")
-
-
 @pytest.mark.server
 @pytest.mark.slow
 def test_server_loads_published_twins_and_runs_their_warmup(
-    server_binary, tmp_path, models, facile_spec, facile_golden, interaction_spec, interaction_golden
+    triton_binary, tmp_path, models, facile_spec, facile_golden, interaction_spec, interaction_golden
 ):
     from hepdeploy.triton.python_backend import publish_python_twin
     from hepdeploy.triton.server import TritonServer
@@ -46,7 +32,7 @@ def test_server_loads_published_twins_and_runs_their_warmup(
     problems = check_repository(repo, run_models=False)
     assert [p.path.name for p in problems] == ["input"] and "warm-up file has 12 bytes" in problems[0].message
 
-    with TritonServer(repo, binary=server_binary, load="all", startup_timeout_s=60, load_timeout_s=120) as server:
+    with TritonServer(repo, binary=triton_binary, load="all", startup_timeout_s=60, load_timeout_s=120) as server:
         ready = server.ready_models()
         errors = server.model_load_errors()
     assert ready == ["in_py"], errors
