@@ -146,7 +146,10 @@ def export_command(name: str, out_dir: Path, flavour: str | None, train: bool, b
         raise BadInputError(f"{out_dir}: parent folder {out_dir.parent} does not exist")
     with Console(stderr=True).status(f"exporting {name}"):
         result = export_network(name, out_dir, flavour, train, budget, cache_dir, seed)
-    state = f"trained ({result.budget} budget): {format_metrics(net.task, result.metrics)}" if result.trained else "untrained"
+    if result.trained:
+        state = f"trained ({result.budget} budget): {format_metrics(net.task, result.metrics)}"
+    else:
+        state = "untrained"
     click.echo(f"{name}: {state}")
     for label, path in (("model", result.source_path), ("spec", result.spec_path),
                         ("reference", result.reference_path), ("calibration", result.calibration_path)):

@@ -202,7 +202,8 @@ class DeepJet(ZooNetwork):
         cpf = layers.LSTM(64, go_backwards=True, name="cpf_lstm")(cpf)
         npf = layers.LSTM(32, name="npf_lstm")(npf)
         vtx = layers.LSTM(32, name="vtx_lstm")(vtx)
-        x = layers.Concatenate(name="merge")([layers.BatchNormalization(name="global_bn")(global_in), cpf, npf, vtx, pt_in])
+        global_normed = layers.BatchNormalization(name="global_bn")(global_in)
+        x = layers.Concatenate(name="merge")([global_normed, cpf, npf, vtx, pt_in])
         for i, units in enumerate((200, 100, 100, 100)):
             x = layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
         out = layers.Dense(len(CLASSES), activation="softmax", name="ID_pred")(x)

@@ -45,6 +45,14 @@ def deterministic_keras(seed: int, threads: int) -> Iterator[None]:
     except RuntimeError:
         log.debug("TensorFlow thread pools already started; keeping their size")
     keras.utils.set_random_seed(seed)
-    # Deterministic kernels (raises on ops that have none) - makes the thread count irrelevant.
+    # Deterministic kernels (raises on ops that have none) for the training only: switched back
+    # afterwards so other work in the same process (conversion, validation) is unaffected.
+    from tensorflow.python.framework import config as tf_config
+
+    was_enabled = tf_config.is_op_determinism_enabled()
     tf.config.experimental.enable_op_determinism()
-    yield
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()

@@ -42,6 +42,14 @@ def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dic
         source: dict[str, Any] = {"framework": "keras", "path": source_file}
     else:
         source = {"framework": "torch", "factory": net.torch_factory, "weights": source_file}
+    data: dict[str, Any] = {
+        "calibration": f"{stem}_calibration.npz",
+        "reference": f"{stem}_reference.npz",
+        "labels": "targets" if net.task == "regression" else "labels",
+    }
+    if all(t.has_batch_axis for t in net.inputs):
+        # Graph networks store one concatenated graph: a sample count does not apply.
+        data["calibration_samples"] = min(512, net.calibration_samples)
     return {
         "name": stem,
         "description": net.description,
@@ -49,12 +57,7 @@ def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dic
         "inputs": [t.model_dump(exclude_none=True) for t in net.inputs],
         "outputs": [t.model_dump(exclude_none=True) for t in net.outputs],
         "dims": {k: v.model_dump(exclude_none=True) for k, v in net.dims.items()},
-        "data": {
-            "calibration": f"{stem}_calibration.npz",
-            "reference": f"{stem}_reference.npz",
-            "labels": "targets" if net.task == "regression" else "labels",
-            "calibration_samples": min(512, net.calibration_samples),
-        },
+        "data": data,
         "validation": {"physics": {"task": net.task}},
         "triton": {"model_name": stem, **net.triton},
     }

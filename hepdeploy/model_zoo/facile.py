@@ -33,7 +33,8 @@ class Facile(ZooNetwork):
         "0.5-2.5 fC/GeV, out-of-time and in-time pile-up, noise, pedestal"
     )
     export_traps = (
-        "BatchNormalization at the input folds into a Mul/Add after conversion; large batches "
+        "BatchNormalization at the input becomes a Mul/Add on the raw charges (values up to ~500 fC: FP16 "
+        "and INT8 see unnormalized inputs); large batches "
         "(16000 per event, max 160000) exercise dynamic batching and TensorRT profiles; a regression "
         "output makes INT8 judged by bias/resolution rather than argmax."
     )
@@ -63,7 +64,8 @@ class Facile(ZooNetwork):
         metrics = super().evaluate(predictions, data)
         if train is not None:
             linear = hcal.linear_fit_baseline(
-                hcal.HcalChannels(train.inputs["input"], train.targets), hcal.HcalChannels(data.inputs["input"], data.targets)
+                hcal.HcalChannels(train.inputs["input"], train.targets),
+                hcal.HcalChannels(data.inputs["input"], data.targets),
             )
             baseline = super().evaluate(linear, data)
             metrics["linear_bias"] = baseline["bias"]

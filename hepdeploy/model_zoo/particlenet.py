@@ -54,7 +54,9 @@ def build_torch(n_classes: int = len(CLASSES)) -> Any:
             sizes = (2 * in_feat, *out_feats)
             self.convs = nn.ModuleList(nn.Conv2d(a, b, 1, bias=False) for a, b in zip(sizes[:-1], sizes[1:]))
             self.bns = nn.ModuleList(nn.BatchNorm2d(b) for b in out_feats)
-            self.shortcut = nn.Sequential(nn.Conv1d(in_feat, out_feats[-1], 1, bias=False), nn.BatchNorm1d(out_feats[-1]))
+            self.shortcut = nn.Sequential(
+                nn.Conv1d(in_feat, out_feats[-1], 1, bias=False), nn.BatchNorm1d(out_feats[-1])
+            )
 
         def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
             x = edge_features(features, knn(points, self.k), self.k)
@@ -63,7 +65,9 @@ def build_torch(n_classes: int = len(CLASSES)) -> Any:
             return torch.relu(x.mean(dim=-1) + self.shortcut(features))
 
     def feature_conv(n_in: int, n_out: int) -> nn.Sequential:
-        return nn.Sequential(nn.BatchNorm1d(n_in), nn.Conv1d(n_in, n_out, 1, bias=False), nn.BatchNorm1d(n_out), nn.ReLU())
+        return nn.Sequential(
+            nn.BatchNorm1d(n_in), nn.Conv1d(n_in, n_out, 1, bias=False), nn.BatchNorm1d(n_out), nn.ReLU()
+        )
 
     class ParticleNet(nn.Module):
         def __init__(self, in_feat: int) -> None:

@@ -40,7 +40,8 @@ def cache_root(cache_dir: Path | None = None) -> Path:
 
 def data_seeds(seed: int) -> dict[str, int]:
     """Independent seeds for the train/test/reference/calibration samples of one training seed."""
-    return {"train": 1000 * seed + 11, "test": 1000 * seed + 12, "reference": 1000 * seed + 13, "calibration": 1000 * seed + 14}
+    base = 1000 * seed + 10
+    return {"train": base + 1, "test": base + 2, "reference": base + 3, "calibration": base + 4}
 
 
 def cache_key(net: ZooNetwork, flavour: str, budget: str, seed: int) -> str:
@@ -149,7 +150,11 @@ def train_network(
         "metrics": {k: round(float(v), 6) for k, v in metrics.items()},
         "train_seconds": round(train_seconds, 2),
         "parameters": net.parameter_count(model, flavour),
-        "platform": {"machine": platform.machine(), "python": platform.python_version(), **_framework_versions(flavour)},
+        "platform": {
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            **_framework_versions(flavour),
+        },
     }
     # Build the entry in a temporary folder, then rename: a killed training leaves no half entry.
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
