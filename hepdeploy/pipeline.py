@@ -52,6 +52,7 @@ class BuildOptions:
     serve_check: bool = False
     require_gpu: bool = False
     budget: str = "full"
+    strict: bool = False  # every variant must pass validation, not only the served ones
 
 
 @dataclass
@@ -64,6 +65,11 @@ class BuildReport:
     @property
     def failed(self) -> bool:
         return any(m.failed for m in self.models) or any(s.status == "failed" for s in self.repository_steps)
+
+    @property
+    def rejected(self) -> list[str]:
+        """'model:variant' for every variant made but kept out of the repository by validation."""
+        return [f"{m.name}:{s.step.split(':', 1)[1]}" for m in self.models for s in m.steps if s.status == "rejected"]
 
     def to_json(self) -> dict:
         def step_json(step: StepResult) -> dict:
@@ -79,6 +85,7 @@ class BuildReport:
             "out_dir": str(self.out_dir),
             "repository": str(self.repository) if self.repository else None,
             "passed": not self.failed,
+            "rejected_variants": self.rejected,
             "models": [
                 {"name": m.name, "folder": str(m.folder), "steps": [step_json(s) for s in m.steps]} for m in self.models
             ],
@@ -87,11 +94,13 @@ class BuildReport:
 
 
 def _timed(name: str, action) -> StepResult:  # noqa: ANN001 - a zero-argument callable returning StepResult
+    """Run one step under its pipeline name; a library error becomes a failed step, not a crash."""
     start = time.perf_counter()
     try:
         result = action()
     except HepDeployError as error:
         result = StepResult(name, "failed", str(error))
+    result.step = name
     result.details.setdefault("seconds", round(time.perf_counter() - start, 2))
     return result
 
@@ -137,12 +146,26 @@ def _reference_step(spec: ModelSpec, fp32_model: Path, golden: Path) -> StepResu
     return StepResult("reference", "ok", note, outputs=[golden], details={"samples": reference.n_samples})
 
 
-def _validate_step(variant: str, candidate: Path, reference, spec: ModelSpec, reports: list) -> StepResult:  # noqa: ANN001
+def served_variants(spec: ModelSpec) -> set[str]:
+    """The variants the spec's Triton block publishes (the GPU model and its CPU twin)."""
+    served = {spec.triton.variant}
+    if spec.triton.cpu_twin is not None:
+        served.add(spec.triton.cpu_twin.variant)
+    return served
+
+
+def _validate_step(variant: str, candidate: Path, reference, spec: ModelSpec, reports: list,  # noqa: ANN001
+                   strict: bool) -> StepResult:
+    """Validate one variant. A failing variant that is not served is *rejected* (kept out of the
+    repository, reported, build still passes); a failing served variant, or any with --strict, fails."""
     from hepdeploy.validate import validate_candidate
 
     report = validate_candidate(candidate, reference, spec=spec, name=variant)
     reports.append(report)
-    status = "ok" if report.passed else "failed"
+    if report.passed:
+        status = "ok"
+    else:
+        status = "failed" if strict or variant in served_variants(spec) else "rejected"
     return StepResult(f"validate:{variant}", status, report.verdict,
                       details={"passed": report.passed, "policy": report.policy})
 
@@ -181,7 +204,6 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
         output = _variant_file(folder, spec.name, variant)
         step = build.add(_timed(f"optimize:{variant}", lambda v=variant, o=output: optimize_artifact(
             fp32_path, spec.variant(v), o, calibration=calibration, spec=spec, require_gpu=options.require_gpu)))
-        step.step = f"optimize:{variant}"
         if step.ok:
             made[variant] = output
 
@@ -200,7 +222,7 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
                 passing[variant] = path
                 continue
             step = build.add(_timed(f"validate:{variant}", lambda v=variant, p=path: _validate_step(
-                v, p, reference, spec, reports)))
+                v, p, reference, spec, reports, options.strict)))
             verdicts[variant] = {"passed": step.ok, "verdict": step.reason}
             if step.ok:
                 passing[variant] = path

@@ -1,11 +1,13 @@
-"""The status every pipeline step returns (ok / failed / skipped with a reason)."""
+"""The status every pipeline step returns (ok / failed / skipped / rejected, with a reason)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Status = Literal["ok", "failed", "skipped"]
+# "rejected": the step worked, but what it made did not pass validation, so it is kept out of
+# the deployment (a variant the build made but does not publish).
+Status = Literal["ok", "failed", "skipped", "rejected"]
 
 
 @dataclass

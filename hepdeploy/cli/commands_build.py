@@ -24,12 +24,18 @@ DEFAULT_OUT = Path("hepdeploy-out")
 @click.option("--require-gpu", is_flag=True, help="Fail (exit 2) instead of skipping the TensorRT engine without a GPU.")
 @click.option("--budget", type=click.Choice(["full", "reduced"]), default="full", show_default=True,
               help="Training budget for zoo networks that are not cached yet.")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 1) when any variant fails validation, not only a variant the spec serves.")
 def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, ...], variants: tuple[str, ...],
-                  exporter: str, no_publish: bool, serve_check: bool, require_gpu: bool, budget: str) -> None:
+                  exporter: str, no_publish: bool, serve_check: bool, require_gpu: bool, budget: str,
+                  strict: bool) -> None:
     """Convert, optimize, validate and publish every SPEC.
 
     With no SPEC and no --zoo, builds the embedded default zoo set into ./hepdeploy-out/.
-    Exit 0 when every variant passed and the repository checks clean, 1 otherwise.
+    Only variants that pass validation are published. A variant that fails is *rejected*
+    (reported, not published); the build fails (exit 1) when a variant the spec serves
+    (triton.variant, triton.cpu_twin.variant) fails, or any with --strict, when a step
+    errors, or when the repository check finds a problem. Exit 0 otherwise.
     """
     from hepdeploy.pipeline import DEFAULT_ZOO_SET, BuildOptions, build, load_specs, zoo_build_spec
 
@@ -37,7 +43,8 @@ def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, 
     names = list(zoo_names) or ([] if specs else list(DEFAULT_ZOO_SET))
     model_specs += [zoo_build_spec(name) for name in names]
     options = BuildOptions(out_dir=out_dir, exporter=exporter, variants=list(variants) or None,
-                           publish=not no_publish, serve_check=serve_check, require_gpu=require_gpu, budget=budget)
+                           publish=not no_publish, serve_check=serve_check, require_gpu=require_gpu, budget=budget,
+                           strict=strict)
     report = build(model_specs, options)
     _print_report(report)
     sys.exit(1 if report.failed else 0)
@@ -63,11 +70,14 @@ def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
     if report.repository is not None:
         console.print(f"Triton model repository: {report.repository.resolve()}")
     console.print(f"summary: {(report.out_dir / 'build-summary.json').resolve()}")
+    if report.rejected:
+        console.print(f"rejected by validation (made, not published): {', '.join(report.rejected)}")
     console.print("result: " + ("[red]FAILED[/red]" if report.failed else "[green]passed[/green]"))
 
 
 def _status(status: str) -> str:
-    return {"ok": "[green]ok[/green]", "failed": "[red]failed[/red]", "skipped": "[yellow]skipped[/yellow]"}[status]
+    return {"ok": "[green]ok[/green]", "failed": "[red]failed[/red]", "skipped": "[yellow]skipped[/yellow]",
+            "rejected": "[magenta]rejected[/magenta]"}[status]
 
 
 def register(group: click.Group) -> None:

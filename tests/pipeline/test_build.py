@@ -56,3 +56,37 @@ def test_build_unknown_zoo_network(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["build", "--zoo", "nonesuch", "-o", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "unknown zoo network 'nonesuch'" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_variant_failing_validation_is_rejected_not_published(
+    tmp_path: Path, zoo_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, strict: bool
+) -> None:
+    """int8 held to exact equality must fail: it is kept out of the repository; only --strict fails the build."""
+    monkeypatch.setenv("HEPDEPLOY_CACHE", str(zoo_cache_dir))
+    spec = tmp_path / "jet.yaml"
+    spec.write_text(
+        "name: jet\n"
+        "source: {framework: zoo, zoo: jet_mlp}\n"
+        "inputs: [{name: input_1, shape: [batch, 16]}]\n"
+        "outputs: [{name: output, shape: [batch, 5]}]\n"
+        "variants: [fp32, int8-cpu]\n"
+        "validation: {policy: {int8: numerical}, tolerances: {int8: {atol: 0.0, rtol: 0.0}}}\n"
+        "triton: {variant: fp32, max_batch_size: 64}\n"
+    )
+    out = tmp_path / "out"
+    args = ["build", str(spec), "--budget", "reduced", "-o", str(out)] + (["--strict"] if strict else [])
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    summary = json.loads((out / "build-summary.json").read_text())
+    steps = {s["step"]: s for s in summary["models"][0]["steps"]}
+    assert steps["validate:fp32"]["status"] == "ok"
+    assert steps["validate:int8-cpu"]["status"] == ("failed" if strict else "rejected")
+    assert result.exit_code == (1 if strict else 0), result.output
+    assert summary["rejected_variants"] == ([] if strict else ["jet:int8-cpu"])
+    # The served fp32 variant is published either way; the manifest records its passing verdict.
+    manifest = json.loads((out / "model_repository" / "jet" / "1" / "hepdeploy-manifest.json").read_text())
+    assert manifest["source"]["variant"]["name"] == "fp32"
+    assert manifest["verdict"]["passed"] is True
+    assert sorted(p.name for p in (out / "model_repository").iterdir()) == ["jet"]
+    assert check_repository(out / "model_repository") == []
