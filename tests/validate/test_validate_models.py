@@ -181,9 +181,9 @@ def test_graph_model_without_batch_axis(tracking_case, tmp_path: Path) -> None:
     assert report.localization.first_divergent_node is None
 
 
-# The networks whose reduced training takes minutes (ParticleNet ~2 min, ResNet-50 ~10 GB of
-# memory) are checked only when asked for; the others run in every CI job.
-_HEAVY = {"particlenet", "resnet50"}
+# ResNet-50's conversion self-check at batch 64 takes ~15 GB on a CPU: it runs only when asked
+# for (HEPDEPLOY_TEST_HEAVY=1); the others run in every CI job.
+_HEAVY = {"resnet50"}
 
 
 @pytest.mark.parametrize("network", ["deepjet", "particlenet", "resnet50"])
@@ -193,8 +193,8 @@ def test_fp32_of_other_zoo_networks_passes(network: str, zoo_export, tmp_path: P
     from hepdeploy.convert import convert_from_spec
     from hepdeploy.validate import make_reference
 
-    if network in _HEAVY and not os.environ.get("HEPDEPLOY_TEST_ALL_ZOO"):
-        pytest.skip(f"{network}: heavy to train; set HEPDEPLOY_TEST_ALL_ZOO=1 to include it")
+    if network in _HEAVY and not os.environ.get("HEPDEPLOY_TEST_HEAVY"):
+        pytest.skip(f"{network}: heavy to train; set HEPDEPLOY_TEST_HEAVY=1 to include it")
     exported = zoo_export(network)
     artifact = convert_from_spec(exported.spec, tmp_path / "fp32.onnx")
     reference = make_reference(exported.spec, exported.reference_path, max_samples=500)
