@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hepdeploy.errors import BadInputError, HepDeployError
 from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.progress import progress
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
 
@@ -97,7 +98,8 @@ def _timed(name: str, action) -> StepResult:  # noqa: ANN001 - a zero-argument c
     """Run one step under its pipeline name; a library error becomes a failed step, not a crash."""
     start = time.perf_counter()
     try:
-        result = action()
+        with progress(name, "hepdeploy.pipeline"):
+            result = action()
     except HepDeployError as error:
         result = StepResult(name, "failed", str(error))
     result.step = name

@@ -109,7 +109,7 @@ def convert_zoo(
         extra = {k: v for k, v in (old.model_extra or {}).items() if k not in ("factory", "weights", "weights_sha256")}
         source = SourceRecord(path=old.path if work_dir is not None else None, sha256=old.sha256,
                               framework=old.framework, framework_version=old.framework_version, **extra,
-                              zoo=spec.source.zoo, zoo_flavour=spec.source.zoo_flavour or zoo_spec.source.framework,
+                              zoo=spec.source.zoo, zoo_flavour=spec.source.zoo_flavour or exported.spec.source.framework,
                               zoo_trained=bool(getattr(exported, "trained", False)),
                               zoo_budget=getattr(exported, "budget", None))
         sidecar = artifact.sidecar.model_copy(update={"source": source})

@@ -5,11 +5,9 @@ existing output is replaced only by a complete, checked new one.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,7 @@ from hepdeploy.convert.graph_io import apply_spec_io
 from hepdeploy.convert.selfcheck import SelfCheckReport, self_check
 from hepdeploy.errors import ConversionError, ModelLoadError
 from hepdeploy.fsutil import check_output_folder, sha256_file
+from hepdeploy.progress import progress
 
 if TYPE_CHECKING:
     import onnx
@@ -26,20 +25,6 @@ if TYPE_CHECKING:
     from hepdeploy.validate.runners import Runner
 
 log = logging.getLogger("hepdeploy.convert")
-
-
-@contextlib.contextmanager
-def progress(message: str) -> Iterator[None]:
-    """A spinner on stderr (rich) for slow steps; silent when stderr is not a terminal."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    log.info("%s ...", message)
-    if console.is_terminal:
-        with console.status(message):
-            yield
-    else:
-        yield
 
 
 def source_sha256(path: Path | None) -> str | None:

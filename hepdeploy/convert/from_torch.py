@@ -22,11 +22,11 @@ from hepdeploy.convert.common import (
     check_converted,
     check_output_path,
     export_parameters,
-    progress,
     source_sha256,
     write_converted,
 )
 from hepdeploy.convert.loaders import load_torch_source
+from hepdeploy.progress import progress
 from hepdeploy.errors import ConversionError, DisagreementError, SpecError
 from hepdeploy.sampling import sample_inputs, trace_sizes
 from hepdeploy.spec import ModelSpec
