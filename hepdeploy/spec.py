@@ -127,6 +127,8 @@ class VariantSpec(_Strict):
     calibration_method: Literal["max", "entropy", "percentile", "minmax"] = "max"
     exclude_nodes: list[str] = Field(default_factory=list)
     exclude_op_types: list[str] = Field(default_factory=list)
+    # INT8: quantize only these op types (empty: the quantizer's own default set).
+    quantize_op_types: list[str] = Field(default_factory=list)
     per_channel: bool = True
     workspace_mib: int = Field(4096, ge=16)
     # int8-trt: dtype of the layers left unquantized (ModelOpt's high_precision_dtype).

@@ -29,6 +29,8 @@ VARIANTS = ("fp32", "fp16", "int8-trt", "int8-cpu", "tensorrt")
               help="INT8: leave nodes whose name matches unquantized (repeatable).")
 @click.option("--exclude-op", "exclude_ops", multiple=True, metavar="OP",
               help="INT8: leave every node of this op type unquantized (repeatable).")
+@click.option("--quantize-op", "quantize_ops", multiple=True, metavar="OP",
+              help="INT8: quantize only nodes of these op types, e.g. Conv, MatMul, Gemm (repeatable).")
 @click.option("--fp32-node", "fp32_nodes", multiple=True, metavar="REGEX",
               help="FP16: keep nodes whose name matches in FP32 (repeatable).")
 @click.option("--fp32-op", "fp32_ops", multiple=True, metavar="OP",
@@ -42,7 +44,7 @@ def optimize_command(
     model: Path, variant_name: str, output: Path, spec_path: Path | None, calibration: Path | None,
     samples: int | None, seed: int | None, root_tree: str | None, root_branches: tuple[str, ...],
     method: str | None, exclude_nodes: tuple[str, ...], exclude_ops: tuple[str, ...],
-    fp32_nodes: tuple[str, ...], fp32_ops: tuple[str, ...], per_tensor: bool, high_precision: str | None,
+    quantize_ops: tuple[str, ...], fp32_nodes: tuple[str, ...], fp32_ops: tuple[str, ...], per_tensor: bool, high_precision: str | None,
     workspace_mib: int | None, require_gpu: bool,
 ) -> None:
     """Make one optimized VARIANT of the ONNX artifact MODEL.
@@ -66,6 +68,8 @@ def optimize_command(
         updates["exclude_nodes"] = [*vspec.exclude_nodes, *exclude_nodes]
     if exclude_ops:
         updates["exclude_op_types"] = [*vspec.exclude_op_types, *exclude_ops]
+    if quantize_ops:
+        updates["quantize_op_types"] = [*vspec.quantize_op_types, *quantize_ops]
     if fp32_nodes:
         updates["fp32_nodes"] = [*vspec.fp32_nodes, *fp32_nodes]
     if fp32_ops:

@@ -14,7 +14,8 @@ from typing import Any
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord
 from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, source_sha256
 from hepdeploy.progress import progress
-from hepdeploy.convert.loaders import import_tensorflow, load_keras, load_savedmodel_callable, tf_input_signature
+from hepdeploy.convert.loaders import load_keras, load_savedmodel_callable, tf_input_signature
+from hepdeploy.tf_support import import_tensorflow
 from hepdeploy.errors import ConversionError, DependencyMissingError, SpecError
 from hepdeploy.spec import ModelSpec
 from hepdeploy.validate.runners import KerasRunner, SavedModelRunner

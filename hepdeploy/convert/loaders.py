@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import importlib.util
 import logging
-import os
 import sys
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from hepdeploy.errors import DependencyMissingError, ModelLoadError, SpecError
 from hepdeploy.fsutil import check_input_file
+from hepdeploy.tf_support import import_tensorflow
 
 if TYPE_CHECKING:
     from hepdeploy.spec import ModelSpec
@@ -222,47 +222,6 @@ def load_torch_source(spec: ModelSpec) -> Any:
 
 
 # ---------------------------------------------------------------- keras / tensorflow
-
-@contextlib.contextmanager
-def _silenced_native_stderr() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null (native libraries' start-up banners).
-
-    TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL when it is set after the
-    process started; Python exceptions are unaffected.
-    """
-    if logging.getLogger("hepdeploy").isEnabledFor(logging.DEBUG):
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def import_tensorflow() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        if "tensorflow" in sys.modules:
-            import tensorflow as tf
-        else:
-            with _silenced_native_stderr():
-                import tensorflow as tf
-    except ImportError as error:
-        raise DependencyMissingError(
-            f"TensorFlow is not installed ({error}); install hepdeploy[tf] for Keras/SavedModel models"
-        ) from None
-    return tf
-
 
 def load_keras(path: Path) -> Any:
     path = Path(path)

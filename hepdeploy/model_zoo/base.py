@@ -74,6 +74,8 @@ class ZooNetwork(abc.ABC):
     outputs: tuple[TensorSpec, ...]
     dims: dict[str, DimRange]
     triton: dict[str, Any]
+    # The spec's `variants:` when the defaults do not suit the network (e.g. INT8 exclusions).
+    variants: tuple[dict[str, Any], ...] = ()
     recipes: dict[str, TrainingRecipe]
     data_recipe: str  # human-readable summary of the synthetic data (stored in the cache)
     export_traps: str  # what this network exercises in ONNX export (README)
@@ -156,7 +158,9 @@ class KerasBackend:
 
     @staticmethod
     def fit(net: ZooNetwork, model: Any, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
-        import keras
+        from hepdeploy.tf_support import import_keras
+
+        keras = import_keras()
 
         loss = "sparse_categorical_crossentropy" if net.task == "classification" else net.keras_loss()
         model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=loss)
@@ -187,7 +191,9 @@ class KerasBackend:
 
     @staticmethod
     def load(net: ZooNetwork, flavour: str, path: Path) -> Any:
-        import keras
+        from hepdeploy.tf_support import import_keras
+
+        keras = import_keras()
 
         return keras.models.load_model(path, compile=False)
 

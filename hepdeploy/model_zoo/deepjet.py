@@ -181,7 +181,9 @@ class DeepJet(ZooNetwork):
         return Dataset(inputs=deepjet_inputs(sample), labels=sample.label)
 
     def build(self, flavour: str = "keras", seed: int = 0) -> Any:
-        import keras
+        from hepdeploy.tf_support import import_keras
+
+        keras = import_keras()
         from keras import layers
 
         keras.utils.set_random_seed(seed)

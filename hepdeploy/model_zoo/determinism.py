@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 from collections.abc import Iterator
 
@@ -35,9 +34,10 @@ def deterministic_torch(seed: int, threads: int) -> Iterator[None]:
 @contextlib.contextmanager
 def deterministic_keras(seed: int, threads: int) -> Iterator[None]:
     """Seed Python, numpy and TensorFlow (keras.utils.set_random_seed) and enable op determinism."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
+    from hepdeploy.tf_support import import_keras, import_tensorflow
+
+    tf = import_tensorflow()
+    keras = import_keras()
 
     try:  # only possible before TensorFlow has started its thread pools
         tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -58,7 +58,11 @@ def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dic
         "outputs": [t.model_dump(exclude_none=True) for t in net.outputs],
         "dims": {k: v.model_dump(exclude_none=True) for k, v in net.dims.items()},
         "data": data,
-        "validation": {"physics": {"task": net.task}},
+        **({"variants": [dict(v) for v in net.variants]} if net.variants else {}),
+        "validation": {"physics": {
+            "task": net.task,
+            **({"class_names": list(net.class_names)} if net.task == "classification" and net.class_names else {}),
+        }},
         "triton": {"model_name": stem, **net.triton},
     }
 

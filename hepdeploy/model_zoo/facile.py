@@ -44,7 +44,9 @@ class Facile(ZooNetwork):
         return Dataset(inputs={"input": channels.features}, targets=channels.energy)
 
     def build(self, flavour: str = "keras", seed: int = 0) -> Any:
-        import keras
+        from hepdeploy.tf_support import import_keras
+
+        keras = import_keras()
 
         keras.utils.set_random_seed(seed)
         inp = keras.Input(shape=(hcal.N_FEATURES,), name="input")
@@ -55,7 +57,9 @@ class Facile(ZooNetwork):
         return keras.Model(inp, out, name="facile")
 
     def keras_loss(self) -> Any:
-        import keras
+        from hepdeploy.tf_support import import_keras
+
+        keras = import_keras()
 
         # Huber on the energy: robust to the pile-up tails, like FACILE's training.
         return keras.losses.Huber(delta=5.0)

@@ -66,7 +66,9 @@ class JetMLPNetwork(ZooNetwork):
 
             torch.manual_seed(seed)
             return build_torch()
-        import keras
+        from hepdeploy.tf_support import import_keras
+
+        keras = import_keras()
 
         keras.utils.set_random_seed(seed)
         inp = keras.Input(shape=(16,), name="input_1")

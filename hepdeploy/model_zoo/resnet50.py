@@ -59,7 +59,9 @@ class ResNet50TopTagger(ZooNetwork):
         return Dataset(inputs={"images": jets.jet_images(sample, PIXELS)}, labels=KIND_LABEL[sample.label])
 
     def build(self, flavour: str = "keras", seed: int = 0) -> Any:
-        import keras
+        from hepdeploy.tf_support import import_keras
+
+        keras = import_keras()
 
         keras.utils.set_random_seed(seed)
         images = keras.Input(shape=(PIXELS, PIXELS, 3), name="images")
@@ -73,7 +75,9 @@ class ResNet50TopTagger(ZooNetwork):
         return model
 
     def fit(self, model: Any, flavour: str, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
-        import keras
+        from hepdeploy.tf_support import import_keras
+
+        keras = import_keras()
 
         # Eager: tracing the ResNet-50 training graph alone costs ~40 s on 2 cores, more than a few steps.
         model.compile(
@@ -91,7 +95,9 @@ class ResNet50TopTagger(ZooNetwork):
             model([images[start : start + recipe.batch_size]], training=True)
 
     def predict(self, model: Any, flavour: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        import tensorflow as tf
+        from hepdeploy.tf_support import import_tensorflow
+
+        tf = import_tensorflow()
 
         images = np.asarray(inputs["images"])
         # Direct calls (no predict() graph tracing); 16 images at a time keeps memory small.

@@ -177,8 +177,10 @@ def train_network(
 
 def _framework_versions(flavour: str) -> dict[str, str]:
     if flavour == "keras":
-        import keras
-        import tensorflow as tf
+        from hepdeploy.tf_support import import_keras, import_tensorflow
+
+        tf = import_tensorflow()
+        keras = import_keras()
 
         return {"keras": keras.__version__, "tensorflow": tf.__version__}
     import torch

@@ -129,6 +129,7 @@ def quantize_for_tensorrt(
     original = onnx.load(str(model_path))
     check_node_patterns(original, variant.exclude_nodes, "--exclude-node")
     check_op_types(variant.exclude_op_types, "--exclude-op")
+    check_op_types(variant.quantize_op_types, "--quantize-op")
     method = "max" if variant.calibration_method == "minmax" else variant.calibration_method
     edges = _edge_exclusions(original, variant)
     # User patterns are expanded here (same rule as int8-cpu) and handed over as exact names.
@@ -165,6 +166,7 @@ def quantize_for_tensorrt(
                     "calibration_cache_path": str(cache_path) if cache_path else None,
                     "calibration_eps": ["cpu"],
                     "op_types_to_exclude": list(variant.exclude_op_types) or None,
+                    "op_types_to_quantize": list(variant.quantize_op_types) or None,
                     "nodes_to_exclude": exclude_patterns or None,
                     "high_precision_dtype": variant.high_precision_dtype,
                     "log_level": "WARNING",
@@ -199,6 +201,7 @@ def quantize_for_tensorrt(
         "high_precision_dtype": variant.high_precision_dtype,
         "nodes_to_exclude": list(variant.exclude_nodes),
         "op_types_to_exclude": list(variant.exclude_op_types),
+        "op_types_to_quantize": list(variant.quantize_op_types) or "modelopt default",
         "edge_nodes_kept_fp32": edges,
         **summary,
     }
@@ -218,6 +221,7 @@ def quantize_for_cpu(
     original = onnx.load(str(model_path))
     check_node_patterns(original, variant.exclude_nodes, "--exclude-node")
     check_op_types(variant.exclude_op_types, "--exclude-op")
+    check_op_types(variant.quantize_op_types, "--quantize-op")
     edges = _edge_exclusions(original, variant)
     excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, variant.exclude_op_types)) | set(edges))
     methods = {
@@ -237,6 +241,7 @@ def quantize_for_cpu(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=variant.per_channel,
+                op_types_to_quantize=list(variant.quantize_op_types) or None,
                 nodes_to_exclude=excluded or None,
                 calibrate_method=methods[variant.calibration_method],
                 calibration_providers=["CPUExecutionProvider"],
@@ -257,6 +262,7 @@ def quantize_for_cpu(
         "activation_type": "QUInt8",
         "weight_type": "QInt8",
         "per_channel": variant.per_channel,
+        "op_types_to_quantize": list(variant.quantize_op_types) or "onnxruntime default",
         "calibration_method": variant.calibration_method,
         **({"percentile": PERCENTILE} if variant.calibration_method == "percentile" else {}),
         "calibration_samples": sample_count(calibration),
