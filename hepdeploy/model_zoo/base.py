@@ -82,6 +82,8 @@ class ZooNetwork(abc.ABC):
     torch_factory: str | None = None  # 'hepdeploy.model_zoo.mod:fn' for the torch flavour
     reference_samples: int = 2000
     calibration_samples: int = 1000
+    # Samples per inference call in validation (the spec's validation.chunk_size); None: default.
+    chunk_size: int | None = None
 
     @property
     def default_flavour(self) -> str:

@@ -59,10 +59,13 @@ def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dic
         "dims": {k: v.model_dump(exclude_none=True) for k, v in net.dims.items()},
         "data": data,
         **({"variants": [dict(v) for v in net.variants]} if net.variants else {}),
-        "validation": {"physics": {
-            "task": net.task,
-            **({"class_names": list(net.class_names)} if net.task == "classification" and net.class_names else {}),
-        }},
+        "validation": {
+            "physics": {
+                "task": net.task,
+                **({"class_names": list(net.class_names)} if net.task == "classification" and net.class_names else {}),
+            },
+            **({"chunk_size": net.chunk_size} if net.chunk_size else {}),
+        },
         "triton": {"model_name": stem, **net.triton},
     }
 

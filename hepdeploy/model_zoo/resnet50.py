@@ -45,6 +45,7 @@ class ResNet50TopTagger(ZooNetwork):
     data_recipe = "jets.generate_jets(kinds=q,g,t,t, pT 400-600, <=64 constituents) -> jets.jet_images(224, +-1)"
     reference_samples = 200
     calibration_samples = 64
+    chunk_size = 16  # 200 images in one Keras call need > 24 GB
     export_traps = (
         "53 Conv+BatchNormalization pairs that tf2onnx 1.17 leaves as Conv -> Mul -> Add (folding is left to "
         "the simplifier / TensorRT); NHWC Keras input in front of NCHW ONNX convs "
