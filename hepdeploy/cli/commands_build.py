@@ -59,11 +59,11 @@ def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
         table.add_column(column, overflow="fold")
     for model in report.models:
         for step in model.steps:
-            table.add_row(model.name, step.step, _status(step.status), step.reason[:160])
+            table.add_row(model.name, step.step, _status(step.status), step.reason)
     for step in report.repository_steps:
-        table.add_row("(repository)", step.step, _status(step.status), step.reason[:160])
+        table.add_row("(repository)", step.step, _status(step.status), step.reason)
         for line in step.details.get("problems", []) + step.details.get("lines", []):
-            table.add_row("", "", "", line[:160])
+            table.add_row("", "", "", line)
     console = Console(width=160)
     console.print(table)
     console.print(f"artifacts and reports: {report.out_dir.resolve()}")

@@ -90,3 +90,25 @@ def test_a_variant_failing_validation_is_rejected_not_published(
     assert manifest["verdict"]["passed"] is True
     assert sorted(p.name for p in (out / "model_repository").iterdir()) == ["jet"]
     assert check_repository(out / "model_repository") == []
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_build_serve_check_validates_what_the_local_server_serves(
+    tmp_path: Path, zoo_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, triton_binary: object
+) -> None:
+    """--serve-check publishes Python-backend twins, serves the repository, validates, and names what it
+    could not load (the bundled server has no ONNX Runtime backend) with the server's own message."""
+    monkeypatch.setenv("HEPDEPLOY_CACHE", str(zoo_cache_dir))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["build", "--zoo", "jet_mlp", "--budget", "reduced", "--variant", "fp32", "--serve-check", "-o", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "build-summary.json").read_text())
+    serve = {s["step"]: s for s in summary["repository_steps"]}["serve-check"]
+    assert serve["status"] == "ok", serve
+    lines = "\n".join(serve["details"]["lines"])
+    assert "jet_mlp_py: loaded; PASS" in lines
+    assert "unable to find backend library for backend 'onnxruntime'" in serve["details"]["not_loaded"]["jet_mlp"]
