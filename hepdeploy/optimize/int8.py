@@ -117,6 +117,17 @@ def _require_qdq(model: onnx.ModelProto, variant: str, original: onnx.ModelProto
     return summary.as_dict()
 
 
+def _load_checked(model_path: Path, variant: VariantSpec) -> tuple[onnx.ModelProto, list[str]]:
+    """The FP32 model, its user exclusions checked, and the edge nodes kept in FP32."""
+    import onnx
+
+    original = onnx.load(str(model_path))
+    check_node_patterns(original, variant.exclude_nodes, "--exclude-node")
+    check_op_types(variant.exclude_op_types, "--exclude-op")
+    check_op_types(variant.quantize_op_types, "--quantize-op")
+    return original, _edge_exclusions(original, variant)
+
+
 def quantize_for_tensorrt(
     model_path: Path,
     calibration: dict[str, np.ndarray],
@@ -126,12 +137,8 @@ def quantize_for_tensorrt(
     """ModelOpt explicit-INT8 PTQ of ``model_path`` (calibrated on the CPU)."""
     import onnx
 
-    original = onnx.load(str(model_path))
-    check_node_patterns(original, variant.exclude_nodes, "--exclude-node")
-    check_op_types(variant.exclude_op_types, "--exclude-op")
-    check_op_types(variant.quantize_op_types, "--quantize-op")
+    original, edges = _load_checked(model_path, variant)
     method = "max" if variant.calibration_method == "minmax" else variant.calibration_method
-    edges = _edge_exclusions(original, variant)
     # User patterns are expanded here (same rule as int8-cpu) and handed over as exact names.
     excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, [])) | set(edges))
     exclude_patterns = [f"^{re.escape(_prefix_safe(name))}$" for name in excluded]
@@ -218,11 +225,7 @@ def quantize_for_cpu(
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    original = onnx.load(str(model_path))
-    check_node_patterns(original, variant.exclude_nodes, "--exclude-node")
-    check_op_types(variant.exclude_op_types, "--exclude-op")
-    check_op_types(variant.quantize_op_types, "--quantize-op")
-    edges = _edge_exclusions(original, variant)
+    original, edges = _load_checked(model_path, variant)
     excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, variant.exclude_op_types)) | set(edges))
     methods = {
         "max": CalibrationMethod.MinMax,
