@@ -123,7 +123,7 @@ def _zoo_spec(name: str, folder: Path, budget: str) -> StepResult:
     )
 
 
-def _reference_step(spec: ModelSpec, fp32_model: Path, golden: Path) -> StepResult:
+def _reference_step(spec: ModelSpec, golden: Path) -> StepResult:
     """The golden set: the SOURCE model run on the spec's reference data (labels kept).
 
     Without reference data the conversion's own seeded sample inputs are used, and the
@@ -197,7 +197,7 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
         return build
 
     golden = folder / "golden.npz"
-    referenced = build.add(_timed("reference", lambda: _reference_step(spec, fp32_path, golden)))
+    referenced = build.add(_timed("reference", lambda: _reference_step(spec, golden)))
 
     wanted = options.variants or [v.name for v in spec.variants]
     calibration = spec.resolve(spec.data.calibration) or spec.resolve(spec.data.reference)
@@ -218,11 +218,7 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
         reference = load_reference(golden)
         goldens[spec.triton.model_name or spec.name] = golden
         reports: list = []
-        for variant, path in made.items():
-            if path.suffix != ".onnx":
-                build.add(StepResult(f"validate:{variant}", "skipped", "engines are validated on a GPU machine"))
-                passing[variant] = path
-                continue
+        for variant, path in made.items():  # a TensorRT .plan runs in the TensorRT engine runner
             step = build.add(_timed(f"validate:{variant}", lambda v=variant, p=path: _validate_step(
                 v, p, reference, spec, reports, options.strict)))
             verdicts[variant] = {"passed": step.ok, "verdict": step.reason}
@@ -235,8 +231,7 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
         build.add(StepResult("validate", "skipped", "no golden set: nothing was validated or published"))
 
     if repository is not None and options.publish and passing:
-        warmup = load_reference(golden).inputs if referenced.ok else None
-        build.add(_timed("publish", lambda: _publish_step(repository, spec, passing, verdicts, warmup)))
+        build.add(_timed("publish", lambda: _publish_step(repository, spec, passing, verdicts, reference.inputs)))
     elif repository is not None and options.publish:
         build.add(StepResult("publish", "skipped", "no variant passed validation"))
     return build
