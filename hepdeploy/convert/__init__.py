@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepdeploy.errors import DependencyMissingError, SpecError
+from hepdeploy.errors import SpecError
 
 if TYPE_CHECKING:
     from hepdeploy.artifacts import Artifact
@@ -90,14 +90,12 @@ def convert_zoo(
     weights are cached there). Fields the user's spec sets explicitly (tensors, dims,
     data, variants, validation, triton, opset) win over the zoo's.
     """
-    try:
-        from hepdeploy.model_zoo import export_network
-    except ImportError as error:
-        raise DependencyMissingError(f"the model zoo cannot export networks here ({error})") from None
+    from hepdeploy.model_zoo import export_network
+
     with tempfile.TemporaryDirectory(prefix="hepdeploy-zoo-") as tmp:
         folder = Path(work_dir) if work_dir is not None else Path(tmp)
-        exported: Any = export_network(spec.source.zoo, folder, flavour=spec.source.zoo_flavour, train=train,
-                                       budget=budget)
+        exported = export_network(spec.source.zoo, folder, flavour=spec.source.zoo_flavour, train=train,
+                                  budget=budget)
         merged = merge_zoo_spec(spec, exported.spec)
         artifact = convert_from_spec(merged, output, exporter)
         # Record the zoo network as the source (the exported file may live in a temp folder).
@@ -110,8 +108,7 @@ def convert_zoo(
         source = SourceRecord(path=old.path if work_dir is not None else None, sha256=old.sha256,
                               framework=old.framework, framework_version=old.framework_version, **extra,
                               zoo=spec.source.zoo, zoo_flavour=spec.source.zoo_flavour or exported.spec.source.framework,
-                              zoo_trained=bool(getattr(exported, "trained", False)),
-                              zoo_budget=getattr(exported, "budget", None))
+                              zoo_trained=exported.trained, zoo_budget=exported.budget)
         sidecar = artifact.sidecar.model_copy(update={"source": source})
         atomic_write_text(artifact.sidecar_path, sidecar.model_dump_json(indent=2) + "\n")
     return _Artifact(path=artifact.path, sidecar=sidecar)

@@ -392,11 +392,8 @@ class _ModelChecker:
                 self.problem(path, f"tensor {tensor.name!r} is not in the engine (engine has {', '.join(sorted(names))})")
 
     def _check_torchscript(self, path: Path) -> None:
-        try:
-            import torch
-        except ImportError:
-            self.note(f"{path.name}: torch is not installed; TorchScript file not loaded (skipped)")
-            return
+        import torch
+
         try:
             torch.jit.load(str(path), map_location="cpu")
         except Exception as error:

@@ -15,7 +15,6 @@ from hepdeploy.errors import DataError, ModelLoadError
 from hepdeploy.fsutil import check_input_file, sha256_file
 
 
-
 def onnx_runner(model: Any, providers: list[str] | None = None) -> Any:
     """An ONNX Runtime runner for a path, bytes or ModelProto; providers default to CPU."""
     from hepdeploy.validate.runners import OnnxRuntimeRunner
