@@ -33,10 +33,11 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 ROOT_SUFFIXES = (".root",)
 
 
-def save_tensors(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write arrays to an ``.npz`` file atomically."""
+def save_tensors(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> Path:
+    """Write arrays to an ``.npz`` file atomically (zip-compressed when ``compress``)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    save = np.savez_compressed if compress else np.savez
+    save(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
     return atomic_write_bytes(Path(path), buffer.getvalue())
 
 

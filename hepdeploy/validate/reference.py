@@ -120,11 +120,9 @@ def save_reference(reference: ReferenceSet, path: Path) -> Path:
             arrays[prefix + name] = np.asarray(value)
     provenance = {"format": REFERENCE_FORMAT, **reference.provenance}
     arrays[_PROVENANCE] = np.array(json.dumps(provenance, default=str))
-    import io
+    from hepdeploy.data import save_tensors
 
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_tensors(path, arrays, compress=True)
 
 
 def load_reference(path: Path) -> ReferenceSet:
