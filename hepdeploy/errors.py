@@ -5,6 +5,8 @@ exit code (0 ok, 1 disagreement, 2 bad input or usage).
 """
 from __future__ import annotations
 
+import re
+
 
 class HepDeployError(Exception):
     """Base of every error hepdeploy raises on purpose."""
@@ -60,3 +62,13 @@ class RepositoryError(HepDeployError):
     """A Triton model repository is broken or cannot be published to."""
 
     exit_code = 1
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (colour codes removed, cut to ``limit``), or its
+    type name when it has no message: what a one-line error from a dependency's failure shows."""
+    text = _ANSI_ESCAPE.sub("", str(error)).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

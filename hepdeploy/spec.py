@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hepdeploy.errors import SpecError, UnsafeNameError
+from hepdeploy.errors import SpecError, UnsafeNameError, first_line
 from hepdeploy.fsutil import check_safe_name
 
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
@@ -324,7 +324,7 @@ def load_spec(path: Path | str) -> ModelSpec:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise SpecError(f"{path}: not valid YAML: {first}") from None
     return spec_from_dict(data, where=str(path), base_dir=path.resolve().parent)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hepdeploy.artifacts import Artifact, Sidecar, SourceRecord, StepRecord, VariantRecord, opset_of, write_artifact
 from hepdeploy.convert.graph_io import apply_spec_io
 from hepdeploy.convert.selfcheck import SelfCheckReport, self_check
-from hepdeploy.errors import ConversionError, ModelLoadError
+from hepdeploy.errors import ConversionError, ModelLoadError, first_line
 from hepdeploy.fsutil import check_output_folder, sha256_file
 from hepdeploy.progress import progress
 
@@ -75,7 +75,7 @@ def check_converted(
     try:
         onnx.checker.check_model(model)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ConversionError(f"{where}: the exported graph fails the ONNX checker: {first}") from None
     started = time.perf_counter()
     with progress("self-check: ONNX Runtime vs the source model"):

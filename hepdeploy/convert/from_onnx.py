@@ -11,7 +11,7 @@ from pathlib import Path
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord, load_onnx, opset_of
 from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, source_sha256
 from hepdeploy.convert.graph_io import apply_spec_io, real_inputs
-from hepdeploy.errors import ConversionError, ModelLoadError
+from hepdeploy.errors import ConversionError, ModelLoadError, first_line
 from hepdeploy.spec import ModelSpec
 from hepdeploy.validate.runners import OnnxRuntimeRunner, RenamedRunner
 
@@ -29,7 +29,7 @@ def convert_onnx(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artif
     try:
         onnx.checker.check_model(model)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ModelLoadError(f"{path}: not a valid ONNX model: {first}") from None
     original_inputs = [v.name for v in real_inputs(model)]
     original_outputs = [v.name for v in model.graph.output]
@@ -38,7 +38,7 @@ def convert_onnx(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artif
         try:
             model = onnx.version_converter.convert_version(model, spec.opset)
         except Exception as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise ConversionError(f"{path}: cannot convert opset {original_opset} to {spec.opset}: {first}") from None
     apply_spec_io(model, spec, str(path))  # spec mistakes are reported before anything runs
     source_model = OnnxRuntimeRunner(path, name=f"onnx:{path}")

@@ -16,18 +16,13 @@ from hepdeploy.convert.common import check_output_path, export_parameters, finis
 from hepdeploy.progress import progress
 from hepdeploy.convert.loaders import load_keras, load_savedmodel_callable, tf_input_signature
 from hepdeploy.tf_support import import_tensorflow
-from hepdeploy.errors import ConversionError, DependencyMissingError, SpecError
+from hepdeploy.errors import ConversionError, DependencyMissingError, SpecError, first_line
 from hepdeploy.spec import ModelSpec
 from hepdeploy.validate.runners import KerasRunner, SavedModelRunner
 
 log = logging.getLogger("hepdeploy.convert.tensorflow")
 
 TF2ONNX_DEFAULT_OPSET = 17
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _tf2onnx() -> Any:
@@ -81,7 +76,7 @@ def convert_keras_model(model: Any, spec: ModelSpec, output: Path, source: Sourc
             warnings.simplefilter("ignore")
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     except Exception as error:
-        raise ConversionError(f"{where}: tf2onnx failed: {type(error).__name__}: {_first_line(error)}") from None
+        raise ConversionError(f"{where}: tf2onnx failed: {type(error).__name__}: {first_line(error)}") from None
     step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
                       parameters=export_parameters(opset=opset, entry="from_keras",
                                                    seconds=round(time.perf_counter() - started, 3)))
@@ -114,7 +109,7 @@ def convert_savedmodel(spec: ModelSpec, output: Path, exporter: str = "auto") ->
             warnings.simplefilter("ignore")
             proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
     except Exception as error:
-        text = _first_line(error)
+        text = first_line(error)
         if "shape" in text.lower() or "rank" in text.lower() or "incompatible" in text.lower():
             raise SpecError(f"{path}: the spec's input shapes do not fit the SavedModel: {text}") from None
         raise ConversionError(f"{path}: tf2onnx failed: {type(error).__name__}: {text}") from None

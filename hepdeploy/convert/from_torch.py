@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +26,7 @@ from hepdeploy.convert.common import (
 )
 from hepdeploy.convert.loaders import load_torch_source
 from hepdeploy.progress import progress
-from hepdeploy.errors import ConversionError, DisagreementError, SpecError
+from hepdeploy.errors import ConversionError, DisagreementError, SpecError, first_line
 from hepdeploy.sampling import sample_inputs, trace_sizes
 from hepdeploy.spec import ModelSpec
 from hepdeploy.validate.runners import TorchModuleRunner
@@ -37,14 +36,6 @@ log = logging.getLogger("hepdeploy.convert.torch")
 Exporter = Literal["auto", "dynamo", "torchscript"]
 DYNAMO_MIN_OPSET = 18
 TORCHSCRIPT_DEFAULT_OPSET = 17
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _first_line(error: BaseException) -> str:
-    text = _ANSI.sub("", str(error)).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch._export", "torch.fx", "onnxscript",
@@ -176,7 +167,7 @@ def convert_torch_model(
         raise SpecError(
             f"{source.path or spec.name}: the model does not run on inputs shaped as the spec says "
             f"({', '.join(f'{t.name} {t.shape}' for t in spec.inputs)} at sizes {sizes}): "
-            f"{type(error).__name__}: {_first_line(error)}"
+            f"{type(error).__name__}: {first_line(error)}"
         ) from None
     order: list[str] = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     if exporter == "auto" and spec.opset is not None and spec.opset < DYNAMO_MIN_OPSET:
@@ -191,7 +182,7 @@ def convert_torch_model(
             with progress(f"exporting {spec.name} with the {name} exporter"):
                 proto = export_dynamo(model, args, spec) if name == "dynamo" else export_torchscript(model, args, spec)
         except Exception as error:  # exporters raise many types; we record and maybe fall back
-            errors[name] = f"{type(error).__name__}: {_first_line(error)}"
+            errors[name] = f"{type(error).__name__}: {first_line(error)}"
             log.info("%s exporter failed on %s: %s", name, spec.name, errors[name])
             continue
         seconds = round(time.perf_counter() - started, 3)
@@ -202,7 +193,7 @@ def convert_torch_model(
         except (ConversionError, DisagreementError) as error:
             if isinstance(error, DisagreementError):
                 disagreement = error
-            errors[name] = f"{type(error).__name__}: {_first_line(error)}"
+            errors[name] = f"{type(error).__name__}: {first_line(error)}"
             if last:
                 break
             log.info("%s exporter's graph rejected for %s: %s; trying the next exporter", name, spec.name,

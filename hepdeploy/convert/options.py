@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.convert.loaders import load_state_dict, sniff_framework
-from hepdeploy.errors import ModelLoadError, SpecError
+from hepdeploy.errors import ModelLoadError, SpecError, first_line
 from hepdeploy.spec import ModelSpec, TensorSpec, parse_tensor_option, spec_from_dict
 
 
@@ -69,7 +69,7 @@ def infer_outputs(spec: ModelSpec, loaded: Any | None = None) -> list[TensorSpec
         outs_a = runner.run(sample_inputs(spec.inputs, first, 0))
         outs_b = runner.run(sample_inputs(spec.inputs, second, 1)) if second else outs_a
     except Exception as error:
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = first_line(error)
         raise SpecError(f"{spec.source.path or spec.name}: the model does not run on inputs shaped "
                         f"{[t.shape for t in spec.inputs]}: {text}") from None
     tensors = []

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hepdeploy.errors import DataError, DisagreementError, HepDeployError
+from hepdeploy.errors import DataError, DisagreementError, HepDeployError, first_line
 from hepdeploy.sampling import sample_inputs, self_check_sizes
 from hepdeploy.validate.compare import CONVERSION_ATOL, CONVERSION_RTOL, OutputComparison, Tolerances, compare_outputs
 
@@ -68,7 +68,7 @@ def self_check(
         except HepDeployError:
             raise
         except Exception as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise DataError(f"{spec.name}: the source model fails on spec-shaped inputs {size}: "
                             f"{type(error).__name__}: {first}") from None
         try:

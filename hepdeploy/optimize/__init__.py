@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hepdeploy.errors import BadInputError
+from hepdeploy.errors import BadInputError, first_line
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.steps import StepResult
 
@@ -246,7 +246,7 @@ def _check_runs(model: Any, variant: str, inputs: list[TensorSpec], sample: dict
         try:
             outputs = run_ort(model, feeds)
         except Exception as error:  # ORT's own error types; any failure means a broken variant
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise ConversionError(f"{variant}: the optimized model does not run in ONNX Runtime: {first[-300:]}") from None
         bad = [name for name, value in outputs.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
         if bad:

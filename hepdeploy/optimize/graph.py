@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hepdeploy.errors import ModelLoadError
+from hepdeploy.errors import ModelLoadError, first_line
 from hepdeploy.spec import ModelSpec, TensorSpec
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def run_ort(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> dict
     try:
         session = ort_session(model)
     except Exception as error:  # ORT raises its own Fail/InvalidGraph types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ModelLoadError(f"ONNX Runtime cannot load the model: {first[-300:]}") from None
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))

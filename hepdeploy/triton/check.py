@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepdeploy.errors import HepDeployError, RepositoryError, UnsafeNameError
+from hepdeploy.errors import HepDeployError, RepositoryError, UnsafeNameError, first_line
 from hepdeploy.fsutil import check_safe_name, sha256_file
 from hepdeploy.triton.config import (
     WARMUP_FOLDER,
@@ -315,7 +315,7 @@ class _ModelChecker:
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # ORT raises its own exception types
-            self.problem(path, f"ONNX Runtime cannot load it: {_first_line(error)}")
+            self.problem(path, f"ONNX Runtime cannot load it: {first_line(error)}")
             return
         sample, from_warmup = self._sample_inputs(config)
         batches = [None]
@@ -332,7 +332,7 @@ class _ModelChecker:
                 results = session.run(output_names, feed)
             except Exception as error:
                 where = f"at batch {batch}" if batch is not None else "on a sample"
-                self.problem(path, f"ONNX Runtime run {where} failed: {_first_line(error)}")
+                self.problem(path, f"ONNX Runtime run {where} failed: {first_line(error)}")
                 return
             self.report.runs += 1
             for tensor, result in zip(config.output, results, strict=True):
@@ -397,7 +397,7 @@ class _ModelChecker:
         try:
             torch.jit.load(str(path), map_location="cpu")
         except Exception as error:
-            self.problem(path, f"not a loadable TorchScript file: {_first_line(error)}")
+            self.problem(path, f"not a loadable TorchScript file: {first_line(error)}")
             return
         self.note(f"{path.name}: TorchScript loads; tensors not compared (TorchScript has no I/O signature)")
 
@@ -423,11 +423,6 @@ def _itemsize(dtype: str) -> int:
     import numpy as np
 
     return np.dtype(dtype).itemsize
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def check_model(model_dir: Path, *, run_models: bool = True, report: CheckReport | None = None) -> list[Problem]:

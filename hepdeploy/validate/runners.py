@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, ModelLoadError, SpecError
+from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, ModelLoadError, SpecError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -132,7 +132,7 @@ class OnnxRuntimeRunner:
         try:
             self.session = ort.InferenceSession(data, sess_options=options, providers=self.requested_providers)
         except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise ModelLoadError(f"{label}: ONNX Runtime cannot load the model: {first}") from None
         self.providers_used: list[str] = list(self.session.get_providers())
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -178,7 +178,7 @@ class OnnxRuntimeRunner:
         try:
             values = self.session.run(self.output_names, feed)
         except Exception as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise DataError(f"{self.name}: ONNX Runtime failed to run: {first}") from None
         return dict(zip(self.output_names, values, strict=True))
 
