@@ -36,10 +36,10 @@ def main() -> int:
     from hepdeploy.convert import convert_from_spec
     from hepdeploy.model_zoo import export_network
     from hepdeploy.perf import EventDefinition, measure_inline, plot_levels, run_perf
-    from hepdeploy.triton.python_backend import publish_python_twin
+    from hepdeploy.triton.repository import publish_python_twin
     from hepdeploy.triton.server import TritonServer, find_tritonserver
     from hepdeploy.validate.reference import load_data_file
-    from hepdeploy.validate.runners import OnnxRuntimeRunner
+    from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 
     clients = [int(c) for c in args.clients.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)

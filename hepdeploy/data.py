@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ def check_tensors(
                     raise DataError(
                         f"{where}: dimension {dim!r} is {size} in {tensor.name!r} but {seen[0]} in {seen[1]!r}"
                     )
-        checked[tensor.name] = _cast(array, tensor, where)
+        checked[tensor.name] = cast_to_spec(array, tensor, where)
         _check_finite(checked[tensor.name], tensor.name, where)
         counts[tensor.name] = array.shape[0] if array.ndim else 1
     if sample_axis and len(set(counts.values())) > 1:
@@ -165,6 +165,15 @@ def batch_size_for(arrays: dict[str, np.ndarray], largest: int = 32, budget_byte
 
 def sample_count(arrays: dict[str, np.ndarray]) -> int:
     return int(next(iter(arrays.values())).shape[0]) if arrays else 0
+
+
+def common_batch_size(inputs: Mapping[str, np.ndarray]) -> int | None:
+    """The first dimension all inputs share, or None (a graph-per-call model such as a GNN)."""
+    sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in inputs.values()}
+    if len(sizes) != 1:
+        return None
+    size = sizes.pop()
+    return size if size >= 0 else None
 
 
 # --------------------------------------------------------------------------- readers
@@ -339,7 +348,8 @@ def _common_count_from(counts: dict[str, int], where: str) -> int:
     return next(iter(counts.values()))
 
 
-def _cast(array: np.ndarray, tensor: TensorSpec, where: str) -> np.ndarray:
+def cast_to_spec(array: np.ndarray, tensor: TensorSpec, where: str) -> np.ndarray:
+    """``array`` in ``tensor``'s dtype: cast inside a kind (float64 -> float32), refused across kinds."""
     target = np.dtype("float32" if tensor.dtype == "bfloat16" else tensor.dtype)
     if array.dtype == target:
         return array

@@ -64,6 +64,12 @@ class RepositoryError(HepDeployError):
     exit_code = 1
 
 
+class ServerError(HepDeployError):
+    """A Triton server could not start, died, or did not answer in time (exit 2)."""
+
+    exit_code = 2
+
+
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 

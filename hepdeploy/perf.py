@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hepdeploy.errors import BadInputError, DataError, DependencyMissingError
+from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, ServerError
 from hepdeploy.fsutil import atomic_path, atomic_write_text, check_output_folder
-from hepdeploy.triton.server import ServerError
+from hepdeploy.backend.triton import NUMPY_TO_TRITON, TritonRunner, triton_error_line
 
 log = logging.getLogger("hepdeploy.perf")
 
@@ -147,13 +147,11 @@ async def _measure_level_async(url: str, model: str, version: str, batches: list
                                event: EventDefinition) -> PerfLevel:
     import tritonclient.grpc.aio as grpc_aio
 
-    from hepdeploy.validate.triton_runner import _NUMPY_TO_TRITON
-
     prepared = []
     for arrays in batches:  # serialise every distinct request once; clients reuse them
         tensors = []
         for name, array in arrays.items():
-            tensor = grpc_aio.InferInput(name, list(array.shape), _NUMPY_TO_TRITON[dtypes[name]])
+            tensor = grpc_aio.InferInput(name, list(array.shape), NUMPY_TO_TRITON[dtypes[name]])
             tensor.set_data_from_numpy(array.astype(dtypes[name], copy=False))
             tensors.append(tensor)
         prepared.append(tensors)
@@ -185,10 +183,8 @@ async def _measure_level_async(url: str, model: str, version: str, batches: list
         raise ServerError(f"{model}: perf level with {clients} client(s) did not finish within "
                           f"{warmup_s + duration_s + timeout_s:.0f} s") from None
     except Exception as error:  # InferenceServerException, grpc errors
-        from hepdeploy.validate.triton_runner import _error_line
-
         raise ServerError(f"{model} at {url}: inference failed during perf with {clients} client(s): "
-                          f"{_error_line(error)}") from None
+                          f"{triton_error_line(error)}") from error
     finally:
         for connection in connections:
             try:
@@ -215,8 +211,6 @@ def run_perf(
     progress: Callable[[str], None] | None = None,
 ) -> PerfReport:
     """Measure ``model`` at ``url`` for every concurrency level; see the module docstring."""
-    from hepdeploy.validate.triton_runner import TritonRunner
-
     event = event or EventDefinition()
     if not concurrency or any(c < 1 for c in concurrency):
         raise BadInputError("concurrency levels must be positive integers")
@@ -228,7 +222,7 @@ def run_perf(
         if batched and event.batch_per_request > probe.max_batch_size:
             raise BadInputError(f"{model}: {event.batch_per_request} rows per request exceed the served "
                                 f"max_batch_size {probe.max_batch_size}")
-        dtypes = {name: dtype for name, dtype, _ in probe.input_specs}
+        dtypes = {name: dtype for name, dtype, _ in probe.served_inputs}
         missing = [n for n in dtypes if n not in inputs]
         if missing:
             raise DataError(f"the golden set has no input(s) {', '.join(missing)} that {model} takes")
@@ -237,7 +231,7 @@ def run_perf(
             event = EventDefinition(int(next(iter(batches[0].values())).shape[0]) if batches[0] else 1,
                                     event.requests_per_event)
         output_names = list(probe.output_names)
-        served_shapes = {name: shape for name, _, shape in probe.input_specs}
+        served_shapes = {name: shape for name, _, shape in probe.served_inputs}
     report = PerfReport(model=model, target=url, engine=engine, event=event)
     for clients in concurrency:
         if progress:

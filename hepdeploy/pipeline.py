@@ -295,7 +295,7 @@ def _check_step(repository: Path) -> StepResult:
 
 
 def _serve_check_step(repository: Path, goldens: dict[str, Path]) -> StepResult:
-    from hepdeploy.triton.server import serve_check
+    from hepdeploy.serve_check import serve_check
 
     checked = serve_check(repository, goldens)
     status = "skipped" if checked.status == "skipped" else "ok" if checked.ok else "failed"

@@ -1,10 +1,14 @@
 """Seeded sample inputs and the sizes at which models are traced and self-checked.
 
+The one input sampler of every stage (conversion self-check and tracing, the optimize
+checks and AutoCast's reference run without calibration data, the build's golden set
+without reference data), so a spec is always checked on the same kind of data.
 Sample inputs follow the spec: dtype, shape (named dimensions filled in from a size
-table), value range (``low``/``high``) and index tensors (``index_of``: integer values
-that index a named dimension, e.g. edge indices into ``n_hits``), so a model sees data
-it can run on. Sizes are chosen so that every dynamic dimension is seen at two values
-and none is ever traced at 1 (which can bake it into the graph).
+table), value range (``low``/``high``; floats are N(0,1) and integers 0..10 without one)
+and index tensors (``index_of``: integer values that index a named dimension, e.g. edge
+indices into ``n_hits``), so a model sees data it can run on. Sizes are chosen so that
+every dynamic dimension is seen at two values and none is ever traced at 1 (which can
+bake it into the graph).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hepdeploy.errors import SpecError
+from hepdeploy.spec import DimRange, default_dim_range
 
 if TYPE_CHECKING:
     from hepdeploy.spec import ModelSpec, TensorSpec
@@ -22,8 +27,12 @@ SELF_CHECK_BATCH = 64
 
 def dynamic_dims(spec: ModelSpec) -> list[str]:
     """Names of the dynamic dimensions of the spec's inputs, in order of first appearance."""
+    return _dims_of(spec.inputs)
+
+
+def _dims_of(inputs: list[TensorSpec]) -> list[str]:
     seen: list[str] = []
-    for tensor in spec.inputs:
+    for tensor in inputs:
         for dim in tensor.dynamic_dims:
             if dim not in seen:
                 seen.append(dim)
@@ -72,6 +81,22 @@ def sample_inputs(inputs: list[TensorSpec], sizes: dict[str, int], seed: int = 0
                 values = rng.standard_normal(size=shape)
             arrays[tensor.name] = values.astype(dtype)
     return arrays
+
+
+def dim_range(spec: ModelSpec | None, dim: str) -> DimRange:
+    """The spec's sizes for ``dim``, or the defaults when there is no spec."""
+    return spec.dim_range(dim) if spec is not None else default_dim_range(dim)
+
+
+def typical_sizes(inputs: list[TensorSpec], spec: ModelSpec | None, batch: int | None = None) -> dict[str, int]:
+    """Every dynamic dim of ``inputs`` at its typical (``opt``) size; ``batch`` overrides the batch dim."""
+    sizes = {}
+    for dim in _dims_of(inputs):
+        rng = dim_range(spec, dim)
+        sizes[dim] = rng.opt if rng.opt is not None else rng.min
+    if batch is not None and "batch" in sizes:
+        sizes["batch"] = batch
+    return sizes
 
 
 def _bounds(spec: ModelSpec, dim: str) -> tuple[int, int, int]:

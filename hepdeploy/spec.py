@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hepdeploy.errors import SpecError, UnsafeNameError, first_line
 from hepdeploy.fsutil import check_safe_name
+from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES
 
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
 Framework = Literal["torch", "torchscript", "exported_program", "keras", "savedmodel", "onnx", "zoo"]
-VariantName = Literal["fp32", "fp16", "int8-trt", "int8-cpu", "tensorrt"]
+VariantName = Literal[VARIANT_NAMES]  # type: ignore[valid-type]  # the registry's names
 Dim = int | str
 
 
@@ -82,6 +83,13 @@ class DimRange(_Strict):
         if not self.min <= opt <= top:
             raise ValueError(f"need min <= opt <= max, got {self.min}/{opt}/{top}")
         return self
+
+
+def default_dim_range(dim: str) -> DimRange:
+    """Sizes of a named dim no spec describes: 'batch' 1/64/64, others 2/8/16."""
+    if dim == "batch":
+        return DimRange(min=1, opt=64, max=64)
+    return DimRange(min=2, opt=8, max=16)
 
 
 class SourceSpec(_Strict):
@@ -220,7 +228,7 @@ class TritonSpec(_Strict):
 
 
 def _variants_default() -> list[VariantSpec]:
-    return [VariantSpec(name=n) for n in ("fp32", "int8-cpu", "fp16", "int8-trt")]
+    return [VariantSpec(name=n) for n in DEFAULT_VARIANTS]
 
 
 class ModelSpec(_Strict):
@@ -273,12 +281,8 @@ class ModelSpec(_Strict):
         return path
 
     def dim_range(self, dim: str) -> DimRange:
-        """Sizes for a named dim; 'batch' defaults to 1/64/64, others to 2/8/16."""
-        if dim in self.dims:
-            return self.dims[dim]
-        if dim == "batch":
-            return DimRange(min=1, opt=64, max=64)
-        return DimRange(min=2, opt=8, max=16)
+        """Sizes for a named dim: the spec's ``dims`` entry, else :func:`default_dim_range`."""
+        return self.dims[dim] if dim in self.dims else default_dim_range(dim)
 
     @property
     def batched(self) -> bool:

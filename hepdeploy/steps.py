@@ -19,6 +19,7 @@ class StepResult:
     reason: str = ""
     outputs: list[Path] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None  # the variant a step made or judged (None: not about one variant)
 
     @property
     def ok(self) -> bool:

@@ -1,6 +1,6 @@
 """Serving commands: ``hepdeploy triton serve``, ``hepdeploy triton serve-check`` and ``hepdeploy perf``.
 
-``hepdeploy validate --server`` lives in commands_validate.py (library: validate.triton_runner.validate_served),
+``hepdeploy validate --server`` lives in commands_validate.py (library: validate.validate_served),
 ``hepdeploy triton add --python-backend`` in commands_triton.py (library: triton.python_backend.publish_python_twin).
 """
 from __future__ import annotations
@@ -116,7 +116,8 @@ def serve_check_command(repo: Path, goldens: tuple[str, ...], tritonserver_path:
 
     from hepdeploy.errors import DependencyMissingError, ValidationFailedError
     from hepdeploy.fsutil import atomic_write_text
-    from hepdeploy.triton.server import find_tritonserver, serve_check
+    from hepdeploy.serve_check import serve_check
+    from hepdeploy.triton.server import find_tritonserver
 
     mapping: dict[str, Path] = {}
     for item in goldens:
@@ -167,7 +168,7 @@ def perf_command(server_url: str | None, repo: Path | None, model_ref: str, gold
     from hepdeploy.perf import EventDefinition, run_perf, write_perf_outputs
     from hepdeploy.spec import load_spec
     from hepdeploy.triton.server import TritonServer
-    from hepdeploy.validate.triton_runner import parse_model_ref
+    from hepdeploy.backend.triton import parse_model_ref
 
     if (server_url is None) == (repo is None):
         raise click.UsageError("give exactly one of --server HOST:PORT or --repo REPOSITORY")

@@ -95,7 +95,8 @@ def add_command(
     for result in results:
         click.echo(result.line())
     if with_python_twin:
-        from hepdeploy.triton.python_backend import publish_python_twin, twin_name
+        from hepdeploy.triton.python_backend import twin_name
+        from hepdeploy.triton.repository import publish_python_twin
 
         # The twin's warm-up comes from --warmup only (not the spec's reference fallback), as before.
         twin = publish_python_twin(repo, model, name=twin_name(name), spec=spec, triton=triton_spec,

@@ -98,7 +98,7 @@ def validate_command(candidates: tuple[Path, ...], golden: Path | None, referenc
 
     from hepdeploy.errors import ValidationFailedError
     from hepdeploy.validate import console_table, save_reference, validate_candidate, write_reports
-    from hepdeploy.validate.compare import parse_tolerance_values
+    from hepdeploy.compare import parse_tolerance_values
 
     if server is not None:
         unused = [option for option, value in (
@@ -143,8 +143,8 @@ def _validate_served(server: str, model_ref: str | None, golden: Path | None, ca
 
     from hepdeploy.errors import ValidationFailedError
     from hepdeploy.validate import console_table, write_reports
-    from hepdeploy.validate.compare import parse_tolerance_values
-    from hepdeploy.validate.triton_runner import validate_served
+    from hepdeploy.compare import parse_tolerance_values
+    from hepdeploy.validate import validate_served
 
     if model_ref is None or golden is None:
         raise click.UsageError("--server needs --model NAME[:VERSION] and --golden FILE")

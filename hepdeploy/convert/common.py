@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hepdeploy.artifacts import Artifact, Sidecar, SourceRecord, StepRecord, VariantRecord, opset_of, write_artifact
+from hepdeploy.backend.base import Runner
 from hepdeploy.convert.graph_io import apply_spec_io
 from hepdeploy.convert.selfcheck import SelfCheckReport, self_check
-from hepdeploy.errors import ConversionError, ModelLoadError, first_line
+from hepdeploy.environment import onnxruntime_version
+from hepdeploy.errors import BadInputError, ConversionError, ModelLoadError, first_line
 from hepdeploy.fsutil import check_output_folder, sha256_file
 from hepdeploy.progress import progress
+from hepdeploy.spec import ModelSpec
 
 if TYPE_CHECKING:
     import onnx
-
-    from hepdeploy.spec import ModelSpec
-    from hepdeploy.validate.runners import Runner
 
 log = logging.getLogger("hepdeploy.convert")
 
@@ -44,12 +44,8 @@ def source_sha256(path: Path | None) -> str | None:
 def check_output_path(output: Path) -> Path:
     output = Path(output)
     if output.suffix.lower() != ".onnx":
-        from hepdeploy.errors import BadInputError
-
         raise BadInputError(f"{output}: the output must be an .onnx file")
     if output.is_dir():
-        from hepdeploy.errors import BadInputError
-
         raise BadInputError(f"{output}: is a folder; give the path of the .onnx file to write")
     return check_output_folder(output)
 
@@ -63,7 +59,6 @@ def check_converted(
     DisagreementError (the graph does not reproduce its source). Writes nothing.
     """
     import onnx
-    import onnxruntime
 
     model = apply_spec_io(model, spec, where)
     try:
@@ -76,11 +71,11 @@ def check_converted(
         onnx.checker.check_model(model)
     except Exception as error:
         first = first_line(error)
-        raise ConversionError(f"{where}: the exported graph fails the ONNX checker: {first}") from None
+        raise ConversionError(f"{where}: the exported graph fails the ONNX checker: {first}") from error
     started = time.perf_counter()
     with progress("self-check: ONNX Runtime vs the source model"):
         report: SelfCheckReport = self_check(model, source_runner, spec)
-    step = StepRecord(name="self-check", tool="onnxruntime", tool_version=onnxruntime.__version__,
+    step = StepRecord(name="self-check", tool="onnxruntime", tool_version=onnxruntime_version(),
                       parameters={**report.as_parameters(), "seconds": round(time.perf_counter() - started, 3)})
     return model, step
 

@@ -9,11 +9,12 @@ import logging
 from pathlib import Path
 
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord, load_onnx, opset_of
+from hepdeploy.backend.base import RenamedRunner
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, source_sha256
 from hepdeploy.convert.graph_io import apply_spec_io, real_inputs
 from hepdeploy.errors import ConversionError, ModelLoadError, first_line
 from hepdeploy.spec import ModelSpec
-from hepdeploy.validate.runners import OnnxRuntimeRunner, RenamedRunner
 
 log = logging.getLogger("hepdeploy.convert.onnx")
 

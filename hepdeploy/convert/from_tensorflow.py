@@ -14,11 +14,11 @@ from typing import Any
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord
 from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, source_sha256
 from hepdeploy.progress import progress
-from hepdeploy.convert.loaders import load_keras, load_savedmodel_callable, tf_input_signature
+from hepdeploy.backend.loaders import load_keras, load_savedmodel_callable, tf_input_signature
+from hepdeploy.backend.tf import KerasRunner, SavedModelRunner
 from hepdeploy.tf_support import import_tensorflow
 from hepdeploy.errors import ConversionError, DependencyMissingError, SpecError, first_line
 from hepdeploy.spec import ModelSpec
-from hepdeploy.validate.runners import KerasRunner, SavedModelRunner
 
 log = logging.getLogger("hepdeploy.convert.tensorflow")
 
@@ -80,8 +80,7 @@ def convert_keras_model(model: Any, spec: ModelSpec, output: Path, source: Sourc
     step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
                       parameters=export_parameters(opset=opset, entry="from_keras",
                                                    seconds=round(time.perf_counter() - started, 3)))
-    runner = KerasRunner(model, [t.name for t in spec.inputs], [t.name for t in spec.outputs])
-    runner.name = f"keras:{where}"
+    runner = KerasRunner(model, spec.inputs, [t.name for t in spec.outputs], name=f"keras:{where}")
     return finish_conversion(proto, spec, output, source, step, runner)
 
 
@@ -116,9 +115,5 @@ def convert_savedmodel(spec: ModelSpec, output: Path, exporter: str = "auto") ->
     step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
                       parameters=export_parameters(opset=opset, entry="from_function",
                                                    seconds=round(time.perf_counter() - started, 3)))
-    runner = SavedModelRunner.__new__(SavedModelRunner)
-    runner.function = function
-    runner.input_names = [t.name for t in spec.inputs]
-    runner.output_names = [t.name for t in spec.outputs]
-    runner.name = f"savedmodel:{path}"
+    runner = SavedModelRunner(function, spec.inputs, [t.name for t in spec.outputs], name=f"savedmodel:{path}")
     return finish_conversion(proto, spec, output, _source_record(spec, path), step, runner)

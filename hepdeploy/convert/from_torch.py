@@ -24,12 +24,12 @@ from hepdeploy.convert.common import (
     source_sha256,
     write_converted,
 )
-from hepdeploy.convert.loaders import load_torch_source
+from hepdeploy.backend.loaders import load_torch_source
+from hepdeploy.backend.pytorch import TorchModuleRunner
 from hepdeploy.progress import progress
 from hepdeploy.errors import ConversionError, DisagreementError, SpecError, first_line
 from hepdeploy.sampling import sample_inputs, trace_sizes
 from hepdeploy.spec import ModelSpec
-from hepdeploy.validate.runners import TorchModuleRunner
 
 log = logging.getLogger("hepdeploy.convert.torch")
 
@@ -157,7 +157,7 @@ def convert_torch_model(
     sizes = trace_sizes(spec)
     example = sample_inputs(spec.inputs, sizes, spec.data.seed)
     args = tuple(torch.from_numpy(example[t.name]) for t in spec.inputs)
-    runner = TorchModuleRunner(_callable(model), [t.name for t in spec.inputs], [t.name for t in spec.outputs],
+    runner = TorchModuleRunner(_callable(model), spec.inputs, [t.name for t in spec.outputs],
                                name=f"{spec.source.framework}:{source.path or spec.source.factory}")
     try:
         runner.run(example)  # fails early and clearly when the spec's shapes do not fit the model

@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from hepdeploy.convert.loaders import load_state_dict, sniff_framework
+from hepdeploy.artifacts import load_onnx, tensor_specs_of
+from hepdeploy.backend.loaders import load_keras, load_state_dict, sniff_framework
+from hepdeploy.backend.sources import source_runner
 from hepdeploy.errors import ModelLoadError, SpecError, first_line
+from hepdeploy.sampling import sample_inputs, self_check_sizes, trace_sizes
 from hepdeploy.spec import ModelSpec, TensorSpec, parse_tensor_option, spec_from_dict
 
 
@@ -27,8 +30,6 @@ def _dim_name(tensor: str, axis: int) -> str:
 
 
 def _onnx_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from hepdeploy.artifacts import load_onnx, tensor_specs_of
-
     model = load_onnx(path, load_weights=False)
     inputs, outputs = tensor_specs_of(model)
     return ([_validated(t) for t in inputs], [_validated(t) for t in outputs])
@@ -40,8 +41,6 @@ def _validated(tensor: TensorSpec) -> TensorSpec:
 
 
 def _keras_inputs(path: Path) -> list[TensorSpec]:
-    from hepdeploy.convert.loaders import load_keras
-
     model = load_keras(path)
     tensors = []
     for value in model.inputs:
@@ -57,11 +56,8 @@ def infer_outputs(spec: ModelSpec, loaded: Any | None = None) -> list[TensorSpec
     A dimension that follows an input dimension's size between the two runs takes its
     name; one that stays the same is fixed.
     """
-    from hepdeploy.sampling import sample_inputs, self_check_sizes, trace_sizes
-    from hepdeploy.validate.runners import source_runner
-
     runner = source_runner(spec, loaded)
-    runner.output_names = None  # type: ignore[attr-defined]  # discover them
+    runner.output_names = None  # discover them
     first = trace_sizes(spec)
     candidates = [s for s in self_check_sizes(spec) if all(s.get(k) != v for k, v in first.items())]
     second = candidates[-1] if candidates else None

@@ -11,15 +11,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hepdeploy.backend.base import Runner
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+from hepdeploy.compare import CONVERSION_ATOL, CONVERSION_RTOL, OutputComparison, Tolerances, compare_outputs
 from hepdeploy.errors import DataError, DisagreementError, HepDeployError, first_line
 from hepdeploy.sampling import sample_inputs, self_check_sizes
-from hepdeploy.validate.compare import CONVERSION_ATOL, CONVERSION_RTOL, OutputComparison, Tolerances, compare_outputs
+from hepdeploy.spec import ModelSpec
 
 if TYPE_CHECKING:
     import onnx
-
-    from hepdeploy.spec import ModelSpec
-    from hepdeploy.validate.runners import Runner
 
 log = logging.getLogger("hepdeploy.convert.selfcheck")
 
@@ -53,8 +53,6 @@ def self_check(
     raise_on_failure: bool = True,
 ) -> SelfCheckReport:
     """Compare ``candidate`` (in ONNX Runtime CPU) with ``source``; DisagreementError when they differ."""
-    from hepdeploy.validate.runners import OnnxRuntimeRunner
-
     seed = spec.data.seed if seed is None else seed
     sizes = sizes if sizes is not None else self_check_sizes(spec)
     runner = OnnxRuntimeRunner(candidate, providers=["CPUExecutionProvider"], name="converted ONNX")

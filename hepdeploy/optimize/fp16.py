@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
-from hepdeploy.optimize.graph import FLOAT, package_version, precision_summary
+from hepdeploy.optimize.graph import FLOAT, check_batch, precision_summary
+from hepdeploy.optimize.modelopt_worker import run_job
+from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -47,6 +50,36 @@ def check_op_types(op_types: list[str], what: str) -> None:
             raise BadInputError(f"{what} {op_type!r} is not an ONNX operator type")
 
 
+# The first samples of the calibration data (or as many seeded samples) drive AutoCast's
+# reference run; more adds time, not information.
+REFERENCE_SAMPLES = 64
+
+
+def make_fp16(
+    prepared: Path,
+    variant: VariantSpec,
+    inputs: list[TensorSpec],
+    calibration: dict[str, np.ndarray] | None,
+    spec: ModelSpec | None,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The fp16 variant's maker (see :mod:`hepdeploy.variants`): AutoCast on calibration data, else on
+    seeded samples from the tensor specs."""
+    if calibration is not None:
+        # Fewer samples for big inputs: AutoCast keeps every activation of every run.
+        n = min(batch_size_for(calibration, REFERENCE_SAMPLES, budget_bytes=8 << 20), sample_count(calibration))
+        reference = {name: value[:n] for name, value in calibration.items()}
+        source = "calibration data"
+    else:
+        reference = check_batch(inputs, spec, None, count=REFERENCE_SAMPLES, seed=spec.data.seed if spec else 0)
+        if not all(t.has_batch_axis for t in inputs):
+            reference = {name: value[None] for name, value in reference.items()}
+        source = "random samples from the tensor specs"
+    feeds = list(calibration_feeds(reference, inputs, batch_size=batch_size_for(reference, 16)))
+    model, parameters = convert_fp16(prepared, feeds, variant.fp32_nodes, variant.fp32_op_types)
+    parameters["reference_data"] = source
+    return model, parameters
+
+
 def convert_fp16(
     model_path: Path,
     reference_feeds: list[dict[str, np.ndarray]],
@@ -59,8 +92,6 @@ def convert_fp16(
     original = onnx.load(str(model_path))
     check_node_patterns(original, fp32_nodes, "--fp32-node")
     check_op_types(fp32_op_types, "--fp32-op")
-    from hepdeploy.optimize.modelopt_worker import run_job
-
     with tempfile.TemporaryDirectory(prefix="hepdeploy-fp16-") as folder:
         # A folder of .npz files, one model run each (AutoCast would split one file by
         # the model's static batch size, which is 1 for a dynamic batch).
@@ -108,10 +139,6 @@ def convert_fp16(
         **summary.as_dict(),
     }
     return converted, parameters
-
-
-def modelopt_version() -> str | None:
-    return package_version("nvidia-modelopt")
 
 
 def _has_fp16_compute(model: onnx.ModelProto) -> bool:

@@ -12,12 +12,11 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hepdeploy.errors import ModelLoadError, first_line
+from hepdeploy.sampling import sample_inputs, typical_sizes
 from hepdeploy.spec import ModelSpec, TensorSpec
 
 if TYPE_CHECKING:
@@ -97,84 +96,20 @@ def precision_summary(model: onnx.ModelProto) -> PrecisionSummary:
     return summary
 
 
-def ort_session(model: onnx.ModelProto | Path | str, threads: int = 1) -> Any:
-    """An ONNX Runtime CPU session (the GPU build lists providers it cannot use here)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    source = model if isinstance(model, (str, Path)) else model.SerializeToString()
-    return ort.InferenceSession(str(source) if isinstance(source, Path) else source, options,
-                                providers=["CPUExecutionProvider"])
-
-
-def run_ort(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run once on ONNX Runtime's CPU provider; a model ORT cannot load is a ModelLoadError."""
-    try:
-        session = ort_session(model)
-    except Exception as error:  # ORT raises its own Fail/InvalidGraph types
-        first = first_line(error)
-        raise ModelLoadError(f"ONNX Runtime cannot load the model: {first[-300:]}") from None
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
-
-
-def sample_inputs(
+def check_batch(
     inputs: list[TensorSpec],
     spec: ModelSpec | None,
     calibration: dict[str, np.ndarray] | None,
     count: int = 8,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """A small batch to check a step on: the first calibration samples, else seeded random values.
-
-    Random values follow each tensor's ``low``/``high`` or ``index_of`` so index inputs
-    stay valid; dynamic dims take the spec's ``opt`` size.
-    """
+    """A small batch to check a step on: the first calibration samples, else the one sampler's
+    seeded values (:mod:`hepdeploy.sampling`) at the dims' typical sizes with ``count`` rows."""
     if calibration:
         if all(t.has_batch_axis for t in inputs):
             return {t.name: calibration[t.name][:count] for t in inputs}
         return {t.name: calibration[t.name][0] for t in inputs}
-    rng = np.random.default_rng(seed)
-    sizes: dict[str, int] = {}
-
-    def size_of(dim: int | str) -> int:
-        if isinstance(dim, int):
-            return dim
-        if dim == "batch":
-            return count
-        if dim not in sizes:
-            sizes[dim] = spec.dim_range(dim).opt or spec.dim_range(dim).min if spec else 8
-        return sizes[dim]
-
-    feeds: dict[str, np.ndarray] = {}
-    for tensor in inputs:
-        shape = [size_of(d) for d in tensor.shape]
-        dtype = np.dtype("float32" if tensor.dtype == "bfloat16" else tensor.dtype)
-        if tensor.index_of is not None:
-            feeds[tensor.name] = rng.integers(0, size_of(tensor.index_of), size=shape).astype(dtype)
-        elif dtype.kind == "f":
-            low = tensor.low if tensor.low is not None else -1.0
-            high = tensor.high if tensor.high is not None else 1.0
-            feeds[tensor.name] = rng.uniform(low, high, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[tensor.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            low = int(tensor.low) if tensor.low is not None else 0
-            high = int(tensor.high) if tensor.high is not None else 2
-            feeds[tensor.name] = rng.integers(low, max(high, low + 1), size=shape).astype(dtype)
-    return feeds
-
-
-def package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
+    return sample_inputs(inputs, typical_sizes(inputs, spec, batch=count), seed)
 
 
 def prune_opset_imports(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -27,8 +27,9 @@ import numpy as np
 from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
 from hepdeploy.optimize.fp16 import check_node_patterns, check_op_types
-from hepdeploy.optimize.graph import edge_nodes, package_version, precision_summary
-from hepdeploy.spec import TensorSpec, VariantSpec
+from hepdeploy.optimize.graph import edge_nodes, precision_summary
+from hepdeploy.optimize.modelopt_worker import run_job
+from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -130,11 +131,12 @@ def _load_checked(model_path: Path, variant: VariantSpec) -> tuple[onnx.ModelPro
 
 def quantize_for_tensorrt(
     model_path: Path,
-    calibration: dict[str, np.ndarray],
-    inputs: list[TensorSpec],
     variant: VariantSpec,
+    inputs: list[TensorSpec],
+    calibration: dict[str, np.ndarray],
+    spec: ModelSpec | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """ModelOpt explicit-INT8 PTQ of ``model_path`` (calibrated on the CPU)."""
+    """The int8-trt maker: ModelOpt explicit-INT8 PTQ of ``model_path`` (calibrated on the CPU)."""
     import onnx
 
     original, edges = _load_checked(model_path, variant)
@@ -142,8 +144,6 @@ def quantize_for_tensorrt(
     # User patterns are expanded here (same rule as int8-cpu) and handed over as exact names.
     excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, [])) | set(edges))
     exclude_patterns = [f"^{re.escape(_prefix_safe(name))}$" for name in excluded]
-    from hepdeploy.optimize.modelopt_worker import run_job
-
     with tempfile.TemporaryDirectory(prefix="hepdeploy-int8trt-") as folder:
         # ModelOpt writes intermediate files next to its input: give it a private folder.
         work = Path(folder)
@@ -206,6 +206,8 @@ def quantize_for_tensorrt(
         "weights": "int8 initializers (DequantizeLinear only)",
         "activations": "int8 symmetric",
         "high_precision_dtype": variant.high_precision_dtype,
+        # INT8 layers plus FP16 for the rest is "mixed" in the sidecar.
+        **({"precision": "mixed"} if variant.high_precision_dtype == "fp16" else {}),
         "nodes_to_exclude": list(variant.exclude_nodes),
         "op_types_to_exclude": list(variant.exclude_op_types),
         "op_types_to_quantize": list(variant.quantize_op_types) or "modelopt default",
@@ -217,11 +219,12 @@ def quantize_for_tensorrt(
 
 def quantize_for_cpu(
     model_path: Path,
-    calibration: dict[str, np.ndarray],
-    inputs: list[TensorSpec],
     variant: VariantSpec,
+    inputs: list[TensorSpec],
+    calibration: dict[str, np.ndarray],
+    spec: ModelSpec | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """ONNX Runtime static QDQ quantization: u8 activations, s8 per-channel weights."""
+    """The int8-cpu maker: ONNX Runtime static QDQ quantization, u8 activations, s8 per-channel weights."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -297,10 +300,3 @@ def _percentile_cache(model_path: Path, reader: Any, cache_path: Path, folder: P
         scale = amax / 127.0 if amax > 0 else 1.0
         lines.append(f"{name}: {struct.pack('!f', scale).hex()}")
     cache_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def tool_versions() -> dict[str, str | None]:
-    return {
-        "nvidia-modelopt": package_version("nvidia-modelopt"),
-        "onnxruntime": package_version("onnxruntime-gpu") or package_version("onnxruntime"),
-    }

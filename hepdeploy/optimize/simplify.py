@@ -14,22 +14,21 @@ emit CPU-specific fused ops (``com.microsoft``) and are never used. The result i
 refused (and the onnxslim-only model kept) if it holds any non-standard op domain.
 
 Either way the outputs are compared with the input model's on sample inputs
-(``hepdeploy.validate.compare``, conversion tolerance); a pass that changes them is
+(``hepdeploy.compare``, conversion tolerance); a pass that changes them is
 dropped, and if even onnxslim alone changes them the step fails.
 """
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hepdeploy.errors import ConversionError
-from hepdeploy.optimize.graph import package_version, run_ort
-from hepdeploy.validate.compare import CONVERSION_ATOL, CONVERSION_RTOL, Tolerances, compare_outputs
+from hepdeploy.backend.onnxrt import optimize_offline, run_once
+from hepdeploy.compare import CONVERSION_ATOL, CONVERSION_RTOL, Tolerances, compare_outputs
+from hepdeploy.environment import onnxruntime_version, package_version
+from hepdeploy.errors import ConversionError, HepDeployError
 
 if TYPE_CHECKING:
     import onnx
@@ -50,7 +49,7 @@ def simplify_model(model: onnx.ModelProto, sample: dict[str, np.ndarray], use_or
     import onnx
     import onnxslim
 
-    reference = run_ort(model, sample)
+    reference = run_once(model, sample)
     nodes_before = len(model.graph.node)
     try:
         slimmed = onnxslim.slim(_copy(model), no_shape_infer=False)
@@ -79,29 +78,18 @@ def simplify_model(model: onnx.ModelProto, sample: dict[str, np.ndarray], use_or
         "max_abs_error": max(errors.values()),
         "checked_on_samples": int(next(iter(sample.values())).shape[0]) if sample else 0,
         "onnxslim_version": package_version("onnxslim"),
-        "onnxruntime_version": package_version("onnxruntime-gpu") or package_version("onnxruntime"),
+        "onnxruntime_version": onnxruntime_version(),
     }
     return SimplifyResult(result, parameters)
 
 
 def _ort_basic(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """ORT's basic-level rewrite saved back to ONNX, or None where it would not stay portable."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-ort-") as folder:
-        target = Path(folder) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(target)
-        options.intra_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            optimized = onnx.load(str(target))
-        except Exception as error:  # ORT refuses some graphs it can still run unoptimized
-            log.warning("ONNX Runtime offline optimisation failed (%s); skipped", type(error).__name__)
-            return None
+    try:
+        optimized = optimize_offline(model)
+    except HepDeployError as error:  # ORT refuses some graphs it can still run unoptimized
+        log.warning("ONNX Runtime offline optimisation failed (%s); skipped", error)
+        return None
     domains = {node.domain for node in optimized.graph.node} - set(STANDARD_DOMAINS)
     if domains:
         log.info("ONNX Runtime basic optimisation introduced %s ops; skipped", ", ".join(sorted(domains)))
@@ -125,9 +113,9 @@ def _restore_io_names(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> 
 def _max_error(model: onnx.ModelProto, sample: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float | None:
     """Largest absolute output difference, or None if any output is outside the tolerance."""
     try:
-        outputs = run_ort(model, sample)
-    except Exception as error:  # a rewrite that breaks the model counts as a change
-        log.warning("rewritten model does not run (%s: %s)", type(error).__name__, error)
+        outputs = run_once(model, sample)
+    except HepDeployError as error:  # a rewrite that breaks the model counts as a change
+        log.warning("rewritten model does not run (%s)", error)
         return None
     comparisons = compare_outputs(outputs, reference, Tolerances(CONVERSION_ATOL, CONVERSION_RTOL))
     if not all(c.passed for c in comparisons):

@@ -26,7 +26,8 @@ from typing import Any
 from hepdeploy.artifacts import Artifact, StepRecord, VariantRecord, derive_sidecar
 from hepdeploy.errors import ConversionError, DependencyMissingError
 from hepdeploy.fsutil import atomic_path, atomic_write_text, sha256_file
-from hepdeploy.spec import DimRange, ModelSpec, TensorSpec
+from hepdeploy.sampling import dim_range
+from hepdeploy.spec import ModelSpec, TensorSpec
 from hepdeploy.steps import StepResult
 
 log = logging.getLogger("hepdeploy.optimize.tensorrt")
@@ -76,13 +77,7 @@ def unavailable_reason() -> str | None:
 def profile_shapes(
     inputs: list[TensorSpec], spec: ModelSpec | None
 ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """min/opt/max shape of every input from the spec's named dims (defaults as ModelSpec.dim_range)."""
-
-    def dim_range(dim: str) -> DimRange:
-        if spec is not None:
-            return spec.dim_range(dim)
-        return DimRange(min=1, opt=64, max=64) if dim == "batch" else DimRange(min=2, opt=8, max=16)
-
+    """min/opt/max shape of every input from the spec's named dims (defaults without a spec)."""
     shapes = {}
     for tensor in inputs:
         low, opt, high = [], [], []
@@ -90,7 +85,7 @@ def profile_shapes(
             if isinstance(dim, int):
                 low.append(dim), opt.append(dim), high.append(dim)
             else:
-                r = dim_range(dim)
+                r = dim_range(spec, dim)
                 o = r.opt if r.opt is not None else r.min
                 low.append(r.min), opt.append(o), high.append(r.max if r.max is not None else o)
         shapes[tensor.name] = (tuple(low), tuple(opt), tuple(high))

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepdeploy.errors import HepDeployError, RepositoryError, UnsafeNameError, first_line
+import numpy as np
+
+from hepdeploy.artifacts import load_onnx, tensor_specs_of
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ort_error_line
+from hepdeploy.errors import DataError, HepDeployError, ModelLoadError, RepositoryError, UnsafeNameError, first_line
 from hepdeploy.fsutil import check_safe_name, sha256_file
 from hepdeploy.triton.config import (
     WARMUP_FOLDER,
@@ -26,10 +30,9 @@ from hepdeploy.triton.config import (
     numpy_dtype_of,
     read_model_config,
 )
-from hepdeploy.triton.repository import CONFIG_NAME, INNER_STAGING, MANIFEST_NAME, read_manifest
+from hepdeploy.triton.layout import CONFIG_NAME, INNER_STAGING, MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:
-    import numpy as np
     from tritonclient.grpc import model_config_pb2
 
 # Folders Triton itself skips inside a model folder.
@@ -236,8 +239,6 @@ class _ModelChecker:
                 self.problem(path, "not in the manifest (added after publishing?)")
 
     def _check_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
-        from hepdeploy.artifacts import load_onnx, tensor_specs_of
-
         try:
             model = load_onnx(path, load_weights=False)
         except HepDeployError as error:
@@ -305,18 +306,15 @@ class _ModelChecker:
         return ok
 
     def _run_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
-        import numpy as np
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # ORT raises its own exception types
-            self.problem(path, f"ONNX Runtime cannot load it: {first_line(error)}")
+            runner = OnnxRuntimeRunner(path, intra_op_threads=1, inter_op_threads=1, name=str(path))
+        except ModelLoadError as error:
+            self.problem(path, f"ONNX Runtime cannot load it: {ort_error_line(error.__cause__ or error)}")
             return
+        with runner:
+            self._run_batches(config, path, runner)
+
+    def _run_batches(self, config: model_config_pb2.ModelConfig, path: Path, runner: OnnxRuntimeRunner) -> None:
         sample, from_warmup = self._sample_inputs(config)
         batches = [None]
         if config.max_batch_size > 0:
@@ -329,11 +327,12 @@ class _ModelChecker:
                 name: (np.repeat(array, batch, axis=0) if batch is not None else array) for name, array in sample.items()
             }
             try:
-                results = session.run(output_names, feed)
-            except Exception as error:
+                produced = runner.run(feed)
+            except DataError as error:
                 where = f"at batch {batch}" if batch is not None else "on a sample"
-                self.problem(path, f"ONNX Runtime run {where} failed: {first_line(error)}")
+                self.problem(path, f"ONNX Runtime run {where} failed: {ort_error_line(error.__cause__ or error)}")
                 return
+            results = [produced[name] for name in output_names]
             self.report.runs += 1
             for tensor, result in zip(config.output, results, strict=True):
                 dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
@@ -347,7 +346,6 @@ class _ModelChecker:
 
     def _sample_inputs(self, config: model_config_pb2.ModelConfig) -> tuple[dict[str, np.ndarray], bool]:
         """One batch element (or one whole sample when unbatched): warm-up data, else seeded."""
-        import numpy as np
         from tritonclient.grpc import model_config_pb2 as pb2
 
         warm: dict[str, np.ndarray] = {}
@@ -420,8 +418,6 @@ def model_type_name(data_type: int) -> str:
 
 
 def _itemsize(dtype: str) -> int:
-    import numpy as np
-
     return np.dtype(dtype).itemsize
 
 

@@ -21,11 +21,18 @@ from typing import TYPE_CHECKING, Any
 from hepdeploy import __version__
 from hepdeploy.errors import SpecError
 from hepdeploy.fsutil import check_input_file, check_safe_name
+from hepdeploy.spec import TensorSpec, TritonSpec
+from hepdeploy.triton.config import (
+    WARMUP_FOLDER,
+    build_model_config,
+    config_to_pbtxt,
+    numpy_dtype_of,
+    tensor_specs_from,
+    warmup_samples,
+)
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
-
-    from hepdeploy.spec import TensorSpec, TritonSpec
 
 PYTHON_TWIN_SUFFIX = "_py"
 ONNX_FILENAME = "model.onnx"
@@ -226,9 +233,6 @@ def write_python_backend_files(
     from ``specs`` (an Artifact, Sidecar, ModelSpec or (inputs, outputs)) and ``triton`` with the
     triton stage's config builder, with ``max_batch_size`` overriding the spec's.
     """
-    from hepdeploy.spec import TritonSpec
-    from hepdeploy.triton.config import build_model_config, config_to_pbtxt, tensor_specs_from
-
     onnx_path = check_input_file(Path(onnx_path), "ONNX model")
     if onnx_config is None:
         inputs, outputs = tensor_specs_from(specs)
@@ -250,8 +254,6 @@ def write_python_backend_files(
         ONNX_FILENAME: onnx_path.read_bytes(),
     }
     if config.model_warmup and warmup_inputs:
-        from hepdeploy.triton.config import WARMUP_FOLDER, warmup_samples
-
         inputs, _ = tensor_specs_of_config(config)
         for sample in warmup_samples(inputs, warmup_inputs, config.max_batch_size > 0):
             files[f"{WARMUP_FOLDER}/{sample.name}"] = sample.data
@@ -276,8 +278,6 @@ def same_interface(a: model_config_pb2.ModelConfig, b: model_config_pb2.ModelCon
 
 def tensor_specs_of_config(config: model_config_pb2.ModelConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Tensor specs as a served model announces them (batch axis named ``batch`` when batched)."""
-    from hepdeploy.spec import TensorSpec
-    from hepdeploy.triton.config import numpy_dtype_of
     from tritonclient.grpc import model_config_pb2 as pb2
 
     def spec(tensor: Any, position: int) -> TensorSpec:
@@ -288,43 +288,3 @@ def tensor_specs_of_config(config: model_config_pb2.ModelConfig) -> tuple[list[T
         return TensorSpec.model_construct(name=tensor.name, dtype=dtype, shape=shape)
 
     return ([spec(t, i) for i, t in enumerate(config.input)], [spec(t, i) for i, t in enumerate(config.output)])
-
-
-def publish_python_twin(
-    repo: Path | str,
-    onnx_path: Path | str,
-    *,
-    name: str | None = None,
-    spec: Any | None = None,
-    triton: TritonSpec | None = None,
-    onnx_config: model_config_pb2.ModelConfig | None = None,
-    warmup_inputs: Mapping[str, Any] | None = None,
-    verdict: Mapping[str, Any] | None = None,
-    verify: bool = True,
-) -> Any:
-    """Publish the Python-backend twin of ``onnx_path`` as the next version of ``name`` in ``repo``.
-
-    ``name`` defaults to ``<model name>_py``. The config is the ONNX model's config (``onnx_config``,
-    else built from the artifact's sidecar and ``triton``/``spec.triton`` exactly as ``triton add``
-    builds it) turned into a Python-backend config; publishing goes through the triton stage's
-    atomic, versioned :func:`hepdeploy.triton.repository.publish_model`.
-    """
-    from hepdeploy.artifacts import read_artifact
-    from hepdeploy.spec import TritonSpec
-    from hepdeploy.triton.config import build_model_config
-    from hepdeploy.triton.repository import publish_model
-
-    artifact = read_artifact(Path(onnx_path))
-    settings = triton or (spec.triton if spec is not None else None) or TritonSpec()
-    base = (settings.model_name if settings.model_name else None) or (spec.name if spec is not None else None) \
-        or artifact.sidecar.model_name
-    name = name or twin_name(base)
-    if onnx_config is None:
-        onnx_config = build_model_config(artifact, settings, name=base, platform="onnxruntime_onnx", kind="cpu",
-                                         warmup_inputs=warmup_inputs)
-    config = python_backend_config(onnx_config, name)
-    return publish_model(
-        Path(repo), artifact.path, name=name, spec=spec, triton=settings, kind="cpu", verdict=verdict,
-        warmup_inputs=warmup_inputs, extra_files={MODEL_PY_FILENAME: model_py_text().encode("utf-8")},
-        platform="python", config=config, verify=verify,
-    )

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hepdeploy import __version__
+from hepdeploy.artifacts import Sidecar, read_artifact, sidecar_path_for
 from hepdeploy.errors import BadInputError, ModelLoadError, RepositoryError
 from hepdeploy.fsutil import (
     atomic_write_bytes,
@@ -53,6 +54,17 @@ from hepdeploy.fsutil import (
     sha256_file,
 )
 from hepdeploy.spec import ModelSpec, TensorSpec, TritonSpec
+from hepdeploy.triton.layout import (
+    CONFIG_NAME,
+    INNER_STAGING,
+    MANIFEST_NAME,
+    MANIFEST_SCHEMA,
+    README_NAME,
+    read_manifest,
+    version_folders,
+)
+from hepdeploy.triton.check import check_model
+from hepdeploy.triton.python_backend import MODEL_PY_FILENAME, model_py_text, python_backend_config, twin_name
 from hepdeploy.triton.config import (
     DEFAULT_MODEL_FILENAMES,
     WARMUP_FOLDER,
@@ -70,11 +82,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hepdeploy.triton.repository")
 
-MANIFEST_NAME = "hepdeploy-manifest.json"
-MANIFEST_SCHEMA = 1
-CONFIG_NAME = "config.pbtxt"
-README_NAME = "README.md"
-INNER_STAGING = ".hepdeploy-staging"
 # Tests only: seconds to sleep per copied MiB, so a test can SIGKILL a publish mid-copy.
 _SLOW_COPY_ENV = "HEPDEPLOY_TEST_SLOW_COPY"
 _CHUNK = 1 << 20
@@ -109,16 +116,6 @@ def platform_for_file(path: Path) -> str:
     if suffix in (".pt", ".pts", ".torchscript"):
         return "pytorch_libtorch"
     raise ModelLoadError(f"{path}: cannot tell the Triton platform from the suffix {suffix!r}; pass --platform")
-
-
-def version_folders(model_dir: Path) -> list[int]:
-    """Numeric version folders of a model folder (as Triton reads them: no leading zeros)."""
-    versions = []
-    if model_dir.is_dir():
-        for child in model_dir.iterdir():
-            if child.is_dir() and child.name.isdigit() and (child.name == "0" or not child.name.startswith("0")):
-                versions.append(int(child.name))
-    return sorted(versions)
 
 
 # -- file helpers ---------------------------------------------------------------------------------
@@ -251,19 +248,6 @@ def _version_files(version_dir: Path) -> dict[str, str]:
     return files
 
 
-def read_manifest(version_dir: Path) -> dict[str, Any] | None:
-    path = version_dir / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RepositoryError(f"{path}: unreadable manifest ({type(error).__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        raise RepositoryError(f"{path}: manifest has no 'files' table")
-    return data
-
-
 def _readme_text(config: model_config_pb2.ModelConfig, versions: list[int], spec: ModelSpec | None) -> str:
     batch = None
     if spec is not None and spec.triton.perf.batch_per_request > 1:
@@ -290,16 +274,12 @@ def _readme_text(config: model_config_pb2.ModelConfig, versions: list[int], spec
 
 def _tensors_for(model_file: Path, platform: str, spec: ModelSpec | None) -> tuple[list[TensorSpec], list[TensorSpec], Any]:
     """Tensor specs for the config and the sidecar (if any) of the model file."""
-    from hepdeploy.artifacts import read_artifact, sidecar_path_for
-
     if model_file.suffix.lower() == ".onnx" and model_file.is_file():
         artifact = read_artifact(model_file)
         return list(artifact.sidecar.inputs), list(artifact.sidecar.outputs), artifact.sidecar
     side = sidecar_path_for(model_file)
     if side.is_file() and side != model_file:
-        from hepdeploy.artifacts import Sidecar
-
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ValueError):  # pydantic's ValidationError: an unreadable sidecar is ignored
             sidecar = Sidecar.model_validate_json(side.read_text(encoding="utf-8"))
             return list(sidecar.inputs), list(sidecar.outputs), sidecar
     if spec is None:
@@ -333,8 +313,6 @@ def publish_model(
     the staged model folder goes through ``check_model`` (including an ONNX Runtime run)
     before it is made visible; any problem aborts the publish with the repository untouched.
     """
-    from hepdeploy.triton.check import check_model
-
     check_safe_name(name, "Triton model name")
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
@@ -486,6 +464,41 @@ def _commit_by_renames(staged: Path, model_dir: Path, version: int, warmup_names
     os.replace(staged / CONFIG_NAME, model_dir / CONFIG_NAME)
 
 
+def publish_python_twin(
+    repo: Path | str,
+    onnx_path: Path | str,
+    *,
+    name: str | None = None,
+    spec: ModelSpec | None = None,
+    triton: TritonSpec | None = None,
+    onnx_config: model_config_pb2.ModelConfig | None = None,
+    warmup_inputs: Mapping[str, Any] | None = None,
+    verdict: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> PublishResult:
+    """Publish the Python-backend twin of ``onnx_path`` as the next version of ``name`` in ``repo``.
+
+    ``name`` defaults to ``<model name>_py``. The config is the ONNX model's config (``onnx_config``,
+    else built from the artifact's sidecar and ``triton``/``spec.triton`` exactly as ``triton add``
+    builds it) turned into a Python-backend config; publishing goes through the triton stage's
+    atomic, versioned :func:`publish_model`.
+    """
+    artifact = read_artifact(Path(onnx_path))
+    settings = triton or (spec.triton if spec is not None else None) or TritonSpec()
+    base = (settings.model_name if settings.model_name else None) or (spec.name if spec is not None else None) \
+        or artifact.sidecar.model_name
+    name = name or twin_name(base)
+    if onnx_config is None:
+        onnx_config = build_model_config(artifact, settings, name=base, platform="onnxruntime_onnx", kind="cpu",
+                                         warmup_inputs=warmup_inputs)
+    config = python_backend_config(onnx_config, name)
+    return publish_model(
+        Path(repo), artifact.path, name=name, spec=spec, triton=settings, kind="cpu", verdict=verdict,
+        warmup_inputs=warmup_inputs, extra_files={MODEL_PY_FILENAME: model_py_text().encode("utf-8")},
+        platform="python", config=config, verify=verify,
+    )
+
+
 def publish_twins(
     repo: Path,
     gpu_model: Path,
@@ -560,8 +573,6 @@ def publish_spec(
         else:
             log.warning("%s: CPU twin variant %s was not built; no %s_cpu published", name, twin.variant, name)
     if triton.python_backend:
-        from hepdeploy.triton.python_backend import publish_python_twin
-
         onnx_file = gpu_file if gpu_file.suffix == ".onnx" else variants.get(fallback_variant)
         if onnx_file is None:
             log.warning("%s: no ONNX variant for the Python-backend twin; not published", name)
@@ -577,6 +588,7 @@ __all__ = [
     "PublishResult",
     "platform_for_file",
     "publish_model",
+    "publish_python_twin",
     "publish_spec",
     "publish_twins",
     "read_manifest",

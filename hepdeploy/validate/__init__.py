@@ -7,10 +7,12 @@ Entry points (the CLI and ``hepdeploy build`` call these):
   TensorRT engine ...) against a reference set -> VariantReport.
 - ``validate_candidate(path, reference, ...)``: an artifact file; reads the variant's
   precision from its sidecar, can localise the first divergent node (ONNX).
+- ``validate_served(server, model, golden, ...)``: what a live Triton server returns.
 - ``write_reports(reports, folder)``: JSON, JUnit XML, Markdown, HTML with plots.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -18,8 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hepdeploy.errors import DataError, ModelLoadError
-from hepdeploy.validate.compare import (
+from hepdeploy.artifacts import read_artifact
+from hepdeploy.backend.base import Runner
+from hepdeploy.backend.onnxrt import ProviderList
+from hepdeploy.backend.sources import artifact_runner
+from hepdeploy.backend.triton import Protocol, TritonRunner, parse_model_ref
+from hepdeploy.compare import (
     PRECISION_DEFAULTS,
     ToleranceOverrides,
     compare_with_tolerances,
@@ -27,6 +33,8 @@ from hepdeploy.validate.compare import (
     precision_key,
     resolve_tolerances,
 )
+from hepdeploy.errors import DataError, HepDeployError, ModelLoadError
+from hepdeploy.validate.localize import Rule, localize
 from hepdeploy.validate.physics import PhysicsResult, physics_checks
 from hepdeploy.validate.reference import (
     ReferenceSet,
@@ -51,7 +59,7 @@ DEFAULT_POLICY = {"fp32": "numerical", "fp16": "physics", "int8": "physics"}
 __all__ = [
     "DEFAULT_POLICY", "POLICIES", "PRECISION_DEFAULTS", "ReferenceSet", "VariantReport", "console_table",
     "load_reference", "make_reference", "read_onnx_test_data", "save_reference", "validate_candidate",
-    "validate_runner", "write_onnx_test_data", "write_reports",
+    "validate_runner", "validate_served", "write_onnx_test_data", "write_reports",
 ]
 
 
@@ -74,7 +82,7 @@ def choose_policy(
 
 
 def validate_runner(
-    runner: Any,
+    runner: Runner,
     reference: ReferenceSet,
     *,
     name: str = "candidate",
@@ -88,12 +96,9 @@ def validate_runner(
 ) -> VariantReport:
     """Run ``runner`` on the reference inputs and judge its outputs (numerical + physics).
 
-    ``runner`` is anything with ``run(dict[str, ndarray]) -> dict[str, ndarray]``
-    (``providers_used``, ``input_names`` are used when present). ``atol``/``rtol`` take
-    ``1e-5``, ``'softmax:1e-3'``, a list of those, or ``{output: value}``.
+    ``runner`` is any backend's Runner (ONNX Runtime, TensorRT, a Triton client ...).
+    ``atol``/``rtol`` take ``1e-5``, ``'softmax:1e-3'``, a list of those, or ``{output: value}``.
     """
-    from hepdeploy.validate.runner_access import providers_of, run_in_chunks
-
     start = time.perf_counter()
     reference.check("reference")
     key = precision_key(precision)
@@ -102,7 +107,7 @@ def validate_runner(
     output_names = list(reference.outputs)
     tolerances = resolve_tolerances(key, output_names, spec.validation.tolerances if spec else None, atol_o, rtol_o)
 
-    input_names = list(getattr(runner, "input_names", None) or reference.inputs)
+    input_names = list(runner.input_names or reference.inputs)
     missing = [n for n in input_names if n not in reference.inputs]
     if missing:
         raise DataError(
@@ -111,7 +116,7 @@ def validate_runner(
         )
     chunk = chunk_size or (spec.validation.chunk_size if spec is not None else 4096)
     feed = {n: reference.inputs[n] for n in input_names}
-    outputs = run_in_chunks(runner, feed, chunk)
+    outputs = runner.run_chunked(feed, chunk)
     notes: list[str] = []
     missing_out = [n for n in output_names if n not in outputs]
     if missing_out:
@@ -134,7 +139,7 @@ def validate_runner(
     chosen, why = choose_policy(key, physics.ran, spec, policy, why_not)
     report = VariantReport(
         variant=name, candidate=candidate or name, precision=key, policy=chosen, policy_reason=why,
-        providers=providers_of(runner), tolerances=tolerances, numerical=numerical, physics=physics,
+        providers=runner.providers_used, tolerances=tolerances, numerical=numerical, physics=physics,
         passed=False, verdict="", n_samples=reference.n_samples, reference=dict(reference.provenance), notes=notes,
     )
     report.passed, report.verdict = _verdict(report)
@@ -190,40 +195,60 @@ def validate_candidate(
     localize: bool = False,
     chunk_size: int | None = None,
     fp32_model: Path | None = None,
-    providers: list[str] | None = None,
+    providers: ProviderList | None = None,
     name: str | None = None,
+    localize_rule: Rule = "sqnr",
 ) -> VariantReport:
-    """Validate one artifact file (``.onnx`` + sidecar, or another kind runners.artifact_runner opens).
+    """Validate one artifact file (``.onnx`` + sidecar, or a TensorRT engine).
 
     ``precision`` defaults to the sidecar's variant precision; ``localize`` compares every
     intermediate tensor with ``fp32_model`` (default: the FP32 ONNX the reference was
-    made from, or the FP32 ancestor artifact next to the candidate, found by sidecar sha256).
+    made from, or the FP32 ancestor artifact next to the candidate, found by sidecar sha256)
+    by SQNR (``localize_rule="tolerance"``: by the first output's atol/rtol).
     """
-    from hepdeploy.validate.runner_access import open_candidate
-
     candidate = Path(candidate)
     if not candidate.exists():
         raise ModelLoadError(f"{candidate}: candidate model not found")
-    sidecar = None
-    if candidate.suffix == ".onnx":
-        from hepdeploy.artifacts import read_artifact
-
-        sidecar = read_artifact(candidate).sidecar
-    runner = open_candidate(candidate, providers)
+    sidecar = read_artifact(candidate).sidecar if candidate.suffix == ".onnx" else None
     if sidecar is not None:
         _check_against_sidecar(sidecar, reference, candidate)
-        reference = _cast_inputs(reference, sidecar.inputs)
-    variant_name = name or candidate.stem
     chosen_precision = precision or (sidecar.variant.precision if sidecar is not None else "fp32")
-    report = validate_runner(
-        runner, reference, name=variant_name, candidate=str(candidate), precision=chosen_precision, spec=spec,
-        atol=atol, rtol=rtol, policy=policy, chunk_size=chunk_size,
-    )
+    with artifact_runner(candidate, providers) as runner:
+        report = validate_runner(
+            runner, reference, name=name or candidate.stem, candidate=str(candidate), precision=chosen_precision,
+            spec=spec, atol=atol, rtol=rtol, policy=policy, chunk_size=chunk_size,
+        )
     if localize:
         start = time.perf_counter()
-        _localize_into(report, candidate, reference, fp32_model)
+        _localize_into(report, candidate, reference, fp32_model, localize_rule)
         report.elapsed_s += time.perf_counter() - start
     return report
+
+
+def validate_served(server: str, model_ref: str, golden: Path, *, protocol: Protocol = "grpc",
+                    timeout_s: float = 30.0, spec: ModelSpec | None = None, artifact: Path | None = None,
+                    precision: str | None = None, atol: Any = None, rtol: Any = None, policy: str | None = None,
+                    chunk_size: int | None = None) -> VariantReport:
+    """Validate what ``server`` returns for ``model_ref`` (NAME[:VERSION]) against the golden set ``golden``.
+
+    Same comparisons, physics checks and report as a file candidate. The served tensors are checked
+    against ``artifact``'s sidecar when given (its precision picks the tolerances unless ``precision``
+    does), else against ``spec``'s inputs/outputs.
+    """
+    name, version = parse_model_ref(model_ref)
+    expected = None
+    chosen_precision = precision
+    if artifact is not None:
+        sidecar = read_artifact(artifact).sidecar
+        expected = (sidecar.inputs, sidecar.outputs)
+        chosen_precision = chosen_precision or sidecar.variant.precision
+    elif spec is not None:
+        expected = (spec.inputs, spec.outputs)
+    reference = load_reference(golden)
+    with TritonRunner(server, name, version, protocol=protocol, timeout_s=timeout_s, expected=expected) as runner:
+        return validate_runner(runner, reference, name=model_ref, candidate=f"{protocol}://{runner.url}/{model_ref}",
+                               precision=chosen_precision or "fp32", spec=spec, atol=atol, rtol=rtol, policy=policy,
+                               chunk_size=chunk_size)
 
 
 def _check_against_sidecar(sidecar: Any, reference: ReferenceSet, candidate: Path) -> None:
@@ -263,33 +288,15 @@ def _check_against_sidecar(sidecar: Any, reference: ReferenceSet, candidate: Pat
                     )
 
 
-def _cast_inputs(reference: ReferenceSet, specs: list[Any]) -> ReferenceSet:
-    """Feed float inputs in the candidate's declared float type (e.g. FP16 I/O graphs)."""
-    cast = dict(reference.inputs)
-    changed = False
-    for spec in specs:
-        array = cast.get(spec.name)
-        if array is not None and array.dtype.kind == "f" and spec.dtype.startswith("float") and str(array.dtype) != spec.dtype:
-            cast[spec.name] = array.astype(spec.dtype)
-            changed = True
-    if not changed:
-        return reference
-    return ReferenceSet(cast, reference.outputs, reference.labels, reference.provenance)
-
-
 def find_fp32_model(candidate: Path, reference: ReferenceSet) -> Path | None:
     """The FP32 ONNX model to localise against: the reference's source, or the FP32 ancestor artifact."""
     source = reference.provenance.get("path")
     if source and str(source).endswith(".onnx") and Path(source).is_file():
         if Path(source).resolve() != Path(candidate).resolve():
             return Path(source)
-    import json
-
-    from hepdeploy.artifacts import read_artifact
-
     try:
         sidecar = read_artifact(candidate).sidecar
-    except Exception:  # an unreadable sidecar only means no ancestor can be found
+    except HepDeployError:  # an unreadable sidecar only means no ancestor can be found
         return None
     by_sha: dict[str, tuple[Path, dict[str, Any]]] = {}
     for side in Path(candidate).parent.glob("*.json"):
@@ -310,9 +317,8 @@ def find_fp32_model(candidate: Path, reference: ReferenceSet) -> Path | None:
     return None
 
 
-def _localize_into(report: VariantReport, candidate: Path, reference: ReferenceSet, fp32_model: Path | None) -> None:
-    from hepdeploy.validate.localize import localize
-
+def _localize_into(report: VariantReport, candidate: Path, reference: ReferenceSet, fp32_model: Path | None,
+                   rule: Rule) -> None:
     if candidate.suffix != ".onnx":
         report.notes.append("localization needs an ONNX candidate: skipped")
         return
@@ -321,5 +327,7 @@ def _localize_into(report: VariantReport, candidate: Path, reference: ReferenceS
         report.notes.append("localization skipped: no other FP32 ONNX model to compare with was found "
                             "(give --fp32-model / fp32_model)")
         return
+    # Under the tolerance rule, intermediate tensors are held to the first output's tolerance.
     tol = next(iter(report.tolerances.values()))
-    report.localization = localize(candidate, fp32, reference.inputs, tol.atol, tol.rtol)
+    report.localization = localize(candidate, fp32, reference.inputs, precision=report.precision, rule=rule,
+                                   atol=tol.atol, rtol=tol.rtol)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hepdeploy import __version__
+from hepdeploy.backend.base import Runner
+from hepdeploy.backend.sources import open_source
+from hepdeploy.data import common_batch_size, load_tensors, save_tensors
+from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, DataError
-from hepdeploy.fsutil import atomic_write_bytes, check_output_folder, sha256_file
+from hepdeploy.fsutil import atomic_write_bytes, check_output_folder
 
 if TYPE_CHECKING:
     from hepdeploy.spec import ModelSpec
@@ -95,15 +97,6 @@ class ReferenceSet:
         return ReferenceSet(cut(self.inputs), cut(self.outputs), cut(self.labels), dict(self.provenance))
 
 
-def common_batch_size(inputs: Mapping[str, np.ndarray]) -> int | None:
-    """The first dimension all inputs share, or None (a graph-per-call model such as a GNN)."""
-    sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in inputs.values()}
-    if len(sizes) != 1:
-        return None
-    size = sizes.pop()
-    return size if size >= 0 else None
-
-
 # ---------------------------------------------------------------------------- npz
 
 
@@ -120,8 +113,6 @@ def save_reference(reference: ReferenceSet, path: Path) -> Path:
             arrays[prefix + name] = np.asarray(value)
     provenance = {"format": REFERENCE_FORMAT, **reference.provenance}
     arrays[_PROVENANCE] = np.array(json.dumps(provenance, default=str))
-    from hepdeploy.data import save_tensors
-
     return save_tensors(path, arrays, compress=True)
 
 
@@ -130,8 +121,6 @@ def load_reference(path: Path) -> ReferenceSet:
     path = Path(path)
     if path.is_dir():
         return read_onnx_test_data(path)
-    from hepdeploy.data import load_tensors
-
     arrays = load_tensors(path)
     if not any(k.startswith(_OUTPUT) for k in arrays):
         raise DataError(
@@ -274,8 +263,6 @@ def load_data_file(data: Mapping[str, np.ndarray] | Path | str) -> dict[str, np.
     if path.is_dir():
         ref = read_onnx_test_data(path)
         return {**ref.inputs, **ref.labels}
-    from hepdeploy.data import load_tensors
-
     arrays = load_tensors(path)
     if any(k.startswith(_OUTPUT) for k in arrays):  # a golden file given as data: use its inputs and labels
         ref = load_reference(path)
@@ -302,8 +289,6 @@ def resolve_labels(
         return {text: arrays[text]}
     path = Path(text)
     if path.suffix == ".npz" or path.exists():
-        from hepdeploy.data import load_tensors
-
         loaded = load_tensors(path)
         if not loaded:
             raise DataError(f"{path}: no arrays in the labels file")
@@ -312,7 +297,7 @@ def resolve_labels(
 
 
 def make_reference(
-    source: Any,
+    source: Runner | ModelSpec | Path | str,
     data: Mapping[str, np.ndarray] | Path | str,
     *,
     labels: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
@@ -322,16 +307,14 @@ def make_reference(
 ) -> ReferenceSet:
     """Run the source model on ``data`` and return the reference set.
 
-    ``source``: a Runner (anything with ``run(dict) -> dict``), a ModelSpec, or a model
-    path (``.onnx``, ``.yaml`` spec, or whatever runners.artifact_runner accepts).
+    ``source``: a Runner, a ModelSpec, or a model path (``.onnx``, ``.yaml`` spec, or a
+    TensorRT engine).
     ``data``: a dict of arrays or a data file; arrays not consumed as inputs may hold
     labels (``labels='NAME'`` or the spec's ``data.labels``).
     """
-    from hepdeploy.validate.runner_access import describe_runner, open_source, run_in_chunks
-
-    spec_obj = spec
-    runner, source_info, spec_from_source = open_source(source)
-    spec_obj = spec_obj or spec_from_source
+    opened = open_source(source)
+    runner, source_info = opened.runner, opened.provenance
+    spec_obj = spec or opened.spec
     arrays = load_data_file(data)
     if not arrays:
         raise DataError(f"{data}: the data set is empty")
@@ -353,41 +336,23 @@ def make_reference(
     if common_batch_size(inputs) is not None:  # labels checked before the (maybe long) run
         ReferenceSet(inputs, {"_": np.zeros(1)}, label_arrays).check(where)
     chunk = chunk_size or (spec_obj.validation.chunk_size if spec_obj is not None else 4096)
-    outputs = run_in_chunks(runner, inputs, chunk)
+    outputs = runner.run_chunked(inputs, chunk)
     provenance = {
         **source_info,
-        "runner": describe_runner(runner),
+        "runner": runner.describe(),
         "n_samples": probe.n_samples,
         "data": None if isinstance(data, Mapping) else str(data),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": versions(),
     }
     reference = ReferenceSet(inputs, outputs, label_arrays, provenance)
     return reference.check(where)
 
 
-def _input_names(runner: Any, spec: ModelSpec | None, arrays: dict[str, np.ndarray]) -> list[str]:
-    names = getattr(runner, "input_names", None)
+def _input_names(runner: Runner, spec: ModelSpec | None, arrays: dict[str, np.ndarray]) -> list[str]:
+    names = runner.input_names
     if names:
         return list(names)
     if spec is not None:
         return [t.name for t in spec.inputs]
     raise DataError("cannot tell which data arrays are the model inputs: give a spec or an ONNX model")
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {"hepdeploy": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for dist in ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "tensorflow-cpu", "tensorflow", "keras"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return versions
-
-
-def model_sha256(path: Path | None) -> str | None:
-    if path is None or not Path(path).is_file():
-        return None
-    return sha256_file(Path(path))

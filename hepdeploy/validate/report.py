@@ -23,7 +23,7 @@ import numpy as np
 
 from hepdeploy import __version__
 from hepdeploy.fsutil import atomic_path, atomic_write_text
-from hepdeploy.validate.compare import PRECISION_DEFAULTS, OutputComparison, ResolvedTolerance
+from hepdeploy.compare import PRECISION_DEFAULTS, OutputComparison, ResolvedTolerance
 from hepdeploy.validate.localize import LocalizationReport
 from hepdeploy.validate.physics import PhysicsResult
 
@@ -488,11 +488,12 @@ def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], repo
         if r.localization is not None:
             parts.append(f"<p>Localization: {esc(r.localization.summary())}</p>")
             rows = [t for t in r.localization.tensors if t.max_abs_error is not None][:200]
-            parts.append("<table><tr><th>node</th><th>op</th><th>tensor</th><th>max abs</th><th>out of tol</th>"
-                         "<th>exceeds</th></tr>")
+            parts.append("<table><tr><th>node</th><th>op</th><th>tensor</th><th>SQNR dB</th><th>max abs</th>"
+                         "<th>out of tol</th><th>exceeds</th></tr>")
             for t in rows:
                 parts.append(f"<tr><td>{esc(t.node)}</td><td>{esc(t.op_type)}</td><td>{esc(t.tensor)}</td>"
-                             f"<td>{_fmt(t.max_abs_error)}</td><td>{_fmt(t.fraction_out_of_tolerance)}</td>"
+                             f"<td>{_fmt(t.sqnr_db, '.1f')}</td><td>{_fmt(t.max_abs_error)}</td>"
+                             f"<td>{_fmt(t.fraction_out_of_tolerance)}</td>"
                              f"<td class='{'fail' if t.exceeds else 'pass'}'>{'yes' if t.exceeds else 'no'}</td></tr>")
             parts.append("</table>")
         for path in plots.get(r.variant, []):

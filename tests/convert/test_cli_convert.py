@@ -10,7 +10,7 @@ from hepdeploy_convert_test_helpers import FIXTURE_MODULE, HERE, JET
 
 from hepdeploy.artifacts import read_artifact
 from hepdeploy.cli import main
-from hepdeploy.convert.loaders import sniff_framework
+from hepdeploy.backend.loaders import sniff_framework
 
 
 def invoke(*args):

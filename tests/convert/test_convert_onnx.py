@@ -8,7 +8,7 @@ import pytest
 from hepdeploy.convert import convert_from_spec
 from hepdeploy.errors import ConversionError, SpecError
 from hepdeploy.spec import spec_from_dict
-from hepdeploy.validate.runners import OnnxRuntimeRunner
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 
 
 def _spec(path, **extra):

@@ -13,7 +13,8 @@ from hepdeploy.convert import convert_from_spec
 from hepdeploy.convert.selfcheck import self_check
 from hepdeploy.errors import DisagreementError, SpecError
 from hepdeploy.spec import spec_from_dict
-from hepdeploy.validate.runners import OnnxRuntimeRunner, TorchModuleRunner
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+from hepdeploy.backend.pytorch import TorchModuleRunner
 
 
 def _dims(value):

@@ -7,7 +7,11 @@ import pytest
 from hepdeploy.errors import DataError, DependencyMissingError, SpecError
 from hepdeploy.sampling import sample_inputs, self_check_sizes, trace_sizes
 from hepdeploy.spec import TensorSpec, spec_from_dict
-from hepdeploy.validate.runners import OnnxRuntimeRunner, Runner, TensorRTEngineRunner, TorchModuleRunner, run_chunked
+from hepdeploy.backend.base import Runner
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+from hepdeploy.backend.pytorch import TorchModuleRunner
+from hepdeploy.backend.sources import artifact_runner, source_runner
+from hepdeploy.backend.trt import TensorRTEngineRunner
 
 
 def _spec(**extra):
@@ -112,7 +116,7 @@ def test_run_chunked_matches_one_run(jet_onnx):
     runner = OnnxRuntimeRunner(jet_onnx)
     x = np.random.default_rng(1).standard_normal((103, 16)).astype(np.float32)
     whole = runner.run({"features": x})["scores"]
-    chunked = run_chunked(runner, {"features": x}, chunk_size=10)["scores"]
+    chunked = runner.run_chunked({"features": x}, chunk_size=10)["scores"]
     np.testing.assert_array_equal(whole, chunked)
 
 
@@ -145,8 +149,6 @@ def test_self_check_sizes_of_a_static_model_is_one_run():
 
 
 def test_source_runner_translates_an_onnx_sources_own_names(jet_onnx):
-    from hepdeploy.validate.runners import source_runner
-
     spec = spec_from_dict({"name": "jet", "source": {"framework": "onnx", "path": str(jet_onnx)},
                            "inputs": [{"name": "input_1", "shape": ["batch", 16]}],
                            "outputs": [{"name": "probs", "shape": ["batch", 5]}]})
@@ -157,7 +159,6 @@ def test_source_runner_translates_an_onnx_sources_own_names(jet_onnx):
 
 def test_artifact_runner_opens_onnx_and_refuses_other_files(jet_onnx, tmp_path):
     from hepdeploy.errors import ModelLoadError
-    from hepdeploy.validate.runners import artifact_runner
 
     assert artifact_runner(jet_onnx).providers_used == ["CPUExecutionProvider"]
     with pytest.raises(ModelLoadError, match="not a deployable artifact"):

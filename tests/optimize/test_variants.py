@@ -11,14 +11,15 @@ import pytest
 
 from hepdeploy.artifacts import read_artifact
 from hepdeploy.optimize import optimize_artifact
-from hepdeploy.optimize.graph import FLOAT, precision_summary, run_ort
+from hepdeploy.backend.onnxrt import run_once
+from hepdeploy.optimize.graph import FLOAT, precision_summary
 from hepdeploy.spec import VariantSpec
 
 OnnxModel = object  # tests/optimize/conftest.py: .path, .calibration, .spec
 
 
 def _outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return run_ort(onnx.load(str(path)), feeds)
+    return run_once(onnx.load(str(path)), feeds)
 
 
 def _io_is_fp32(model: onnx.ModelProto) -> bool:

@@ -12,7 +12,8 @@ import pytest
 from hepdeploy.data import load_tensors
 from hepdeploy.model_zoo import list_networks
 from hepdeploy.optimize import optimize_artifact
-from hepdeploy.optimize.graph import FLOAT, precision_summary, run_ort
+from hepdeploy.backend.onnxrt import run_once
+from hepdeploy.optimize.graph import FLOAT, precision_summary
 
 
 def _feeds(spec, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -41,7 +42,7 @@ def test_zoo_network_gives_every_variant(network: str, zoo_onnx, tmp_path: Path)
     model = zoo_onnx(network)
     spec = model.spec
     feeds = _feeds(spec, load_tensors(spec.resolve(spec.data.reference)))
-    fp32 = run_ort(onnx.load(str(model.path)), feeds)
+    fp32 = run_once(onnx.load(str(model.path)), feeds)
     for variant in ("fp32", "fp16", "int8-trt", "int8-cpu"):
         out = tmp_path / f"{network}.{variant}.onnx"
         result = optimize_artifact(model.path, variant, out, spec=spec)
@@ -54,7 +55,7 @@ def test_zoo_network_gives_every_variant(network: str, zoo_onnx, tmp_path: Path)
             assert summary.has_qdq and summary.int8_weights > 0 and summary.quantized_compute > 0, variant
         if variant == "fp16":
             assert summary.fp16_initializers > 0
-        got = run_ort(graph, feeds)
+        got = run_once(graph, feeds)
         for name, reference in fp32.items():
             assert got[name].shape == reference.shape and np.isfinite(got[name]).all(), (variant, name)
             if variant == "fp32":

@@ -59,8 +59,9 @@ def test_perf_sends_facile_events_of_the_specs_request_batch(triton_server, serv
 
 def test_killing_the_server_mid_run_gives_a_clear_error_not_a_hang(triton_binary, serve_repository, tmp_path):
     from hepdeploy.perf import run_perf
-    from hepdeploy.triton.server import ServerError, TritonServer
-    from hepdeploy.validate.triton_runner import TritonRunner
+    from hepdeploy.errors import ServerError
+    from hepdeploy.triton.server import TritonServer
+    from hepdeploy.backend.triton import TritonRunner
 
     model = serve_repository.models["jet_mlp"]
     with TritonServer(serve_repository.path, binary=triton_binary, load=["jet_mlp_py"], startup_timeout_s=180) as server:
@@ -106,7 +107,7 @@ def test_serve_check_validates_loadable_models_and_lists_the_refused_ones(triton
 
 
 def test_triton_serve_command_starts_and_stops_cleanly_on_ctrl_c(triton_binary, serve_repository, tmp_path):
-    from hepdeploy.validate.triton_runner import TritonRunner
+    from hepdeploy.backend.triton import TritonRunner
 
     command = [sys.executable, "-m", "hepdeploy", "triton", "serve", str(serve_repository.path)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

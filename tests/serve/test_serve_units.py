@@ -115,7 +115,7 @@ def test_a_wheel_with_the_wrong_checksum_is_refused(tmp_path):
 
 def test_server_and_model_references_are_checked():
     from hepdeploy.errors import BadInputError, UnsafeNameError
-    from hepdeploy.validate.triton_runner import parse_model_ref, parse_server_url
+    from hepdeploy.backend.triton import parse_model_ref, parse_server_url
 
     assert parse_server_url("grpc://127.0.0.1:8001") == "127.0.0.1:8001"
     assert parse_model_ref("facile:3") == ("facile", "3")

@@ -32,7 +32,7 @@ def test_twin_config_has_the_onnx_models_names_dims_and_batching(serve_repositor
 @pytest.mark.parametrize("name", ["facile", "jet_mlp"])
 def test_validation_through_the_server_passes_against_the_golden_set(triton_server, serve_repository, name):
     from hepdeploy.validate import load_reference, validate_runner
-    from hepdeploy.validate.triton_runner import TritonRunner
+    from hepdeploy.backend.triton import TritonRunner
 
     model = serve_repository.models[name]
     reference = load_reference(model.golden)
@@ -64,7 +64,7 @@ def test_validate_cli_with_server_passes_and_a_perturbed_twin_fails(triton_serve
 
 
 def test_http_protocol_gives_the_same_answers(triton_server, serve_repository):
-    from hepdeploy.validate.triton_runner import TritonRunner
+    from hepdeploy.backend.triton import TritonRunner
 
     model = serve_repository.models["facile"]
     sample = {k: v[:300] for k, v in model.inputs.items()}
@@ -74,7 +74,7 @@ def test_http_protocol_gives_the_same_answers(triton_server, serve_repository):
 
 
 def test_metadata_is_checked_against_the_artifact_before_any_inference(triton_server, serve_repository):
-    from hepdeploy.validate.triton_runner import ServedModelMismatchError, TritonRunner
+    from hepdeploy.backend.triton import ServedModelMismatchError, TritonRunner
 
     facile = serve_repository.models["facile"].spec
     jet = serve_repository.models["jet_mlp"]

@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def test_server_loads_published_twins_and_runs_their_warmup(
     triton_binary, tmp_path, models, facile_spec, facile_golden, interaction_spec, interaction_golden
 ):
-    from hepdeploy.triton.python_backend import publish_python_twin
+    from hepdeploy.triton.repository import publish_python_twin
     from hepdeploy.triton.server import TritonServer
 
     repo = tmp_path / "repo"

@@ -6,7 +6,7 @@ import pytest
 
 from hepdeploy.errors import DataError
 from hepdeploy.spec import PrecisionTolerance, Tolerance
-from hepdeploy.validate.compare import (
+from hepdeploy.compare import (
     PRECISION_DEFAULTS,
     compare_arrays,
     compare_outputs,
@@ -98,7 +98,7 @@ def test_precision_keys() -> None:
 
 
 def test_relative_error_is_not_blown_up_by_a_near_zero_reference() -> None:
-    from hepdeploy.validate.compare import compare_arrays
+    from hepdeploy.compare import compare_arrays
 
     reference = np.array([1e-300, 0.5], dtype=np.float64).astype(np.float32)  # 1e-300 underflows to 0
     candidate = np.array([1e-8, 0.5], dtype=np.float32)

@@ -117,7 +117,7 @@ def test_int8_regression_reports_resolution_change(facile_case) -> None:
 
 def test_any_runner_can_be_validated(jet_case) -> None:
     """The PyTorch source itself, through the Runner interface, agrees with the golden outputs."""
-    from hepdeploy.validate.runners import source_runner
+    from hepdeploy.backend.sources import source_runner
 
     report = validate_runner(source_runner(jet_case.zoo.spec), jet_case.reference, name="torch-source",
                              spec=jet_case.zoo.spec)

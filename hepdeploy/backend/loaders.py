@@ -1,4 +1,4 @@
-"""Loading source models safely.
+"""Loading source models safely (the deferred half of a runner: load here, run in a Runner).
 
 - torch: a ``module:function`` factory builds the nn.Module; weights are a state dict
   read with ``torch.load(weights_only=True)``. A pickle that is not weights-only is
@@ -26,7 +26,7 @@ from hepdeploy.tf_support import import_tensorflow
 if TYPE_CHECKING:
     from hepdeploy.spec import ModelSpec
 
-log = logging.getLogger("hepdeploy.convert.loaders")
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- file kinds
@@ -290,3 +290,15 @@ def _wrap_tf_function(tf: Any, function: Callable[..., Any], input_signature: Se
     wrapped = tf.function(function, input_signature=list(input_signature) if input_signature else None)
     wrapped._hepdeploy_python_function = function  # type: ignore[attr-defined]
     return wrapped
+
+
+def load_source(spec: ModelSpec) -> Any:
+    """The loaded source model a spec names: an nn.Module-like object, a Keras model or a SavedModel callable."""
+    framework = spec.source.framework
+    if framework in ("torch", "torchscript", "exported_program"):
+        return load_torch_source(spec)
+    if framework == "keras":
+        return load_keras(spec.resolve(spec.source.path))  # type: ignore[arg-type]
+    if framework == "savedmodel":
+        return load_savedmodel_callable(spec.resolve(spec.source.path), tf_input_signature(spec))  # type: ignore[arg-type]
+    raise SpecError(f"{spec.name}: no loader for framework {framework!r}")

@@ -1,7 +1,10 @@
-"""Numerical comparison of a candidate's outputs with reference outputs.
+"""Numerical comparison of a candidate's tensors with reference tensors, and the tolerances.
 
-The elementwise rule is numpy.allclose's: |a - b| <= atol + rtol * |b| with b the
-reference. NaN or Inf in the candidate where the reference is finite always fails.
+Shared by the conversion self-check, the fp32 simplification check, validation and the
+localiser. The elementwise rule is numpy.allclose's: |a - b| <= atol + rtol * |b| with b
+the reference. NaN or Inf in the candidate where the reference is finite always fails.
+:func:`sqnr_db` is the scale-free measure (signal-to-quantization-noise ratio) the
+localiser ranks intermediate tensors by.
 """
 from __future__ import annotations
 
@@ -124,6 +127,29 @@ def compare_outputs(
         tol = per_output.get(name, default)
         results.append(compare_arrays(name, candidate[name], ref, tol.atol, tol.rtol))
     return results
+
+
+def sqnr_db(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """Signal-to-noise ratio of ``candidate`` against ``reference`` in dB: 10 log10(sum ref^2 / sum (ref-cand)^2).
+
+    Scale-free, so a tensor of values near 1e3 and one near 1e-3 are judged alike (ONNX
+    Runtime's QDQ debugger ranks tensors the same way). Identical tensors give +inf; a
+    candidate with NaN/Inf where the reference is finite gives -inf.
+    """
+    a = np.asarray(candidate, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise DataError(f"SQNR needs equal shapes, got {list(a.shape)} and {list(b.shape)}")
+    finite = np.isfinite(b)
+    if (~np.isfinite(a) & finite).any():
+        return float("-inf")
+    noise = float(np.sum((a[finite] - b[finite]) ** 2))
+    signal = float(np.sum(b[finite] ** 2))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * float(np.log10(signal / noise))
 
 
 def _dtype_kind(array: np.ndarray) -> str:

@@ -1,40 +1,36 @@
 """A runner over a model served by a live Triton server (gRPC through tritonclient, or HTTP).
 
-Same interface as the runners in :mod:`hepdeploy.validate.runners`: ``run(inputs) -> outputs``.
+Same interface as every runner (:class:`hepdeploy.backend.base.Runner`): ``run(inputs) -> outputs``.
 Before the first request it reads the server's model metadata and config and checks them against
 the artifact's tensor specs (names, dtypes, fixed dims, batch axis), so a wrong model behind the
 right name is refused before any number is compared. A reference set is split into requests no
 larger than the model's ``max_batch_size``. Every call has a timeout: a dead or hung server gives a
-clear :class:`~hepdeploy.triton.server.ServerError` within it, never a hang.
+clear :class:`~hepdeploy.errors.ServerError` within it, never a hang.
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, DisagreementError
+from hepdeploy.backend.base import Runner
+from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, DisagreementError, ServerError
+from hepdeploy.fsutil import check_safe_name
 from hepdeploy.spec import TensorSpec
-from hepdeploy.triton.server import ServerError
 
-if TYPE_CHECKING:
-    from hepdeploy.spec import ModelSpec
-    from hepdeploy.validate.report import VariantReport
-
-log = logging.getLogger("hepdeploy.validate.triton_runner")
+log = logging.getLogger(__name__)
 
 Protocol = Literal["grpc", "http"]
 
-_TRITON_TO_NUMPY = {
+TRITON_TO_NUMPY = {
     "FP32": "float32", "FP16": "float16", "FP64": "float64", "BF16": "bfloat16", "INT8": "int8",
     "UINT8": "uint8", "INT16": "int16", "UINT16": "uint16", "INT32": "int32", "UINT32": "uint32",
     "INT64": "int64", "UINT64": "uint64", "BOOL": "bool",
 }
-_NUMPY_TO_TRITON = {v: k for k, v in _TRITON_TO_NUMPY.items()}
+NUMPY_TO_TRITON = {v: k for k, v in TRITON_TO_NUMPY.items()}
 
 
 class ServedModelMismatchError(DisagreementError):
@@ -43,8 +39,6 @@ class ServedModelMismatchError(DisagreementError):
 
 def parse_model_ref(text: str) -> tuple[str, str]:
     """``NAME[:VERSION]`` -> (name, version or '')."""
-    from hepdeploy.fsutil import check_safe_name
-
     name, _, version = text.partition(":")
     check_safe_name(name, "Triton model name")
     if version and not version.isdigit():
@@ -63,14 +57,15 @@ def parse_server_url(text: str) -> str:
     return f"{host}:{port}"
 
 
-def _error_line(error: BaseException) -> str:
+def triton_error_line(error: BaseException) -> str:
+    """The first line of a tritonclient/gRPC error's message."""
     text = getattr(error, "message", None)
     text = text() if callable(text) else text
     text = str(text or error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class TritonRunner:
+class TritonRunner(Runner):
     """Runs inputs through ``model`` on a Triton server at ``url`` (``HOST:PORT``).
 
     ``expected``: the artifact's (inputs, outputs) tensor specs; checked against the served model
@@ -97,13 +92,12 @@ class TritonRunner:
         self.timeout_s = float(timeout_s)
         self.expected = expected
         self.max_request_batch = max_request_batch
-        self.name = name or f"triton:{self.protocol}://{self.url}/{self.model}" + (
-            f":{self.version}" if self.version else "")
+        super().__init__(name or f"triton:{self.protocol}://{self.url}/{self.model}" + (
+            f":{self.version}" if self.version else ""))
         self._client = self._connect()
         self._checked = False
         self.max_batch_size = 0
-        self.input_specs: list[tuple[str, str, list[int]]] = []
-        self.output_names: list[str] = []
+        self.served_inputs: list[tuple[str, str, list[int]]] = []
         self.requests_sent = 0
 
     # -- connection ---------------------------------------------------------------------------
@@ -139,7 +133,7 @@ class TritonRunner:
             return function(*args, **kwargs)
         except Exception as error:  # tritonclient raises InferenceServerException, grpc/gevent errors
             elapsed = time.monotonic() - started
-            line = _error_line(error)
+            line = triton_error_line(error)
             if "deadline" in line.lower() or "timed out" in line.lower() or elapsed >= self.timeout_s * 0.95:
                 raise ServerError(f"{self.name}: {what}: no answer within {self.timeout_s:g} s ({line})") from None
             lowered = line.lower()
@@ -148,7 +142,7 @@ class TritonRunner:
                 raise ServerError(f"{self.name}: {what}: server not reachable ({line})") from None
             raise ServerError(f"{self.name}: {what}: {line}") from None
 
-    def close(self) -> None:
+    def _close(self) -> None:
         closer = getattr(self._client, "close", None)
         if closer:
             try:
@@ -158,9 +152,6 @@ class TritonRunner:
 
     def __enter__(self) -> TritonRunner:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- metadata -----------------------------------------------------------------------------
     def model_config(self) -> dict[str, Any]:
@@ -184,11 +175,11 @@ class TritonRunner:
         metadata = self.model_metadata()
         config = self.model_config()
         self.max_batch_size = int(config.get("max_batch_size", 0) or 0)
-        served_inputs = [(t["name"], _TRITON_TO_NUMPY.get(t["datatype"], t["datatype"]), [int(d) for d in t["shape"]])
+        served_inputs = [(t["name"], TRITON_TO_NUMPY.get(t["datatype"], t["datatype"]), [int(d) for d in t["shape"]])
                          for t in metadata.get("inputs", [])]
-        served_outputs = [(t["name"], _TRITON_TO_NUMPY.get(t["datatype"], t["datatype"]), [int(d) for d in t["shape"]])
+        served_outputs = [(t["name"], TRITON_TO_NUMPY.get(t["datatype"], t["datatype"]), [int(d) for d in t["shape"]])
                           for t in metadata.get("outputs", [])]
-        self.input_specs = served_inputs
+        self.served_inputs = served_inputs
         self.output_names = [name for name, _, _ in served_outputs]
         if self.expected is not None:
             problems = _compare_specs("input", served_inputs, self.expected[0], self.max_batch_size)
@@ -203,20 +194,15 @@ class TritonRunner:
         """The served model's input names (reading them runs the metadata check)."""
         if not self._checked:
             self.check_metadata()
-        return [name for name, _, _ in self.input_specs]
+        return [name for name, _, _ in self.served_inputs]
 
     @property
     def providers_used(self) -> list[str]:
         return [f"triton-{self.protocol}:{self.url}"]
 
     # -- inference ----------------------------------------------------------------------------
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._checked:
-            self.check_metadata()
-        missing = [n for n, _, _ in self.input_specs if n not in inputs]
-        if missing:
-            raise DataError(f"{self.name}: no data for input(s) {', '.join(missing)}")
-        arrays = {n: _as_served_dtype(n, np.asarray(inputs[n]), dtype) for n, dtype, _ in self.input_specs}
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = {n: _as_served_dtype(n, np.asarray(feed[n]), dtype) for n, dtype, _ in self.served_inputs}
         if self.max_batch_size <= 0:
             return self._infer(arrays)
         sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
@@ -234,9 +220,9 @@ class TritonRunner:
     def make_request_inputs(self, arrays: dict[str, np.ndarray]) -> list[Any]:
         module = self._module()
         tensors = []
-        for name, dtype, _ in self.input_specs:
+        for name, dtype, _ in self.served_inputs:
             array = np.ascontiguousarray(arrays[name])
-            tensor = module.InferInput(name, list(array.shape), _NUMPY_TO_TRITON[dtype])
+            tensor = module.InferInput(name, list(array.shape), NUMPY_TO_TRITON[dtype])
             if self.protocol == "http":
                 tensor.set_data_from_numpy(array, binary_data=True)
             else:
@@ -260,7 +246,7 @@ class TritonRunner:
 
 
 def _as_served_dtype(name: str, array: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype not in _NUMPY_TO_TRITON or dtype == "bfloat16":
+    if dtype not in NUMPY_TO_TRITON or dtype == "bfloat16":
         raise DataError(f"input {name!r}: the served data type {dtype} cannot be sent from numpy")
     wanted = np.dtype(dtype)
     if array.dtype == wanted:
@@ -301,33 +287,3 @@ def _compare_specs(kind: str, served: list[tuple[str, str, list[int]]], expected
                 log.info("%s %r axis %d is dynamic on the server, fixed (%d) in the artifact", kind, spec.name, axis,
                          want)
     return problems
-
-
-def validate_served(server: str, model_ref: str, golden: Path, *, protocol: Protocol = "grpc",
-                    timeout_s: float = 30.0, spec: ModelSpec | None = None, artifact: Path | None = None,
-                    precision: str | None = None, atol: Any = None, rtol: Any = None, policy: str | None = None,
-                    chunk_size: int | None = None) -> VariantReport:
-    """Validate what ``server`` returns for ``model_ref`` (NAME[:VERSION]) against the golden set ``golden``.
-
-    Same comparisons, physics checks and report as a file candidate. The served tensors are checked
-    against ``artifact``'s sidecar when given (its precision picks the tolerances unless ``precision``
-    does), else against ``spec``'s inputs/outputs.
-    """
-    from hepdeploy.validate import load_reference, validate_runner
-
-    name, version = parse_model_ref(model_ref)
-    expected = None
-    chosen_precision = precision
-    if artifact is not None:
-        from hepdeploy.artifacts import read_artifact
-
-        sidecar = read_artifact(artifact).sidecar
-        expected = (sidecar.inputs, sidecar.outputs)
-        chosen_precision = chosen_precision or sidecar.variant.precision
-    elif spec is not None:
-        expected = (spec.inputs, spec.outputs)
-    reference = load_reference(golden)
-    with TritonRunner(server, name, version, protocol=protocol, timeout_s=timeout_s, expected=expected) as runner:
-        return validate_runner(runner, reference, name=model_ref, candidate=f"{protocol}://{runner.url}/{model_ref}",
-                               precision=chosen_precision or "fp32", spec=spec, atol=atol, rtol=rtol, policy=policy,
-                               chunk_size=chunk_size)

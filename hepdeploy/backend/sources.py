@@ -1,0 +1,114 @@
+"""Opening runners: over a spec's source model, over a deployable artifact, over either.
+
+The one place that maps a framework (the spec's ``source.framework``) or an artifact's
+file type to the loader and runner that execute it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hepdeploy.artifacts import load_onnx
+from hepdeploy.backend import loaders
+from hepdeploy.backend.base import RenamedRunner, Runner
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ProviderList
+from hepdeploy.backend.pytorch import TorchModuleRunner
+from hepdeploy.backend.tf import KerasRunner, SavedModelRunner
+from hepdeploy.backend.trt import TensorRTEngineRunner
+from hepdeploy.errors import ModelLoadError, SpecError
+from hepdeploy.fsutil import check_input_file, sha256_file
+from hepdeploy.spec import ModelSpec, load_spec
+
+ENGINE_SUFFIXES = (".plan", ".engine")
+
+
+def source_runner(spec: ModelSpec, loaded: Any | None = None) -> Runner:
+    """A runner over the spec's source model (loaded here unless ``loaded`` is the model object already)."""
+    framework = spec.source.framework
+    where = spec.source.path or spec.source.factory or spec.name
+    name = f"{framework}:{where}"
+    if framework == "zoo":
+        raise SpecError(f"{spec.name}: a 'zoo' source must be exported first (convert does this); "
+                        "use the exported spec")
+    if framework == "onnx":
+        return _onnx_source_runner(spec, name)
+    model = loaded if loaded is not None else loaders.load_source(spec)
+    outputs = [t.name for t in spec.outputs]
+    if framework in ("torch", "torchscript", "exported_program"):
+        if framework == "exported_program" and not hasattr(model, "forward"):
+            model = model.module()
+        return TorchModuleRunner(model, spec.inputs, outputs, name=name)
+    if framework == "keras":
+        return KerasRunner(model, spec.inputs, outputs, name=name)
+    if framework == "savedmodel":
+        return SavedModelRunner(model, spec.inputs, outputs, name=name)
+    raise SpecError(f"{spec.name}: no runner for framework {framework!r}")
+
+
+def _onnx_source_runner(spec: ModelSpec, name: str) -> Runner:
+    """An ONNX source, its tensors translated positionally to the spec's names where they differ (as convert does)."""
+    path = spec.resolve(spec.source.path)
+    runner = OnnxRuntimeRunner(path, name=name)
+    inputs, outputs = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
+    if runner.input_names == inputs and runner.output_names == outputs:
+        return runner
+    if len(runner.input_names or []) != len(inputs) or len(runner.output_names or []) != len(outputs):
+        raise SpecError(f"{spec.source.path}: the model has {len(runner.input_names or [])} input(s) and "
+                        f"{len(runner.output_names or [])} output(s); the spec lists {len(inputs)} and {len(outputs)}")
+    return RenamedRunner(runner, dict(zip(inputs, runner.input_names or [], strict=True)),
+                         dict(zip(outputs, runner.output_names or [], strict=True)), name=name)
+
+
+def artifact_runner(path: Path | str, providers: ProviderList | None = None,
+                    intra_op_threads: int | None = None) -> Runner:
+    """A runner over a deployable artifact: ``.onnx`` in ONNX Runtime (CPU unless ``providers``
+    say otherwise), ``.plan``/``.engine`` in TensorRT. A missing or corrupt file is one clear line."""
+    path = Path(path)
+    if path.suffix != ".onnx" and path.suffix not in ENGINE_SUFFIXES:
+        raise ModelLoadError(f"{path}: not a deployable artifact (.onnx, or a TensorRT .plan/.engine); "
+                             "convert the model first or give its spec")
+    if not path.exists():
+        raise ModelLoadError(f"{path}: model not found")
+    if path.suffix in ENGINE_SUFFIXES:
+        return TensorRTEngineRunner(path)
+    load_onnx(path, load_weights=False)  # a corrupt file says so before ONNX Runtime tries
+    return OnnxRuntimeRunner(path, providers=providers, intra_op_threads=intra_op_threads)
+
+
+@dataclass
+class OpenedSource:
+    """A runner over a reference (source) model, where it came from, and its spec when there is one."""
+
+    runner: Runner
+    provenance: dict[str, Any] = field(default_factory=dict)
+    spec: ModelSpec | None = None
+
+
+def open_source(source: Runner | ModelSpec | Path | str) -> OpenedSource:
+    """A runner, a spec, a spec file (``.yaml``) or a model file, opened as the model that makes references."""
+    if isinstance(source, Runner):
+        return OpenedSource(source, {"framework": source.backend, "path": None, "sha256": None})
+    if isinstance(source, ModelSpec):
+        spec = source
+    else:
+        path = Path(source)
+        if path.suffix not in (".yaml", ".yml"):
+            check_input_file(path, "source model")
+            return OpenedSource(artifact_runner(path), _file_info(path, path.suffix.lstrip(".")))
+        spec = load_spec(path)
+    model_file = spec.source.path or spec.source.weights  # torch factories keep their weights in a file
+    info = _file_info(spec.resolve(model_file) if model_file else None, spec.source.framework)
+    info["spec"] = spec.name
+    if spec.source.factory:
+        info["factory"] = spec.source.factory
+    if spec.source.zoo:
+        info["zoo"] = spec.source.zoo
+    return OpenedSource(source_runner(spec), info, spec)
+
+
+def _file_info(path: Path | None, framework: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"framework": framework, "path": str(path) if path else None, "sha256": None}
+    if path is not None and Path(path).is_file():
+        info["sha256"] = sha256_file(Path(path))
+    return info

@@ -1,0 +1,163 @@
+"""The serve check: start a local Triton server on a repository and validate what it serves.
+
+Above both the triton stage (which writes and serves repositories) and the validate stage
+(which judges a runner against a golden set): it starts a :class:`TritonServer`, opens a
+:class:`~hepdeploy.backend.triton.TritonRunner` per loaded model and validates it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hepdeploy.artifacts import load_onnx, tensor_specs_of
+from hepdeploy.backend.triton import TritonRunner
+from hepdeploy.errors import DependencyMissingError, HepDeployError, ServerError
+from hepdeploy.triton.layout import MANIFEST_NAME
+from hepdeploy.triton.server import ServerBinary, TritonServer, find_tritonserver
+from hepdeploy.validate import load_reference, validate_runner
+
+
+@dataclass
+class ServedModelResult:
+    """What the serve check found for one model folder."""
+
+    name: str
+    loaded: bool
+    load_error: str = ""
+    validated: bool = False
+    passed: bool | None = None
+    verdict: str = ""
+
+    def line(self) -> str:
+        if not self.loaded:
+            return f"{self.name}: not loaded by the server: {self.load_error}"
+        if not self.validated:
+            return f"{self.name}: loaded; not validated: {self.verdict}"
+        return f"{self.name}: loaded; {self.verdict}"
+
+
+@dataclass
+class ServeCheckReport:
+    repository: Path
+    server: str = ""
+    status: Literal["ok", "failed", "skipped"] = "ok"
+    reason: str = ""
+    models: list[ServedModelResult] = field(default_factory=list)
+    log_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every model the server loaded and that had a golden set passed."""
+        return self.status == "ok" and all(m.passed is not False for m in self.models)
+
+    @property
+    def not_loaded(self) -> dict[str, str]:
+        return {m.name: m.load_error for m in self.models if not m.loaded}
+
+    def lines(self) -> list[str]:
+        head = f"serve check of {self.repository}: {self.status}"
+        if self.reason:
+            head += f": {self.reason}"
+        if self.server:
+            head += f" [{self.server}]"
+        return [head, *(f"  {m.line()}" for m in self.models)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repository": str(self.repository), "server": self.server, "status": self.status,
+                "reason": self.reason, "ok": self.ok, "log": str(self.log_path) if self.log_path else None,
+                "models": [m.__dict__ for m in self.models]}
+
+
+def _golden_for(name: str, goldens: Mapping[str, Path]) -> Path | None:
+    """The golden set of a served model: by its name, else by the name of the model it twins."""
+    if name in goldens:
+        return Path(goldens[name])
+    for suffix in ("_py", "_cpu", "_cpu_py"):
+        if name.endswith(suffix) and name[: -len(suffix)] in goldens:
+            return Path(goldens[name[: -len(suffix)]])
+    return None
+
+
+def _served_artifact_info(model_dir: Path) -> tuple[Any, str]:
+    """(expected tensor specs or None, precision) from the newest version's ONNX file and manifest."""
+    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
+    if not versions:
+        return None, "fp32"
+    version_dir = model_dir / str(versions[0])
+    precision = "fp32"
+    manifest = version_dir / MANIFEST_NAME
+    if manifest.is_file():
+        with contextlib.suppress(ValueError, OSError, AttributeError, TypeError):
+            variant = (json.loads(manifest.read_text(encoding="utf-8")).get("source") or {}).get("variant") or {}
+            precision = variant.get("precision") or "fp32"
+    onnx_file = version_dir / "model.onnx"
+    if onnx_file.is_file():
+        with contextlib.suppress(HepDeployError):
+            return tensor_specs_of(load_onnx(onnx_file, load_weights=False)), precision
+    return None, precision
+
+
+def serve_check(repo: Path, goldens: Mapping[str, Path], timeout_s: float = 300.0,
+                binary: ServerBinary | None = None, spec: Any | None = None) -> ServeCheckReport:
+    """Start a local server on ``repo``, validate every model it loads against its golden set, stop it.
+
+    ``goldens`` maps model names to reference sets (``.npz`` from ``hepdeploy reference``); a twin
+    (``NAME_py``, ``NAME_cpu``) uses its base model's golden set. Models the server refuses are listed
+    with the server's own message. ``status`` is ``skipped`` (with the reason and the container command
+    lines) when no server can run here, ``failed`` when the server would not start.
+    """
+    repo = Path(repo)
+    report = ServeCheckReport(repository=repo)
+    deadline = time.monotonic() + timeout_s
+    try:
+        binary = binary or find_tritonserver(repository=repo)
+    except DependencyMissingError as error:
+        report.status, report.reason = "skipped", str(error)
+        return report
+    report.server = binary.describe()
+    server = TritonServer(repo, binary=binary, startup_timeout_s=min(120.0, timeout_s),
+                          load_timeout_s=min(120.0, timeout_s))
+    try:
+        server.start()
+    except ServerError as error:
+        report.status, report.reason, report.log_path = "failed", str(error).splitlines()[0], server.log_path
+        return report
+    report.log_path = server.log_path
+    try:
+        errors = server.model_load_errors()
+        ready = set(server.ready_models())
+        for name in server.model_folders():
+            if name not in ready:
+                report.models.append(ServedModelResult(name, False, errors.get(name, "not ready (no message)")))
+                continue
+            result = ServedModelResult(name, True)
+            report.models.append(result)
+            golden = _golden_for(name, goldens)
+            if golden is None:
+                result.verdict = "no golden set for this model"
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 1:
+                result.verdict = f"serve check ran out of its {timeout_s:.0f} s"
+                continue
+            expected, precision = _served_artifact_info(repo / name)
+            try:
+                reference = load_reference(golden)
+                with TritonRunner(server.grpc_url, name, timeout_s=min(60.0, remaining), expected=expected) as runner:
+                    verdict = validate_runner(runner, reference, name=name, candidate=f"{server.grpc_url}/{name}",
+                                              precision=precision, spec=spec)
+                result.validated, result.passed, result.verdict = True, bool(verdict.passed), verdict.verdict
+            except HepDeployError as error:
+                result.validated, result.passed, result.verdict = True, False, f"FAIL: {error}"
+    finally:
+        server.stop()
+    if any(m.passed is False for m in report.models):
+        report.status = "failed"
+        report.reason = "served outputs disagree with the golden set for " + ", ".join(
+            m.name for m in report.models if m.passed is False)
+    return report
