@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hepdeploy import __version__
 from hepdeploy.errors import ModelLoadError
-from hepdeploy.fsutil import atomic_path, atomic_write_text, check_input_file, sha256_file
+from hepdeploy.fsutil import (
+    atomic_path,
+    atomic_write_text,
+    check_input_file,
+    sha256_file,
+)
 from hepdeploy.spec import TensorSpec
 
 if TYPE_CHECKING:
@@ -96,7 +101,7 @@ def load_onnx(path: Path, load_weights: bool = True) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=load_weights)
     except Exception as error:  # onnx raises DecodeError, OSError, ValueError ...
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__})") from error
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not a readable ONNX model (empty graph)")
     return model
@@ -132,7 +137,7 @@ def read_artifact(path: Path) -> Artifact:
         try:
             sidecar = Sidecar.model_validate(json.loads(side.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, ValidationError) as error:
-            raise ModelLoadError(f"{side}: not a valid hepdeploy sidecar ({type(error).__name__})") from None
+            raise ModelLoadError(f"{side}: not a valid hepdeploy sidecar ({type(error).__name__})") from error
         return Artifact(path=path, sidecar=sidecar)
     model = load_onnx(path, load_weights=False)
     inputs, outputs = tensor_specs_of(model)

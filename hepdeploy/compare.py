@@ -254,8 +254,8 @@ def parse_tolerance_values(values: object, option: str = "--atol") -> ToleranceO
 def _to_float(value: object, option: str, text: str) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise DataError(f"{option} {text!r}: {value!r} is not a number") from None
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{option} {text!r}: {value!r} is not a number") from error
 
 
 def _non_negative(value: float, option: str, text: str) -> float:

@@ -50,7 +50,7 @@ def load_tensors(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from None
+        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from error
 
 
 # --------------------------------------------------------------------------- calibration
@@ -219,7 +219,7 @@ def _read_unbatched(
             with h5py.File(path, "r") as handle:
                 full = {name: handle[name][()] for name, item in handle.items() if isinstance(item, h5py.Dataset)}
         except OSError as error:
-            raise DataError(f"{path}: not a readable HDF5 file ({type(error).__name__})") from None
+            raise DataError(f"{path}: not a readable HDF5 file ({type(error).__name__})") from error
     else:
         raise DataError(f"{path}: unbatched (graph) inputs are read from .npz or .h5 files, not {path.suffix!r}")
     _check_names(set(full), inputs, str(path), ignore)
@@ -240,7 +240,7 @@ def _read_npz(
             # .npz members cannot be read partially; only the inputs' members are read.
             full = {t.name: archive[t.name] for t in inputs}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from None
+        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from error
     total = _common_count(full, str(path))
     index = _choose(total, samples, seed, str(path), allow_fewer)
     return {name: array[index] for name, array in full.items()}
@@ -254,7 +254,7 @@ def _read_hdf5(
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
-        raise DataError(f"{path}: not a readable HDF5 file ({type(error).__name__})") from None
+        raise DataError(f"{path}: not a readable HDF5 file ({type(error).__name__})") from error
     with handle:
         datasets = {name for name, item in handle.items() if isinstance(item, h5py.Dataset)}
         _check_names(datasets, inputs, str(path), ignore)
@@ -287,7 +287,7 @@ def _read_root(
     try:
         handle = uproot.open(path)
     except Exception as error:  # uproot raises several kinds on a corrupt file
-        raise DataError(f"{where}: not a readable ROOT file ({type(error).__name__})") from None
+        raise DataError(f"{where}: not a readable ROOT file ({type(error).__name__})") from error
     with handle:
         # uproot >= 5.5 writes RNTuples by default; both read the same way here.
         trees = [key.split(";")[0] for key, cls in handle.classnames().items()
@@ -321,8 +321,8 @@ def _regular(array: np.ndarray, branch: str, where: str) -> np.ndarray:
         return array
     try:
         return np.stack([np.asarray(item) for item in array])
-    except ValueError:
-        raise DataError(f"{where}: branch {branch!r} is jagged (entries differ in length); pad it to a fixed size") from None
+    except ValueError as error:
+        raise DataError(f"{where}: branch {branch!r} is jagged (entries differ in length); pad it to a fixed size") from error
 
 
 def _windows(index: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:

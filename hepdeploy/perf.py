@@ -31,9 +31,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, ServerError
-from hepdeploy.fsutil import atomic_path, atomic_write_text, check_output_folder
 from hepdeploy.backend.triton import NUMPY_TO_TRITON, TritonRunner, triton_error_line
+from hepdeploy.errors import (
+    BadInputError,
+    DataError,
+    DependencyMissingError,
+    ServerError,
+)
+from hepdeploy.fsutil import atomic_path, atomic_write_text, check_output_folder
 
 log = logging.getLogger("hepdeploy.perf")
 
@@ -179,9 +184,9 @@ async def _measure_level_async(url: str, model: str, version: str, batches: list
     try:
         await asyncio.wait_for(asyncio.gather(*(one_client(i, c) for i, c in enumerate(connections))),
                                timeout=warmup_s + duration_s + timeout_s + 5)
-    except asyncio.TimeoutError:
+    except asyncio.TimeoutError as error:
         raise ServerError(f"{model}: perf level with {clients} client(s) did not finish within "
-                          f"{warmup_s + duration_s + timeout_s:.0f} s") from None
+                          f"{warmup_s + duration_s + timeout_s:.0f} s") from error
     except Exception as error:  # InferenceServerException, grpc errors
         raise ServerError(f"{model} at {url}: inference failed during perf with {clients} client(s): "
                           f"{triton_error_line(error)}") from error
@@ -348,7 +353,7 @@ def parse_perf_analyzer_csv(text: str, clients: int, duration_s: float, event: E
         latency = {k: float(row[f"p{k} latency"]) / 1e3 for k in (50, 95, 99)}
         mean = float(row.get("Avg latency") or "nan") / 1e3
     except (KeyError, ValueError) as error:
-        raise DataError(f"perf_analyzer CSV lacks a column or value: {error}") from None
+        raise DataError(f"perf_analyzer CSV lacks a column or value: {error}") from error
     requests_per_s = inferences_per_s / event.batch_per_request
     events_per_s = requests_per_s / event.requests_per_event
     events = int(round(events_per_s * duration_s))
@@ -371,8 +376,8 @@ def _perf_analyzer_level(binary: str | None, url: str, model: str, version: str,
         try:
             done = subprocess.run(command, capture_output=True, text=True, check=False,
                                   timeout=duration_s * 10 + timeout_s + 60)
-        except subprocess.TimeoutExpired:
-            raise ServerError(f"perf_analyzer did not finish for {clients} client(s)") from None
+        except subprocess.TimeoutExpired as error:
+            raise ServerError(f"perf_analyzer did not finish for {clients} client(s)") from error
         if done.returncode != 0 or not csv_path.is_file():
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ServerError(f"perf_analyzer failed (exit {done.returncode}): {last[0]}")

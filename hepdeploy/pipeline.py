@@ -13,11 +13,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hepdeploy.convert import convert_from_spec, merge_zoo_spec
 from hepdeploy.errors import BadInputError, HepDeployError
 from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.model_zoo import export_network, get_network
+from hepdeploy.optimize import optimize_artifact
 from hepdeploy.progress import progress
+from hepdeploy.sampling import sample_inputs
+from hepdeploy.serve_check import serve_check
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
+from hepdeploy.triton.check import check_repository_report
+from hepdeploy.triton.repository import publish_spec
+from hepdeploy.validate import load_reference, validate_candidate
+from hepdeploy.validate.reference import make_reference, save_reference
+from hepdeploy.validate.report import write_reports
 
 log = logging.getLogger("hepdeploy.pipeline")
 
@@ -114,7 +124,6 @@ def _variant_file(folder: Path, name: str, variant: str) -> Path:
 
 def _zoo_spec(name: str, folder: Path, budget: str) -> StepResult:
     """Export a zoo network (trained, cached) with its spec and labelled data sets."""
-    from hepdeploy.model_zoo import export_network
 
     exported = export_network(name, folder / "source", budget=budget)
     return StepResult(
@@ -129,15 +138,12 @@ def _reference_step(spec: ModelSpec, golden: Path) -> StepResult:
     Without reference data the conversion's own seeded sample inputs are used, and the
     golden set has no labels (physics checks then cannot run; the reports say so).
     """
-    from hepdeploy.validate.reference import make_reference, save_reference
 
     data_path = spec.resolve(spec.data.reference)
     if data_path is not None:
         reference = make_reference(spec, data_path, labels=spec.data.labels, spec=spec)
         note = f"source model on {data_path.name}"
     else:
-        from hepdeploy.sampling import sample_inputs
-
         sizes = {dim: spec.dim_range(dim).opt or spec.dim_range(dim).min for t in spec.inputs for dim in t.dynamic_dims}
         if "batch" in sizes:
             sizes["batch"] = min(256, spec.dim_range("batch").max or 256)
@@ -160,7 +166,6 @@ def _validate_step(variant: str, candidate: Path, reference, spec: ModelSpec, re
                    strict: bool) -> StepResult:
     """Validate one variant. A failing variant that is not served is *rejected* (kept out of the
     repository, reported, build still passes); a failing served variant, or any with --strict, fails."""
-    from hepdeploy.validate import validate_candidate
 
     report = validate_candidate(candidate, reference, spec=spec, name=variant)
     reports.append(report)
@@ -174,8 +179,6 @@ def _validate_step(variant: str, candidate: Path, reference, spec: ModelSpec, re
 
 def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None, goldens: dict[str, Path]) -> ModelBuild:
     """Run the chain for one spec; every step's outcome is recorded, none is hidden."""
-    from hepdeploy.convert import convert_from_spec
-    from hepdeploy.optimize import optimize_artifact
 
     folder = options.out_dir / spec.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -186,7 +189,6 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
         exported = build.add(_timed("zoo-export", lambda: _zoo_spec(spec.source.zoo, folder, options.budget)))
         if not exported.ok:
             return build
-        from hepdeploy.convert import merge_zoo_spec
 
         spec = merge_zoo_spec(spec, exported.details.pop("spec"))
 
@@ -212,9 +214,6 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
     verdicts: dict[str, dict] = {}
     passing: dict[str, Path] = {}
     if referenced.ok:
-        from hepdeploy.validate import load_reference
-        from hepdeploy.validate.report import write_reports
-
         reference = load_reference(golden)
         goldens[spec.triton.model_name or spec.name] = golden
         reports: list = []
@@ -238,7 +237,6 @@ def build_model(spec: ModelSpec, options: BuildOptions, repository: Path | None,
 
 
 def _publish_step(repository: Path, spec: ModelSpec, variants: dict[str, Path], verdicts: dict, warmup) -> StepResult:  # noqa: ANN001
-    from hepdeploy.triton.repository import publish_spec
 
     results = publish_spec(repository, spec, variants, verdicts=verdicts, warmup_inputs=warmup)
     return StepResult("publish", "ok", ", ".join(f"{r.name} v{r.version}" for r in results),
@@ -247,7 +245,6 @@ def _publish_step(repository: Path, spec: ModelSpec, variants: dict[str, Path], 
 
 def zoo_build_spec(name: str) -> ModelSpec:
     """A minimal spec that builds a zoo network with the zoo's own settings."""
-    from hepdeploy.model_zoo import get_network
 
     network = get_network(name)
     return ModelSpec.model_validate({
@@ -285,8 +282,6 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
 
 
 def _check_step(repository: Path) -> StepResult:
-    from hepdeploy.triton.check import check_repository_report
-
     checked = check_repository_report(repository)
     if checked.problems:
         return StepResult("triton-check", "failed", f"{len(checked.problems)} problem(s)",
@@ -295,8 +290,6 @@ def _check_step(repository: Path) -> StepResult:
 
 
 def _serve_check_step(repository: Path, goldens: dict[str, Path]) -> StepResult:
-    from hepdeploy.serve_check import serve_check
-
     checked = serve_check(repository, goldens)
     status = "skipped" if checked.status == "skipped" else "ok" if checked.ok else "failed"
     return StepResult("serve-check", status, checked.reason,

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hepdeploy.errors import SpecError, UnsafeNameError, first_line
 from hepdeploy.fsutil import check_safe_name
@@ -314,9 +321,9 @@ def spec_from_dict(data: Any, where: str = "spec", base_dir: Path | None = None)
     try:
         spec = ModelSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(format_validation_error(error, where)) from None
+        raise SpecError(format_validation_error(error, where)) from error
     except UnsafeNameError as error:  # raised as-is by name validators; say which file it is in
-        raise UnsafeNameError(f"{where}: {error}") from None
+        raise UnsafeNameError(f"{where}: {error}") from error
     spec.base_dir = base_dir
     return spec
 
@@ -329,7 +336,7 @@ def load_spec(path: Path | str) -> ModelSpec:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         first = first_line(error)
-        raise SpecError(f"{path}: not valid YAML: {first}") from None
+        raise SpecError(f"{path}: not valid YAML: {first}") from error
     return spec_from_dict(data, where=str(path), base_dir=path.resolve().parent)
 
 
@@ -349,4 +356,4 @@ def parse_tensor_option(text: str) -> TensorSpec:
     try:
         return TensorSpec(name=name, dtype=dtype, shape=shape)
     except ValidationError as error:
-        raise SpecError(format_validation_error(error, f"--input {text!r}")) from None
+        raise SpecError(format_validation_error(error, f"--input {text!r}")) from error

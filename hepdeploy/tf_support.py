@@ -52,7 +52,7 @@ def import_tensorflow() -> Any:
     except ImportError as error:
         raise DependencyMissingError(
             f"TensorFlow is not installed ({error}); install hepdeploy[tf] for Keras/SavedModel models"
-        ) from None
+        ) from error
     return tf
 
 

@@ -19,7 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepdeploy.errors import DependencyMissingError, ModelLoadError, SpecError, first_line
+from hepdeploy.errors import (
+    DependencyMissingError,
+    ModelLoadError,
+    SpecError,
+    first_line,
+)
 from hepdeploy.fsutil import check_input_file
 from hepdeploy.tf_support import import_tensorflow
 
@@ -73,7 +78,7 @@ def torch_file_kind(path: Path) -> str:
     try:
         names = zipfile.ZipFile(path).namelist()
     except (zipfile.BadZipFile, OSError) as error:
-        raise ModelLoadError(f"{path}: not a readable PyTorch archive ({first_line(error)})") from None
+        raise ModelLoadError(f"{path}: not a readable PyTorch archive ({first_line(error)})") from error
     if any("/code/" in n or n.endswith("constants.pkl") for n in names):
         return "torchscript"
     if any("/models/" in n and n.endswith(".json") for n in names) or any(n.endswith("archive_format") for n in names):
@@ -87,7 +92,7 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError as error:  # pragma: no cover - torch is a core dependency
-        raise DependencyMissingError(f"PyTorch is not installed ({error})") from None
+        raise DependencyMissingError(f"PyTorch is not installed ({error})") from error
     return torch
 
 
@@ -104,8 +109,8 @@ def load_state_dict(path: Path) -> dict[str, Any]:
             raise ModelLoadError(
                 f"{path}: refused: this pickle is not weights-only (loading it would run arbitrary code); "
                 "save a state dict with torch.save(model.state_dict(), path) or a TorchScript/ExportedProgram file"
-            ) from None
-        raise ModelLoadError(f"{path}: not a readable PyTorch weights file ({first_line(error)})") from None
+            ) from error
+        raise ModelLoadError(f"{path}: not a readable PyTorch weights file ({first_line(error)})") from error
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]  # common checkpoint layout: {'state_dict': ..., 'epoch': ...}
     if not isinstance(data, dict) or not all(hasattr(v, "shape") for v in data.values()):
@@ -149,10 +154,10 @@ def resolve_factory(factory: str, module_file: Path | None = None, base_dir: Pat
     except ModelLoadError:
         raise
     except ImportError as error:
-        raise ModelLoadError(f"factory {factory!r}: cannot import module {module_name!r} ({first_line(error)})") from None
+        raise ModelLoadError(f"factory {factory!r}: cannot import module {module_name!r} ({first_line(error)})") from error
     except Exception as error:
         raise ModelLoadError(f"factory {factory!r}: importing {module_name!r} failed: "
-                             f"{type(error).__name__}: {first_line(error)}") from None
+                             f"{type(error).__name__}: {first_line(error)}") from error
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ModelLoadError(f"factory {factory!r}: module {module_name!r} has no callable {function_name!r}")
@@ -166,7 +171,7 @@ def build_torch_module(factory: str, factory_kwargs: dict[str, Any] | None = Non
     try:
         module = function(**(factory_kwargs or {}))
     except Exception as error:
-        raise ModelLoadError(f"factory {factory!r} raised {type(error).__name__}: {first_line(error)}") from None
+        raise ModelLoadError(f"factory {factory!r} raised {type(error).__name__}: {first_line(error)}") from error
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"factory {factory!r} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -174,7 +179,7 @@ def build_torch_module(factory: str, factory_kwargs: dict[str, Any] | None = Non
         try:
             module.load_state_dict(state)
         except RuntimeError as error:
-            raise ModelLoadError(f"{weights}: does not fit the module from {factory!r}: {first_line(error)}") from None
+            raise ModelLoadError(f"{weights}: does not fit the module from {factory!r}: {first_line(error)}") from error
     return module.eval()
 
 
@@ -184,7 +189,7 @@ def load_torchscript(path: Path) -> Any:
     try:
         return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as error:
-        raise ModelLoadError(f"{path}: not a readable TorchScript model ({first_line(error)})") from None
+        raise ModelLoadError(f"{path}: not a readable TorchScript model ({first_line(error)})") from error
 
 
 def load_exported_program(path: Path) -> Any:
@@ -193,7 +198,7 @@ def load_exported_program(path: Path) -> Any:
     try:
         return torch.export.load(str(path))
     except Exception as error:
-        raise ModelLoadError(f"{path}: not a readable torch.export ExportedProgram ({first_line(error)})") from None
+        raise ModelLoadError(f"{path}: not a readable torch.export ExportedProgram ({first_line(error)})") from error
 
 
 def load_torch_source(spec: ModelSpec) -> Any:
@@ -229,7 +234,7 @@ def load_keras(path: Path) -> Any:
         # safe_mode (the default) refuses to deserialize lambdas, i.e. arbitrary code.
         return keras.models.load_model(str(path), compile=False)
     except Exception as error:
-        raise ModelLoadError(f"{path}: not a readable Keras model ({type(error).__name__}: {first_line(error)})") from None
+        raise ModelLoadError(f"{path}: not a readable Keras model ({type(error).__name__}: {first_line(error)})") from error
 
 
 def tf_input_signature(spec: ModelSpec) -> list[Any]:
@@ -249,7 +254,7 @@ def load_savedmodel(path: Path) -> Any:
     try:
         return tf.saved_model.load(str(path))
     except Exception as error:
-        raise ModelLoadError(f"{path}: not a readable SavedModel ({type(error).__name__}: {first_line(error)})") from None
+        raise ModelLoadError(f"{path}: not a readable SavedModel ({type(error).__name__}: {first_line(error)})") from error
 
 
 def load_savedmodel_callable(path: Path, input_signature: Sequence[Any] | None = None) -> Callable[..., Any]:

@@ -17,7 +17,13 @@ from typing import Any, Literal
 import numpy as np
 
 from hepdeploy.backend.base import Runner
-from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, DisagreementError, ServerError
+from hepdeploy.errors import (
+    BadInputError,
+    DataError,
+    DependencyMissingError,
+    DisagreementError,
+    ServerError,
+)
 from hepdeploy.fsutil import check_safe_name
 from hepdeploy.spec import TensorSpec
 
@@ -109,10 +115,10 @@ class TritonRunner(Runner):
         if self.protocol == "http":
             try:
                 import tritonclient.http as client_module
-            except (ImportError, RuntimeError):
+            except (ImportError, RuntimeError) as error:
                 raise DependencyMissingError(
                     "the HTTP protocol needs tritonclient's http support: pip install 'tritonclient[http]' "
-                    "(or use the default gRPC protocol)") from None
+                    "(or use the default gRPC protocol)") from error
             return client_module.InferenceServerClient(
                 self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s)
         raise BadInputError(f"protocol {self.protocol!r}: use grpc or http")
@@ -135,12 +141,12 @@ class TritonRunner(Runner):
             elapsed = time.monotonic() - started
             line = triton_error_line(error)
             if "deadline" in line.lower() or "timed out" in line.lower() or elapsed >= self.timeout_s * 0.95:
-                raise ServerError(f"{self.name}: {what}: no answer within {self.timeout_s:g} s ({line})") from None
+                raise ServerError(f"{self.name}: {what}: no answer within {self.timeout_s:g} s ({line})") from error
             lowered = line.lower()
             if any(k in lowered for k in ("unavailable", "connect", "connection", "socket closed", "broken pipe",
                                           "reset by peer", "failed to connect")):
-                raise ServerError(f"{self.name}: {what}: server not reachable ({line})") from None
-            raise ServerError(f"{self.name}: {what}: {line}") from None
+                raise ServerError(f"{self.name}: {what}: server not reachable ({line})") from error
+            raise ServerError(f"{self.name}: {what}: {line}") from error
 
     def _close(self) -> None:
         closer = getattr(self._client, "close", None)

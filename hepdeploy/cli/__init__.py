@@ -14,6 +14,15 @@ import traceback
 import click
 
 from hepdeploy import __version__
+from hepdeploy.cli import (
+    commands_build,
+    commands_convert,
+    commands_optimize,
+    commands_serve,
+    commands_triton,
+    commands_validate,
+    commands_zoo,
+)
 from hepdeploy.errors import HepDeployError
 
 log = logging.getLogger("hepdeploy")
@@ -73,16 +82,6 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 
 def _register_commands() -> None:
-    from hepdeploy.cli import (
-        commands_build,
-        commands_convert,
-        commands_optimize,
-        commands_serve,
-        commands_triton,
-        commands_validate,
-        commands_zoo,
-    )
-
     # commands_serve adds `serve` to the `triton` group, so it comes after commands_triton.
     for module in (commands_convert, commands_zoo, commands_optimize, commands_validate, commands_triton,
                    commands_serve, commands_build):

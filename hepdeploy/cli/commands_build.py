@@ -6,6 +6,14 @@ from pathlib import Path
 
 import click
 
+from hepdeploy.pipeline import (
+    DEFAULT_ZOO_SET,
+    BuildOptions,
+    build,
+    load_specs,
+    zoo_build_spec,
+)
+
 DEFAULT_OUT = Path("hepdeploy-out")
 
 
@@ -37,7 +45,6 @@ def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, 
     (triton.variant, triton.cpu_twin.variant) fails, or any with --strict, when a step
     errors, or when the repository check finds a problem. Exit 0 otherwise.
     """
-    from hepdeploy.pipeline import DEFAULT_ZOO_SET, BuildOptions, build, load_specs, zoo_build_spec
 
     model_specs = load_specs(list(specs))
     names = list(zoo_names) or ([] if specs else list(DEFAULT_ZOO_SET))

@@ -8,6 +8,14 @@ from typing import Any
 
 import click
 
+from hepdeploy.artifacts import load_onnx, sidecar_path_for, tensor_specs_of
+from hepdeploy.convert import convert_from_spec
+from hepdeploy.convert.common import check_output_path
+from hepdeploy.convert.options import spec_from_options
+from hepdeploy.errors import BadInputError, SpecError
+from hepdeploy.fsutil import check_input_file, check_safe_name
+from hepdeploy.spec import load_spec
+
 FRAMEWORKS = ("torch", "torchscript", "exported_program", "keras", "savedmodel", "onnx")
 
 
@@ -35,12 +43,6 @@ def convert_command(source: Path | None, output: Path, spec_path: Path | None, i
     and 64, two sizes of every other dynamic dimension); if they disagree beyond
     atol 1e-5 + rtol 1e-4 nothing is written and the exit code is 1.
     """
-    from hepdeploy.convert import convert_from_spec
-    from hepdeploy.convert.common import check_output_path
-    from hepdeploy.convert.options import spec_from_options
-    from hepdeploy.errors import BadInputError, SpecError
-    from hepdeploy.fsutil import check_safe_name
-    from hepdeploy.spec import load_spec
 
     check_output_path(output)
     if spec_path is not None:
@@ -75,9 +77,6 @@ def convert_command(source: Path | None, output: Path, spec_path: Path | None, i
 def model_summary(path: Path) -> dict[str, Any]:
     """What ``hepdeploy inspect`` shows: tensors, opsets, producer, op histogram, parameters."""
     import onnx
-
-    from hepdeploy.artifacts import load_onnx, sidecar_path_for, tensor_specs_of
-    from hepdeploy.fsutil import check_input_file
 
     path = check_input_file(Path(path), "ONNX model")
     model = load_onnx(path)
@@ -132,9 +131,8 @@ def inspect_command(model: Path, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     console = Console(highlight=False)
     console.print(f"[bold]{escape(summary['path'])}[/bold]  {summary['size_bytes']:,} bytes")

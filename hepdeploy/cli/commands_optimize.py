@@ -5,6 +5,11 @@ from pathlib import Path
 
 import click
 
+from hepdeploy.artifacts import read_artifact
+from hepdeploy.errors import BadInputError
+from hepdeploy.optimize import optimize_artifact, variant_spec
+from hepdeploy.spec import DataSpec, ModelSpec, SourceSpec, load_spec
+
 VARIANTS = ("fp32", "fp16", "int8-trt", "int8-cpu", "tensorrt")
 
 
@@ -55,9 +60,6 @@ def optimize_command(
     int8-cpu: ONNX Runtime static QDQ, u8 activations / s8 per-channel weights (needs --calibration).
     tensorrt: a strongly typed TensorRT .plan (skipped without TensorRT and a CUDA device).
     """
-    from hepdeploy.errors import BadInputError
-    from hepdeploy.optimize import optimize_artifact, variant_spec
-    from hepdeploy.spec import load_spec
 
     spec = load_spec(spec_path) if spec_path is not None else None
     vspec = variant_spec(variant_name, spec)
@@ -105,8 +107,6 @@ def optimize_command(
 
 
 def _pairs(items: tuple[str, ...]) -> dict[str, str]:
-    from hepdeploy.errors import BadInputError
-
     pairs = {}
     for item in items:
         name, sep, branch = item.partition("=")
@@ -118,8 +118,6 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 
 def _spec_from_model(model: Path, seed: int | None, tree: str | None, branches: dict[str, str]):  # type: ignore[no-untyped-def]
     """A minimal spec from the artifact's own tensor specs, to carry data options."""
-    from hepdeploy.artifacts import read_artifact
-    from hepdeploy.spec import DataSpec, ModelSpec, SourceSpec
 
     artifact = read_artifact(model)
     return ModelSpec(

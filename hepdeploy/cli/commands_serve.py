@@ -12,14 +12,34 @@ from typing import Any
 
 import click
 
+from hepdeploy.backend.triton import parse_model_ref
+from hepdeploy.data import load_tensors
+from hepdeploy.errors import (
+    DataError,
+    DependencyMissingError,
+    RepositoryError,
+    ValidationFailedError,
+)
+from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.perf import EventDefinition, run_perf, write_perf_outputs
+from hepdeploy.serve_check import serve_check
+from hepdeploy.spec import load_spec
+from hepdeploy.triton.server import (
+    TritonServer,
+    bundled_server,
+    find_tritonserver,
+    install_bundled_server,
+)
+from hepdeploy.validate import load_reference
+
 log = logging.getLogger("hepdeploy.cli.serve")
 
 
 def _concurrency(text: str) -> list[int]:
     try:
         levels = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected a comma-separated list of integers such as 1,2,4") from None
+    except ValueError as error:
+        raise click.BadParameter(f"{text!r}: expected a comma-separated list of integers such as 1,2,4") from error
     if not levels or any(level < 1 for level in levels):
         raise click.BadParameter(f"{text!r}: levels must be positive integers")
     return levels
@@ -27,15 +47,11 @@ def _concurrency(text: str) -> list[int]:
 
 def _load_inputs_and_reference(golden: Path) -> tuple[dict[str, Any], Any]:
     """(inputs, reference set or None): a golden set from `hepdeploy reference`, or a plain inputs .npz."""
-    from hepdeploy.errors import DataError
-    from hepdeploy.validate import load_reference
 
     try:
         reference = load_reference(golden)
         return dict(reference.inputs), reference
     except DataError:
-        from hepdeploy.data import load_tensors
-
         return load_tensors(golden), None
 
 
@@ -62,7 +78,6 @@ def serve_command(repo: Path | None, tritonserver_path: Path | None, no_bundled:
                   wheel: Path | None, host: str, http_port: int | None, grpc_port: int | None,
                   metrics_port: int | None, log_file: Path | None, startup_timeout: float) -> None:
     """Start a local Triton server on REPO until Ctrl-C (or only install the bundled server with --install)."""
-    from hepdeploy.triton.server import TritonServer, bundled_server, find_tritonserver, install_bundled_server
 
     if install or wheel:
         folder = install_bundled_server(wheel=wheel)
@@ -114,11 +129,6 @@ def serve_check_command(repo: Path, goldens: tuple[str, ...], tritonserver_path:
     """
     import json as json_module
 
-    from hepdeploy.errors import DependencyMissingError, ValidationFailedError
-    from hepdeploy.fsutil import atomic_write_text
-    from hepdeploy.serve_check import serve_check
-    from hepdeploy.triton.server import find_tritonserver
-
     mapping: dict[str, Path] = {}
     for item in goldens:
         name, sep, path = item.partition("=")
@@ -165,10 +175,6 @@ def perf_command(server_url: str | None, repo: Path | None, model_ref: str, gold
                  timeout: float, engine: str, perf_analyzer_path: str | None, json_path: Path | None,
                  plot_path: Path | None) -> None:
     """Throughput (events/s, inferences/s) and latency p50/p95/p99 versus simultaneous clients."""
-    from hepdeploy.perf import EventDefinition, run_perf, write_perf_outputs
-    from hepdeploy.spec import load_spec
-    from hepdeploy.triton.server import TritonServer
-    from hepdeploy.backend.triton import parse_model_ref
 
     if (server_url is None) == (repo is None):
         raise click.UsageError("give exactly one of --server HOST:PORT or --repo REPOSITORY")
@@ -191,8 +197,6 @@ def perf_command(server_url: str | None, repo: Path | None, model_ref: str, gold
         with TritonServer(repo, load=[name]) as server:
             errors = server.model_load_errors()
             if name in errors:
-                from hepdeploy.errors import RepositoryError
-
                 raise RepositoryError(f"the server did not load {name}: {errors[name]}")
             report = measure(server.grpc_url)
     else:

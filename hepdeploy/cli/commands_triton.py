@@ -10,7 +10,12 @@ from pathlib import Path
 
 import click
 
+from hepdeploy.data import load_tensors
 from hepdeploy.errors import BadInputError
+from hepdeploy.spec import load_spec
+from hepdeploy.triton.check import check_repository_report
+from hepdeploy.triton.python_backend import twin_name
+from hepdeploy.triton.repository import publish_model, publish_python_twin
 
 
 @click.group("triton")
@@ -52,8 +57,6 @@ def add_command(
     python_backend: bool,
 ) -> None:
     """Publish MODEL as the next version of a model in REPO (atomically; REPO is created if missing)."""
-    from hepdeploy.spec import load_spec
-    from hepdeploy.triton.repository import publish_model
 
     spec = load_spec(spec_path) if spec_path else None
     triton_spec = spec.triton if spec else None
@@ -63,14 +66,10 @@ def add_command(
         raise BadInputError(f"{model}: --python-backend needs an ONNX model")
     warmup = None
     if warmup_path is not None:
-        from hepdeploy.data import load_tensors
-
         warmup = load_tensors(warmup_path)
     elif spec is not None and spec.data.reference and (triton_spec is None or triton_spec.warmup):
         reference = spec.resolve(spec.data.reference)
         if reference is not None and reference.suffix == ".npz" and reference.is_file():
-            from hepdeploy.data import load_tensors
-
             warmup = load_tensors(reference)
     if warmup is not None:
         input_names = {t.name for t in spec.inputs} if spec else None
@@ -80,7 +79,7 @@ def add_command(
         try:
             verdict = json.loads(verdict_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise BadInputError(f"{verdict_path}: not a readable JSON verdict ({type(error).__name__})") from None
+            raise BadInputError(f"{verdict_path}: not a readable JSON verdict ({type(error).__name__})") from error
 
     results = [
         publish_model(repo, model, name=name, spec=spec, triton=triton_spec, kind=kind,  # type: ignore[arg-type]
@@ -95,9 +94,6 @@ def add_command(
     for result in results:
         click.echo(result.line())
     if with_python_twin:
-        from hepdeploy.triton.python_backend import twin_name
-        from hepdeploy.triton.repository import publish_python_twin
-
         # The twin's warm-up comes from --warmup only (not the spec's reference fallback), as before.
         twin = publish_python_twin(repo, model, name=twin_name(name), spec=spec, triton=triton_spec,
                                    warmup_inputs=warmup if warmup_path is not None else None)
@@ -109,7 +105,6 @@ def add_command(
 @click.option("--no-run", is_flag=True, help="Structure and tensors only; do not run models in ONNX Runtime.")
 def check_command(repo: Path, no_run: bool) -> None:
     """Check every model in REPO: one line per problem, exit 1 if any."""
-    from hepdeploy.triton.check import check_repository_report
 
     report = check_repository_report(repo, run_models=not no_run)
     for note in report.notes:

@@ -11,6 +11,21 @@ from typing import Any
 
 import click
 
+from hepdeploy.compare import parse_tolerance_values
+from hepdeploy.errors import ValidationFailedError
+from hepdeploy.spec import load_spec
+from hepdeploy.validate import (
+    console_table,
+    load_reference,
+    make_reference,
+    save_reference,
+    validate_candidate,
+    validate_served,
+    write_onnx_test_data,
+    write_reports,
+)
+from hepdeploy.validate.reference import ReferenceSet, resolve_labels
+
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -28,16 +43,12 @@ def _providers(text: str | None) -> list[str] | None:
 def _load_spec_if_any(path: Path | None) -> Any:
     if path is None:
         return None
-    from hepdeploy.spec import load_spec
 
     return load_spec(path)
 
 
 def _reference_from_options(golden: Path | None, reference_model: str | None, data: Path | None,
                             labels: str | None, spec: Any, chunk_size: int | None) -> Any:
-    from hepdeploy.validate import load_reference, make_reference
-    from hepdeploy.validate.reference import ReferenceSet, resolve_labels
-
     if (golden is None) == (reference_model is None):
         raise click.UsageError("give exactly one of --golden FILE or --reference MODEL_OR_SPEC --data FILE")
     if golden is not None:
@@ -96,10 +107,6 @@ def validate_command(candidates: tuple[Path, ...], golden: Path | None, referenc
     """
     from rich.console import Console
 
-    from hepdeploy.errors import ValidationFailedError
-    from hepdeploy.validate import console_table, save_reference, validate_candidate, write_reports
-    from hepdeploy.compare import parse_tolerance_values
-
     if server is not None:
         unused = [option for option, value in (
             ("--reference", reference_model), ("--data", data), ("--localize", localize),
@@ -141,11 +148,6 @@ def _validate_served(server: str, model_ref: str | None, golden: Path | None, ca
     """``validate --server``: the served model is the one candidate; same table, reports and exit codes."""
     from rich.console import Console
 
-    from hepdeploy.errors import ValidationFailedError
-    from hepdeploy.validate import console_table, write_reports
-    from hepdeploy.compare import parse_tolerance_values
-    from hepdeploy.validate import validate_served
-
     if model_ref is None or golden is None:
         raise click.UsageError("--server needs --model NAME[:VERSION] and --golden FILE")
     if candidates:
@@ -178,7 +180,6 @@ def _validate_served(server: str, model_ref: str | None, golden: Path | None, ca
 def reference_command(model: str, data: Path, output: Path, labels: str | None, chunk_size: int | None,
                       max_samples: int | None, samples_per_set: int | None) -> None:
     """Run the source MODEL_OR_SPEC on --data and write the reference (golden) set."""
-    from hepdeploy.validate import make_reference, save_reference, write_onnx_test_data
 
     ref = make_reference(model, data, labels=labels, chunk_size=chunk_size, max_samples=max_samples)
     if output.suffix == ".npz":

@@ -7,6 +7,15 @@ from typing import Any
 
 import click
 
+from hepdeploy.errors import BadInputError
+from hepdeploy.model_zoo import (
+    export_network,
+    find_cached,
+    get_network,
+    list_networks,
+    train_network,
+)
+
 
 def register(group: click.Group) -> None:
     """Add the ``zoo`` command group to the main group."""
@@ -38,7 +47,6 @@ def format_metrics(task: str, metrics: dict[str, float]) -> str:
 
 def zoo_rows(cache_dir: Path | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """One row per network and flavour: shapes, parameters, cached metrics (full budget preferred)."""
-    from hepdeploy.model_zoo import find_cached, get_network, list_networks
 
     rows = []
     for name in list_networks():
@@ -110,8 +118,6 @@ def train_command(name: str, flavour: str | None, budget: str, seed: int, force:
     """Train NAME deterministically on CPU and cache weights, seed, data recipe and metrics."""
     from rich.console import Console
 
-    from hepdeploy.model_zoo import get_network, train_network
-
     net = get_network(name)
     with Console(stderr=True).status(f"training {name} ({budget} budget)"):
         result = train_network(name, flavour, budget, seed, cache_dir, force)
@@ -135,9 +141,6 @@ def export_command(name: str, out_dir: Path, flavour: str | None, train: bool, b
                    cache_dir: Path | None) -> None:
     """Write NAME's source model, spec YAML and labelled reference/calibration .npz into a folder."""
     from rich.console import Console
-
-    from hepdeploy.errors import BadInputError
-    from hepdeploy.model_zoo import export_network, get_network
 
     net = get_network(name)
     if out_dir.exists() and not out_dir.is_dir():

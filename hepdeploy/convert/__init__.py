@@ -18,39 +18,21 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepdeploy.errors import SpecError
+from hepdeploy.artifacts import Artifact, SourceRecord
+from hepdeploy.convert.common import check_output_path
+from hepdeploy.convert.from_onnx import convert_onnx
+from hepdeploy.convert.from_tensorflow import convert_keras, convert_savedmodel
+from hepdeploy.convert.from_torch import convert_torch
+from hepdeploy.errors import ModelLoadError, SpecError
+from hepdeploy.fsutil import atomic_write_text, check_input_file
+from hepdeploy.model_zoo import export_network
 
 if TYPE_CHECKING:
-    from hepdeploy.artifacts import Artifact
     from hepdeploy.spec import ModelSpec
 
 log = logging.getLogger("hepdeploy.convert")
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
-
-
-def convert_torch(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
-    from hepdeploy.convert.from_torch import convert_torch as _convert
-
-    return _convert(spec, output, exporter)  # type: ignore[arg-type]
-
-
-def convert_keras(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
-    from hepdeploy.convert.from_tensorflow import convert_keras as _convert
-
-    return _convert(spec, output, exporter)
-
-
-def convert_savedmodel(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
-    from hepdeploy.convert.from_tensorflow import convert_savedmodel as _convert
-
-    return _convert(spec, output, exporter)
-
-
-def convert_onnx(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
-    from hepdeploy.convert.from_onnx import convert_onnx as _convert
-
-    return _convert(spec, output, exporter)
 
 
 def merge_zoo_spec(user: ModelSpec, zoo_spec: ModelSpec) -> ModelSpec:
@@ -90,7 +72,6 @@ def convert_zoo(
     weights are cached there). Fields the user's spec sets explicitly (tensors, dims,
     data, variants, validation, triton, opset) win over the zoo's.
     """
-    from hepdeploy.model_zoo import export_network
 
     with tempfile.TemporaryDirectory(prefix="hepdeploy-zoo-") as tmp:
         folder = Path(work_dir) if work_dir is not None else Path(tmp)
@@ -99,10 +80,6 @@ def convert_zoo(
         merged = merge_zoo_spec(spec, exported.spec)
         artifact = convert_from_spec(merged, output, exporter)
         # Record the zoo network as the source (the exported file may live in a temp folder).
-        from hepdeploy.artifacts import Artifact as _Artifact
-        from hepdeploy.artifacts import SourceRecord
-        from hepdeploy.fsutil import atomic_write_text
-
         old = artifact.sidecar.source
         extra = {k: v for k, v in (old.model_extra or {}).items() if k not in ("factory", "weights", "weights_sha256")}
         source = SourceRecord(path=old.path if work_dir is not None else None, sha256=old.sha256,
@@ -111,7 +88,7 @@ def convert_zoo(
                               zoo_trained=exported.trained, zoo_budget=exported.budget)
         sidecar = artifact.sidecar.model_copy(update={"source": source})
         atomic_write_text(artifact.sidecar_path, sidecar.model_dump_json(indent=2) + "\n")
-    return _Artifact(path=artifact.path, sidecar=sidecar)
+    return Artifact(path=artifact.path, sidecar=sidecar)
 
 
 _CONVERTERS = {
@@ -127,20 +104,16 @@ _CONVERTERS = {
 
 def convert_from_spec(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
     """Convert the spec's source model to a checked artifact at ``output`` (``.onnx`` + ``.json``)."""
-    from hepdeploy.convert.common import check_output_path
 
     if exporter not in EXPORTERS:
         raise SpecError(f"unknown exporter {exporter!r} (one of {', '.join(EXPORTERS)})")
     check_output_path(Path(output))
     framework = spec.source.framework
     if framework not in ("torch", "zoo") and spec.source.path:
-        from hepdeploy.fsutil import check_input_file
-
         path = spec.resolve(spec.source.path)
         if framework != "savedmodel":
             check_input_file(path, f"{framework} model")  # type: ignore[arg-type]
         elif not Path(path).exists():  # type: ignore[arg-type]
-            from hepdeploy.errors import ModelLoadError
 
             raise ModelLoadError(f"{path}: SavedModel folder not found")
     return _CONVERTERS[framework](spec, Path(output), exporter)

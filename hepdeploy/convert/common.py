@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepdeploy.artifacts import Artifact, Sidecar, SourceRecord, StepRecord, VariantRecord, opset_of, write_artifact
+from hepdeploy.artifacts import (
+    Artifact,
+    Sidecar,
+    SourceRecord,
+    StepRecord,
+    VariantRecord,
+    opset_of,
+    write_artifact,
+)
 from hepdeploy.backend.base import Runner
 from hepdeploy.convert.graph_io import apply_spec_io
 from hepdeploy.convert.selfcheck import SelfCheckReport, self_check

@@ -11,7 +11,12 @@ from pathlib import Path
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord, load_onnx, opset_of
 from hepdeploy.backend.base import RenamedRunner
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
-from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, source_sha256
+from hepdeploy.convert.common import (
+    check_output_path,
+    export_parameters,
+    finish_conversion,
+    source_sha256,
+)
 from hepdeploy.convert.graph_io import apply_spec_io, real_inputs
 from hepdeploy.errors import ConversionError, ModelLoadError, first_line
 from hepdeploy.spec import ModelSpec
@@ -31,7 +36,7 @@ def convert_onnx(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artif
         onnx.checker.check_model(model)
     except Exception as error:
         first = first_line(error)
-        raise ModelLoadError(f"{path}: not a valid ONNX model: {first}") from None
+        raise ModelLoadError(f"{path}: not a valid ONNX model: {first}") from error
     original_inputs = [v.name for v in real_inputs(model)]
     original_outputs = [v.name for v in model.graph.output]
     original_opset = opset_of(model)
@@ -40,7 +45,7 @@ def convert_onnx(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artif
             model = onnx.version_converter.convert_version(model, spec.opset)
         except Exception as error:
             first = first_line(error)
-            raise ConversionError(f"{path}: cannot convert opset {original_opset} to {spec.opset}: {first}") from None
+            raise ConversionError(f"{path}: cannot convert opset {original_opset} to {spec.opset}: {first}") from error
     apply_spec_io(model, spec, str(path))  # spec mistakes are reported before anything runs
     source_model = OnnxRuntimeRunner(path, name=f"onnx:{path}")
     runner = RenamedRunner(

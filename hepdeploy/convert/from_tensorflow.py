@@ -12,13 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord
-from hepdeploy.convert.common import check_output_path, export_parameters, finish_conversion, source_sha256
-from hepdeploy.progress import progress
-from hepdeploy.backend.loaders import load_keras, load_savedmodel_callable, tf_input_signature
+from hepdeploy.backend.loaders import (
+    load_keras,
+    load_savedmodel_callable,
+    tf_input_signature,
+)
 from hepdeploy.backend.tf import KerasRunner, SavedModelRunner
-from hepdeploy.tf_support import import_tensorflow
-from hepdeploy.errors import ConversionError, DependencyMissingError, SpecError, first_line
+from hepdeploy.convert.common import (
+    check_output_path,
+    export_parameters,
+    finish_conversion,
+    source_sha256,
+)
+from hepdeploy.errors import (
+    ConversionError,
+    DependencyMissingError,
+    SpecError,
+    first_line,
+)
+from hepdeploy.progress import progress
 from hepdeploy.spec import ModelSpec
+from hepdeploy.tf_support import import_tensorflow
 
 log = logging.getLogger("hepdeploy.convert.tensorflow")
 
@@ -30,7 +44,7 @@ def _tf2onnx() -> Any:
     try:
         import tf2onnx
     except ImportError as error:
-        raise DependencyMissingError(f"tf2onnx is not installed ({error}); install hepdeploy[tf]") from None
+        raise DependencyMissingError(f"tf2onnx is not installed ({error}); install hepdeploy[tf]") from error
     return tf2onnx
 
 
@@ -76,7 +90,7 @@ def convert_keras_model(model: Any, spec: ModelSpec, output: Path, source: Sourc
             warnings.simplefilter("ignore")
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     except Exception as error:
-        raise ConversionError(f"{where}: tf2onnx failed: {type(error).__name__}: {first_line(error)}") from None
+        raise ConversionError(f"{where}: tf2onnx failed: {type(error).__name__}: {first_line(error)}") from error
     step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
                       parameters=export_parameters(opset=opset, entry="from_keras",
                                                    seconds=round(time.perf_counter() - started, 3)))
@@ -110,8 +124,8 @@ def convert_savedmodel(spec: ModelSpec, output: Path, exporter: str = "auto") ->
     except Exception as error:
         text = first_line(error)
         if "shape" in text.lower() or "rank" in text.lower() or "incompatible" in text.lower():
-            raise SpecError(f"{path}: the spec's input shapes do not fit the SavedModel: {text}") from None
-        raise ConversionError(f"{path}: tf2onnx failed: {type(error).__name__}: {text}") from None
+            raise SpecError(f"{path}: the spec's input shapes do not fit the SavedModel: {text}") from error
+        raise ConversionError(f"{path}: tf2onnx failed: {type(error).__name__}: {text}") from error
     step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
                       parameters=export_parameters(opset=opset, entry="from_function",
                                                    seconds=round(time.perf_counter() - started, 3)))

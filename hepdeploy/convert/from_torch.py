@@ -12,11 +12,13 @@ import io
 import logging
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from hepdeploy.artifacts import Artifact, SourceRecord, StepRecord
+from hepdeploy.backend.loaders import load_torch_source
+from hepdeploy.backend.pytorch import TorchModuleRunner
 from hepdeploy.convert.common import (
     check_converted,
     check_output_path,
@@ -24,10 +26,8 @@ from hepdeploy.convert.common import (
     source_sha256,
     write_converted,
 )
-from hepdeploy.backend.loaders import load_torch_source
-from hepdeploy.backend.pytorch import TorchModuleRunner
-from hepdeploy.progress import progress
 from hepdeploy.errors import ConversionError, DisagreementError, SpecError, first_line
+from hepdeploy.progress import progress
 from hepdeploy.sampling import sample_inputs, trace_sizes
 from hepdeploy.spec import ModelSpec
 
@@ -168,7 +168,7 @@ def convert_torch_model(
             f"{source.path or spec.name}: the model does not run on inputs shaped as the spec says "
             f"({', '.join(f'{t.name} {t.shape}' for t in spec.inputs)} at sizes {sizes}): "
             f"{type(error).__name__}: {first_line(error)}"
-        ) from None
+        ) from error
     order: list[str] = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     if exporter == "auto" and spec.opset is not None and spec.opset < DYNAMO_MIN_OPSET:
         order = ["torchscript"]  # dynamo cannot write the requested opset

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hepdeploy.artifacts import onnx_elem_type_name
 from hepdeploy.errors import ConversionError, SpecError
 
 if TYPE_CHECKING:
@@ -98,8 +99,6 @@ def check_dtypes(model: onnx.ModelProto, spec: ModelSpec, where: str) -> None:
         elem = value.type.tensor_type.elem_type
         want = _DTYPE_TO_ONNX.get(tensor.dtype)
         if elem and want and elem != want:
-            from hepdeploy.artifacts import onnx_elem_type_name
-
             raise SpecError(f"{where}: {kind} {tensor.name!r} is {tensor.dtype} in the spec but "
                             f"{onnx_elem_type_name(elem)} in the model")
 

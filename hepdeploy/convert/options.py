@@ -67,7 +67,7 @@ def infer_outputs(spec: ModelSpec, loaded: Any | None = None) -> list[TensorSpec
     except Exception as error:
         text = first_line(error)
         raise SpecError(f"{spec.source.path or spec.name}: the model does not run on inputs shaped "
-                        f"{[t.shape for t in spec.inputs]}: {text}") from None
+                        f"{[t.shape for t in spec.inputs]}: {text}") from error
     tensors = []
     for k, (name, a) in enumerate(outs_a.items()):
         b = outs_b[name]

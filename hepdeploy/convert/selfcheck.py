@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from hepdeploy.backend.base import Runner
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
-from hepdeploy.compare import CONVERSION_ATOL, CONVERSION_RTOL, OutputComparison, Tolerances, compare_outputs
+from hepdeploy.compare import (
+    CONVERSION_ATOL,
+    CONVERSION_RTOL,
+    OutputComparison,
+    Tolerances,
+    compare_outputs,
+)
 from hepdeploy.errors import DataError, DisagreementError, HepDeployError, first_line
 from hepdeploy.sampling import sample_inputs, self_check_sizes
 from hepdeploy.spec import ModelSpec
@@ -68,7 +74,7 @@ def self_check(
         except Exception as error:
             first = first_line(error)
             raise DataError(f"{spec.name}: the source model fails on spec-shaped inputs {size}: "
-                            f"{type(error).__name__}: {first}") from None
+                            f"{type(error).__name__}: {first}") from error
         try:
             produced = runner.run(inputs)
         except DataError as error:

@@ -10,7 +10,12 @@ Public API::
 from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
 from hepdeploy.model_zoo.export import ZooExport, export_network
 from hepdeploy.model_zoo.registry import get_network, list_networks
-from hepdeploy.model_zoo.training import TrainedModel, cache_root, find_cached, train_network
+from hepdeploy.model_zoo.training import (
+    TrainedModel,
+    cache_root,
+    find_cached,
+    train_network,
+)
 
 __all__ = [
     "Dataset",

@@ -14,8 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hepdeploy.errors import BadInputError
+from hepdeploy.fsutil import atomic_path
 from hepdeploy.model_zoo import metrics as zoo_metrics
 from hepdeploy.spec import DimRange, TensorSpec
+from hepdeploy.tf_support import import_keras
 
 Budget = Literal["full", "reduced"]
 BUDGETS: tuple[str, ...] = ("full", "reduced")
@@ -90,8 +93,6 @@ class ZooNetwork(abc.ABC):
         return self.flavours[0]
 
     def check_flavour(self, flavour: str | None) -> str:
-        from hepdeploy.errors import BadInputError
-
         flavour = flavour or self.default_flavour
         if flavour not in self.flavours:
             raise BadInputError(
@@ -160,8 +161,6 @@ class KerasBackend:
 
     @staticmethod
     def fit(net: ZooNetwork, model: Any, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
-        from hepdeploy.tf_support import import_keras
-
         keras = import_keras()
 
         loss = "sparse_categorical_crossentropy" if net.task == "classification" else net.keras_loss()
@@ -184,8 +183,6 @@ class KerasBackend:
 
     @staticmethod
     def save(net: ZooNetwork, model: Any, path: Path) -> Path:
-        from hepdeploy.fsutil import atomic_path
-
         with atomic_path(path, suffix=".keras") as tmp:
             tmp.unlink()  # Keras writes the file itself; the rename stays atomic
             model.save(tmp)
@@ -193,8 +190,6 @@ class KerasBackend:
 
     @staticmethod
     def load(net: ZooNetwork, flavour: str, path: Path) -> Any:
-        from hepdeploy.tf_support import import_keras
-
         keras = import_keras()
 
         return keras.models.load_model(path, compile=False)
@@ -254,8 +249,6 @@ class TorchBackend:
     @staticmethod
     def save(net: ZooNetwork, model: Any, path: Path) -> Path:
         import torch
-
-        from hepdeploy.fsutil import atomic_path
 
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(model.state_dict(), tmp)

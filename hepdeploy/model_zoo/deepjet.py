@@ -19,6 +19,7 @@ import numpy as np
 from hepdeploy.model_zoo import jets
 from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
 from hepdeploy.spec import DimRange, TensorSpec
+from hepdeploy.tf_support import import_keras
 
 CLASSES = ("b", "bb", "lepb", "c", "uds", "g")
 N_CPF, N_NPF, N_VTX = 25, 25, 4
@@ -181,8 +182,6 @@ class DeepJet(ZooNetwork):
         return Dataset(inputs=deepjet_inputs(sample), labels=sample.label)
 
     def build(self, flavour: str = "keras", seed: int = 0) -> Any:
-        from hepdeploy.tf_support import import_keras
-
         keras = import_keras()
         from keras import layers
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from hepdeploy.tf_support import import_keras, import_tensorflow
+
 log = logging.getLogger("hepdeploy.model_zoo.determinism")
 
 
@@ -34,7 +36,6 @@ def deterministic_torch(seed: int, threads: int) -> Iterator[None]:
 @contextlib.contextmanager
 def deterministic_keras(seed: int, threads: int) -> Iterator[None]:
     """Seed Python, numpy and TensorFlow (keras.utils.set_random_seed) and enable op determinism."""
-    from hepdeploy.tf_support import import_keras, import_tensorflow
 
     tf = import_tensorflow()
     keras = import_keras()

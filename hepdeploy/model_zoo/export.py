@@ -11,7 +11,13 @@ from hepdeploy.data import save_tensors
 from hepdeploy.fsutil import atomic_path, atomic_write_text
 from hepdeploy.model_zoo.base import ZooNetwork
 from hepdeploy.model_zoo.registry import get_network
-from hepdeploy.model_zoo.training import check_budget, data_seeds, find_cached, train_network
+from hepdeploy.model_zoo.training import (
+    _deterministic,
+    check_budget,
+    data_seeds,
+    find_cached,
+    train_network,
+)
 from hepdeploy.spec import ModelSpec, spec_from_dict, spec_to_yaml
 
 log = logging.getLogger("hepdeploy.model_zoo.export")
@@ -125,7 +131,5 @@ def export_network(
 
 
 def _untrained(net: ZooNetwork, flavour: str, seed: int) -> Any:
-    from hepdeploy.model_zoo.training import _deterministic
-
     with _deterministic(net, flavour, seed, 1):
         return net.build(flavour, seed=seed)

@@ -8,6 +8,7 @@ import numpy as np
 from hepdeploy.model_zoo import hcal
 from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
 from hepdeploy.spec import DimRange, TensorSpec
+from hepdeploy.tf_support import import_keras
 
 
 class Facile(ZooNetwork):
@@ -44,8 +45,6 @@ class Facile(ZooNetwork):
         return Dataset(inputs={"input": channels.features}, targets=channels.energy)
 
     def build(self, flavour: str = "keras", seed: int = 0) -> Any:
-        from hepdeploy.tf_support import import_keras
-
         keras = import_keras()
 
         keras.utils.set_random_seed(seed)
@@ -57,8 +56,6 @@ class Facile(ZooNetwork):
         return keras.Model(inp, out, name="facile")
 
     def keras_loss(self) -> Any:
-        from hepdeploy.tf_support import import_keras
-
         keras = import_keras()
 
         # Huber on the energy: robust to the pile-up tails, like FACILE's training.

@@ -6,6 +6,7 @@ from typing import Any
 from hepdeploy.model_zoo import jets
 from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
 from hepdeploy.spec import DimRange, TensorSpec
+from hepdeploy.tf_support import import_keras
 
 CLASSES = ("g", "q", "W", "Z", "t")
 HIDDEN = (64, 32, 32)
@@ -66,7 +67,6 @@ class JetMLPNetwork(ZooNetwork):
 
             torch.manual_seed(seed)
             return build_torch()
-        from hepdeploy.tf_support import import_keras
 
         keras = import_keras()
 

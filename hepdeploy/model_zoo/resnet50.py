@@ -13,6 +13,7 @@ import numpy as np
 from hepdeploy.model_zoo import jets
 from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
 from hepdeploy.spec import DimRange, TensorSpec
+from hepdeploy.tf_support import import_keras, import_tensorflow
 
 CLASSES = ("qcd", "top")
 PIXELS = 224
@@ -60,8 +61,6 @@ class ResNet50TopTagger(ZooNetwork):
         return Dataset(inputs={"images": jets.jet_images(sample, PIXELS)}, labels=KIND_LABEL[sample.label])
 
     def build(self, flavour: str = "keras", seed: int = 0) -> Any:
-        from hepdeploy.tf_support import import_keras
-
         keras = import_keras()
 
         keras.utils.set_random_seed(seed)
@@ -76,8 +75,6 @@ class ResNet50TopTagger(ZooNetwork):
         return model
 
     def fit(self, model: Any, flavour: str, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
-        from hepdeploy.tf_support import import_keras
-
         keras = import_keras()
 
         # Eager: tracing the ResNet-50 training graph alone costs ~40 s on 2 cores, more than a few steps.
@@ -96,8 +93,6 @@ class ResNet50TopTagger(ZooNetwork):
             model([images[start : start + recipe.batch_size]], training=True)
 
     def predict(self, model: Any, flavour: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        from hepdeploy.tf_support import import_tensorflow
-
         tf = import_tensorflow()
 
         images = np.asarray(inputs["images"])

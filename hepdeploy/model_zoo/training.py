@@ -24,8 +24,10 @@ from typing import Any
 
 from hepdeploy.errors import BadInputError
 from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.model_zoo import determinism
 from hepdeploy.model_zoo.base import BUDGETS, ZooNetwork
 from hepdeploy.model_zoo.registry import get_network
+from hepdeploy.tf_support import import_keras, import_tensorflow
 
 log = logging.getLogger("hepdeploy.model_zoo.training")
 
@@ -98,8 +100,6 @@ def find_cached(name: str, flavour: str | None = None, budget: str = "full", see
 
 @contextlib.contextmanager
 def _deterministic(net: ZooNetwork, flavour: str, seed: int, threads: int) -> Any:
-    from hepdeploy.model_zoo import determinism
-
     if flavour == "keras":
         with determinism.deterministic_keras(seed, threads):
             yield
@@ -177,8 +177,6 @@ def train_network(
 
 def _framework_versions(flavour: str) -> dict[str, str]:
     if flavour == "keras":
-        from hepdeploy.tf_support import import_keras, import_tensorflow
-
         tf = import_tensorflow()
         keras = import_keras()
 

@@ -34,7 +34,12 @@ from hepdeploy.data import check_tensors, load_calibration
 from hepdeploy.environment import package_version
 from hepdeploy.errors import BadInputError, ConversionError, DataError, HepDeployError
 from hepdeploy.fsutil import check_output_folder, sha256_file
-from hepdeploy.optimize.graph import check_batch, name_unnamed_nodes, prune_opset_imports, quiet_dependencies
+from hepdeploy.optimize.graph import (
+    check_batch,
+    name_unnamed_nodes,
+    prune_opset_imports,
+    quiet_dependencies,
+)
 from hepdeploy.optimize.simplify import simplify_model
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.steps import StepResult

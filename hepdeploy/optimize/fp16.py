@@ -37,7 +37,7 @@ def check_node_patterns(model: onnx.ModelProto, patterns: list[str], what: str) 
         try:
             regex = re.compile(pattern)
         except re.error as error:
-            raise BadInputError(f"{what} {pattern!r} is not a valid regular expression ({error})") from None
+            raise BadInputError(f"{what} {pattern!r} is not a valid regular expression ({error})") from error
         if not any(regex.fullmatch(name) or regex.search(name) for name in names):
             raise BadInputError(f"{what} {pattern!r} matches no node of the model")
 

@@ -226,7 +226,12 @@ def quantize_for_cpu(
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The int8-cpu maker: ONNX Runtime static QDQ quantization, u8 activations, s8 per-channel weights."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     original, edges = _load_checked(model_path, variant)
     excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, variant.exclude_op_types)) | set(edges))
@@ -259,7 +264,7 @@ def quantize_for_cpu(
                 },
             )
         except (ValueError, RuntimeError, KeyError, IndexError) as error:
-            raise ConversionError(f"int8-cpu: ONNX Runtime quantization failed: {type(error).__name__}: {error}") from None
+            raise ConversionError(f"int8-cpu: ONNX Runtime quantization failed: {type(error).__name__}: {error}") from error
         quantized = onnx.load(str(work_output))
     summary = _require_qdq(quantized, "int8-cpu", original)
     parameters = {

@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hepdeploy.backend.onnxrt import optimize_offline, run_once
-from hepdeploy.compare import CONVERSION_ATOL, CONVERSION_RTOL, Tolerances, compare_outputs
+from hepdeploy.compare import (
+    CONVERSION_ATOL,
+    CONVERSION_RTOL,
+    Tolerances,
+    compare_outputs,
+)
 from hepdeploy.environment import onnxruntime_version, package_version
 from hepdeploy.errors import ConversionError, HepDeployError
 

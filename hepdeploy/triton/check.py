@@ -21,7 +21,14 @@ import numpy as np
 
 from hepdeploy.artifacts import load_onnx, tensor_specs_of
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ort_error_line
-from hepdeploy.errors import DataError, HepDeployError, ModelLoadError, RepositoryError, UnsafeNameError, first_line
+from hepdeploy.errors import (
+    DataError,
+    HepDeployError,
+    ModelLoadError,
+    RepositoryError,
+    UnsafeNameError,
+    first_line,
+)
 from hepdeploy.fsutil import check_safe_name, sha256_file
 from hepdeploy.triton.config import (
     WARMUP_FOLDER,
@@ -30,7 +37,12 @@ from hepdeploy.triton.config import (
     numpy_dtype_of,
     read_model_config,
 )
-from hepdeploy.triton.layout import CONFIG_NAME, INNER_STAGING, MANIFEST_NAME, read_manifest
+from hepdeploy.triton.layout import (
+    CONFIG_NAME,
+    INNER_STAGING,
+    MANIFEST_NAME,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2

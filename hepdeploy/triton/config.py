@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hepdeploy.artifacts import Artifact, Sidecar, read_artifact
 from hepdeploy.errors import RepositoryError, SpecError
 from hepdeploy.fsutil import check_safe_name
 from hepdeploy.spec import TensorSpec, TritonSpec
@@ -72,16 +73,16 @@ def triton_dtype(dtype: str) -> str:
     """``float32`` -> ``TYPE_FP32``."""
     try:
         return _DTYPE_TO_TRITON[dtype]
-    except KeyError:
-        raise SpecError(f"dtype {dtype!r} has no Triton data type") from None
+    except KeyError as error:
+        raise SpecError(f"dtype {dtype!r} has no Triton data type") from error
 
 
 def numpy_dtype_of(triton_type: str) -> str:
     """``TYPE_FP32`` -> ``float32`` (raises for TYPE_STRING and unknown names)."""
     try:
         return _TRITON_TO_DTYPE[triton_type]
-    except KeyError:
-        raise RepositoryError(f"Triton data type {triton_type} is not supported here") from None
+    except KeyError as error:
+        raise RepositoryError(f"Triton data type {triton_type} is not supported here") from error
 
 
 def has_free_batch_axis(tensors: Sequence[TensorSpec]) -> bool:
@@ -96,7 +97,6 @@ def default_batched(tensors: Sequence[TensorSpec]) -> bool:
 
 def tensor_specs_from(source: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of an Artifact, Sidecar, ModelSpec, (inputs, outputs) pair or ONNX path."""
-    from hepdeploy.artifacts import Artifact, Sidecar, read_artifact
 
     if isinstance(source, Artifact):
         return list(source.sidecar.inputs), list(source.sidecar.outputs)
@@ -345,7 +345,7 @@ def parse_model_config(text: str, where: str = "config.pbtxt") -> model_config_p
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise RepositoryError(f"{where}: not a valid model config: {error}") from None
+        raise RepositoryError(f"{where}: not a valid model config: {error}") from error
     return config
 
 
@@ -353,10 +353,10 @@ def read_model_config(path: Path) -> model_config_pb2.ModelConfig:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RepositoryError(f"{path}: no config.pbtxt") from None
+    except FileNotFoundError as error:
+        raise RepositoryError(f"{path}: no config.pbtxt") from error
     except (OSError, UnicodeDecodeError) as error:
-        raise RepositoryError(f"{path}: cannot read config ({type(error).__name__})") from None
+        raise RepositoryError(f"{path}: cannot read config ({type(error).__name__})") from error
     return parse_model_config(text, str(path))
 
 

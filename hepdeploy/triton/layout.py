@@ -37,7 +37,7 @@ def read_manifest(version_dir: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RepositoryError(f"{path}: unreadable manifest ({type(error).__name__})") from None
+        raise RepositoryError(f"{path}: unreadable manifest ({type(error).__name__})") from error
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         raise RepositoryError(f"{path}: manifest has no 'files' table")
     return data

@@ -54,17 +54,7 @@ from hepdeploy.fsutil import (
     sha256_file,
 )
 from hepdeploy.spec import ModelSpec, TensorSpec, TritonSpec
-from hepdeploy.triton.layout import (
-    CONFIG_NAME,
-    INNER_STAGING,
-    MANIFEST_NAME,
-    MANIFEST_SCHEMA,
-    README_NAME,
-    read_manifest,
-    version_folders,
-)
 from hepdeploy.triton.check import check_model
-from hepdeploy.triton.python_backend import MODEL_PY_FILENAME, model_py_text, python_backend_config, twin_name
 from hepdeploy.triton.config import (
     DEFAULT_MODEL_FILENAMES,
     WARMUP_FOLDER,
@@ -74,6 +64,21 @@ from hepdeploy.triton.config import (
     perf_analyzer_command,
     read_model_config,
     warmup_samples,
+)
+from hepdeploy.triton.layout import (
+    CONFIG_NAME,
+    INNER_STAGING,
+    MANIFEST_NAME,
+    MANIFEST_SCHEMA,
+    README_NAME,
+    read_manifest,
+    version_folders,
+)
+from hepdeploy.triton.python_backend import (
+    MODEL_PY_FILENAME,
+    model_py_text,
+    python_backend_config,
+    twin_name,
 )
 
 if TYPE_CHECKING:
@@ -364,7 +369,7 @@ def publish_model(
         try:
             read_model_config(model_dir / CONFIG_NAME)
         except RepositoryError as error:
-            raise RepositoryError(f"{error}; not publishing into {model_dir} (nothing changed)") from None
+            raise RepositoryError(f"{error}; not publishing into {model_dir} (nothing changed)") from error
     # Problems the model folder already has do not block a new version; new ones do.
     known = {(p.path.relative_to(model_dir), p.message) for p in check_model(model_dir, run_models=False)} \
         if model_dir.is_dir() else set()
@@ -430,7 +435,7 @@ def publish_model(
             _commit(staged, model_dir, version, [s.name for s in samples])
     except OSError as error:  # disk full, permission denied ... while staging
         what = error.strerror or type(error).__name__
-        raise RepositoryError(f"{model_dir}: cannot stage the new version ({what}); nothing changed") from None
+        raise RepositoryError(f"{model_dir}: cannot stage the new version ({what}); nothing changed") from error
     return PublishResult(
         name=name,
         version=version,
@@ -450,7 +455,7 @@ def _commit(staged: Path, model_dir: Path, version: int, warmup_names: list[str]
             _commit_by_renames(staged, model_dir, version, warmup_names)
         fsync_dir(model_dir.parent)
     except OSError as error:
-        raise RepositoryError(f"{model_dir}: cannot publish ({error.strerror or error}); nothing changed") from None
+        raise RepositoryError(f"{model_dir}: cannot publish ({error.strerror or error}); nothing changed") from error
 
 
 def _commit_by_renames(staged: Path, model_dir: Path, version: int, warmup_names: list[str]) -> None:

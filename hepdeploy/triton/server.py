@@ -41,7 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hepdeploy.errors import BadInputError, DependencyMissingError, HepDeployError, ServerError
+from hepdeploy.errors import (
+    BadInputError,
+    DependencyMissingError,
+    HepDeployError,
+    ServerError,
+)
 from hepdeploy.fsutil import check_safe_name, sha256_file
 
 log = logging.getLogger("hepdeploy.triton.server")
@@ -195,8 +200,8 @@ def _download_wheel(folder: Path, timeout_s: float) -> Path:
     log.info("downloading nvidia-pytriton %s (about 55 MB) for its bundled tritonserver", PYTRITON_VERSION)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise BundledServerUnavailable(f"pip download timed out after {timeout_s:.0f} s") from None
+    except subprocess.TimeoutExpired as error:
+        raise BundledServerUnavailable(f"pip download timed out after {timeout_s:.0f} s") from error
     wheels = sorted(folder.glob("nvidia_pytriton-*.whl"))
     if done.returncode != 0 or not wheels:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel downloaded"]
@@ -209,8 +214,8 @@ def _unpack_server(wheel: Path, out: Path) -> None:
     prefixes = {"pytriton/tritonserver/": "", "nvidia_pytriton.libs/": "lib/"}
     try:
         archive = zipfile.ZipFile(wheel)
-    except zipfile.BadZipFile:
-        raise BundledServerUnavailable(f"{wheel}: not a readable wheel") from None
+    except zipfile.BadZipFile as error:
+        raise BundledServerUnavailable(f"{wheel}: not a readable wheel") from error
     with archive:
         for info in archive.infolist():
             for prefix, dest in prefixes.items():
@@ -291,7 +296,7 @@ def find_tritonserver(explicit: Path | str | None = None, allow_bundled: bool = 
     try:
         return bundled_server(install=install, wheel=wheel)
     except BundledServerUnavailable as error:
-        raise BundledServerUnavailable(error.reason, repository) from None
+        raise BundledServerUnavailable(error.reason, repository) from error
 
 
 # --------------------------------------------------------------------------- running a server

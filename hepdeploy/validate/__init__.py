@@ -44,7 +44,12 @@ from hepdeploy.validate.reference import (
     save_reference,
     write_onnx_test_data,
 )
-from hepdeploy.validate.report import MAX_PLOT_VALUES, VariantReport, console_table, write_reports
+from hepdeploy.validate.report import (
+    MAX_PLOT_VALUES,
+    VariantReport,
+    console_table,
+    write_reports,
+)
 
 if TYPE_CHECKING:
     from hepdeploy.spec import ModelSpec

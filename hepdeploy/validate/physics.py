@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.errors import DataError
+from hepdeploy.spec import PhysicsSpec
 
 log = logging.getLogger("hepdeploy.validate.physics")
 
@@ -162,7 +163,6 @@ def physics_checks(
     ``physics`` is a PhysicsSpec (defaults when None). Without labels, returns a result
     with no checks and a note saying only numerical checks ran.
     """
-    from hepdeploy.spec import PhysicsSpec
 
     physics = physics or PhysicsSpec()
     if physics.task == "none":

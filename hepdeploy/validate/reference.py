@@ -130,8 +130,8 @@ def load_reference(path: Path) -> ReferenceSet:
     if _PROVENANCE in arrays:
         try:
             provenance = json.loads(str(arrays.pop(_PROVENANCE)))
-        except json.JSONDecodeError:
-            raise DataError(f"{path}: provenance record is not valid JSON") from None
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: provenance record is not valid JSON") from error
     reference = ReferenceSet(
         inputs={k[len(_INPUT):]: v for k, v in arrays.items() if k.startswith(_INPUT)},
         outputs={k[len(_OUTPUT):]: v for k, v in arrays.items() if k.startswith(_OUTPUT)},
@@ -205,7 +205,7 @@ def read_onnx_test_data(folder: Path) -> ReferenceSet:
                     proto.ParseFromString(pb.read_bytes())
                     array = numpy_helper.to_array(proto)
                 except Exception as error:  # protobuf DecodeError, ValueError on odd dtypes
-                    raise DataError(f"{pb}: not a readable TensorProto ({type(error).__name__})") from None
+                    raise DataError(f"{pb}: not a readable TensorProto ({type(error).__name__})") from error
                 groups[kind][proto.name or f"{kind}_{k}"] = array
         parts.append(ReferenceSet(groups["input"], groups["output"], groups["label"]))
     provenance: dict[str, Any] = {}
@@ -245,8 +245,8 @@ def _concatenate(parts: list[ReferenceSet], where: Path) -> ReferenceSet:
                 raise DataError(f"{where}: {group[:-1]} {name!r} is missing from some test_data_set folders")
             try:
                 out[name] = np.concatenate(arrays, axis=0)
-            except ValueError:
-                raise DataError(f"{where}: {group[:-1]} {name!r} has different shapes across test data sets") from None
+            except ValueError as error:
+                raise DataError(f"{where}: {group[:-1]} {name!r} has different shapes across test data sets") from error
         return out
 
     return ReferenceSet(join("inputs"), join("outputs"), join("labels"))

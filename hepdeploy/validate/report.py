@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from hepdeploy import __version__
-from hepdeploy.fsutil import atomic_path, atomic_write_text
 from hepdeploy.compare import PRECISION_DEFAULTS, OutputComparison, ResolvedTolerance
+from hepdeploy.fsutil import atomic_path, atomic_write_text
 from hepdeploy.validate.localize import LocalizationReport
 from hepdeploy.validate.physics import PhysicsResult
 
