@@ -226,9 +226,7 @@ def _read_unbatched(
     full = {t.name: full[t.name] for t in inputs}
     if all(full[t.name].ndim == len(t.shape) for t in inputs):
         return {name: value[None] for name, value in full.items()}  # one whole graph
-    total = _common_count(full, str(path))
-    index = _choose(total, samples, seed, str(path), allow_fewer)
-    return {name: value[index] for name, value in full.items()}
+    return _random_subset(full, samples, seed, str(path), allow_fewer)
 
 
 def _read_npz(
@@ -241,8 +239,13 @@ def _read_npz(
             full = {t.name: archive[t.name] for t in inputs}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from error
-    total = _common_count(full, str(path))
-    index = _choose(total, samples, seed, str(path), allow_fewer)
+    return _random_subset(full, samples, seed, str(path), allow_fewer)
+
+
+def _random_subset(full: dict[str, np.ndarray], samples: int, seed: int, where: str,
+                   allow_fewer: bool) -> dict[str, np.ndarray]:
+    """The same ``samples`` randomly chosen rows of every array (reproducible with ``seed``)."""
+    index = _choose(_common_count(full, where), samples, seed, where, allow_fewer)
     return {name: array[index] for name, array in full.items()}
 
 

@@ -76,24 +76,37 @@ def _source_record(spec: ModelSpec, path: Path) -> SourceRecord:
                         framework_version=version)
 
 
+def _export(tf2onnx: Any, entry: str, source: Any, signature: Any, spec: ModelSpec, where: object,
+            shape_misfit: str | None = None) -> tuple[Any, StepRecord]:
+    """Run ``tf2onnx.convert.<entry>`` on ``source`` (its warnings silenced); the ONNX proto and the export step.
+
+    ``shape_misfit`` names the source kind whose shape, rank or compatibility errors are the
+    spec's fault (its inputs do not fit a traced function): those become SpecErrors.
+    """
+    opset = spec.opset or TF2ONNX_DEFAULT_OPSET
+    started = time.perf_counter()
+    try:
+        with progress(f"converting {spec.name} with tf2onnx"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto, _ = getattr(tf2onnx.convert, entry)(source, input_signature=signature, opset=opset)
+    except Exception as error:
+        text = first_line(error)
+        if shape_misfit and ("shape" in text.lower() or "rank" in text.lower() or "incompatible" in text.lower()):
+            raise SpecError(f"{where}: the spec's input shapes do not fit the {shape_misfit}: {text}") from error
+        raise ConversionError(f"{where}: tf2onnx failed: {type(error).__name__}: {text}") from error
+    step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
+                      parameters=export_parameters(opset=opset, entry=entry,
+                                                   seconds=round(time.perf_counter() - started, 3)))
+    return proto, step
+
+
 def convert_keras_model(model: Any, spec: ModelSpec, output: Path, source: SourceRecord) -> Artifact:
     """A loaded Keras model to a checked artifact."""
     tf2onnx = _tf2onnx()
     output = check_output_path(Path(output))
     where = source.path or spec.name
     check_keras_inputs(model, spec, str(where))
-    signature = tf_input_signature(spec)
-    opset = spec.opset or TF2ONNX_DEFAULT_OPSET
-    started = time.perf_counter()
-    try:
-        with progress(f"converting {spec.name} with tf2onnx"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    except Exception as error:
-        raise ConversionError(f"{where}: tf2onnx failed: {type(error).__name__}: {first_line(error)}") from error
-    step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
-                      parameters=export_parameters(opset=opset, entry="from_keras",
-                                                   seconds=round(time.perf_counter() - started, 3)))
+    proto, step = _export(tf2onnx, "from_keras", model, tf_input_signature(spec), spec, where)
     runner = KerasRunner(model, spec.inputs, [t.name for t in spec.outputs], name=f"keras:{where}")
     return finish_conversion(proto, spec, output, source, step, runner)
 
@@ -115,19 +128,6 @@ def convert_savedmodel(spec: ModelSpec, output: Path, exporter: str = "auto") ->
     assert path is not None
     signature = tf_input_signature(spec)
     function = load_savedmodel_callable(path, signature)
-    opset = spec.opset or TF2ONNX_DEFAULT_OPSET
-    started = time.perf_counter()
-    try:
-        with progress(f"converting {spec.name} with tf2onnx"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
-    except Exception as error:
-        text = first_line(error)
-        if "shape" in text.lower() or "rank" in text.lower() or "incompatible" in text.lower():
-            raise SpecError(f"{path}: the spec's input shapes do not fit the SavedModel: {text}") from error
-        raise ConversionError(f"{path}: tf2onnx failed: {type(error).__name__}: {text}") from error
-    step = StepRecord(name="export", tool="tf2onnx", tool_version=tf2onnx.__version__,
-                      parameters=export_parameters(opset=opset, entry="from_function",
-                                                   seconds=round(time.perf_counter() - started, 3)))
+    proto, step = _export(tf2onnx, "from_function", function, signature, spec, path, shape_misfit="SavedModel")
     runner = SavedModelRunner(function, spec.inputs, [t.name for t in spec.outputs], name=f"savedmodel:{path}")
     return finish_conversion(proto, spec, output, _source_record(spec, path), step, runner)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,11 +66,31 @@ class Dataset:
         return out
 
 
+def triton_config(max_batch_size: int, batch_per_request: int,
+                  preferred_batch_sizes: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A zoo network's ``triton:`` spec block (the same queue delay and event definition for all).
+
+    Batched networks get dynamic batching towards ``preferred_batch_sizes`` with at most 100 us
+    of queueing; a network without a batch axis (``max_batch_size`` 0) cannot be batched by
+    Triton, so it gets none. ``batch_per_request`` samples make one request, one request an event.
+    """
+    config: dict[str, Any] = {"max_batch_size": max_batch_size}
+    if max_batch_size > 0:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": list(preferred_batch_sizes),
+            "max_queue_delay_microseconds": 100,
+        }
+    config["perf"] = {"batch_per_request": batch_per_request, "requests_per_event": 1}
+    return config
+
+
 class ZooNetwork(abc.ABC):
-    """One network of the zoo. Subclasses fill in the class attributes and the abstract methods."""
+    """One network of the zoo. Subclasses fill in the class attributes (in this order: texts, interface,
+    serving, data and training) and the abstract methods."""
 
     name: str
     description: str
+    export_traps: str  # what this network exercises in ONNX export (README)
     flavours: tuple[str, ...]
     task: Task
     class_names: tuple[str, ...] = ()
@@ -79,14 +100,16 @@ class ZooNetwork(abc.ABC):
     triton: dict[str, Any]
     # The spec's `variants:` when the defaults do not suit the network (e.g. INT8 exclusions).
     variants: tuple[dict[str, Any], ...] = ()
-    recipes: dict[str, TrainingRecipe]
     data_recipe: str  # human-readable summary of the synthetic data (stored in the cache)
-    export_traps: str  # what this network exercises in ONNX export (README)
+    recipes: dict[str, TrainingRecipe]
     torch_factory: str | None = None  # 'hepdeploy.model_zoo.mod:fn' for the torch flavour
     reference_samples: int = 2000
     calibration_samples: int = 1000
     # Samples per inference call in validation (the spec's validation.chunk_size); None: default.
     chunk_size: int | None = None
+    # Keras training op by op (no tf.function): for a network whose graph tracing alone costs more
+    # than its brief training.
+    keras_eager: bool = False
 
     @property
     def default_flavour(self) -> str:
@@ -106,9 +129,21 @@ class ZooNetwork(abc.ABC):
         """``n`` seeded synthetic samples (events for graph networks) with truth."""
 
     # --- model ----------------------------------------------------------------------------------
-    @abc.abstractmethod
     def build(self, flavour: str, seed: int = 0) -> Any:
-        """A freshly initialized (seeded) model of this flavour."""
+        """A freshly initialized model of this flavour, its initial weights drawn from ``seed``."""
+        # Seeded here, for every network alike: the same seed must give the same initial weights
+        # (the training cache and the untrained exports rely on it).
+        if flavour == "keras":
+            import_keras().utils.set_random_seed(seed)
+        else:
+            import torch
+
+            torch.manual_seed(seed)
+        return self.construct(flavour)
+
+    @abc.abstractmethod
+    def construct(self, flavour: str) -> Any:
+        """The model of this flavour, drawing its initial weights from the generator :meth:`build` seeded."""
 
     def fit(self, model: Any, flavour: str, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
         """Train ``model`` in place."""
@@ -132,6 +167,24 @@ class ZooNetwork(abc.ABC):
     # Hooks the framework back-ends call.
     def keras_loss(self) -> Any:
         return "mse"
+
+    def keras_inputs(self, inputs: dict[str, np.ndarray]) -> Any:
+        """``inputs`` in the structure Keras' ``fit``/``predict`` take: one array, or a list of several."""
+        x = [np.asarray(inputs[t.name]) for t in self.inputs]
+        return x if len(x) > 1 else x[0]
+
+    def epoch_size(self, data: Dataset) -> int:
+        """How many items one training epoch shuffles into mini-batches (samples)."""
+        return len(data.truth)
+
+    def torch_batches(self, data: Dataset, batch_size: int, generator: Any) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        """One epoch of (inputs tuple, truth) mini-batches, in an order drawn from ``generator``."""
+        import torch
+
+        tensors = [torch.from_numpy(np.ascontiguousarray(data.inputs[t.name])) for t in self.inputs]
+        truth = torch.from_numpy(data.truth.astype(np.int64 if self.task == "classification" else np.float32))
+        for idx in shuffled_batches(self.epoch_size(data), batch_size, generator):
+            yield tuple(t[idx] for t in tensors), truth[idx]
 
     def torch_loss(self, output: Any, truth: Any) -> Any:
         import torch
@@ -164,10 +217,9 @@ class KerasBackend:
         keras = import_keras()
 
         loss = "sparse_categorical_crossentropy" if net.task == "classification" else net.keras_loss()
-        model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=loss)
-        x = [train.inputs[t.name] for t in net.inputs]
+        model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=loss, run_eagerly=net.keras_eager)
         model.fit(
-            x if len(x) > 1 else x[0],
+            net.keras_inputs(train.inputs),
             train.truth,
             epochs=recipe.epochs,
             batch_size=recipe.batch_size,
@@ -177,8 +229,7 @@ class KerasBackend:
 
     @staticmethod
     def predict(net: ZooNetwork, model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        x = [np.asarray(inputs[t.name]) for t in net.inputs]
-        out = model.predict(x if len(x) > 1 else x[0], batch_size=256, verbose=0)
+        out = model.predict(net.keras_inputs(inputs), batch_size=256, verbose=0)
         return np.asarray(out[0] if isinstance(out, list) else out)
 
     @staticmethod
@@ -203,29 +254,16 @@ class TorchBackend:
     """PyTorch training loop (Adam, one-cycle schedule, seeded shuffling), state-dict saving."""
 
     @staticmethod
-    def batches(net: ZooNetwork, data: Dataset, batch_size: int, generator: Any) -> Any:
-        """Yield (inputs tuple, truth) mini-batches in a seeded random order."""
-        import torch
-
-        n = len(data.truth)
-        order = torch.randperm(n, generator=generator)
-        tensors = [torch.from_numpy(np.ascontiguousarray(data.inputs[t.name])) for t in net.inputs]
-        truth = torch.from_numpy(data.truth.astype(np.int64 if net.task == "classification" else np.float32))
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield tuple(t[idx] for t in tensors), truth[idx]
-
-    @staticmethod
     def fit(net: ZooNetwork, model: Any, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
         import torch
 
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
-        steps = recipe.epochs * max(1, -(-len(train.truth) // recipe.batch_size))
+        steps = recipe.epochs * max(1, -(-net.epoch_size(train) // recipe.batch_size))
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.learning_rate, total_steps=steps)
         model.train()
         for _ in range(recipe.epochs):
-            for inputs, truth in TorchBackend.batches(net, train, recipe.batch_size, generator):
+            for inputs, truth in net.torch_batches(train, recipe.batch_size, generator):
                 optimizer.zero_grad()
                 loss = net.torch_loss(model(*inputs), truth)
                 loss.backward()
@@ -239,6 +277,10 @@ class TorchBackend:
 
         model.eval()
         tensors = [torch.from_numpy(np.ascontiguousarray(inputs[t.name])) for t in net.inputs]
+        if not all(t.has_batch_axis for t in net.inputs):
+            # A graph without a batch axis runs whole: there is no axis to cut it into chunks along.
+            with torch.no_grad():
+                return model(*tensors).numpy()
         n = tensors[0].shape[0]
         outs = []
         with torch.no_grad():
@@ -266,6 +308,19 @@ class TorchBackend:
     @staticmethod
     def parameter_count(model: Any) -> int:
         return int(sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
+
+
+def shuffled_batches(n: int, batch_size: int, generator: Any) -> Iterator[Any]:
+    """One epoch's mini-batches of ``range(n)``: index tensors cut from a permutation drawn from ``generator``.
+
+    Exactly one ``randperm`` per epoch, drawn when the epoch starts: the generator's stream, and
+    so the trained weights, depend on it.
+    """
+    import torch
+
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
 
 
 def backend(flavour: str) -> type[KerasBackend] | type[TorchBackend]:

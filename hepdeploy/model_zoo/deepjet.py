@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.model_zoo import jets
-from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
+from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork, triton_config
 from hepdeploy.spec import DimRange, TensorSpec
 from hepdeploy.tf_support import import_keras
 
@@ -137,6 +137,13 @@ def deepjet_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
 class DeepJet(ZooNetwork):
     name = "deepjet"
     description = "DeepJet (DeepFlavour) AK4 flavour tagger: 1x1 Conv1D stacks + LSTMs (one go_backwards) -> 6 classes"
+    export_traps = (
+        "Keras LSTMs must be matched by tf2onnx's rewriter into ONNX LSTM ops (else a Loop); go_backwards=True "
+        "becomes ReverseSequence + forward LSTM (tf2onnx 1.17), with sequence lengths computed from Shape - a "
+        "wrong direction would still run, so only the numerical self-check catches it; "
+        "five inputs of mixed rank with three dynamic sequence lengths; CMSSW tensor names input_1..input_5 "
+        "-> ID_pred must survive tf2onnx's ':0' suffixes."
+    )
     flavours = ("keras",)
     task = "classification"
     class_names = CLASSES
@@ -154,38 +161,26 @@ class DeepJet(ZooNetwork):
         "n_npf": DimRange(min=2, opt=N_NPF, max=50),
         "n_sv": DimRange(min=2, opt=N_VTX, max=10),
     }
-    triton = {
-        "max_batch_size": 256,
-        "dynamic_batching": {"preferred_batch_size": [64], "max_queue_delay_microseconds": 100},
-        "perf": {"batch_per_request": 20, "requests_per_event": 1},
-    }
-    recipes = {
-        "full": TrainingRecipe(n_train=16_000, n_test=5_000, epochs=4, batch_size=256, learning_rate=2e-3),
-        "reduced": TrainingRecipe(n_train=2_000, n_test=1_000, epochs=2, batch_size=256, learning_rate=3e-3),
-    }
+    triton = triton_config(max_batch_size=256, preferred_batch_sizes=(64,), batch_per_request=20)
     data_recipe = (
         f"jets.generate_jets(kinds={','.join(CLASSES)}, pT 30-300, <= 64 constituents) -> deepjet.deepjet_inputs "
         f"(cpf sorted by |sip3d|, npf by pT, vtx by flight significance; {N_CPF}/{N_NPF}/{N_VTX} kept)"
     )
+    recipes = {
+        "full": TrainingRecipe(n_train=16_000, n_test=5_000, epochs=4, batch_size=256, learning_rate=2e-3),
+        "reduced": TrainingRecipe(n_train=2_000, n_test=1_000, epochs=2, batch_size=256, learning_rate=3e-3),
+    }
     reference_samples = 1000
     calibration_samples = 512
-    export_traps = (
-        "Keras LSTMs must be matched by tf2onnx's rewriter into ONNX LSTM ops (else a Loop); go_backwards=True "
-        "becomes ReverseSequence + forward LSTM (tf2onnx 1.17), with sequence lengths computed from Shape - a "
-        "wrong direction would still run, so only the numerical self-check catches it; "
-        "five inputs of mixed rank with three dynamic sequence lengths; CMSSW tensor names input_1..input_5 "
-        "-> ID_pred must survive tf2onnx's ':0' suffixes."
-    )
 
     def generate(self, n: int, seed: int) -> Dataset:
         sample = jets.generate_jets(n, seed, CLASSES, max_particles=64, pt_range=(30.0, 300.0))
         return Dataset(inputs=deepjet_inputs(sample), labels=sample.label)
 
-    def build(self, flavour: str = "keras", seed: int = 0) -> Any:
+    def construct(self, flavour: str) -> Any:
         keras = import_keras()
         from keras import layers
 
-        keras.utils.set_random_seed(seed)
         global_in = keras.Input(shape=(GLOBAL,), name="input_1")
         cpf_in = keras.Input(shape=(None, CPF), name="input_2")
         npf_in = keras.Input(shape=(None, NPF), name="input_3")

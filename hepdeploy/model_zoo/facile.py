@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.model_zoo import hcal
-from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
+from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork, triton_config
 from hepdeploy.spec import DimRange, TensorSpec
 from hepdeploy.tf_support import import_keras
 
@@ -14,40 +14,32 @@ from hepdeploy.tf_support import import_keras
 class Facile(ZooNetwork):
     name = "facile"
     description = "FACILE HCAL energy regression: BatchNorm(47) -> Dense 200-100-50-20-10-5 ReLU -> 1"
-    flavours = ("keras",)
-    task = "regression"
-    inputs = (TensorSpec(name="input", shape=["batch", hcal.N_FEATURES]),)
-    outputs = (TensorSpec(name="output", shape=["batch", 1]),)
-    # One event is ~16000 HCAL channels in one request.
-    dims = {"batch": DimRange(min=1, opt=16000, max=160000)}
-    triton = {
-        "max_batch_size": 160000,
-        "dynamic_batching": {"preferred_batch_size": [16000], "max_queue_delay_microseconds": 100},
-        "perf": {"batch_per_request": 16000, "requests_per_event": 1},
-    }
-    recipes = {
-        "full": TrainingRecipe(n_train=60_000, n_test=20_000, epochs=8, batch_size=256, learning_rate=2e-3),
-        "reduced": TrainingRecipe(n_train=8_000, n_test=4_000, epochs=3, batch_size=256, learning_rate=3e-3),
-    }
-    data_recipe = (
-        "hcal.generate_channels: log-uniform 1-200 GeV, 8-sample pulse x response(depth, |ieta|) x gain "
-        "0.5-2.5 fC/GeV, out-of-time and in-time pile-up, noise, pedestal"
-    )
     export_traps = (
         "BatchNormalization at the input becomes a Mul/Add on the raw charges (values up to ~500 fC: FP16 "
         "and INT8 see unnormalized inputs); large batches "
         "(16000 per event, max 160000) exercise dynamic batching and TensorRT profiles; a regression "
         "output makes INT8 judged by bias/resolution rather than argmax."
     )
+    flavours = ("keras",)
+    task = "regression"
+    inputs = (TensorSpec(name="input", shape=["batch", hcal.N_FEATURES]),)
+    outputs = (TensorSpec(name="output", shape=["batch", 1]),)
+    # One event is ~16000 HCAL channels in one request.
+    dims = {"batch": DimRange(min=1, opt=16000, max=160000)}
+    triton = triton_config(max_batch_size=160000, preferred_batch_sizes=(16000,), batch_per_request=16000)
+    data_recipe = hcal.DATA_RECIPE
+    recipes = {
+        "full": TrainingRecipe(n_train=60_000, n_test=20_000, epochs=8, batch_size=256, learning_rate=2e-3),
+        "reduced": TrainingRecipe(n_train=8_000, n_test=4_000, epochs=3, batch_size=256, learning_rate=3e-3),
+    }
 
     def generate(self, n: int, seed: int) -> Dataset:
         channels = hcal.generate_channels(n, seed)
         return Dataset(inputs={"input": channels.features}, targets=channels.energy)
 
-    def build(self, flavour: str = "keras", seed: int = 0) -> Any:
+    def construct(self, flavour: str) -> Any:
         keras = import_keras()
 
-        keras.utils.set_random_seed(seed)
         inp = keras.Input(shape=(hcal.N_FEATURES,), name="input")
         x = keras.layers.BatchNormalization(name="bn_input")(inp)
         for i, units in enumerate((200, 100, 50, 20, 10, 5)):

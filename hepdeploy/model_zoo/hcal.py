@@ -21,6 +21,12 @@ N_IETA = 29
 N_FEATURES = N_TS + 3 + N_DEPTH + N_IETA  # 47
 # Fraction of the in-time pulse in each 25 ns sample (sample of interest: TS3).
 PULSE = np.array([0.0, 0.01, 0.06, 0.64, 0.22, 0.05, 0.015, 0.005])
+# What generate_channels draws, in words: FACILE's data_recipe. It enters the training cache
+# key, so it stays here, to be changed together with the generator.
+DATA_RECIPE = (
+    "hcal.generate_channels: log-uniform 1-200 GeV, 8-sample pulse x response(depth, |ieta|) x gain "
+    "0.5-2.5 fC/GeV, out-of-time and in-time pile-up, noise, pedestal"
+)
 
 
 @dataclass

@@ -6,12 +6,19 @@ which the ONNX exporters write as ScatterElements(reduction="add") (opset >= 16)
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from hepdeploy.model_zoo import tracks
-from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
+from hepdeploy.model_zoo.base import (
+    Dataset,
+    TrainingRecipe,
+    ZooNetwork,
+    shuffled_batches,
+    triton_config,
+)
 from hepdeploy.spec import DimRange, TensorSpec
 
 HIDDEN = 40
@@ -70,6 +77,12 @@ class InteractionNetworkTracking(ZooNetwork):
         f"Interaction network edge classifier for tracking: node/edge encoders, {ITERATIONS} message-passing "
         "iterations with scatter_add aggregation, edge score"
     )
+    export_traps = (
+        "No batch axis (Triton max_batch_size 0) and two independent dynamic dims (n_hits, n_edges); "
+        "int64 edge_index whose sample values must be valid hit indices; gathers h[src] (Gather) and "
+        "scatter_add aggregation (ScatterElements reduction=add, opset >= 16) whose summation order differs "
+        "between backends (tiny float differences, never exactly equal)."
+    )
     flavours = ("torch",)
     task = "edge_classification"
     class_names = ("fake", "true")
@@ -80,25 +93,16 @@ class InteractionNetworkTracking(ZooNetwork):
     )
     outputs = (TensorSpec(name="edge_score", shape=["n_edges", 1]),)
     dims = {"n_hits": DimRange(min=8, opt=1000, max=20000), "n_edges": DimRange(min=8, opt=2000, max=50000)}
-    triton = {"max_batch_size": 0, "perf": {"batch_per_request": 1, "requests_per_event": 1}}
+    triton = triton_config(max_batch_size=0, batch_per_request=1)  # one event = one request, no batch axis
+    data_recipe = tracks.DATA_RECIPE
     recipes = {
         # n_train / n_test count events (~900 hits, ~1800 candidate edges each).
         "full": TrainingRecipe(n_train=240, n_test=30, epochs=8, batch_size=4, learning_rate=3e-3),
         "reduced": TrainingRecipe(n_train=24, n_test=6, epochs=3, batch_size=4, learning_rate=5e-3),
     }
-    data_recipe = (
-        "tracks.generate_events: 60-100 helices (pT 0.8-10 GeV, |eta|<1.5, 2 T) through 10 barrel layers, "
-        "3% hit inefficiency, 10% noise hits, adjacent-layer edges with |dphi|<0.15 and |z0|<30 cm"
-    )
     torch_factory = "hepdeploy.model_zoo.interaction_network:build_torch"
     reference_samples = 4  # events, concatenated into one graph
     calibration_samples = 4
-    export_traps = (
-        "No batch axis (Triton max_batch_size 0) and two independent dynamic dims (n_hits, n_edges); "
-        "int64 edge_index whose sample values must be valid hit indices; gathers h[src] (Gather) and "
-        "scatter_add aggregation (ScatterElements reduction=add, opset >= 16) whose summation order differs "
-        "between backends (tiny float differences, never exactly equal)."
-    )
 
     def generate(self, n: int, seed: int) -> Dataset:
         graphs = tracks.generate_events(n, seed)
@@ -106,43 +110,35 @@ class InteractionNetworkTracking(ZooNetwork):
         dataset.parts = [_graph_dataset([g]) for g in graphs]
         return dataset
 
-    def build(self, flavour: str = "torch", seed: int = 0) -> Any:
-        import torch
-
-        torch.manual_seed(seed)
+    def construct(self, flavour: str) -> Any:
         return build_torch()
 
-    def fit(self, model: Any, flavour: str, train: Dataset, recipe: TrainingRecipe, seed: int) -> None:
+    # Training goes through the shared torch loop (base.TorchBackend.fit) with mini-batches of whole
+    # events: a graph is never cut, so one epoch shuffles events, not edges.
+    def epoch_size(self, data: Dataset) -> int:
+        return len(_events(data))
+
+    def torch_batches(self, data: Dataset, batch_size: int, generator: Any) -> Iterator[tuple[tuple[Any, ...], Any]]:
         import torch
 
-        events = train.parts or [train]
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
-        steps = recipe.epochs * -(-len(events) // recipe.batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.learning_rate, total_steps=steps)
-        model.train()
-        for _ in range(recipe.epochs):
-            order = torch.randperm(len(events), generator=generator).tolist()
-            for start in range(0, len(events), recipe.batch_size):
-                batch = _merge_datasets([events[i] for i in order[start : start + recipe.batch_size]])
-                inputs = [torch.from_numpy(batch.inputs[t.name]) for t in self.inputs]
-                truth = torch.from_numpy(batch.labels.astype(np.float32))
-                optimizer.zero_grad()
-                # True edges are ~40%: weight them up a little so the 0.5 cut keeps efficiency high.
-                score = model(*inputs).squeeze(-1).clamp(1e-7, 1 - 1e-7)
-                weight = torch.where(truth > 0.5, 1.5, 1.0)
-                loss = torch.nn.functional.binary_cross_entropy(score, truth, weight=weight)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-        model.eval()
+        events = _events(data)
+        for idx in shuffled_batches(len(events), batch_size, generator):
+            batch = _merge_datasets([events[i] for i in idx.tolist()])
+            inputs = tuple(torch.from_numpy(batch.inputs[t.name]) for t in self.inputs)
+            yield inputs, torch.from_numpy(batch.labels.astype(np.float32))
 
-    def predict(self, model: Any, flavour: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def torch_loss(self, output: Any, truth: Any) -> Any:
         import torch
 
-        model.eval()
-        with torch.no_grad():
-            return model(*(torch.from_numpy(np.ascontiguousarray(inputs[t.name])) for t in self.inputs)).numpy()
+        # True edges are ~40%: weight them up a little so the 0.5 cut keeps efficiency high.
+        score = output.squeeze(-1).clamp(1e-7, 1 - 1e-7)
+        weight = torch.where(truth > 0.5, 1.5, 1.0)
+        return torch.nn.functional.binary_cross_entropy(score, truth, weight=weight)
+
+
+def _events(data: Dataset) -> list[Dataset]:
+    """The separate events of a graph dataset (a dataset without parts is one event)."""
+    return data.parts or [data]
 
 
 def _merge_datasets(parts: list[Dataset]) -> Dataset:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from hepdeploy.model_zoo import jets
-from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
+from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork, triton_config
 from hepdeploy.spec import DimRange, TensorSpec
 from hepdeploy.tf_support import import_keras
 
@@ -35,42 +35,34 @@ def build_torch(n_features: int = 16, n_classes: int = len(CLASSES)) -> Any:
 class JetMLPNetwork(ZooNetwork):
     name = "jet_mlp"
     description = "hls4ml jet tagger: 16 substructure features -> Dense 64-32-32 ReLU -> 5 softmax (g,q,W,Z,t)"
+    export_traps = (
+        "Tiny MatMul/Gemm + Softmax graph: the baseline every exporter must get exactly right; Keras and "
+        "PyTorch flavours must export to the same tensor names (input_1 -> output)."
+    )
     flavours = ("keras", "torch")
     task = "classification"
     class_names = CLASSES
     inputs = (TensorSpec(name="input_1", shape=["batch", 16]),)
     outputs = (TensorSpec(name="output", shape=["batch", len(CLASSES)]),)
     dims = {"batch": DimRange(min=1, opt=256, max=4096)}
-    triton = {
-        "max_batch_size": 4096,
-        "dynamic_batching": {"preferred_batch_size": [256, 1024], "max_queue_delay_microseconds": 100},
-        "perf": {"batch_per_request": 16, "requests_per_event": 1},
-    }
+    triton = triton_config(max_batch_size=4096, preferred_batch_sizes=(256, 1024), batch_per_request=16)
+    data_recipe = "jets.generate_jets(kinds=g,q,W,Z,t, pT 400-600, <=64 constituents) -> jets.high_level_features"
     recipes = {
         "full": TrainingRecipe(n_train=50_000, n_test=20_000, epochs=15, batch_size=256, learning_rate=3e-3),
         "reduced": TrainingRecipe(n_train=8_000, n_test=4_000, epochs=6, batch_size=256, learning_rate=5e-3),
     }
-    data_recipe = "jets.generate_jets(kinds=g,q,W,Z,t, pT 400-600, <=64 constituents) -> jets.high_level_features"
     torch_factory = "hepdeploy.model_zoo.jet_mlp:build_torch"
-    export_traps = (
-        "Tiny MatMul/Gemm + Softmax graph: the baseline every exporter must get exactly right; Keras and "
-        "PyTorch flavours must export to the same tensor names (input_1 -> output)."
-    )
 
     def generate(self, n: int, seed: int) -> Dataset:
         sample = jets.generate_jets(n, seed, CLASSES, max_particles=64, pt_range=(400.0, 600.0))
         return Dataset(inputs={"input_1": jets.high_level_features(sample)}, labels=sample.label)
 
-    def build(self, flavour: str = "keras", seed: int = 0) -> Any:
+    def construct(self, flavour: str) -> Any:
         if flavour == "torch":
-            import torch
-
-            torch.manual_seed(seed)
             return build_torch()
 
         keras = import_keras()
 
-        keras.utils.set_random_seed(seed)
         inp = keras.Input(shape=(16,), name="input_1")
         x = inp
         for i, units in enumerate(HIDDEN):

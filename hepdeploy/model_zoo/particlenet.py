@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.model_zoo import jets
-from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork
+from hepdeploy.model_zoo.base import Dataset, TrainingRecipe, ZooNetwork, triton_config
 from hepdeploy.spec import DimRange, TensorSpec
 
 CLASSES = ("b", "bb", "c", "uds", "g")
@@ -190,6 +190,12 @@ def ak4_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
 class ParticleNetAK4(ZooNetwork):
     name = "particlenet"
     description = "ParticleNet-Lite AK4 flavour tagger (CMS interface): EdgeConv k=7 x2 on PF+SV points -> 5 classes"
+    export_traps = (
+        "k-NN with TopK and a constant k (TensorRT needs K as an initializer; a K computed from the "
+        "input shape breaks engine building); neighbour gathering with GatherElements on dynamic n_pf/n_sv; "
+        "masks pushed 1e9 away (FP16 overflows: keep that Add in FP32); two dynamic non-batch dims; the "
+        "TorchScript exporter is the safe choice (weaver-core exports ParticleNet with dynamo=False)."
+    )
     flavours = ("torch",)
     task = "classification"
     class_names = CLASSES
@@ -217,37 +223,24 @@ class ParticleNetAK4(ZooNetwork):
         {"name": "fp16"},
         {"name": "int8-trt", "quantize_op_types": ["Conv", "Gemm"]},
     )
-    triton = {
-        "max_batch_size": 256,
-        "dynamic_batching": {"preferred_batch_size": [64], "max_queue_delay_microseconds": 100},
-        "perf": {"batch_per_request": 20, "requests_per_event": 1},
-    }
-    recipes = {
-        "full": TrainingRecipe(n_train=10_000, n_test=4_000, epochs=4, batch_size=128, learning_rate=5e-3),
-        "reduced": TrainingRecipe(n_train=1_500, n_test=1_000, epochs=2, batch_size=128, learning_rate=5e-3),
-    }
+    triton = triton_config(max_batch_size=256, preferred_batch_sizes=(64,), batch_per_request=20)
     data_recipe = (
         f"jets.generate_jets(kinds={','.join(CLASSES)}, pT 30-300, <= {N_PF} constituents, <= {N_SV} SVs) "
         "-> particlenet.ak4_inputs"
     )
+    recipes = {
+        "full": TrainingRecipe(n_train=10_000, n_test=4_000, epochs=4, batch_size=128, learning_rate=5e-3),
+        "reduced": TrainingRecipe(n_train=1_500, n_test=1_000, epochs=2, batch_size=128, learning_rate=5e-3),
+    }
     torch_factory = "hepdeploy.model_zoo.particlenet:build_torch"
     reference_samples = 1000
     calibration_samples = 512
-    export_traps = (
-        "k-NN with TopK and a constant k (TensorRT needs K as an initializer; a K computed from the "
-        "input shape breaks engine building); neighbour gathering with GatherElements on dynamic n_pf/n_sv; "
-        "masks pushed 1e9 away (FP16 overflows: keep that Add in FP32); two dynamic non-batch dims; the "
-        "TorchScript exporter is the safe choice (weaver-core exports ParticleNet with dynamo=False)."
-    )
 
     def generate(self, n: int, seed: int) -> Dataset:
         sample = jets.generate_jets(n, seed, CLASSES, max_particles=N_PF, pt_range=(30.0, 300.0))
         return Dataset(inputs=ak4_inputs(sample), labels=sample.label)
 
-    def build(self, flavour: str = "torch", seed: int = 0) -> Any:
-        import torch
-
-        torch.manual_seed(seed)
+    def construct(self, flavour: str) -> Any:
         return build_torch()
 
 

@@ -21,6 +21,12 @@ B_FIELD_T = 2.0
 HALF_LENGTH_CM = 100.0
 DPHI_CUT = 0.15
 Z0_CUT_CM = 30.0
+# What generate_events draws, in words: the interaction network's data_recipe. It enters the
+# training cache key, so it stays here, to be changed together with the generator.
+DATA_RECIPE = (
+    "tracks.generate_events: 60-100 helices (pT 0.8-10 GeV, |eta|<1.5, 2 T) through 10 barrel layers, "
+    "3% hit inefficiency, 10% noise hits, adjacent-layer edges with |dphi|<0.15 and |z0|<30 cm"
+)
 
 
 @dataclass

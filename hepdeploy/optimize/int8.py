@@ -19,6 +19,7 @@ import logging
 import re
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
 from hepdeploy.optimize.fp16 import check_node_patterns, check_op_types
 from hepdeploy.optimize.graph import edge_nodes, precision_summary
-from hepdeploy.optimize.modelopt_worker import run_job
+from hepdeploy.optimize.modelopt_worker import feed_reader, run_job
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 
 if TYPE_CHECKING:
@@ -42,28 +43,8 @@ PERCENTILE = 99.99
 
 def make_reader(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], batch_size: int | None = None) -> Any:
     """An ONNX Runtime CalibrationDataReader over validated calibration arrays (rewindable)."""
-    from onnxruntime.quantization import CalibrationDataReader
-
     batch_size = batch_size or batch_size_for(arrays, CALIBRATION_BATCH)
-    feeds = list(calibration_feeds(arrays, inputs, batch_size))
-
-    class ArrayReader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._iter = iter(feeds)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._iter, None)
-
-        def get_first(self) -> dict[str, np.ndarray]:
-            return feeds[0]
-
-        def rewind(self) -> None:
-            self._iter = iter(feeds)
-
-        def __len__(self) -> int:
-            return len(feeds)
-
-    return ArrayReader()
+    return feed_reader(list(calibration_feeds(arrays, inputs, batch_size)))
 
 
 def _nodes_matching(model: onnx.ModelProto, patterns: list[str], op_types: list[str]) -> list[str]:
@@ -129,17 +110,41 @@ def _load_checked(model_path: Path, variant: VariantSpec) -> tuple[onnx.ModelPro
     return original, _edge_exclusions(original, variant)
 
 
-def quantize_for_tensorrt(
-    model_path: Path,
-    variant: VariantSpec,
-    inputs: list[TensorSpec],
-    calibration: dict[str, np.ndarray],
-    spec: ModelSpec | None = None,
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def quantize_for_tensorrt(model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],
+                          calibration: dict[str, np.ndarray],
+                          spec: ModelSpec | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The int8-trt maker: ModelOpt explicit-INT8 PTQ of ``model_path`` (calibrated on the CPU)."""
+    return _quantize("int8-trt", _modelopt_ptq, model_path, variant, inputs, calibration)
+
+
+def quantize_for_cpu(model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],
+                     calibration: dict[str, np.ndarray],
+                     spec: ModelSpec | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The int8-cpu maker: ONNX Runtime static QDQ quantization, u8 activations, s8 per-channel weights."""
+    return _quantize("int8-cpu", _onnxruntime_qdq, model_path, variant, inputs, calibration)
+
+
+def _quantize(name: str, quantizer: Callable[..., tuple[onnx.ModelProto, dict[str, Any]]], model_path: Path,
+              variant: VariantSpec, inputs: list[TensorSpec],
+              calibration: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """What both INT8 makers do around their tool: the FP32 model and its exclusions checked first,
+    the result refused unless it holds Q/DQ nodes; the tool's parameters, then the shared ones.
+
+    ``quantizer(model_path, original, edges, variant, inputs, calibration)`` returns the quantized
+    model and its tool's parameters; ``edges`` are the edge nodes kept in FP32.
+    """
+    original, edges = _load_checked(model_path, variant)
+    quantized, parameters = quantizer(model_path, original, edges, variant, inputs, calibration)
+    summary = _require_qdq(quantized, name, original)
+    return quantized, {**parameters, "edge_nodes_kept_fp32": edges, **summary}
+
+
+def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, edges: list[str], variant: VariantSpec,
+                  inputs: list[TensorSpec],
+                  calibration: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """int8-trt's tool: ModelOpt in a child process, on a copy whose node names are no one's prefix."""
     import onnx
 
-    original, edges = _load_checked(model_path, variant)
     method = "max" if variant.calibration_method == "minmax" else variant.calibration_method
     # User patterns are expanded here (same rule as int8-cpu) and handed over as exact names.
     excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, [])) | set(edges))
@@ -194,8 +199,7 @@ def quantize_for_tensorrt(
         node.name = renamed.get(node.name, node.name)
     for node in original.graph.node:
         node.name = renamed.get(node.name, node.name)
-    summary = _require_qdq(quantized, "int8-trt", original)
-    parameters = {
+    return quantized, {
         "tool": "modelopt.onnx.quantization",
         "quantize_mode": "int8",
         "calibration_method": method,
@@ -211,20 +215,13 @@ def quantize_for_tensorrt(
         "nodes_to_exclude": list(variant.exclude_nodes),
         "op_types_to_exclude": list(variant.exclude_op_types),
         "op_types_to_quantize": list(variant.quantize_op_types) or "modelopt default",
-        "edge_nodes_kept_fp32": edges,
-        **summary,
     }
-    return quantized, parameters
 
 
-def quantize_for_cpu(
-    model_path: Path,
-    variant: VariantSpec,
-    inputs: list[TensorSpec],
-    calibration: dict[str, np.ndarray],
-    spec: ModelSpec | None = None,
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The int8-cpu maker: ONNX Runtime static QDQ quantization, u8 activations, s8 per-channel weights."""
+def _onnxruntime_qdq(model_path: Path, original: onnx.ModelProto, edges: list[str], variant: VariantSpec,
+                     inputs: list[TensorSpec],
+                     calibration: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """int8-cpu's tool: ONNX Runtime ``quantize_static`` in QDQ format, u8 activations, s8 weights."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -233,7 +230,6 @@ def quantize_for_cpu(
         quantize_static,
     )
 
-    original, edges = _load_checked(model_path, variant)
     excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, variant.exclude_op_types)) | set(edges))
     methods = {
         "max": CalibrationMethod.MinMax,
@@ -266,8 +262,7 @@ def quantize_for_cpu(
         except (ValueError, RuntimeError, KeyError, IndexError) as error:
             raise ConversionError(f"int8-cpu: ONNX Runtime quantization failed: {type(error).__name__}: {error}") from error
         quantized = onnx.load(str(work_output))
-    summary = _require_qdq(quantized, "int8-cpu", original)
-    parameters = {
+    return quantized, {
         "tool": "onnxruntime.quantization.quantize_static",
         "quant_format": "QDQ",
         "activation_type": "QUInt8",
@@ -278,10 +273,7 @@ def quantize_for_cpu(
         **({"percentile": PERCENTILE} if variant.calibration_method == "percentile" else {}),
         "calibration_samples": sample_count(calibration),
         "nodes_to_exclude": excluded,
-        "edge_nodes_kept_fp32": edges,
-        **summary,
     }
-    return quantized, parameters
 
 
 def _percentile_cache(model_path: Path, reader: Any, cache_path: Path, folder: Path) -> None:

@@ -61,7 +61,13 @@ def _feeds(folder: str) -> list[dict[str, Any]]:
     return feeds
 
 
-def _reader(feeds: list[dict[str, Any]]) -> Any:
+def feed_reader(feeds: list[dict[str, Any]]) -> Any:
+    """An ONNX Runtime CalibrationDataReader over ``feeds`` (one model run each), rewindable.
+
+    The one reader for both sides of the process boundary: this worker reads its ``.npz`` feeds
+    with it, and ``optimize.int8`` its in-memory ones. It lives here because the worker must stay
+    light to start (``int8`` imports this module, not the other way round).
+    """
     from onnxruntime.quantization import CalibrationDataReader
 
     class FeedReader(CalibrationDataReader):
@@ -93,7 +99,7 @@ def _run(job: dict[str, Any]) -> None:
         quantize(
             onnx_path=job["model"],
             output_path=job["output"],
-            calibration_data_reader=_reader(_feeds(job["feeds"])),
+            calibration_data_reader=feed_reader(_feeds(job["feeds"])),
             **kwargs,
         )
     elif job["kind"] == "fp16":
