@@ -40,8 +40,11 @@ Rule = Literal["sqnr", "tolerance"]
 # accumulate to ~50 dB; INT8 tensors sit at 25-40 dB. Below the floor, more than a trace of the
 # signal is noise: 1 % of its amplitude at 40 dB, 10 % at 20 dB.
 MIN_SQNR_DB = {"fp32": 80.0, "fp16": 40.0, "int8": 20.0}
-# SQNR is capped here when ranking drops, so an exact input (+inf) does not hide a loss.
-_SQNR_CAP = 200.0
+# When drops are ranked, SQNR is clipped to [-40, floor + 40] dB: an exact input (+inf) or a NaN
+# output (-inf) would otherwise make a drop infinite, and in a graph that loses a little precision
+# everywhere the first rounded node (exact -> ~60 dB) would always outrank a real loss further on
+# (60 -> 20 dB).
+_DROP_RANGE_DB = 40.0
 
 
 @dataclass
@@ -61,8 +64,11 @@ class TensorError:
 
     def to_dict(self) -> dict[str, Any]:
         values = dict(self.__dict__)
-        if values["sqnr_db"] is not None and not math.isfinite(values["sqnr_db"]):
-            values["sqnr_db"] = "inf" if values["sqnr_db"] > 0 else "-inf"  # JSON has no infinities
+        # JSON has no infinities or NaN: an infinite SQNR is written as "inf"/"-inf"; an error that is
+        # not finite (NaN where the candidate has NaN) as null, like the outputs' comparisons.
+        for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                values[key] = ("inf" if value > 0 else "-inf") if key == "sqnr_db" and not math.isnan(value) else None
         return values
 
 
@@ -168,8 +174,8 @@ def localize(
             row = _judge(node, tensor, matching.get(tensor), ref_values, cand_values, report)
             report.tensors.append(row)
             if row.sqnr_db is not None:
-                sqnr_of[tensor] = min(row.sqnr_db, _SQNR_CAP)
-                before = min((sqnr_of[i] for i in node.input if i in sqnr_of), default=_SQNR_CAP)
+                sqnr_of[tensor] = float(np.clip(row.sqnr_db, -_DROP_RANGE_DB, floor + _DROP_RANGE_DB))
+                before = min((sqnr_of[i] for i in node.input if i in sqnr_of), default=floor + _DROP_RANGE_DB)
                 if before - sqnr_of[tensor] > worst_drop:
                     worst_drop = before - sqnr_of[tensor]
                     report.largest_drop_node, report.largest_drop_db = row.node, round(worst_drop, 2)
@@ -202,7 +208,9 @@ def _judge(node: Any, tensor: str, target: str | None, ref_values: dict[str, np.
     row.p99_abs_error = cmp.p99_abs_error
     row.fraction_out_of_tolerance = cmp.fraction_out_of_tolerance
     row.note = cmp.problem or ""
-    signal = bool(np.any(as_float[1]))
+    # The signal is the finite part of the reference (as in sqnr_db): all zeros there (NaN/Inf aside)
+    # leaves nothing to measure noise against.
+    signal = bool(np.any(np.where(np.isfinite(as_float[1]), as_float[1], 0)))
     if signal:
         row.sqnr_db = sqnr_db(as_float[0], as_float[1])
     if report.rule == "sqnr" and signal:
