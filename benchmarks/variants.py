@@ -106,13 +106,9 @@ def source_runner(net: Any, flavour: str, source_path: Path, inputs: dict[str, n
 
 
 def ort_runner(path: Path, inputs: dict[str, np.ndarray], threads: int) -> tuple[Any, Callable[[], Any]]:
-    import onnxruntime as ort
+    from hepdeploy.backend.onnxrt import create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = create_session(path, intra_op_threads=threads, inter_op_threads=1)
     feeds = {i.name: inputs[i.name] for i in session.get_inputs()}
     return session, lambda: session.run(None, feeds)
 

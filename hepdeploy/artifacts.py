@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -22,12 +22,12 @@ from hepdeploy.fsutil import (
     sha256_file,
 )
 from hepdeploy.spec import TensorSpec
+from hepdeploy.variants import Precision, Target
 
 if TYPE_CHECKING:
     import onnx
 
 SIDECAR_SCHEMA = 1
-Precision = Literal["fp32", "fp16", "int8", "mixed"]
 
 
 class SourceRecord(BaseModel):
@@ -53,7 +53,7 @@ class VariantRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = "fp32"
     precision: Precision = "fp32"
-    target: Literal["any", "tensorrt", "cpu"] = "any"
+    target: Target = "any"
 
 
 class Sidecar(BaseModel):

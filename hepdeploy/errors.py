@@ -48,6 +48,12 @@ class ConversionError(HepDeployError):
     exit_code = 2
 
 
+class NativeCrashError(HepDeployError):
+    """A dependency crashed natively (a signal, not an exception) in a child process we ran it in."""
+
+    exit_code = 2
+
+
 class DisagreementError(HepDeployError):
     """Two models that must agree do not (exit 1)."""
 

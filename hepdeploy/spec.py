@@ -24,7 +24,9 @@ from hepdeploy.fsutil import check_safe_name
 from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES
 
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
-Framework = Literal["torch", "torchscript", "exported_program", "keras", "savedmodel", "onnx", "zoo"]
+# Frameworks a model file can be in; a spec's source may also name a zoo network.
+FILE_FRAMEWORKS = ("torch", "torchscript", "exported_program", "keras", "savedmodel", "onnx")
+Framework = Literal[(*FILE_FRAMEWORKS, "zoo")]  # type: ignore[valid-type]
 VariantName = Literal[VARIANT_NAMES]  # type: ignore[valid-type]  # the registry's names
 Dim = int | str
 

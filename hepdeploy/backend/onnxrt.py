@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +27,13 @@ import numpy as np
 
 from hepdeploy.artifacts import load_onnx
 from hepdeploy.backend.base import Runner
-from hepdeploy.errors import BadInputError, DataError, ModelLoadError, first_line
+from hepdeploy.errors import (
+    BadInputError,
+    DataError,
+    ModelLoadError,
+    NativeCrashError,
+    first_line,
+)
 from hepdeploy.fsutil import check_input_file
 from hepdeploy.spec import TensorSpec
 
@@ -42,15 +52,20 @@ _ORT_TYPES = {
 }
 
 
+# ORT's messages carry the C++ source position and function signature of the check that failed.
+_ORT_SOURCE_POSITION = re.compile(r"(failed:)?\S*onnxruntime_src\S*:\d+ .*?\) ")
+
+
 def ort_error_line(error: BaseException) -> str:
-    """The meaningful line of an ONNX Runtime error: ORT prefixes a long '[ONNXRuntimeError] : N : CODE :'."""
-    text = first_line(error, limit=2000)
+    """The meaningful line of an ONNX Runtime error, without its '[ONNXRuntimeError] : N : CODE :' prefix
+    and the C++ source position inside it."""
+    text = first_line(error, limit=4000)
     for marker in (" : INVALID_GRAPH : ", " : INVALID_ARGUMENT : ", " : FAIL : ", " : NOT_IMPLEMENTED : ",
                    " : RUNTIME_EXCEPTION : ", " : NO_SUCHFILE : ", " : INVALID_PROTOBUF : "):
         if marker in text:
             text = text.split(marker, 1)[1]
             break
-    return text[:400]
+    return _ORT_SOURCE_POSITION.sub("failed: ", text)[:400]
 
 
 def create_session(
@@ -212,6 +227,39 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     del copy.graph.output[:]
     copy.graph.output.extend(new_outputs)
     return copy
+
+
+def check_in_child(model: Any, feeds: dict[str, np.ndarray] | None = None, where: str = "model",
+                   timeout_s: float = 600.0) -> None:
+    """Create a session on ``model`` (and run ``feeds`` once) in a child process.
+
+    A graph that makes ONNX Runtime crash natively (a segmentation fault or an abort inside
+    session creation, as ModelOpt AutoCast output has done on a Particle Transformer) ends the
+    child, not this process: the crash becomes a NativeCrashError naming the signal. A model
+    ONNX Runtime refuses is a ModelLoadError with ONNX Runtime's own line. Costs one interpreter
+    start with numpy and onnxruntime (~0.3 s).
+    """
+    with tempfile.TemporaryDirectory(prefix="hepdeploy-ort-child-") as folder:
+        if isinstance(model, (str, Path)):
+            path = str(check_input_file(Path(model), "ONNX model"))
+        else:
+            path = str(Path(folder) / "model.onnx")
+            Path(path).write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
+        command = [sys.executable, "-m", "hepdeploy.backend.onnxrt_child", path]
+        if feeds is not None:
+            np.savez(Path(folder) / "feeds.npz", **feeds)
+            command.append(str(Path(folder) / "feeds.npz"))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as error:
+            raise NativeCrashError(f"{where}: ONNX Runtime did not finish within {timeout_s:.0f} s") from error
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise NativeCrashError(f"{where}: ONNX Runtime crashed ({name}) creating or running a session; "
+                               "the model was not used")
+    if done.returncode != 0:
+        line = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ModelLoadError(f"{where}: ONNX Runtime cannot load or run the model: {ort_error_line(RuntimeError(line))}")
 
 
 def optimize_offline(model: onnx.ModelProto) -> onnx.ModelProto:

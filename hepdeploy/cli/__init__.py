@@ -23,7 +23,7 @@ from hepdeploy.cli import (
     commands_validate,
     commands_zoo,
 )
-from hepdeploy.errors import HepDeployError
+from hepdeploy.errors import HepDeployError, first_line
 
 log = logging.getLogger("hepdeploy")
 
@@ -43,16 +43,17 @@ class HepDeployGroup(click.Group):
             click.echo("hepdeploy: interrupted", err=True)
             sys.exit(130)
         except Exception as error:  # a bug or an error from a dependency we did not foresee
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            _report(ctx, error, f"unexpected {type(error).__name__}: {first}")
+            _report(ctx, error, f"unexpected {type(error).__name__}: {first_line(error)}")
             sys.exit(2)
 
 
 def _report(ctx: click.Context, error: BaseException, message: str) -> None:
+    """One line on stderr; with -v first the whole traceback, with the dependency errors it was chained to."""
     verbose = (ctx.obj or {}).get("verbosity", 0) > 0
     if verbose:
         traceback.print_exception(error, file=sys.stderr)
-    hint = "" if verbose else " (run with -v for details)" if not isinstance(error, HepDeployError) else ""
+    worth_details = not isinstance(error, HepDeployError) or error.__cause__ is not None
+    hint = " (run with -v for details)" if worth_details and not verbose else ""
     click.echo(f"error: {message}{hint}", err=True)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from hepdeploy.cli.options import budget_option, exporter_option, variant_option
 from hepdeploy.pipeline import (
     DEFAULT_ZOO_SET,
     BuildOptions,
@@ -13,25 +14,23 @@ from hepdeploy.pipeline import (
     load_specs,
     zoo_build_spec,
 )
+from hepdeploy.variants import DEFAULT_VARIANTS
 
 DEFAULT_OUT = Path("hepdeploy-out")
 
 
 @click.command("build")
 @click.argument("specs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=DEFAULT_OUT, show_default=True,
-              help="Output folder: one folder per model, plus model_repository/.")
+@click.option("-o", "--output", "--out", "out_dir", type=click.Path(path_type=Path), default=DEFAULT_OUT,
+              show_default=True, help="Output folder: one folder per model, plus model_repository/.")
 @click.option("--zoo", "zoo_names", multiple=True, help="Build these zoo networks (repeatable).")
-@click.option("--variant", "variants", multiple=True,
-              type=click.Choice(["fp32", "fp16", "int8-trt", "int8-cpu", "tensorrt"]),
-              help="Variants to make (default: each spec's list; fp32, int8-cpu, fp16, int8-trt).")
-@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True)
+@variant_option(multiple=True, help=f"Variants to make (default: each spec's list; {', '.join(DEFAULT_VARIANTS)}).")
+@exporter_option
 @click.option("--no-publish", is_flag=True, help="Stop after validation; write no model repository.")
 @click.option("--serve-check", is_flag=True,
               help="Start a local Triton server on the new repository and validate what it serves.")
 @click.option("--require-gpu", is_flag=True, help="Fail (exit 2) instead of skipping the TensorRT engine without a GPU.")
-@click.option("--budget", type=click.Choice(["full", "reduced"]), default="full", show_default=True,
-              help="Training budget for zoo networks that are not cached yet.")
+@budget_option()
 @click.option("--strict", is_flag=True,
               help="Fail (exit 1) when any variant fails validation, not only a variant the spec serves.")
 def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, ...], variants: tuple[str, ...],
@@ -45,7 +44,6 @@ def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, 
     (triton.variant, triton.cpu_twin.variant) fails, or any with --strict, when a step
     errors, or when the repository check finds a problem. Exit 0 otherwise.
     """
-
     model_specs = load_specs(list(specs))
     names = list(zoo_names) or ([] if specs else list(DEFAULT_ZOO_SET))
     model_specs += [zoo_build_spec(name) for name in names]
@@ -59,6 +57,7 @@ def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, 
 
 def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"hepdeploy build -> {report.out_dir}")
@@ -66,7 +65,8 @@ def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
         table.add_column(column, overflow="fold")
     for model in report.models:
         for step in model.steps:
-            table.add_row(model.name, step.step, _status(step.status), step.reason)
+            detail = step.reason + (f" (traceback: {step.details['log']})" if "log" in step.details else "")
+            table.add_row(model.name, step.step, _status(step.status), escape(detail))
     for step in report.repository_steps:
         table.add_row("(repository)", step.step, _status(step.status), step.reason)
         for line in step.details.get("problems", []) + step.details.get("lines", []):

@@ -9,32 +9,30 @@ from typing import Any
 import click
 
 from hepdeploy.artifacts import load_onnx, sidecar_path_for, tensor_specs_of
+from hepdeploy.cli.options import exporter_option, json_flag_option, spec_option
 from hepdeploy.convert import convert_from_spec
 from hepdeploy.convert.common import check_output_path
 from hepdeploy.convert.options import spec_from_options
 from hepdeploy.errors import BadInputError, SpecError
 from hepdeploy.fsutil import check_input_file, check_safe_name
-from hepdeploy.spec import load_spec
-
-FRAMEWORKS = ("torch", "torchscript", "exported_program", "keras", "savedmodel", "onnx")
+from hepdeploy.spec import FILE_FRAMEWORKS, ModelSpec
 
 
 @click.command("convert")
 @click.argument("source", required=False, type=click.Path(path_type=Path))
-@click.option("-o", "output", required=True, type=click.Path(path_type=Path), metavar="OUT.onnx",
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), metavar="OUT.onnx",
               help="The .onnx file to write (its sidecar .json is written next to it).")
-@click.option("--spec", "spec_path", type=click.Path(path_type=Path), help="Model spec (YAML).")
-@click.option("--input", "inputs", multiple=True, metavar="NAME:DTYPE:SHAPE",
+@spec_option()
+@click.option("--input", "--input-tensor", "inputs", multiple=True, metavar="NAME:DTYPE:SHAPE",
               help="An input tensor, e.g. input:float32:batch,47 (repeat for several).")
-@click.option("--output", "outputs", multiple=True, metavar="NAME:DTYPE:SHAPE",
+@click.option("--output-tensor", "outputs", multiple=True, metavar="NAME:DTYPE:SHAPE",
               help="An output tensor (default: read from the model or found by running it).")
-@click.option("--framework", type=click.Choice(FRAMEWORKS), help="Source framework (default: from the file).")
+@click.option("--framework", type=click.Choice(FILE_FRAMEWORKS), help="Source framework (default: from the file).")
 @click.option("--factory", metavar="MODULE:FUNCTION", help="Builds the torch nn.Module a state dict belongs to.")
-@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
-              help="PyTorch exporter; auto tries dynamo and falls back to the TorchScript exporter.")
+@exporter_option
 @click.option("--opset", type=click.IntRange(7, None), help="ONNX opset (default: the exporter's).")
 @click.option("--name", help="Model name (default: the output file's stem).")
-def convert_command(source: Path | None, output: Path, spec_path: Path | None, inputs: tuple[str, ...],
+def convert_command(source: Path | None, output: Path, spec: ModelSpec | None, inputs: tuple[str, ...],
                     outputs: tuple[str, ...], framework: str | None, factory: str | None, exporter: str,
                     opset: int | None, name: str | None) -> None:
     """Convert SOURCE (a model file or SavedModel folder) to a checked ONNX artifact.
@@ -43,12 +41,10 @@ def convert_command(source: Path | None, output: Path, spec_path: Path | None, i
     and 64, two sizes of every other dynamic dimension); if they disagree beyond
     atol 1e-5 + rtol 1e-4 nothing is written and the exit code is 1.
     """
-
     check_output_path(output)
-    if spec_path is not None:
+    if spec is not None:
         if inputs or outputs or factory:
-            raise SpecError("--spec already names the tensors and factory; drop --input/--output/--factory")
-        spec = load_spec(spec_path)
+            raise SpecError("--spec already names the tensors and factory; drop --input/--output-tensor/--factory")
         update: dict[str, Any] = {}
         if source is not None:
             block = spec.source.model_copy(update={"path": str(source.resolve())})
@@ -123,7 +119,7 @@ def model_summary(path: Path) -> dict[str, Any]:
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_flag_option
 def inspect_command(model: Path, as_json: bool) -> None:
     """Show an ONNX model's tensors, opset, producer, op histogram and parameter count."""
     summary = model_summary(model)

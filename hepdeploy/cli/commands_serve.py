@@ -1,58 +1,44 @@
 """Serving commands: ``hepdeploy triton serve``, ``hepdeploy triton serve-check`` and ``hepdeploy perf``.
 
 ``hepdeploy validate --server`` lives in commands_validate.py (library: validate.validate_served),
-``hepdeploy triton add --python-backend`` in commands_triton.py (library: triton.python_backend.publish_python_twin).
+``hepdeploy triton add --python-backend`` in commands_triton.py (library: triton.repository.publish_python_twin).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from hepdeploy.backend.triton import parse_model_ref
-from hepdeploy.data import load_tensors
+from hepdeploy.cli.options import (
+    ServerOptions,
+    json_file_option,
+    parse_int_list,
+    parse_pairs,
+    server_options,
+    spec_option,
+    tritonserver_option,
+)
 from hepdeploy.errors import (
-    DataError,
     DependencyMissingError,
     RepositoryError,
     ValidationFailedError,
 )
 from hepdeploy.fsutil import atomic_write_text
-from hepdeploy.perf import EventDefinition, run_perf, write_perf_outputs
+from hepdeploy.perf import EventDefinition, PerfReport, run_perf, write_perf_outputs
 from hepdeploy.serve_check import serve_check
-from hepdeploy.spec import load_spec
+from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.server import (
     TritonServer,
     bundled_server,
     find_tritonserver,
     install_bundled_server,
 )
-from hepdeploy.validate import load_reference
+from hepdeploy.validate.reference import load_data_file
 
-log = logging.getLogger("hepdeploy.cli.serve")
-
-
-def _concurrency(text: str) -> list[int]:
-    try:
-        levels = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError as error:
-        raise click.BadParameter(f"{text!r}: expected a comma-separated list of integers such as 1,2,4") from error
-    if not levels or any(level < 1 for level in levels):
-        raise click.BadParameter(f"{text!r}: levels must be positive integers")
-    return levels
-
-
-def _load_inputs_and_reference(golden: Path) -> tuple[dict[str, Any], Any]:
-    """(inputs, reference set or None): a golden set from `hepdeploy reference`, or a plain inputs .npz."""
-
-    try:
-        reference = load_reference(golden)
-        return dict(reference.inputs), reference
-    except DataError:
-        return load_tensors(golden), None
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- triton serve
@@ -60,8 +46,7 @@ def _load_inputs_and_reference(golden: Path) -> tuple[dict[str, Any], Any]:
 
 @click.command("serve")
 @click.argument("repo", required=False, type=click.Path(path_type=Path, file_okay=False))
-@click.option("--tritonserver", "tritonserver_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="The tritonserver binary to run (default: one on PATH, else the bundled one).")
+@tritonserver_option
 @click.option("--no-bundled", is_flag=True, help="Never fall back to the nvidia-pytriton server.")
 @click.option("--install", is_flag=True,
               help="Download and unpack the bundled server into the cache (without REPO: install and exit).")
@@ -78,7 +63,6 @@ def serve_command(repo: Path | None, tritonserver_path: Path | None, no_bundled:
                   wheel: Path | None, host: str, http_port: int | None, grpc_port: int | None,
                   metrics_port: int | None, log_file: Path | None, startup_timeout: float) -> None:
     """Start a local Triton server on REPO until Ctrl-C (or only install the bundled server with --install)."""
-
     if install or wheel:
         folder = install_bundled_server(wheel=wheel)
         click.echo(f"bundled server ready in {folder}", err=True)
@@ -113,13 +97,12 @@ def serve_command(repo: Path | None, tritonserver_path: Path | None, no_bundled:
 
 @click.command("serve-check")
 @click.argument("repo", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--golden", "goldens", multiple=True, metavar="NAME=FILE",
+@click.option("--golden-for", "goldens", multiple=True, metavar="NAME=FILE",
               help="Golden set of model NAME (twins NAME_py / NAME_cpu use it too); repeat per model.")
-@click.option("--tritonserver", "tritonserver_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="The tritonserver binary to run (default: one on PATH, else the bundled one).")
-@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=1),
+@tritonserver_option
+@click.option("--check-timeout", "timeout", default=300.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds for the whole check.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the report as JSON.")
+@json_file_option
 def serve_check_command(repo: Path, goldens: tuple[str, ...], tritonserver_path: Path | None, timeout: float,
                         json_path: Path | None) -> None:
     """Start a local server on REPO, validate every model it loads against its golden set, stop it.
@@ -127,20 +110,13 @@ def serve_check_command(repo: Path, goldens: tuple[str, ...], tritonserver_path:
     Exit 0 when every loaded model with a golden set agrees, 1 when one disagrees or the server fails,
     2 when no server can run here. Models the server refuses are listed with its own message.
     """
-    import json as json_module
-
-    mapping: dict[str, Path] = {}
-    for item in goldens:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise click.BadParameter(f"{item!r}: expected NAME=FILE", param_hint="--golden")
-        mapping[name] = Path(path)
+    mapping = {name: Path(path) for name, path in parse_pairs(goldens, "--golden-for", "NAME=FILE").items()}
     binary = find_tritonserver(tritonserver_path, repository=repo) if tritonserver_path else None
     report = serve_check(repo, mapping, timeout_s=timeout, binary=binary)
     for line in report.lines():
         click.echo(line)
     if json_path is not None:
-        atomic_write_text(json_path, json_module.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     if report.status == "skipped":
         raise DependencyMissingError(report.reason)
     if not report.ok:
@@ -151,56 +127,51 @@ def serve_check_command(repo: Path, goldens: tuple[str, ...], tritonserver_path:
 
 
 @click.command("perf")
-@click.option("--server", "server_url", metavar="HOST:PORT", help="gRPC address of a running server.")
+@server_options(protocols=False, model_required=True)
 @click.option("--repo", type=click.Path(path_type=Path, file_okay=False),
               help="Instead of --server: start a local server on this repository for the measurement.")
-@click.option("--model", "model_ref", required=True, metavar="NAME[:VERSION]", help="Served model.")
-@click.option("--golden", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Golden set (or inputs .npz) whose inputs are sent.")
-@click.option("--spec", "spec_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Spec whose triton.perf block says what one event is.")
+@click.option("--golden", required=True, type=click.Path(path_type=Path),
+              help="Golden set (or a plain inputs .npz) whose inputs are sent.")
+@spec_option("Spec whose triton.perf block says what one event is.")
 @click.option("--batch", type=click.IntRange(min=1), help="Rows per request (default: spec triton.perf.batch_per_request).")
 @click.option("--requests-per-event", type=click.IntRange(min=1), help="Requests per event (default: from the spec).")
 @click.option("--concurrency", default="1,2,4,8,16", show_default=True, help="Simultaneous clients, comma-separated.")
 @click.option("--duration", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Measured seconds per level.")
-@click.option("--warmup", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Warm-up seconds per level.")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds per request.")
+@click.option("--warmup-seconds", "warmup", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Warm-up seconds per level.")
 @click.option("--engine", type=click.Choice(["client", "perf_analyzer"]), default="client", show_default=True)
 @click.option("--perf-analyzer", "perf_analyzer_path", help="perf_analyzer binary (default: on PATH).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
+@json_file_option
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), help="Write events/s vs clients PNG.")
-def perf_command(server_url: str | None, repo: Path | None, model_ref: str, golden: Path, spec_path: Path | None,
-                 batch: int | None, requests_per_event: int | None, concurrency: str, duration: float, warmup: float,
-                 timeout: float, engine: str, perf_analyzer_path: str | None, json_path: Path | None,
-                 plot_path: Path | None) -> None:
+def perf_command(server: ServerOptions, repo: Path | None, golden: Path, spec: ModelSpec | None, batch: int | None,
+                 requests_per_event: int | None, concurrency: str, duration: float, warmup: float, engine: str,
+                 perf_analyzer_path: str | None, json_path: Path | None, plot_path: Path | None) -> None:
     """Throughput (events/s, inferences/s) and latency p50/p95/p99 versus simultaneous clients."""
-
-    if (server_url is None) == (repo is None):
+    if (server.url is None) == (repo is None):
         raise click.UsageError("give exactly one of --server HOST:PORT or --repo REPOSITORY")
-    levels = _concurrency(concurrency)
-    name, version = parse_model_ref(model_ref)
-    spec = load_spec(spec_path) if spec_path else None
+    levels = parse_int_list(concurrency, "--concurrency")
+    name, version = server.model_ref()
     event = EventDefinition.from_spec(spec, batch, requests_per_event)
-    inputs, _ = _load_inputs_and_reference(golden)
+    inputs = load_data_file(golden)
     expected = (spec.inputs, spec.outputs) if spec is not None else None
 
     def progress(text: str) -> None:
         click.echo(text, err=True)
 
-    def measure(url: str) -> Any:
+    def measure(url: str) -> PerfReport:
         return run_perf(url, name, inputs, version=version, concurrency=levels, duration_s=duration,
-                        warmup_s=warmup, event=event, timeout_s=timeout, expected=expected, engine=engine,  # type: ignore[arg-type]
-                        perf_analyzer=perf_analyzer_path, progress=progress)
+                        warmup_s=warmup, event=event, timeout_s=server.timeout_s, expected=expected,
+                        engine=engine, perf_analyzer=perf_analyzer_path, progress=progress)  # type: ignore[arg-type]
 
     if repo is not None:
-        with TritonServer(repo, load=[name]) as server:
-            errors = server.model_load_errors()
+        with TritonServer(repo, load=[name]) as local:
+            errors = local.model_load_errors()
             if name in errors:
                 raise RepositoryError(f"the server did not load {name}: {errors[name]}")
-            report = measure(server.grpc_url)
+            report = measure(local.grpc_url)
     else:
-        report = measure(server_url)  # type: ignore[arg-type]
+        report = measure(server.url)  # type: ignore[arg-type]
     click.echo(report.table())
     for path in write_perf_outputs(report, json_path, plot_path):
         click.echo(f"wrote {path}", err=True)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import click
 
-from hepdeploy.data import load_tensors
+from hepdeploy.cli.options import spec_option
 from hepdeploy.errors import BadInputError
-from hepdeploy.spec import load_spec
+from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.check import check_repository_report
 from hepdeploy.triton.python_backend import twin_name
 from hepdeploy.triton.repository import publish_model, publish_python_twin
+from hepdeploy.validate.reference import load_data_file
 
 
 @click.group("triton")
@@ -26,8 +27,7 @@ def triton() -> None:
 @triton.command("add")
 @click.argument("repo", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--spec", "spec_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Model spec (YAML) whose triton: block sets batching, instances, warm-up ...")
+@spec_option("Model spec (YAML) whose triton: block sets batching, instances, warm-up ...")
 @click.option("--name", help="Triton model name (default: the spec's triton.model_name, its name, or the file stem).")
 @click.option("--cpu-twin", "cpu_twin", type=click.Path(path_type=Path, dir_okay=False),
               help="Also publish this model (e.g. the int8-cpu variant) as NAME_cpu for CPU servers.")
@@ -36,9 +36,9 @@ def triton() -> None:
     help="Triton platform (default: from the file suffix).")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="Instance kind of MODEL itself.")
-@click.option("--warmup", "warmup_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Golden inputs (.npz): the first row (the whole arrays for a model without batch axis) "
-                   "becomes the model_warmup data.")
+@click.option("--warmup", "warmup_path", type=click.Path(path_type=Path),
+              help="Golden set (.npz or ONNX test-data folder) or plain inputs .npz: the first row (the whole "
+                   "arrays for a model without batch axis) becomes the model_warmup data.")
 @click.option("--verdict", "verdict_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Validation report (JSON) to record in the version's manifest.")
 @click.option("--python-backend", is_flag=True,
@@ -47,7 +47,7 @@ def triton() -> None:
 def add_command(
     repo: Path,
     model: Path,
-    spec_path: Path | None,
+    spec: ModelSpec | None,
     name: str | None,
     cpu_twin: Path | None,
     platform: str | None,
@@ -57,8 +57,6 @@ def add_command(
     python_backend: bool,
 ) -> None:
     """Publish MODEL as the next version of a model in REPO (atomically; REPO is created if missing)."""
-
-    spec = load_spec(spec_path) if spec_path else None
     triton_spec = spec.triton if spec else None
     name = name or (triton_spec.model_name if triton_spec else None) or (spec.name if spec else None) or model.stem
     with_python_twin = python_backend or (triton_spec is not None and triton_spec.python_backend)
@@ -66,14 +64,16 @@ def add_command(
         raise BadInputError(f"{model}: --python-backend needs an ONNX model")
     warmup = None
     if warmup_path is not None:
-        warmup = load_tensors(warmup_path)
+        warmup = load_data_file(warmup_path)  # a golden set (input/NAME keys), ONNX test data, or plain inputs
     elif spec is not None and spec.data.reference and (triton_spec is None or triton_spec.warmup):
         reference = spec.resolve(spec.data.reference)
         if reference is not None and reference.suffix == ".npz" and reference.is_file():
-            warmup = load_tensors(reference)
-    if warmup is not None:
-        input_names = {t.name for t in spec.inputs} if spec else None
-        warmup = {k: v for k, v in warmup.items() if input_names is None or k in input_names}
+            warmup = load_data_file(reference)
+    if warmup is not None and spec is not None:
+        input_names = {t.name for t in spec.inputs}
+        warmup = {k: v for k, v in warmup.items() if k in input_names}
+        if not warmup and warmup_path is not None:
+            raise BadInputError(f"{warmup_path}: holds no array for the model's inputs ({', '.join(sorted(input_names))})")
     verdict = None
     if verdict_path is not None:
         try:
@@ -105,7 +105,6 @@ def add_command(
 @click.option("--no-run", is_flag=True, help="Structure and tensors only; do not run models in ONNX Runtime.")
 def check_command(repo: Path, no_run: bool) -> None:
     """Check every model in REPO: one line per problem, exit 1 if any."""
-
     report = check_repository_report(repo, run_models=not no_run)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from hepdeploy.cli.options import budget_option, cache_option, json_flag_option
 from hepdeploy.errors import BadInputError
 from hepdeploy.model_zoo import (
     export_network,
@@ -15,6 +16,9 @@ from hepdeploy.model_zoo import (
     list_networks,
     train_network,
 )
+
+flavour_option = click.option("--flavour", type=click.Choice(["keras", "torch"]), default=None,
+                              help="Framework (default: the network's first).")
 
 
 def register(group: click.Group) -> None:
@@ -47,7 +51,6 @@ def format_metrics(task: str, metrics: dict[str, float]) -> str:
 
 def zoo_rows(cache_dir: Path | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """One row per network and flavour: shapes, parameters, cached metrics (full budget preferred)."""
-
     rows = []
     for name in list_networks():
         net = get_network(name)
@@ -76,9 +79,8 @@ def zoo_rows(cache_dir: Path | None = None, seed: int = 0) -> list[dict[str, Any
 
 
 @zoo.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Training cache folder (default: $HEPDEPLOY_CACHE or ~/.cache/hepdeploy).")
+@json_flag_option
+@cache_option
 def list_command(as_json: bool, cache_dir: Path | None) -> None:
     """Networks with frameworks, tensor shapes, parameter counts and cached metrics."""
     from rich.console import Console
@@ -107,13 +109,11 @@ def list_command(as_json: bool, cache_dir: Path | None) -> None:
 
 @zoo.command("train")
 @click.argument("name")
-@click.option("--flavour", type=click.Choice(["keras", "torch"]), default=None, help="Framework (default: the first).")
-@click.option("--budget", type=click.Choice(["full", "reduced"]), default="full", show_default=True,
-              help="Training budget; a reduced training is cached separately and never used as the full one.")
+@flavour_option
+@budget_option("Training budget; a reduced training is cached separately and never used as the full one.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Train again even if the cache has this training.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Training cache folder (default: $HEPDEPLOY_CACHE or ~/.cache/hepdeploy).")
+@cache_option
 def train_command(name: str, flavour: str | None, budget: str, seed: int, force: bool, cache_dir: Path | None) -> None:
     """Train NAME deterministically on CPU and cache weights, seed, data recipe and metrics."""
     from rich.console import Console
@@ -130,13 +130,12 @@ def train_command(name: str, flavour: str | None, budget: str, seed: int, force:
 @click.argument("name")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Folder for the model, its spec and the reference/calibration data (created if missing).")
-@click.option("--flavour", type=click.Choice(["keras", "torch"]), default=None, help="Framework (default: the first).")
+@flavour_option
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Train first when the cache has no weights (--no-train: cached or seeded untrained weights).")
-@click.option("--budget", type=click.Choice(["full", "reduced"]), default="full", show_default=True)
+@budget_option("Training budget when the cache has no weights yet.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Training cache folder (default: $HEPDEPLOY_CACHE or ~/.cache/hepdeploy).")
+@cache_option
 def export_command(name: str, out_dir: Path, flavour: str | None, train: bool, budget: str, seed: int,
                    cache_dir: Path | None) -> None:
     """Write NAME's source model, spec YAML and labelled reference/calibration .npz into a folder."""

@@ -72,7 +72,6 @@ def convert_zoo(
     weights are cached there). Fields the user's spec sets explicitly (tensors, dims,
     data, variants, validation, triton, opset) win over the zoo's.
     """
-
     with tempfile.TemporaryDirectory(prefix="hepdeploy-zoo-") as tmp:
         folder = Path(work_dir) if work_dir is not None else Path(tmp)
         exported = export_network(spec.source.zoo, folder, flavour=spec.source.zoo_flavour, train=train,
@@ -104,7 +103,6 @@ _CONVERTERS = {
 
 def convert_from_spec(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
     """Convert the spec's source model to a checked artifact at ``output`` (``.onnx`` + ``.json``)."""
-
     if exporter not in EXPORTERS:
         raise SpecError(f"unknown exporter {exporter!r} (one of {', '.join(EXPORTERS)})")
     check_output_path(Path(output))

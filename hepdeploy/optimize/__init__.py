@@ -29,10 +29,16 @@ from hepdeploy.artifacts import (
     read_artifact,
     write_artifact,
 )
-from hepdeploy.backend.onnxrt import run_once
+from hepdeploy.backend.onnxrt import check_in_child, run_once
 from hepdeploy.data import check_tensors, load_calibration
 from hepdeploy.environment import package_version
-from hepdeploy.errors import BadInputError, ConversionError, DataError, HepDeployError
+from hepdeploy.errors import (
+    BadInputError,
+    ConversionError,
+    DataError,
+    HepDeployError,
+    ModelLoadError,
+)
 from hepdeploy.fsutil import check_output_folder, sha256_file
 from hepdeploy.optimize.graph import (
     check_batch,
@@ -177,7 +183,15 @@ def _make_onnx_variant(
 
 def _check_runs(model: Any, variant: str, inputs: list[TensorSpec], sample: dict[str, np.ndarray]) -> None:
     """The variant must load and run in ONNX Runtime on the CPU, at the sample's batch and at
-    batch 1, with finite outputs wherever the input model's are finite."""
+    batch 1, with finite outputs wherever the input model's are finite.
+
+    The first session on the new graph is made in a child process: a graph that crashes
+    ONNX Runtime natively fails this variant with the signal's name instead of ending the process.
+    """
+    try:
+        check_in_child(model, sample, where=variant)
+    except ModelLoadError as error:
+        raise ConversionError(f"{variant}: the optimized model does not run in ONNX Runtime: {error}") from error
     batches = [sample]
     if all(t.has_batch_axis for t in inputs) and next(iter(sample.values())).shape[0] > 1:
         batches.append({name: value[:1] for name, value in sample.items()})

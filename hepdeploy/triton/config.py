@@ -97,7 +97,6 @@ def default_batched(tensors: Sequence[TensorSpec]) -> bool:
 
 def tensor_specs_from(source: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of an Artifact, Sidecar, ModelSpec, (inputs, outputs) pair or ONNX path."""
-
     if isinstance(source, Artifact):
         return list(source.sidecar.inputs), list(source.sidecar.outputs)
     if isinstance(source, Sidecar):

@@ -163,7 +163,6 @@ def physics_checks(
     ``physics`` is a PhysicsSpec (defaults when None). Without labels, returns a result
     with no checks and a note saying only numerical checks ran.
     """
-
     physics = physics or PhysicsSpec()
     if physics.task == "none":
         return PhysicsResult("none", notes=["physics checks are off (validation.physics.task: none)"])

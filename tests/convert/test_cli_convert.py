@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from hepdeploy_convert_test_helpers import FIXTURE_MODULE, HERE, JET
 
 from hepdeploy.artifacts import read_artifact
-from hepdeploy.cli import main
 from hepdeploy.backend.loaders import sniff_framework
+from hepdeploy.cli import main
 
 
 def invoke(*args):
@@ -66,7 +66,7 @@ def test_file_kinds_are_recognised(torch_sources):
 
 def test_torchscript_file_through_the_cli(torch_sources, tmp_path):
     code, _, err = invoke("convert", torch_sources["jet_script.pt"], "--input", "x:float32:batch,16",
-                          "--output", "probs:float32:batch,5", "-o", tmp_path / "jet.onnx")
+                          "--output-tensor", "probs:float32:batch,5", "-o", tmp_path / "jet.onnx")
     assert code == 0, err
     side = read_artifact(tmp_path / "jet.onnx").sidecar
     assert side.source.framework == "torchscript" and side.exporter == "torch.onnx.torchscript"

@@ -5,10 +5,10 @@ import numpy as np
 import onnx
 import pytest
 
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.convert import convert_from_spec
 from hepdeploy.errors import ConversionError, SpecError
 from hepdeploy.spec import spec_from_dict
-from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 
 
 def _spec(path, **extra):

@@ -6,11 +6,11 @@ import onnx
 import pytest
 from hepdeploy_convert_test_helpers import TWO_IO
 
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+from hepdeploy.backend.tf import KerasRunner
 from hepdeploy.convert import convert_from_spec
 from hepdeploy.errors import SpecError
 from hepdeploy.spec import spec_from_dict
-from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
-from hepdeploy.backend.tf import KerasRunner
 
 pytestmark = pytest.mark.slow  # TensorFlow's import alone takes several seconds
 

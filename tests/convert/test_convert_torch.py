@@ -9,12 +9,12 @@ import pytest
 from hepdeploy_convert_test_helpers import FIXTURE_MODULE, JET, TWO_IO, fixture_models
 
 from hepdeploy.artifacts import read_artifact
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+from hepdeploy.backend.pytorch import TorchModuleRunner
 from hepdeploy.convert import convert_from_spec
 from hepdeploy.convert.selfcheck import self_check
 from hepdeploy.errors import DisagreementError, SpecError
 from hepdeploy.spec import spec_from_dict
-from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
-from hepdeploy.backend.pytorch import TorchModuleRunner
 
 
 def _dims(value):

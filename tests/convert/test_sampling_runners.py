@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hepdeploy.errors import DataError, DependencyMissingError, SpecError
-from hepdeploy.sampling import sample_inputs, self_check_sizes, trace_sizes
-from hepdeploy.spec import TensorSpec, spec_from_dict
 from hepdeploy.backend.base import Runner
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.backend.pytorch import TorchModuleRunner
 from hepdeploy.backend.sources import artifact_runner, source_runner
 from hepdeploy.backend.trt import TensorRTEngineRunner
+from hepdeploy.errors import DataError, DependencyMissingError, SpecError
+from hepdeploy.sampling import sample_inputs, self_check_sizes, trace_sizes
+from hepdeploy.spec import TensorSpec, spec_from_dict
 
 
 def _spec(**extra):
@@ -163,3 +163,16 @@ def test_artifact_runner_opens_onnx_and_refuses_other_files(jet_onnx, tmp_path):
     assert artifact_runner(jet_onnx).providers_used == ["CPUExecutionProvider"]
     with pytest.raises(ModelLoadError, match="not a deployable artifact"):
         artifact_runner(tmp_path / "model.keras")
+
+
+def test_a_session_in_a_child_process_runs_a_good_model_and_reports_a_refused_one(jet_onnx, tmp_path):
+    from hepdeploy.backend.onnxrt import check_in_child
+    from hepdeploy.errors import ModelLoadError
+
+    check_in_child(jet_onnx, {"features": np.ones((3, 16), np.float32)}, where="jet")  # no error: it ran
+    with pytest.raises(ModelLoadError, match=r"jet: ONNX Runtime cannot load or run the model: .*features"):
+        check_in_child(jet_onnx, {"features": np.ones((3, 7), np.float32)}, where="jet")  # wrong width
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="broken: ONNX Runtime cannot load"):
+        check_in_child(broken, where="broken")

@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from hepdeploy.artifacts import read_artifact
-from hepdeploy.optimize import optimize_artifact
 from hepdeploy.backend.onnxrt import run_once
+from hepdeploy.optimize import optimize_artifact
 from hepdeploy.optimize.graph import FLOAT, precision_summary
 from hepdeploy.spec import VariantSpec
 

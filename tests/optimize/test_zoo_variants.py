@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
+from hepdeploy.backend.onnxrt import run_once
 from hepdeploy.data import load_tensors
 from hepdeploy.model_zoo import list_networks
 from hepdeploy.optimize import optimize_artifact
-from hepdeploy.backend.onnxrt import run_once
 from hepdeploy.optimize.graph import FLOAT, precision_summary
 
 

@@ -79,8 +79,7 @@ def _write_refused_model(repo: Path, artifact: Path) -> str:
 
 @pytest.fixture(scope="session")
 def serve_repository(zoo_export, tmp_path_factory) -> ServeRepository:
-    from hepdeploy.triton.repository import publish_python_twin
-    from hepdeploy.triton.repository import publish_model
+    from hepdeploy.triton.repository import publish_model, publish_python_twin
 
     work = tmp_path_factory.mktemp("serve-models")
     repo = work / "model_repository"

@@ -25,8 +25,8 @@ def test_perf_at_1_2_and_4_clients_returns_positive_throughput(triton_server, se
     result = CliRunner().invoke(main, [
         "perf", "--server", triton_server.grpc_url, "--model", "jet_mlp_py", "--golden", str(model.golden),
         "--spec", str(serve_repository.models["jet_mlp"].spec.base_dir / "jet_mlp.yaml"),
-        "--concurrency", "1,2,4", "--duration", "0.6", "--warmup", "0.2",
-        "--json", str(json_path), "--plot", str(plot_path)])
+        "--concurrency", "1,2,4", "--duration", "0.6", "--warmup-seconds", "0.2",
+        "--json-file", str(json_path), "--plot", str(plot_path)])
     assert result.exit_code == 0, result.output
     data = json.loads(json_path.read_text())
     assert [level["clients"] for level in data["levels"]] == [1, 2, 4]
@@ -58,10 +58,10 @@ def test_perf_sends_facile_events_of_the_specs_request_batch(triton_server, serv
 
 
 def test_killing_the_server_mid_run_gives_a_clear_error_not_a_hang(triton_binary, serve_repository, tmp_path):
-    from hepdeploy.perf import run_perf
-    from hepdeploy.errors import ServerError
-    from hepdeploy.triton.server import TritonServer
     from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.errors import ServerError
+    from hepdeploy.perf import run_perf
+    from hepdeploy.triton.server import TritonServer
 
     model = serve_repository.models["jet_mlp"]
     with TritonServer(serve_repository.path, binary=triton_binary, load=["jet_mlp_py"], startup_timeout_s=180) as server:
@@ -90,9 +90,9 @@ def test_serve_check_validates_loadable_models_and_lists_the_refused_ones(triton
 
     goldens = {name: m.golden for name, m in serve_repository.models.items()}
     goldens["jet_mlp_wrong"] = serve_repository.models["jet_mlp"].golden
-    args = [f"--golden={name}={path}" for name, path in goldens.items()]
+    args = [f"--golden-for={name}={path}" for name, path in goldens.items()]
     result = CliRunner().invoke(main, ["triton", "serve-check", str(serve_repository.path), *args,
-                                       "--json", str(tmp_path / "check.json")])
+                                       "--json-file", str(tmp_path / "check.json")])
     assert result.exit_code == 1, result.output  # the perturbed twin disagrees
     assert "refused_py: not loaded by the server: " in result.output
     report = json.loads((tmp_path / "check.json").read_text())
@@ -145,8 +145,8 @@ def test_perf_can_start_its_own_server_on_a_repository(triton_binary, serve_repo
     model = serve_repository.models["facile"]
     result = CliRunner().invoke(main, [
         "perf", "--repo", str(serve_repository.path), "--model", "facile_py", "--golden", str(model.golden),
-        "--batch", "1000", "--concurrency", "1", "--duration", "0.5", "--warmup", "0.1",
-        "--json", str(tmp_path / "perf.json")])
+        "--batch", "1000", "--concurrency", "1", "--duration", "0.5", "--warmup-seconds", "0.1",
+        "--json-file", str(tmp_path / "perf.json")])
     assert result.exit_code == 0, result.output
     level = json.loads((tmp_path / "perf.json").read_text())["levels"][0]
     assert level["clients"] == 1 and level["inferences"] == level["events"] * 1000 > 0

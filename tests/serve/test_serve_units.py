@@ -29,7 +29,10 @@ def _tiny_artifact(tmp_path):
 def test_python_backend_files_have_the_onnx_configs_interface(tmp_path):
     from hepdeploy.spec import DynamicBatching, TritonSpec
     from hepdeploy.triton.config import build_model_config, parse_model_config
-    from hepdeploy.triton.python_backend import same_interface, write_python_backend_files
+    from hepdeploy.triton.python_backend import (
+        same_interface,
+        write_python_backend_files,
+    )
 
     artifact = _tiny_artifact(tmp_path)
     triton = TritonSpec(max_batch_size=32, dynamic_batching=DynamicBatching(preferred_batch_size=[8, 16]))
@@ -114,8 +117,8 @@ def test_a_wheel_with_the_wrong_checksum_is_refused(tmp_path):
 
 
 def test_server_and_model_references_are_checked():
-    from hepdeploy.errors import BadInputError, UnsafeNameError
     from hepdeploy.backend.triton import parse_model_ref, parse_server_url
+    from hepdeploy.errors import BadInputError, UnsafeNameError
 
     assert parse_server_url("grpc://127.0.0.1:8001") == "127.0.0.1:8001"
     assert parse_model_ref("facile:3") == ("facile", "3")
@@ -138,7 +141,12 @@ def test_request_batches_cycle_golden_rows_up_to_the_request_batch():
 
 
 def test_perf_analyzer_command_and_csv_parsing(tmp_path):
-    from hepdeploy.perf import EventDefinition, parse_perf_analyzer_csv, perf_analyzer_command, perf_analyzer_input_data
+    from hepdeploy.perf import (
+        EventDefinition,
+        parse_perf_analyzer_csv,
+        perf_analyzer_command,
+        perf_analyzer_input_data,
+    )
 
     sample = {"x": np.zeros((16, 5, 3), np.float32)}
     command = perf_analyzer_command("perf_analyzer", "127.0.0.1:8001", "gnn", "2", {"x": [-1, -1, 3]}, sample,

@@ -31,8 +31,8 @@ def test_twin_config_has_the_onnx_models_names_dims_and_batching(serve_repositor
 
 @pytest.mark.parametrize("name", ["facile", "jet_mlp"])
 def test_validation_through_the_server_passes_against_the_golden_set(triton_server, serve_repository, name):
-    from hepdeploy.validate import load_reference, validate_runner
     from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.validate import load_reference, validate_runner
 
     model = serve_repository.models[name]
     reference = load_reference(model.golden)

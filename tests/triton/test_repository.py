@@ -19,7 +19,12 @@ from hepdeploy.fsutil import sha256_file
 from hepdeploy.triton import repository
 from hepdeploy.triton.check import check_repository
 from hepdeploy.triton.config import read_model_config
-from hepdeploy.triton.repository import MANIFEST_NAME, publish_model, publish_twins, staging_root
+from hepdeploy.triton.repository import (
+    MANIFEST_NAME,
+    publish_model,
+    publish_twins,
+    staging_root,
+)
 
 
 def test_publish_adds_versions_and_never_touches_old_ones(tmp_path, models, facile_spec, facile_golden, snapshot):

@@ -4,17 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hepdeploy.errors import DataError
-from hepdeploy.spec import PrecisionTolerance, Tolerance
 from hepdeploy.compare import (
     PRECISION_DEFAULTS,
+    Tolerances,
     compare_arrays,
     compare_outputs,
     parse_tolerance_values,
     precision_key,
     resolve_tolerances,
-    Tolerances,
 )
+from hepdeploy.errors import DataError
+from hepdeploy.spec import PrecisionTolerance, Tolerance
 
 
 def test_error_figures_match_numpy() -> None:
