@@ -1,7 +1,8 @@
 """The one exception hierarchy of hepdeploy.
 
 Library code raises these; only the CLI turns them into a one-line message and an
-exit code (0 ok, 1 disagreement, 2 bad input or usage).
+exit code (0 ok, 1 disagreement, 2 bad input or usage, 3 undecided: the reference set cannot
+tell whether a candidate agrees).
 """
 from __future__ import annotations
 
@@ -62,6 +63,12 @@ class DisagreementError(HepDeployError):
 
 class ValidationFailedError(DisagreementError):
     """A candidate variant failed its numerical or physics checks (exit 1)."""
+
+
+class ValidationUndecidedError(HepDeployError):
+    """A candidate is neither shown to agree nor to disagree: the reference set cannot resolve it (exit 3)."""
+
+    exit_code = 3
 
 
 class RepositoryError(HepDeployError):

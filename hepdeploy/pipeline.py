@@ -236,16 +236,20 @@ def served_variants(spec: ModelSpec) -> set[str]:
 
 def _validate_step(variant: str, candidate: Path, reference: ReferenceSet, spec: ModelSpec,
                    reports: list[VariantReport], strict: bool) -> StepResult:
-    """Validate one variant. A failing variant that is not served is *rejected* (kept out of the
-    repository, reported, build still passes); a failing served variant, or any with --strict, fails."""
+    """Validate one variant; only a PASS is published. A failing variant that is not served is
+    *rejected* (kept out of the repository, reported, build still passes), a failing served one
+    fails the build; an UNDECIDED one is rejected with the reason. --strict fails on any but PASS."""
     report = validate_candidate(candidate, reference, spec=spec, name=variant)
     reports.append(report)
     if report.passed:
         status = "ok"
+    elif strict or (report.outcome == "FAIL" and variant in served_variants(spec)):
+        status = "failed"
     else:
-        status = "failed" if strict or variant in served_variants(spec) else "rejected"
+        status = "rejected"
     return StepResult(f"validate:{variant}", status, report.verdict,  # type: ignore[arg-type]
-                      details={"passed": report.passed, "policy": report.policy}, variant=variant)
+                      details={"passed": report.passed, "outcome": report.outcome, "policy": report.policy},
+                      variant=variant)
 
 
 def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repository: Path | None,
@@ -292,7 +296,7 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     for variant, path in made.items():  # a TensorRT .plan runs in the TensorRT engine runner
         step = build.run(f"validate:{variant}", lambda v=variant, p=path: _validate_step(
             v, p, reference, spec, reports, options.strict), variant=variant)
-        verdicts[variant] = {"passed": step.ok, "verdict": step.reason}
+        verdicts[variant] = {"passed": step.ok, "outcome": step.details.get("outcome"), "verdict": step.reason}
         if step.ok:
             passing[variant] = path
     if reports:

@@ -129,6 +129,10 @@ class DataSpec(_Strict):
     calibration: str | None = None
     reference: str | None = None
     labels: str | None = Field(None, description="name of the labels/targets array inside the data files")
+    # Per-event arrays kept beside the inputs and labels of a reference set (binning variables such
+    # as jet_pt; "event" groups the rows of graph networks into events for the bootstrap). The
+    # variables validation.physics.bins names are kept without being listed here.
+    variables: list[str] = Field(default_factory=list, description="names of per-event arrays in the data files")
     calibration_samples: int = Field(512, ge=1)
     seed: int = 0
     root_tree: str | None = Field(None, description="TTree name when the data files are ROOT files")
@@ -165,6 +169,14 @@ class PrecisionTolerance(Tolerance):
     outputs: dict[str, Tolerance] = Field(default_factory=dict)
 
 
+class BootstrapSpec(_Strict):
+    """The paired bootstrap that puts an interval on every physics change."""
+
+    replicas: int = Field(1000, ge=0, description="resamples of the events; 0 turns intervals off")
+    seed: int = 0
+    confidence: float = Field(0.95, gt=0, lt=1, description="family-wise: all intervals together")
+
+
 class PhysicsSpec(_Strict):
     """Allowed degradation of physics metrics versus the reference model."""
 
@@ -180,6 +192,22 @@ class PhysicsSpec(_Strict):
     min_argmax_agreement: float = Field(0.95, ge=0, le=1)
     max_bias_change: float = Field(0.01, ge=0)
     max_resolution_change: float = Field(0.01, ge=0, description="absolute change of IQR/1.349 resolution")
+    # Every metric is also judged per bin of these per-event variables; the worst bin decides.
+    bins: dict[str, list[float]] = Field(default_factory=dict, description="variable -> bin edges (ascending)")
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
+    # The statistical floor: a metric resting on fewer events is not judged ("not enough events").
+    min_signal_events: int = Field(50, ge=1, description="signal events of a class (or bin) an AUC/efficiency needs")
+    min_background_beyond_cut: int = Field(
+        20, ge=1, description="background events beyond the working-point cut an efficiency needs")
+    min_events: int = Field(50, ge=1, description="events a regression metric or the argmax agreement needs")
+
+    @field_validator("bins")
+    @classmethod
+    def _ascending(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        for name, edges in value.items():
+            if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+                raise ValueError(f"bins of {name!r} need at least two ascending edges, got {edges}")
+        return value
 
 
 class ValidationSpec(_Strict):

@@ -19,7 +19,7 @@ from hepdeploy.cli.options import (
     spec_option,
     tolerance_options,
 )
-from hepdeploy.errors import ValidationFailedError
+from hepdeploy.errors import ValidationFailedError, ValidationUndecidedError
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.validate import (
     VariantReport,
@@ -66,7 +66,10 @@ def validate_command(candidates: tuple[Path, ...], reference: ReferenceOptions, 
                      tolerances: ToleranceOptions, report_dir: Path | None, localize: bool, localize_rule: str,
                      fp32_model: Path | None, chunk_size: int | None, providers: str | None,
                      save_golden: Path | None, server: ServerOptions, artifact: Path | None) -> None:
-    """Check CANDIDATE models against a reference set: exit 0 agree, 1 disagree, 2 bad input.
+    """Check CANDIDATE models against a reference set: exit 0 agree, 1 disagree, 2 bad input, 3 undecided.
+
+    Undecided: a physics change whose interval straddles its allowance, or a metric resting on
+    too few events; the report says about how many events would decide it.
 
     With --server HOST:PORT the candidate is the model a live Triton server serves (--model).
     """
@@ -94,9 +97,19 @@ def validate_command(candidates: tuple[Path, ...], reference: ReferenceOptions, 
         for path in candidates
     ]
     _show(reports, report_dir)
-    failed = [r.variant for r in reports if not r.passed]
+    _exit_for(reports)
+
+
+def _exit_for(reports: list[VariantReport]) -> None:
+    """Exit 1 when a candidate fails, else 3 when one is undecided (0 when all pass)."""
+    failed = [r.variant for r in reports if r.outcome == "FAIL"]
     if failed:
         raise ValidationFailedError(f"{len(failed)} of {len(reports)} candidate(s) disagree: {', '.join(failed)}")
+    undecided = [r for r in reports if r.outcome == "UNDECIDED"]
+    if undecided:
+        raise ValidationUndecidedError(
+            f"{len(undecided)} of {len(reports)} candidate(s) undecided (the reference set cannot resolve them): "
+            + "; ".join(f"{r.variant}: {r.verdict}" for r in undecided))
 
 
 def _show(reports: list[VariantReport], report_dir: Path | None) -> None:
@@ -124,8 +137,7 @@ def _validate_served(server: ServerOptions, golden: Path | None, candidates: tup
         policy=tolerances.policy, chunk_size=chunk_size,
     )
     _show([report], report_dir)
-    if not report.passed:
-        raise ValidationFailedError(f"the served model {server.model} disagrees with the golden set: {report.verdict}")
+    _exit_for([report])
 
 
 @click.command("reference")

@@ -49,6 +49,9 @@ class Dataset:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     targets: np.ndarray | None = None
+    # Per-event arrays for the physics checks (binning variables such as jet_pt; ``event``: the
+    # event of every row of a graph network). Never used in training: they do not enter the cache key.
+    variables: dict[str, np.ndarray] = field(default_factory=dict)
     # Graph networks: the separate events that ``inputs`` concatenates (for mini-batching).
     parts: list[Dataset] | None = None
 
@@ -57,8 +60,8 @@ class Dataset:
         return self.labels if self.labels is not None else self.targets  # type: ignore[return-value]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Everything for a labelled ``.npz``: inputs plus ``labels`` or ``targets``."""
-        out = dict(self.inputs)
+        """Everything for a labelled ``.npz``: inputs, ``labels`` or ``targets``, and the variables."""
+        out = {**self.inputs, **self.variables}
         if self.labels is not None:
             out["labels"] = self.labels.astype(np.int64)
         if self.targets is not None:
@@ -107,6 +110,10 @@ class ZooNetwork(abc.ABC):
     calibration_samples: int = 1000
     # Samples per inference call in validation (the spec's validation.chunk_size); None: default.
     chunk_size: int | None = None
+    # The per-event variables its data sets carry (Dataset.variables), and the physics checks' bins
+    # in the exported spec (validation.physics.bins): variable -> edges.
+    variable_names: tuple[str, ...] = ()
+    bins: dict[str, tuple[float, ...]] = {}  # noqa: RUF012 - read only
     # Keras training op by op (no tf.function): for a network whose graph tracing alone costs more
     # than its brief training.
     keras_eager: bool = False

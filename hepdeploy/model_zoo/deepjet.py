@@ -162,6 +162,8 @@ class DeepJet(ZooNetwork):
         "n_sv": DimRange(min=2, opt=N_VTX, max=10),
     }
     triton = triton_config(max_batch_size=256, preferred_batch_sizes=(64,), batch_per_request=20)
+    variable_names = ("jet_pt", "jet_eta")
+    bins = {"jet_pt": (30.0, 100.0, 200.0, 300.0)}
     data_recipe = (
         f"jets.generate_jets(kinds={','.join(CLASSES)}, pT 30-300, <= 64 constituents) -> deepjet.deepjet_inputs "
         f"(cpf sorted by |sip3d|, npf by pT, vtx by flight significance; {N_CPF}/{N_NPF}/{N_VTX} kept)"
@@ -175,7 +177,7 @@ class DeepJet(ZooNetwork):
 
     def generate(self, n: int, seed: int) -> Dataset:
         sample = jets.generate_jets(n, seed, CLASSES, max_particles=64, pt_range=(30.0, 300.0))
-        return Dataset(inputs=deepjet_inputs(sample), labels=sample.label)
+        return Dataset(inputs=deepjet_inputs(sample), labels=sample.label, variables=jets.jet_variables(sample))
 
     def construct(self, flavour: str) -> Any:
         keras = import_keras()

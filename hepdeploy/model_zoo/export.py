@@ -52,6 +52,7 @@ def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dic
         "calibration": f"{stem}_calibration.npz",
         "reference": f"{stem}_reference.npz",
         "labels": "targets" if net.task == "regression" else "labels",
+        **({"variables": list(net.variable_names)} if net.variable_names else {}),
     }
     if all(t.has_batch_axis for t in net.inputs):
         # Graph networks store one concatenated graph: a sample count does not apply.
@@ -69,6 +70,7 @@ def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dic
             "physics": {
                 "task": net.task,
                 **({"class_names": list(net.class_names)} if net.task == "classification" and net.class_names else {}),
+                **({"bins": {k: list(v) for k, v in net.bins.items()}} if net.bins else {}),
             },
             **({"chunk_size": net.chunk_size} if net.chunk_size else {}),
         },

@@ -27,6 +27,8 @@ class Facile(ZooNetwork):
     # One event is ~16000 HCAL channels in one request.
     dims = {"batch": DimRange(min=1, opt=16000, max=160000)}
     triton = triton_config(max_batch_size=160000, preferred_batch_sizes=(16000,), batch_per_request=16000)
+    variable_names = ("true_energy",)
+    bins = {"true_energy": (1.0, 10.0, 50.0, 200.0)}
     data_recipe = hcal.DATA_RECIPE
     recipes = {
         "full": TrainingRecipe(n_train=60_000, n_test=20_000, epochs=8, batch_size=256, learning_rate=2e-3),
@@ -35,7 +37,8 @@ class Facile(ZooNetwork):
 
     def generate(self, n: int, seed: int) -> Dataset:
         channels = hcal.generate_channels(n, seed)
-        return Dataset(inputs={"input": channels.features}, targets=channels.energy)
+        return Dataset(inputs={"input": channels.features}, targets=channels.energy,
+                       variables={"true_energy": channels.energy.astype(np.float32)})
 
     def construct(self, flavour: str) -> Any:
         keras = import_keras()

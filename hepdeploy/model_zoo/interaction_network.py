@@ -65,9 +65,12 @@ def build_torch(hidden: int = HIDDEN, iterations: int = ITERATIONS) -> Any:
 
 def _graph_dataset(graphs: list[tracks.TrackGraph]) -> Dataset:
     merged = tracks.merge(graphs)
+    # The event of every edge: the bootstrap of the physics checks resamples whole events.
+    event = np.repeat(np.arange(len(graphs), dtype=np.int64), [len(g.y) for g in graphs])
     return Dataset(
         inputs={"x": merged.x, "edge_index": merged.edge_index, "edge_attr": merged.edge_attr},
         labels=merged.y,
+        variables={"event": event},
     )
 
 
@@ -94,6 +97,7 @@ class InteractionNetworkTracking(ZooNetwork):
     outputs = (TensorSpec(name="edge_score", shape=["n_edges", 1]),)
     dims = {"n_hits": DimRange(min=8, opt=1000, max=20000), "n_edges": DimRange(min=8, opt=2000, max=50000)}
     triton = triton_config(max_batch_size=0, batch_per_request=1)  # one event = one request, no batch axis
+    variable_names = ("event",)
     data_recipe = tracks.DATA_RECIPE
     recipes = {
         # n_train / n_test count events (~900 hits, ~1800 candidate edges each).

@@ -46,6 +46,8 @@ class JetMLPNetwork(ZooNetwork):
     outputs = (TensorSpec(name="output", shape=["batch", len(CLASSES)]),)
     dims = {"batch": DimRange(min=1, opt=256, max=4096)}
     triton = triton_config(max_batch_size=4096, preferred_batch_sizes=(256, 1024), batch_per_request=16)
+    variable_names = ("jet_pt", "jet_eta")
+    bins = {"jet_pt": (400.0, 465.0, 530.0, 600.0)}
     data_recipe = "jets.generate_jets(kinds=g,q,W,Z,t, pT 400-600, <=64 constituents) -> jets.high_level_features"
     recipes = {
         "full": TrainingRecipe(n_train=50_000, n_test=20_000, epochs=15, batch_size=256, learning_rate=3e-3),
@@ -55,7 +57,8 @@ class JetMLPNetwork(ZooNetwork):
 
     def generate(self, n: int, seed: int) -> Dataset:
         sample = jets.generate_jets(n, seed, CLASSES, max_particles=64, pt_range=(400.0, 600.0))
-        return Dataset(inputs={"input_1": jets.high_level_features(sample)}, labels=sample.label)
+        return Dataset(inputs={"input_1": jets.high_level_features(sample)}, labels=sample.label,
+                       variables=jets.jet_variables(sample))
 
     def construct(self, flavour: str) -> Any:
         if flavour == "torch":

@@ -255,6 +255,11 @@ def generate_jets(
 # --- derived representations ---------------------------------------------------------------------
 
 
+def jet_variables(jets: Jets) -> dict[str, np.ndarray]:
+    """The per-jet variables a tagger's physics checks are binned in: jet pT (GeV) and eta."""
+    return {"jet_pt": jets.pt.astype(np.float32), "jet_eta": jets.eta.astype(np.float32)}
+
+
 def high_level_features(jets: Jets) -> np.ndarray:
     """16 substructure features of the hls4ml jet data set, scaled to O(1): [n, 16]."""
     m = jets.mask

@@ -224,6 +224,8 @@ class ParticleNetAK4(ZooNetwork):
         {"name": "int8-trt", "quantize_op_types": ["Conv", "Gemm"]},
     )
     triton = triton_config(max_batch_size=256, preferred_batch_sizes=(64,), batch_per_request=20)
+    variable_names = ("jet_pt", "jet_eta")
+    bins = {"jet_pt": (30.0, 100.0, 200.0, 300.0)}
     data_recipe = (
         f"jets.generate_jets(kinds={','.join(CLASSES)}, pT 30-300, <= {N_PF} constituents, <= {N_SV} SVs) "
         "-> particlenet.ak4_inputs"
@@ -238,7 +240,7 @@ class ParticleNetAK4(ZooNetwork):
 
     def generate(self, n: int, seed: int) -> Dataset:
         sample = jets.generate_jets(n, seed, CLASSES, max_particles=N_PF, pt_range=(30.0, 300.0))
-        return Dataset(inputs=ak4_inputs(sample), labels=sample.label)
+        return Dataset(inputs=ak4_inputs(sample), labels=sample.label, variables=jets.jet_variables(sample))
 
     def construct(self, flavour: str) -> Any:
         return build_torch()

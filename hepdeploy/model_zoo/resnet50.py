@@ -40,6 +40,7 @@ class ResNet50TopTagger(ZooNetwork):
     outputs = (TensorSpec(name="softmax", shape=["batch", len(CLASSES)]),)
     dims = {"batch": DimRange(min=1, opt=10, max=64)}
     triton = triton_config(max_batch_size=64, preferred_batch_sizes=(10, 32), batch_per_request=10)
+    variable_names = ("jet_pt", "jet_eta")
     data_recipe = "jets.generate_jets(kinds=q,g,t,t, pT 400-600, <=64 constituents) -> jets.jet_images(224, +-1)"
     recipes = {
         # A few hundred images: ~0.3 s per image per training step on 2 cores.
@@ -55,7 +56,8 @@ class ResNet50TopTagger(ZooNetwork):
 
     def generate(self, n: int, seed: int) -> Dataset:
         sample = jets.generate_jets(n, seed, KINDS, max_particles=64, pt_range=(400.0, 600.0))
-        return Dataset(inputs={"images": jets.jet_images(sample, PIXELS)}, labels=KIND_LABEL[sample.label])
+        return Dataset(inputs={"images": jets.jet_images(sample, PIXELS)}, labels=KIND_LABEL[sample.label],
+                       variables=jets.jet_variables(sample))
 
     def construct(self, flavour: str) -> Any:
         keras = import_keras()

@@ -80,7 +80,9 @@ def resolve_calibration(
     path = Path(calibration) if calibration is not None else (spec.resolve(data.calibration) if data else None)
     if path is None:
         return None
-    ignore = [t.name for t in spec.outputs] + ([data.labels] if data and data.labels else []) if spec else []
+    # Outputs, labels and per-event variables may sit beside the inputs in a data file.
+    ignore = [t.name for t in spec.outputs] + ([data.labels] if data.labels else []) + list(data.variables) \
+        + list(spec.validation.physics.bins) if spec is not None else []
     # A count nobody asked for (no --samples, spec default) adapts to a smaller file.
     explicit = samples is not None or (data is not None and "calibration_samples" in data.model_fields_set)
     return load_calibration(

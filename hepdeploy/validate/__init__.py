@@ -135,7 +135,7 @@ def validate_runner(
     numerical = compare_with_tolerances(outputs, reference.outputs, tolerances)
     try:
         physics = physics_checks(outputs, reference.outputs, reference.labels,
-                                 spec.validation.physics if spec is not None else None)
+                                 spec.validation.physics if spec is not None else None, reference.variables)
     except DataError as error:
         physics = PhysicsResult("error", notes=[f"physics checks could not run: {error}"])
     if reference.labels and not physics.ran and not physics.notes:
@@ -147,7 +147,8 @@ def validate_runner(
         providers=runner.providers_used, tolerances=tolerances, numerical=numerical, physics=physics,
         passed=False, verdict="", n_samples=reference.n_samples, reference=dict(reference.provenance), notes=notes,
     )
-    report.passed, report.verdict = _verdict(report)
+    report.outcome, report.verdict = _verdict(report)
+    report.passed = report.outcome == "PASS"
     report.plot_values = {
         n: (_flat_sample(reference.outputs[n]), _flat_sample(outputs[n]))
         for n in output_names if np.asarray(outputs[n]).shape == reference.outputs[n].shape
@@ -162,30 +163,40 @@ def _flat_sample(array: np.ndarray) -> np.ndarray:
     return flat[:MAX_PLOT_VALUES]
 
 
-def _verdict(report: VariantReport) -> tuple[bool, str]:
+def _verdict(report: VariantReport) -> tuple[str, str]:
+    """(PASS | FAIL | UNDECIDED, the verdict in one line): the policy combines the numerical outcome
+    (PASS or FAIL) with the physics one (PASS, FAIL or UNDECIDED, see validate.physics)."""
     hard = report.hard_failures
     if hard:
-        return False, "FAIL: " + "; ".join(c.summary() for c in hard)
+        return "FAIL", "FAIL: " + "; ".join(c.summary() for c in hard)
     failed_outputs = [c.name for c in report.numerical if not c.passed]
-    num_ok = not failed_outputs
-    num_text = "numerical checks pass" if num_ok else f"numerical checks fail on {', '.join(failed_outputs)}"
+    numerical = "PASS" if not failed_outputs else "FAIL"
+    num_text = "numerical checks pass" if not failed_outputs else f"numerical checks fail on {', '.join(failed_outputs)}"
     phys = report.physics
-    failed_metrics = [c.metric for c in phys.checks if not c.passed]
-    phys_ok = phys.ran and not failed_metrics
-    phys_text = (
-        "physics checks did not run" if not phys.ran
-        else "physics checks pass" if phys_ok else f"physics checks fail on {', '.join(failed_metrics)}"
-    )
-    policy = report.policy
-    if policy == "numerical":
-        passed = num_ok
-    elif policy == "physics":
-        passed = phys_ok
-    elif policy == "either":
-        passed = num_ok or phys_ok
+    physics = phys.outcome if phys.ran else None
+    if physics is None:
+        phys_text = "physics checks did not run"
+    elif physics == "PASS":
+        phys_text = "physics checks pass"
     else:
-        passed = num_ok and phys_ok
-    return passed, f"{'PASS' if passed else 'FAIL'} (policy {policy}): {num_text}; {phys_text}"
+        deciding = phys.deciding()
+        word = "fail" if physics == "FAIL" else "are undecided"
+        phys_text = f"physics checks {word} on {', '.join(c.name for c in deciding)}"
+        if physics == "UNDECIDED" and deciding[0].reason:
+            phys_text += f" ({deciding[0].name}: {deciding[0].reason})"
+    outcome = _combine(report.policy, numerical, physics)
+    return outcome, f"{outcome} (policy {report.policy}): {num_text}; {phys_text}"
+
+
+def _combine(policy: str, numerical: str, physics: str | None) -> str:
+    if policy == "numerical" or physics is None:
+        return numerical
+    if policy == "physics":
+        return physics
+    outcomes = {numerical, physics}
+    if policy == "either":
+        return "PASS" if "PASS" in outcomes else "FAIL" if outcomes == {"FAIL"} else "UNDECIDED"
+    return "FAIL" if "FAIL" in outcomes else "PASS" if outcomes == {"PASS"} else "UNDECIDED"  # both
 
 
 def validate_candidate(

@@ -1,24 +1,54 @@
-"""Physics agreement: the metrics an analysis was tuned on, as allowed degradation.
+"""Physics agreement: the metrics an analysis was tuned on, as allowed degradation, with intervals.
 
-A candidate is judged against the reference model on the same events with the same
-labels: ROC AUC and signal efficiency at a fixed background efficiency per class
-(one-vs-rest) and argmax agreement for classifiers; bias and resolution (IQR/1.349 of the
-relative residual) for regressions; efficiency, purity and AUC for edge classifiers
-(interaction networks). The AUC is computed here with numpy (rank statistic with ties
-averaged), so there is no scikit-learn dependency.
+A candidate is judged against the reference model on the same events with the same labels:
+ROC AUC and signal efficiency at a fixed background efficiency per class (one-vs-rest) and
+argmax agreement for classifiers; bias and resolution (IQR/1.349 of the relative residual)
+for regressions; efficiency, purity and AUC for edge classifiers (interaction networks). Each
+metric is computed inclusively and in every bin of the spec's binning variables.
+
+Every change carries an interval from a paired bootstrap (:mod:`hepdeploy.validate.bootstrap`:
+the events are resampled and both models are judged on the same resample). A check is
+
+- PASS when its whole 95 % interval of degradation lies inside the allowance,
+- FAIL when its *simultaneous* interval lies wholly outside,
+- UNDECIDED otherwise (with about how many events would decide it), or when it rests on too
+  few events to be judged at all ("not enough events (have N, need M)").
+
+The many comparisons (classes x metrics x bins) are controlled where they matter. "The
+candidate fails" is a claim that *some* metric is out: it is made only when a simultaneous
+interval excludes the allowance, and the simultaneous intervals of all checks hold together
+with the stated confidence (a max-statistic bootstrap: the critical value is the 95th
+percentile over replicas of the largest standardised deviation of any judged metric), so a
+candidate inside every allowance is called FAIL in at most 5 % of reference sets. "The
+candidate passes" is a claim that *every* metric is in, which needs each one's own interval
+inside (an intersection-union test needs no correction): a candidate outside some allowance
+is called PASS in at most 2.5 % of reference sets. The candidate's physics verdict is FAIL if
+any check fails, else UNDECIDED if any is undecided, else PASS; so a redrawn reference set
+moves a verdict from or to UNDECIDED, and from PASS to FAIL only with these small probabilities. The AUC and the curves are
+computed with numpy (rank statistics, ties averaged), without scikit-learn.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from hepdeploy.errors import DataError
 from hepdeploy.spec import PhysicsSpec
+from hepdeploy.validate.bootstrap import Kernel, QuantileKernel, RatioKernel, Resampling, RocKernel, evaluate, resample
 
-log = logging.getLogger("hepdeploy.validate.physics")
+log = logging.getLogger(__name__)
+
+Outcome = Literal["PASS", "FAIL", "UNDECIDED", "INFO"]
+# How a metric is judged: the allowed drop (AUC, efficiency), increase (resolution) or absolute
+# change (bias) relative to the reference, or a floor on the candidate's own value (agreement).
+Kind = Literal["drop", "increase", "abs", "level", "info"]
+# Where the ROC band is drawn (background efficiencies) and from how many replicas.
+ROC_BAND_GRID = np.logspace(-3, 0, 31)
+ROC_BAND_REPLICAS = 100
 
 IQR_TO_SIGMA = 1.349  # IQR of a unit Gaussian: IQR/1.349 is a robust standard deviation
 
@@ -82,15 +112,29 @@ def robust_bias_resolution(residual: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class PhysicsCheck:
-    """One physics metric of the candidate next to the reference model's, and its allowance."""
+    """One physics metric of the candidate next to the reference model's, its interval and outcome.
+
+    ``interval`` is the 95 % interval of the change (candidate - reference) for metrics judged
+    against the reference, and of the candidate's value for ``level`` metrics; ``half_width``
+    (its half width) is the smallest change this reference set can resolve for this metric;
+    ``simultaneous`` is the wider interval that holds together with every other check's, the
+    one a FAIL rests on.
+    """
 
     metric: str
     output: str
     reference: float | None
     candidate: float
     limit: float | None
-    rule: str  # what passing means, in words: "drop <= 0.01", ">= 0.97", "info"
-    passed: bool
+    rule: str  # what passing means, in words: "drop <= 0.01", ">= 0.95", "info"
+    kind: Kind = "info"
+    outcome: Outcome = "INFO"
+    bin: str | None = None  # "jet_pt [30, 100)"; None: all events
+    interval: tuple[float, float] | None = None
+    half_width: float | None = None
+    simultaneous: tuple[float, float] | None = None
+    n_events: int = 0
+    reason: str = ""
 
     @property
     def change(self) -> float | None:
@@ -99,20 +143,43 @@ class PhysicsCheck:
         return self.candidate - self.reference
 
     @property
+    def passed(self) -> bool:
+        return self.outcome in ("PASS", "INFO")
+
+    @property
     def informational(self) -> bool:
-        return self.limit is None
+        return self.kind == "info"
+
+    @property
+    def name(self) -> str:
+        return self.metric if self.bin is None else f"{self.metric} in {self.bin}"
+
+    def value_text(self) -> str:
+        """'0.9612 -> 0.9598 (-0.0014 [-0.0031, +0.0003])': the values, the change and its interval."""
+        if self.reference is None:
+            text = f"{self.candidate:.4f}"
+            if self.interval is not None:
+                text += f" [{self.interval[0]:.4f}, {self.interval[1]:.4f}]"
+            return text
+        text = f"{self.reference:.4f} -> {self.candidate:.4f} ({self.change:+.4f}"
+        if self.interval is not None:
+            text += f" [{self.interval[0]:+.4f}, {self.interval[1]:+.4f}]"
+        return text + ")"
 
     def summary(self) -> str:
-        verdict = "info" if self.informational else "ok" if self.passed else "FAIL"
-        ref = "" if self.reference is None else f" ref={self.reference:.4f}"
-        change = "" if self.change is None else f" change={self.change:+.4f}"
-        return f"{self.metric}: {verdict}{ref} cand={self.candidate:.4f}{change} ({self.rule})"
+        reason = f"; {self.reason}" if self.reason else ""
+        return f"{self.name}: {self.outcome} {self.value_text()} ({self.rule}){reason}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "metric": self.metric, "output": self.output, "reference": _num(self.reference),
+            "metric": self.metric, "bin": self.bin, "output": self.output, "reference": _num(self.reference),
             "candidate": _num(self.candidate), "change": _num(self.change), "limit": _num(self.limit),
-            "rule": self.rule, "passed": self.passed, "informational": self.informational,
+            "rule": self.rule, "kind": self.kind, "outcome": self.outcome, "passed": self.passed,
+            "informational": self.informational,
+            "interval": None if self.interval is None else [_num(self.interval[0]), _num(self.interval[1])],
+            "half_width": _num(self.half_width),
+            "simultaneous": None if self.simultaneous is None else [_num(v) for v in self.simultaneous],
+            "n_events": self.n_events, "reason": self.reason,
         }
 
 
@@ -125,7 +192,8 @@ class PhysicsResult:
     labels: str | None = None
     checks: list[PhysicsCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    # For plots only (not in the JSON report): ROC curves per class, residuals.
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    # For plots only (not in the JSON report): ROC curves (and bands) per class, residuals.
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     residuals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -134,14 +202,28 @@ class PhysicsResult:
         return bool(self.checks)
 
     @property
+    def outcome(self) -> Outcome:
+        """FAIL if a check fails, else UNDECIDED if one is undecided, else PASS (INFO when nothing ran)."""
+        outcomes = {c.outcome for c in self.checks}
+        if not self.ran:
+            return "INFO"
+        if "FAIL" in outcomes:
+            return "FAIL"
+        return "UNDECIDED" if "UNDECIDED" in outcomes else "PASS"
+
+    @property
     def passed(self) -> bool:
-        return self.ran and all(c.passed for c in self.checks)
+        return self.ran and self.outcome == "PASS"
+
+    def deciding(self) -> list[PhysicsCheck]:
+        """The checks that make the verdict what it is (the failing ones, else the undecided ones)."""
+        return [c for c in self.checks if c.outcome == self.outcome and self.outcome in ("FAIL", "UNDECIDED")]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task, "output": self.output, "labels": self.labels, "ran": self.ran,
-            "passed": self.passed if self.ran else None, "notes": list(self.notes),
-            "checks": [c.to_dict() for c in self.checks],
+            "outcome": self.outcome if self.ran else None, "passed": self.passed if self.ran else None,
+            "bootstrap": self.bootstrap, "notes": list(self.notes), "checks": [c.to_dict() for c in self.checks],
         }
 
 
@@ -152,18 +234,70 @@ def _num(value: float | None) -> float | None:
     return value if np.isfinite(value) else None
 
 
+# ---------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Planned:
+    """A check before it is judged: its metric on each model as (kernel, row) pairs, and its floor."""
+
+    check: PhysicsCheck
+    reference: tuple[int, int] | None  # (kernel index, row) of the reference model's value
+    candidate: tuple[int, int]
+    floor: str = ""  # "not enough events (have N, need M)" when the metric rests on too few events
+
+
+class _Plan:
+    """The checks of one candidate and the kernels that compute them, evaluated in one bootstrap pass."""
+
+    def __init__(self, output: str, n_rows: int) -> None:
+        self.output = output
+        self.n_rows = n_rows
+        self.kernels: list[Kernel] = []
+        self.planned: list[_Planned] = []
+
+    def kernel(self, kernel: Kernel) -> int:
+        self.kernels.append(kernel)
+        return len(self.kernels) - 1
+
+    def add(self, metric: str, kind: Kind, limit: float | None, rule: str, reference: tuple[int, int] | None,
+            candidate: tuple[int, int], subset: _Subset, floor: str = "") -> None:
+        check = PhysicsCheck(metric, self.output, None, math.nan, limit, rule, kind=kind, bin=subset.label,
+                             n_events=subset.n_events)
+        self.planned.append(_Planned(check, reference, candidate, floor))
+
+
+@dataclass
+class _Subset:
+    """The rows of all events or of one bin, and how many bootstrap units (events) they hold."""
+
+    label: str | None
+    rows: np.ndarray | None  # None: every row
+    n_events: int
+
+    def take(self, array: np.ndarray) -> np.ndarray:
+        return array if self.rows is None else array[self.rows]
+
+
+def _floor(have: int, need: int, what: str) -> str:
+    return "" if have >= need else f"not enough events (have {have} {what}, need {need})"
+
+
 def physics_checks(
     candidate: dict[str, np.ndarray],
     reference: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
     physics: Any | None = None,
+    variables: dict[str, np.ndarray] | None = None,
 ) -> PhysicsResult:
-    """Run the physics checks the spec's ``validation.physics`` block asks for.
+    """Run the physics checks the spec's ``validation.physics`` block asks for, with intervals.
 
-    ``physics`` is a PhysicsSpec (defaults when None). Without labels, returns a result
-    with no checks and a note saying only numerical checks ran.
+    ``physics`` is a PhysicsSpec (defaults when None). ``variables`` holds the per-event arrays
+    the bins name, and ``event`` (the event of every row, for graph networks). Without labels,
+    returns a result with no checks and a note saying only numerical checks ran.
     """
     physics = physics or PhysicsSpec()
+    variables = variables or {}
     if physics.task == "none":
         return PhysicsResult("none", notes=["physics checks are off (validation.physics.task: none)"])
     if not labels:
@@ -179,15 +313,68 @@ def physics_checks(
         raise DataError(f"labels {label_name!r} have {truth.shape[0]} rows but output {output!r} has {ref.shape[0]}")
     task = physics.task if physics.task != "auto" else infer_task(ref, truth)
     result = PhysicsResult(task, output=output, labels=label_name)
+    events = _events_of(variables, truth.shape[0])
+    subsets = _subsets(physics, variables, events, truth.shape[0], result)
+    plan = _Plan(output, truth.shape[0])
     if task == "classification":
-        _classification(result, cand, ref, truth, physics)
+        _classification(plan, result, cand, ref, truth, physics, subsets)
     elif task == "edge_classification":
-        _edge_classification(result, cand, ref, truth, physics)
+        _edge_classification(plan, result, cand, ref, truth, physics, subsets)
     elif task == "regression":
-        _regression(result, cand, ref, truth, physics)
+        _regression(plan, result, cand, ref, truth, physics, subsets)
     else:
         result.notes.append(f"could not infer the physics task from labels {label_name!r}: only numerical checks ran")
+        return result
+    resampling = None
+    settings = physics.bootstrap
+    if settings.replicas > 0:
+        n_events = int(events.max()) + 1 if events is not None else truth.shape[0]
+        resampling = resample(n_events, settings.replicas, settings.seed, events)
+    values = evaluate(plan.kernels, truth.shape[0], resampling)
+    _judge(plan, values, settings.confidence, result)
+    if resampling is not None:
+        _roc_bands(result, resampling)
+    for curve in result.curves.values():  # the scores were kept for the bands only
+        for key in ("_scores_ref", "_scores_cand", "_signal"):
+            curve.pop(key, None)
     return result
+
+
+def _events_of(variables: dict[str, np.ndarray], n_rows: int) -> np.ndarray | None:
+    """The event index of every row (``variables['event']``, renumbered 0..E-1), or None: each row is an event."""
+    if "event" not in variables:
+        return None
+    event = np.asarray(variables["event"]).reshape(-1)
+    if event.shape[0] != n_rows:
+        raise DataError(f"variable 'event' has {event.shape[0]} rows but the labels have {n_rows}")
+    return np.unique(event, return_inverse=True)[1].astype(np.int64)
+
+
+def _subsets(physics: Any, variables: dict[str, np.ndarray], events: np.ndarray | None, n_rows: int,
+             result: PhysicsResult) -> list[_Subset]:
+    """All events, then every bin of every binning variable."""
+    def count(rows: np.ndarray | None) -> int:
+        if events is None:
+            return n_rows if rows is None else len(rows)
+        return int(np.unique(events if rows is None else events[rows]).size)
+
+    subsets = [_Subset(None, None, count(None))]
+    for name, edges in physics.bins.items():
+        if name not in variables:
+            raise DataError(f"validation.physics.bins names variable {name!r}, which the reference set does not hold "
+                            f"(it has {', '.join(sorted(variables)) or 'none'}; add it to data.variables)")
+        value = np.asarray(variables[name], dtype=np.float64).reshape(-1)
+        if value.shape[0] != n_rows:
+            raise DataError(f"variable {name!r} has {value.shape[0]} rows but the labels have {n_rows}")
+        outside = int(((value < edges[0]) | (value > edges[-1])).sum())
+        if outside:
+            result.notes.append(f"{outside} events lie outside the bins of {name} [{edges[0]:g}, {edges[-1]:g}]")
+        for k, (low, high) in enumerate(zip(edges, edges[1:], strict=False)):
+            last = k == len(edges) - 2
+            inside = (value >= low) & ((value <= high) if last else (value < high))
+            rows = np.nonzero(inside)[0]
+            subsets.append(_Subset(f"{name} [{low:g}, {high:g}{']' if last else ')'}", rows, count(rows)))
+    return subsets
 
 
 def _first_output_matching(outputs: dict[str, np.ndarray], truth: np.ndarray) -> str:
@@ -232,7 +419,15 @@ def _as_probabilities(scores: np.ndarray, result: PhysicsResult, who: str) -> np
     return s
 
 
-def _classification(result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray, spec: Any) -> None:
+def _roc_curves(s_ref: np.ndarray, s_cand: np.ndarray, is_signal: np.ndarray) -> dict[str, np.ndarray]:
+    fpr_ref, tpr_ref = roc_curve(s_ref, is_signal)
+    fpr_cand, tpr_cand = roc_curve(s_cand, is_signal)
+    return {"fpr_ref": fpr_ref, "tpr_ref": tpr_ref, "fpr_cand": fpr_cand, "tpr_cand": tpr_cand,
+            "_scores_ref": s_ref, "_scores_cand": s_cand, "_signal": is_signal}
+
+
+def _classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray,
+                    spec: Any, subsets: list[_Subset]) -> None:
     if truth.ndim == 2 and truth.shape == ref.shape and truth.shape[1] > 1:
         truth = truth.argmax(axis=1)
     truth = truth.reshape(-1).astype(np.int64)
@@ -245,96 +440,220 @@ def _classification(result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, tr
     if truth.min() < 0 or truth.max() >= n_classes:
         raise DataError(f"labels hold classes {truth.min()}..{truth.max()} but the output has {n_classes} classes")
     bkg = spec.background_efficiency
-    for c in classes:
-        label = names[c] if c < len(names) else f"class {c}"
-        is_signal = truth == c
-        if is_signal.all() or not is_signal.any():
-            result.notes.append(f"{label}: no signal or no background events, AUC not defined")
-            continue
-        s_ref = p_ref if binary else p_ref[:, c]
-        s_cand = p_cand if binary else p_cand[:, c]
-        auc_ref, auc_cand = roc_auc(s_ref, is_signal), roc_auc(s_cand, is_signal)
-        result.checks.append(PhysicsCheck(f"auc[{label}]", result.output or "", auc_ref, auc_cand, spec.max_auc_drop,
-                                          f"drop <= {spec.max_auc_drop:g}", auc_ref - auc_cand <= spec.max_auc_drop))
-        eff_ref = signal_efficiency_at(s_ref, is_signal, bkg)
-        eff_cand = signal_efficiency_at(s_cand, is_signal, bkg)
-        allowed = spec.max_signal_efficiency_drop
-        result.checks.append(PhysicsCheck(
-            f"signal_efficiency@{bkg:g}bkg[{label}]", result.output or "", eff_ref, eff_cand, allowed,
-            f"drop <= {allowed:g}", eff_ref - eff_cand <= allowed,
-        ))
-        fpr_ref, tpr_ref = roc_curve(s_ref, is_signal)
-        fpr_cand, tpr_cand = roc_curve(s_cand, is_signal)
-        result.curves[label] = {"fpr_ref": fpr_ref, "tpr_ref": tpr_ref, "fpr_cand": fpr_cand, "tpr_cand": tpr_cand}
+    allowed = spec.max_signal_efficiency_drop
     pick_ref = (p_ref > 0.5) if binary else p_ref.argmax(axis=1)
     pick_cand = (p_cand > 0.5) if binary else p_cand.argmax(axis=1)
-    agreement = float(np.mean(pick_ref == pick_cand))
-    result.checks.append(PhysicsCheck("argmax_agreement", result.output or "", None, agreement,
-                                      spec.min_argmax_agreement, f">= {spec.min_argmax_agreement:g}",
-                                      agreement >= spec.min_argmax_agreement))
-    acc_ref, acc_cand = float(np.mean(pick_ref == truth)), float(np.mean(pick_cand == truth))
-    result.checks.append(PhysicsCheck("accuracy", result.output or "", acc_ref, acc_cand, None, "info", True))
+    for subset in subsets:
+        y = subset.take(truth)
+        for c in classes:
+            label = names[c] if c < len(names) else f"class {c}"
+            is_signal = y == c
+            n_sig, n_bkg = int(is_signal.sum()), int((~is_signal).sum())
+            if n_sig == 0 or n_bkg == 0:
+                where = "" if subset.label is None else f" in {subset.label}"
+                result.notes.append(f"{label}: no signal or no background events{where}, AUC not defined")
+                continue
+            s_ref = subset.take(p_ref if binary else p_ref[:, c])
+            s_cand = subset.take(p_cand if binary else p_cand[:, c])
+            k_ref = plan.kernel(RocKernel(s_ref, is_signal, (bkg,), rows=subset.rows, n_rows=plan.n_rows))
+            k_cand = plan.kernel(RocKernel(s_cand, is_signal, (bkg,), rows=subset.rows, n_rows=plan.n_rows))
+            need = spec.min_signal_events
+            auc_floor = _floor(n_sig, need, "signal events") or _floor(n_bkg, need, "background events")
+            plan.add(f"auc[{label}]", "drop", spec.max_auc_drop, f"drop <= {spec.max_auc_drop:g}",
+                     (k_ref, 0), (k_cand, 0), subset, auc_floor)
+            beyond = int(math.floor(n_bkg * bkg))
+            eff_floor = _floor(n_sig, need, "signal events") or _floor(
+                beyond, spec.min_background_beyond_cut, f"background events beyond the {bkg:g} cut")
+            plan.add(f"signal_efficiency@{bkg:g}bkg[{label}]", "drop", allowed, f"drop <= {allowed:g}",
+                     (k_ref, 1), (k_cand, 1), subset, eff_floor)
+            if subset.label is None:
+                result.curves[label] = _roc_curves(s_ref, s_cand, is_signal)
+        agree = subset.take(pick_ref == pick_cand)
+        correct = [subset.take(pick_ref == truth), subset.take(pick_cand == truth)]
+        k = plan.kernel(RatioKernel(("agreement", "accuracy_ref", "accuracy_cand"), np.stack([agree, *correct]),
+                                    np.ones((3, len(agree))), rows=subset.rows, n_rows=plan.n_rows))
+        plan.add("argmax_agreement", "level", spec.min_argmax_agreement, f">= {spec.min_argmax_agreement:g}", None,
+                 (k, 0), subset, _floor(len(agree), spec.min_events, "events"))
+        plan.add("accuracy", "info", None, "info", (k, 1), (k, 2), subset)
 
 
-def _edge_classification(result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray,
-                         spec: Any) -> None:
-    y = truth.reshape(-1).astype(bool)
-    s_ref = _as_probabilities(ref.reshape(-1), result, "reference")
-    s_cand = _as_probabilities(cand.reshape(-1), result, "candidate")
-    if y.all() or not y.any():
-        result.notes.append("edge labels are all true or all false: AUC, efficiency and purity not defined")
-        return
+def _edge_classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray,
+                         spec: Any, subsets: list[_Subset]) -> None:
+    y_all = truth.reshape(-1).astype(bool)
+    s_ref_all = _as_probabilities(ref.reshape(-1), result, "reference")
+    s_cand_all = _as_probabilities(cand.reshape(-1), result, "candidate")
     threshold = spec.threshold
     allowed = spec.max_signal_efficiency_drop
+    need = spec.min_signal_events
+    for subset in subsets:
+        y, s_ref, s_cand = subset.take(y_all), subset.take(s_ref_all), subset.take(s_cand_all)
+        if y.all() or not y.any():
+            result.notes.append("edge labels are all true or all false"
+                                + ("" if subset.label is None else f" in {subset.label}")
+                                + ": AUC, efficiency and purity not defined")
+            continue
+        k_ref = plan.kernel(RocKernel(s_ref, y, (), rows=subset.rows, n_rows=plan.n_rows))
+        k_cand = plan.kernel(RocKernel(s_cand, y, (), rows=subset.rows, n_rows=plan.n_rows))
+        n_true, n_false = int(y.sum()), int((~y).sum())
+        plan.add("edge_auc", "drop", spec.max_auc_drop, f"drop <= {spec.max_auc_drop:g}", (k_ref, 0), (k_cand, 0),
+                 subset, _floor(n_true, need, "true edges") or _floor(n_false, need, "false edges"))
+        chosen_ref, chosen_cand = s_ref > threshold, s_cand > threshold
+        k = plan.kernel(RatioKernel(
+            ("efficiency_ref", "efficiency_cand", "purity_ref", "purity_cand"),
+            np.stack([chosen_ref & y, chosen_cand & y, chosen_ref & y, chosen_cand & y]),
+            np.stack([y, y, chosen_ref, chosen_cand]), rows=subset.rows, n_rows=plan.n_rows))
+        plan.add(f"edge_efficiency@{threshold:g}", "drop", allowed, f"drop <= {allowed:g}", (k, 0), (k, 1), subset,
+                 _floor(n_true, need, "true edges"))
+        plan.add(f"edge_purity@{threshold:g}", "drop", allowed, f"drop <= {allowed:g}", (k, 2), (k, 3), subset,
+                 _floor(int(min(chosen_ref.sum(), chosen_cand.sum())), need, "selected edges"))
+        if subset.label is None:
+            result.curves["edges"] = _roc_curves(s_ref, s_cand, y)
 
-    def eff_purity(s: np.ndarray) -> tuple[float, float]:
-        chosen = s > threshold
-        true_pos = float(np.sum(chosen & y))
-        return true_pos / float(y.sum()), (true_pos / float(chosen.sum()) if chosen.any() else 0.0)
 
-    auc_ref, auc_cand = roc_auc(s_ref, y), roc_auc(s_cand, y)
-    (eff_ref, pur_ref), (eff_cand, pur_cand) = eff_purity(s_ref), eff_purity(s_cand)
-    out = result.output or ""
-    result.checks += [
-        PhysicsCheck("edge_auc", out, auc_ref, auc_cand, spec.max_auc_drop, f"drop <= {spec.max_auc_drop:g}",
-                     auc_ref - auc_cand <= spec.max_auc_drop),
-        PhysicsCheck(f"edge_efficiency@{threshold:g}", out, eff_ref, eff_cand, allowed, f"drop <= {allowed:g}",
-                     eff_ref - eff_cand <= allowed),
-        PhysicsCheck(f"edge_purity@{threshold:g}", out, pur_ref, pur_cand, allowed, f"drop <= {allowed:g}",
-                     pur_ref - pur_cand <= allowed),
-    ]
-    fpr_ref, tpr_ref = roc_curve(s_ref, y)
-    fpr_cand, tpr_cand = roc_curve(s_cand, y)
-    result.curves["edges"] = {"fpr_ref": fpr_ref, "tpr_ref": tpr_ref, "fpr_cand": fpr_cand, "tpr_cand": tpr_cand}
+class _ResidualKernel(QuantileKernel):
+    """Bias (median) and resolution (IQR/1.349) of a residual distribution."""
+
+    def __init__(self, residual: np.ndarray, rows: np.ndarray | None, n_rows: int) -> None:
+        super().__init__(("bias", "resolution"), residual, (0.25, 0.5, 0.75), rows=rows, n_rows=n_rows)
+
+    def __call__(self, weights: np.ndarray) -> np.ndarray:
+        q25, q50, q75 = super().__call__(weights)
+        return np.stack([q50, (q75 - q25) / IQR_TO_SIGMA])
 
 
-def _regression(result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray, spec: Any) -> None:
+def _regression(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray, spec: Any,
+                subsets: list[_Subset]) -> None:
     n = truth.shape[0]
     y = truth.reshape(n, -1).astype(np.float64)
     p_ref = ref.reshape(n, -1).astype(np.float64)
     p_cand = cand.reshape(n, -1).astype(np.float64)
     if p_ref.shape != y.shape:
         raise DataError(f"targets have shape {list(truth.shape)} but output {result.output!r} has {list(ref.shape)}")
-    out = result.output or ""
     for k in range(y.shape[1]):
         tag = "" if y.shape[1] == 1 else f"[{k}]"
         true = y[:, k]
         usable = np.abs(true) > np.finfo(np.float64).tiny
         if not usable.all():
             result.notes.append(f"target{tag}: {int((~usable).sum())} events with target 0 left out of relative residuals")
-        rel_ref = (p_ref[usable, k] - true[usable]) / true[usable]
-        rel_cand = (p_cand[usable, k] - true[usable]) / true[usable]
-        rel_diff = (p_cand[usable, k] - p_ref[usable, k]) / np.abs(true[usable])
-        bias_ref, res_ref = robust_bias_resolution(rel_ref)
-        bias_cand, res_cand = robust_bias_resolution(rel_cand)
-        bias_diff, res_diff = robust_bias_resolution(rel_diff)
-        result.checks += [
-            PhysicsCheck(f"bias{tag}", out, bias_ref, bias_cand, spec.max_bias_change,
-                         f"|change| <= {spec.max_bias_change:g}", abs(bias_cand - bias_ref) <= spec.max_bias_change),
-            PhysicsCheck(f"resolution{tag}", out, res_ref, res_cand, spec.max_resolution_change,
-                         f"increase <= {spec.max_resolution_change:g}",
-                         res_cand - res_ref <= spec.max_resolution_change),
-            PhysicsCheck(f"bias_vs_reference{tag}", out, None, bias_diff, None, "info", True),
-            PhysicsCheck(f"resolution_vs_reference{tag}", out, None, res_diff, None, "info", True),
-        ]
-        result.residuals[f"target{tag}"] = {"reference": rel_ref, "candidate": rel_cand}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel_ref = (p_ref[:, k] - true) / true
+            rel_cand = (p_cand[:, k] - true) / true
+            rel_diff = (p_cand[:, k] - p_ref[:, k]) / np.abs(true)
+        for subset in subsets:
+            rows = np.nonzero(usable)[0] if subset.rows is None else subset.rows[usable[subset.rows]]
+            kernels = [plan.kernel(_ResidualKernel(values[rows], rows, plan.n_rows)) for values in (rel_ref, rel_cand, rel_diff)]
+            part = _Subset(subset.label, rows, len(rows))
+            floor = _floor(len(rows), spec.min_events, "events")
+            plan.add(f"bias{tag}", "abs", spec.max_bias_change, f"|change| <= {spec.max_bias_change:g}",
+                     (kernels[0], 0), (kernels[1], 0), part, floor)
+            plan.add(f"resolution{tag}", "increase", spec.max_resolution_change,
+                     f"increase <= {spec.max_resolution_change:g}", (kernels[0], 1), (kernels[1], 1), part, floor)
+            plan.add(f"bias_vs_reference{tag}", "info", None, "info", None, (kernels[2], 0), part)
+            plan.add(f"resolution_vs_reference{tag}", "info", None, "info", None, (kernels[2], 1), part)
+        result.residuals[f"target{tag}"] = {"reference": rel_ref[usable], "candidate": rel_cand[usable]}
+
+
+# ---------------------------------------------------------------------------- judging
+
+
+def _judge(plan: _Plan, values: list[tuple[np.ndarray, np.ndarray | None]], confidence: float,
+           result: PhysicsResult) -> None:
+    """Intervals, outcomes and reasons of every planned check (see the module docstring for the rule)."""
+    def value_of(where: tuple[int, int] | None) -> tuple[float | None, np.ndarray | None]:
+        if where is None:
+            return None, None
+        point, replicas = values[where[0]]
+        return float(point[where[1]]), (None if replicas is None else replicas[where[1]])
+
+    estimates, spreads, deviations = [], [], []
+    for planned in plan.planned:
+        check = planned.check
+        ref_point, ref_reps = value_of(planned.reference)
+        cand_point, cand_reps = value_of(planned.candidate)
+        check.reference, check.candidate = ref_point, float(cand_point)  # type: ignore[arg-type]
+        # The judged quantity: the change for metrics relative to the reference, else the value.
+        estimate = check.candidate - (ref_point if ref_point is not None else 0.0)
+        reps = None if cand_reps is None else cand_reps - (ref_reps if ref_reps is not None else 0.0)
+        spread = float(np.nanstd(reps, ddof=1)) if reps is not None and np.isfinite(reps).sum() > 1 else math.nan
+        estimates.append(estimate)
+        spreads.append(spread)
+        # Standardised deviations of the replicas: their quantile is this check's critical value.
+        deviations.append(np.abs(reps - estimate) / spread if spread > 0 else None)
+    judged = [k for k, planned in enumerate(plan.planned)
+              if planned.check.kind != "info" and not planned.floor and deviations[k] is not None]
+    simultaneous = _quantile(np.nanmax(np.stack([deviations[k] for k in judged]), axis=0), confidence) \
+        if judged else _NORMAL_95
+    for k, planned in enumerate(plan.planned):
+        check, estimate, spread = planned.check, estimates[k], spreads[k]
+        if math.isfinite(spread):
+            own = _quantile(deviations[k], confidence) if deviations[k] is not None else 0.0
+            check.half_width = own * spread
+            check.interval = (estimate - check.half_width, estimate + check.half_width)
+            wide = max(simultaneous, own) * spread
+            check.simultaneous = (estimate - wide, estimate + wide)
+        if check.kind == "info":
+            continue
+        if planned.floor:
+            check.outcome, check.reason = "UNDECIDED", planned.floor
+        elif not math.isfinite(estimate):
+            check.outcome, check.reason = "UNDECIDED", "the metric is not defined on these events"
+        else:
+            check.outcome, check.reason = _decide(check, estimate)
+    result.checks = [planned.check for planned in plan.planned]
+    if values and values[0][1] is not None:
+        result.bootstrap = {"replicas": int(values[0][1].shape[1]), "confidence": confidence,
+                            "simultaneous_critical_value": round(float(simultaneous), 4),
+                            "judged_checks": len(judged)}
+
+
+_NORMAL_95 = 1.959963984540054
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.quantile(finite, q)) if finite.size else math.nan
+
+
+def _decide(check: PhysicsCheck, estimate: float) -> tuple[Outcome, str]:
+    """PASS when the 95 % interval is inside the allowance, FAIL when the simultaneous one is outside.
+
+    Without a bootstrap (no intervals) the estimate alone decides, as a plain comparison.
+    """
+    low, high = check.interval if check.interval is not None else (estimate, estimate)
+    wide_low, wide_high = check.simultaneous if check.simultaneous is not None else (estimate, estimate)
+    limit = float(check.limit)  # type: ignore[arg-type]
+    if check.kind == "drop":  # the change may fall to -limit
+        passed, failed, boundary, inside = low >= -limit, wide_high < -limit, -limit, estimate >= -limit
+    elif check.kind == "increase":
+        passed, failed, boundary, inside = high <= limit, wide_low > limit, limit, estimate <= limit
+    elif check.kind == "level":
+        passed, failed, boundary, inside = low >= limit, wide_high < limit, limit, estimate >= limit
+    else:  # abs: the change must stay within +-limit
+        passed, failed = low >= -limit and high <= limit, wide_low > limit or wide_high < -limit
+        boundary, inside = (limit if estimate >= 0 else -limit), abs(estimate) <= limit
+    if passed:
+        return "PASS", ""
+    if failed:
+        return "FAIL", ""
+    # Towards PASS the 95 % interval must shrink inside; towards FAIL the simultaneous one outside.
+    half = check.half_width if inside else (wide_high - wide_low) / 2
+    distance = abs(estimate - boundary)
+    if distance == 0 or half is None:
+        return "UNDECIDED", "the change sits on the allowance"
+    needed = math.ceil(check.n_events * (half / distance) ** 2)
+    which = "" if inside else f" (the simultaneous interval [{wide_low:+.4f}, {wide_high:+.4f}] decides a FAIL)"
+    return "UNDECIDED", (f"the interval straddles the allowance{which}; about {needed:,} events would decide it "
+                         f"(have {check.n_events:,})")
+
+
+def _roc_bands(result: PhysicsResult, resampling: Resampling) -> None:
+    """The ROC curves' pointwise 95 % bootstrap bands (first replicas only: they are for plots)."""
+    few = resampling.first(ROC_BAND_REPLICAS)
+    for curve in result.curves.values():
+        signal = curve["_signal"]
+        kernels = [RocKernel(curve[f"_scores_{who}"], signal, tuple(ROC_BAND_GRID)) for who in ("ref", "cand")]
+        for who, (_, replicas) in zip(("ref", "cand"), evaluate(kernels, len(signal), few), strict=True):
+            tpr = replicas[1:]  # [grid, replicas]
+            curve["band_fpr"] = ROC_BAND_GRID
+            curve[f"band_{who}_low"] = np.nanpercentile(tpr, 2.5, axis=1)
+            curve[f"band_{who}_high"] = np.nanpercentile(tpr, 97.5, axis=1)

@@ -1,9 +1,12 @@
-"""Reference sets: inputs, golden outputs of the source model, optional labels, provenance.
+"""Reference sets: inputs, golden outputs of the source model, optional labels and per-event
+variables, provenance.
 
-Stored as one ``.npz`` (keys ``input/NAME``, ``output/NAME``, ``label/NAME`` and a JSON
-``__provenance__``), and read/written in the ONNX test-data layout
-(``test_data_set_N/input_K.pb``, ``output_K.pb``; labels as ``label_K.pb``, which the
-ONNX test runners ignore). A reference must be finite: NaN or Inf in golden outputs is
+Stored as one ``.npz`` (keys ``input/NAME``, ``output/NAME``, ``label/NAME``, ``variable/NAME``
+and a JSON ``__provenance__``), and read/written in the ONNX test-data layout
+(``test_data_set_N/input_K.pb``, ``output_K.pb``; labels as ``label_K.pb`` and variables as
+``variable_K.pb``, which the ONNX test runners ignore). Variables are per-event arrays kept for
+the physics checks: binning variables (jet pT, true energy) and ``event``, which groups the
+rows of a graph network into the events the bootstrap resamples. A reference must be finite: NaN or Inf in golden outputs is
 refused when a set is made, saved or loaded.
 """
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hepdeploy.validate.reference")
 
 REFERENCE_FORMAT = 1
-_INPUT, _OUTPUT, _LABEL, _PROVENANCE = "input/", "output/", "label/", "__provenance__"
+_INPUT, _OUTPUT, _LABEL, _VARIABLE, _PROVENANCE = "input/", "output/", "label/", "variable/", "__provenance__"
 
 
 @dataclass
@@ -42,6 +45,7 @@ class ReferenceSet:
     outputs: dict[str, np.ndarray]
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -76,13 +80,16 @@ class ReferenceSet:
         # Labels go with samples, or (models without a batch axis, e.g. per-edge scores)
         # with the rows of an output.
         allowed = {n} if self.batched else {n} | {o.shape[0] for o in self.outputs.values() if o.ndim}
-        for name, array in self.labels.items():
-            if array.ndim == 0 or array.shape[0] not in allowed:
-                length = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
-                what = f"the inputs have {n} samples" if self.batched else (
-                    f"neither the inputs ({n}) nor an output ({', '.join(str(a) for a in sorted(allowed - {n}))}) "
-                    "have that many rows")
-                raise DataError(f"{where}: labels {name!r} have {length} but {what}")
+        for kind, group in (("labels", self.labels), ("variable", self.variables)):
+            for name, array in group.items():
+                if array.ndim == 0 or array.shape[0] not in allowed:
+                    length = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+                    what = f"the inputs have {n} samples" if self.batched else (
+                        f"neither the inputs ({n}) nor an output ({', '.join(str(a) for a in sorted(allowed - {n}))}) "
+                        "have that many rows")
+                    raise DataError(f"{where}: {kind} {name!r} have {length} but {what}")
+                if kind == "variable" and array.dtype.kind in "fc" and not np.isfinite(array).all():
+                    raise DataError(f"{where}: variable {name!r} has NaN/Inf values")
         return self
 
     def subset(self, stop: int) -> ReferenceSet:
@@ -94,7 +101,8 @@ class ReferenceSet:
         def cut(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return {k: (v[:stop] if v.ndim and v.shape[0] == n else v) for k, v in arrays.items()}
 
-        return ReferenceSet(cut(self.inputs), cut(self.outputs), cut(self.labels), dict(self.provenance))
+        return ReferenceSet(cut(self.inputs), cut(self.outputs), cut(self.labels), dict(self.provenance),
+                            cut(self.variables))
 
 
 # ---------------------------------------------------------------------------- npz
@@ -108,7 +116,8 @@ def save_reference(reference: ReferenceSet, path: Path) -> Path:
         raise BadInputError(f"{path}: a reference set is written as .npz")
     check_output_folder(path)
     arrays: dict[str, np.ndarray] = {}
-    for prefix, group in ((_INPUT, reference.inputs), (_OUTPUT, reference.outputs), (_LABEL, reference.labels)):
+    for prefix, group in ((_INPUT, reference.inputs), (_OUTPUT, reference.outputs), (_LABEL, reference.labels),
+                          (_VARIABLE, reference.variables)):
         for name, value in group.items():
             arrays[prefix + name] = np.asarray(value)
     provenance = {"format": REFERENCE_FORMAT, **reference.provenance}
@@ -137,6 +146,7 @@ def load_reference(path: Path) -> ReferenceSet:
         outputs={k[len(_OUTPUT):]: v for k, v in arrays.items() if k.startswith(_OUTPUT)},
         labels={k[len(_LABEL):]: v for k, v in arrays.items() if k.startswith(_LABEL)},
         provenance=provenance,
+        variables={k[len(_VARIABLE):]: v for k, v in arrays.items() if k.startswith(_VARIABLE)},
     )
     reference.provenance.setdefault("file", str(path))
     return reference.check(str(path))
@@ -173,7 +183,8 @@ def write_onnx_test_data(
         set_dir = folder / f"test_data_set_{index}"
         set_dir.mkdir(exist_ok=True)
         for kind, names, arrays in (("input", inputs, part.inputs), ("output", outputs, part.outputs),
-                                    ("label", list(part.labels), part.labels)):
+                                    ("label", list(part.labels), part.labels),
+                                    ("variable", list(part.variables), part.variables)):
             for k, name in enumerate(names):
                 if name not in arrays:
                     raise DataError(f"{kind} {name!r} is not in the reference set")
@@ -197,7 +208,7 @@ def read_onnx_test_data(folder: Path) -> ReferenceSet:
         raise DataError(f"{folder}: no test_data_set_N folders and no input_K.pb files")
     parts: list[ReferenceSet] = []
     for set_dir in sets:
-        groups: dict[str, dict[str, np.ndarray]] = {"input": {}, "output": {}, "label": {}}
+        groups: dict[str, dict[str, np.ndarray]] = {"input": {}, "output": {}, "label": {}, "variable": {}}
         for kind in groups:
             for k, pb in enumerate(sorted(set_dir.glob(f"{kind}_*.pb"), key=lambda p: _index(p.stem))):
                 proto = TensorProto()
@@ -207,7 +218,7 @@ def read_onnx_test_data(folder: Path) -> ReferenceSet:
                 except Exception as error:  # protobuf DecodeError, ValueError on odd dtypes
                     raise DataError(f"{pb}: not a readable TensorProto ({type(error).__name__})") from error
                 groups[kind][proto.name or f"{kind}_{k}"] = array
-        parts.append(ReferenceSet(groups["input"], groups["output"], groups["label"]))
+        parts.append(ReferenceSet(groups["input"], groups["output"], groups["label"], variables=groups["variable"]))
     provenance: dict[str, Any] = {}
     prov_file = folder / "provenance.json"
     if prov_file.is_file():
@@ -232,7 +243,8 @@ def _slice(reference: ReferenceSet, start: int, stop: int) -> ReferenceSet:
     def cut(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: (v[start:stop] if v.ndim and v.shape[0] == n else v) for k, v in arrays.items()}
 
-    return ReferenceSet(cut(reference.inputs), cut(reference.outputs), cut(reference.labels))
+    return ReferenceSet(cut(reference.inputs), cut(reference.outputs), cut(reference.labels),
+                        variables=cut(reference.variables))
 
 
 def _concatenate(parts: list[ReferenceSet], where: Path) -> ReferenceSet:
@@ -249,24 +261,25 @@ def _concatenate(parts: list[ReferenceSet], where: Path) -> ReferenceSet:
                 raise DataError(f"{where}: {group[:-1]} {name!r} has different shapes across test data sets") from error
         return out
 
-    return ReferenceSet(join("inputs"), join("outputs"), join("labels"))
+    return ReferenceSet(join("inputs"), join("outputs"), join("labels"), variables=join("variables"))
 
 
 # ---------------------------------------------------------------------------- making one
 
 
 def load_data_file(data: Mapping[str, np.ndarray] | Path | str) -> dict[str, np.ndarray]:
-    """Arrays from a dict or a data file (.npz via hepdeploy.data; a reference set reads its inputs+labels)."""
+    """Arrays from a dict or a data file (.npz via hepdeploy.data; a reference set gives its inputs, labels and
+    variables)."""
     if isinstance(data, Mapping):
         return {str(k): np.asarray(v) for k, v in data.items()}
     path = Path(data)
     if path.is_dir():
         ref = read_onnx_test_data(path)
-        return {**ref.inputs, **ref.labels}
+        return {**ref.inputs, **ref.labels, **ref.variables}
     arrays = load_tensors(path)
     if any(k.startswith(_OUTPUT) for k in arrays):  # a golden file given as data: use its inputs and labels
         ref = load_reference(path)
-        return {**ref.inputs, **ref.labels}
+        return {**ref.inputs, **ref.labels, **ref.variables}
     return arrays
 
 
@@ -304,13 +317,16 @@ def make_reference(
     spec: ModelSpec | None = None,
     chunk_size: int | None = None,
     max_samples: int | None = None,
+    variables: Sequence[str] | None = None,
 ) -> ReferenceSet:
     """Run the source model on ``data`` and return the reference set.
 
     ``source``: a Runner, a ModelSpec, or a model path (``.onnx``, ``.yaml`` spec, or a
     TensorRT engine).
     ``data``: a dict of arrays or a data file; arrays not consumed as inputs may hold
-    labels (``labels='NAME'`` or the spec's ``data.labels``).
+    labels (``labels='NAME'`` or the spec's ``data.labels``) and per-event variables
+    (``variables``, default: the spec's ``data.variables`` and the variables its physics
+    checks bin in).
     """
     opened = open_source(source)
     runner, source_info = opened.runner, opened.provenance
@@ -327,14 +343,16 @@ def make_reference(
         )
     inputs = {n: arrays[n] for n in input_names}
     label_arrays = resolve_labels(labels, arrays, spec_obj.data.labels if spec_obj is not None else None)
+    variable_arrays = _variables(variables, spec_obj, arrays)
     where = str(data) if not isinstance(data, Mapping) else "data"
     if max_samples is not None and common_batch_size(inputs) is not None:
         inputs = {k: v[:max_samples] for k, v in inputs.items()}
         label_arrays = {k: v[:max_samples] for k, v in label_arrays.items()}
+        variable_arrays = {k: v[:max_samples] for k, v in variable_arrays.items()}
     probe = ReferenceSet(inputs, {"_": np.zeros(1)}, {})
     probe.check(where)
-    if common_batch_size(inputs) is not None:  # labels checked before the (maybe long) run
-        ReferenceSet(inputs, {"_": np.zeros(1)}, label_arrays).check(where)
+    if common_batch_size(inputs) is not None:  # labels and variables checked before the (maybe long) run
+        ReferenceSet(inputs, {"_": np.zeros(1)}, label_arrays, variables=variable_arrays).check(where)
     chunk = chunk_size or (spec_obj.validation.chunk_size if spec_obj is not None else 4096)
     outputs = runner.run_chunked(inputs, chunk)
     provenance = {
@@ -345,8 +363,18 @@ def make_reference(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
-    reference = ReferenceSet(inputs, outputs, label_arrays, provenance)
+    reference = ReferenceSet(inputs, outputs, label_arrays, provenance, variable_arrays)
     return reference.check(where)
+
+
+def _variables(names: Sequence[str] | None, spec: ModelSpec | None, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-event variables asked for (or the spec's), each one present in the data."""
+    if names is None:
+        names = [] if spec is None else [*spec.data.variables, *spec.validation.physics.bins]
+    missing = sorted({n for n in names if n not in arrays})
+    if missing:
+        raise DataError(f"the data has no variable {', '.join(missing)} (it has {', '.join(sorted(arrays))})")
+    return {name: np.asarray(arrays[name]) for name in dict.fromkeys(names)}
 
 
 def _input_names(runner: Runner, spec: ModelSpec | None, arrays: dict[str, np.ndarray]) -> list[str]:

@@ -25,7 +25,7 @@ from hepdeploy import __version__
 from hepdeploy.compare import PRECISION_DEFAULTS, OutputComparison, ResolvedTolerance
 from hepdeploy.fsutil import atomic_path, atomic_write_text
 from hepdeploy.validate.localize import LocalizationReport
-from hepdeploy.validate.physics import PhysicsResult
+from hepdeploy.validate.physics import PhysicsCheck, PhysicsResult
 
 log = logging.getLogger("hepdeploy.validate.report")
 
@@ -50,6 +50,7 @@ class VariantReport:
     passed: bool
     verdict: str
     n_samples: int
+    outcome: str = "FAIL"  # PASS | FAIL | UNDECIDED (passed is outcome == PASS)
     reference: dict[str, Any] = field(default_factory=dict)
     localization: LocalizationReport | None = None
     notes: list[str] = field(default_factory=list)
@@ -80,6 +81,7 @@ class VariantReport:
             "policy": self.policy,
             "policy_reason": self.policy_reason,
             "passed": self.passed,
+            "outcome": self.outcome,
             "verdict": self.verdict,
             "providers": list(self.providers),
             "n_samples": self.n_samples,
@@ -107,6 +109,12 @@ def _comparison_dict(c: OutputComparison) -> dict[str, Any]:
         "max_rel_error": num(c.max_rel_error), "fraction_out_of_tolerance": num(c.fraction_out_of_tolerance),
         "cosine_similarity": num(c.cosine_similarity), "problem": c.problem,
     }
+
+
+def overall_outcome(reports: list[VariantReport]) -> str:
+    """FAIL if a candidate fails, else UNDECIDED if one is undecided, else PASS."""
+    outcomes = {r.outcome for r in reports}
+    return "FAIL" if "FAIL" in outcomes else "UNDECIDED" if "UNDECIDED" in outcomes else "PASS"
 
 
 def defaults_line() -> str:
@@ -147,6 +155,7 @@ def report_json(reports: list[VariantReport]) -> dict[str, Any]:
         "hepdeploy_version": __version__,
         "created": _now(),
         "passed": all(r.passed for r in reports),
+        "outcome": overall_outcome(reports),
         "default_tolerances": {k: {"atol": v.atol, "rtol": v.rtol} for k, v in PRECISION_DEFAULTS.items()},
         "variants": [r.to_dict() for r in reports],
     }
@@ -195,11 +204,13 @@ def junit_cases(report: VariantReport) -> list[_Case]:
     for check in report.physics.checks:
         if check.passed:
             outcome, message = "passed", ""
+        elif check.outcome == "UNDECIDED":
+            outcome, message = "skipped", check.summary()  # neither a pass nor a failure: the exit code says 3
         elif counts_phys:
             outcome, message = "failure", check.summary()
         else:
             outcome, message = "skipped", f"{check.summary()}; not required by policy {report.policy}"
-        cases.append(_Case(cls, f"{check.output}: physics {check.metric}", outcome, message, check.summary()))
+        cases.append(_Case(cls, f"{check.output}: physics {check.name}", outcome, message, check.summary()))
     if not report.physics.ran:
         note = "; ".join(report.physics.notes) or "physics checks did not run"
         cases.append(_Case(cls, "physics", "skipped", note))
@@ -269,46 +280,64 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
     return format(x, spec)
 
 
+_STYLE = {"PASS": "[green]PASS[/]", "FAIL": "[red]FAIL[/]", "UNDECIDED": "[yellow]UNDECIDED[/]", "INFO": "info"}
+
+
 def console_table(reports: list[VariantReport]) -> Any:
-    """A rich renderable: one row per variant x output, then physics rows."""
+    """A rich renderable: one row per variant x output, then the physics rows with their intervals."""
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"hepdeploy validate ({'PASS' if all(r.passed for r in reports) else 'FAIL'})")
+    table = Table(title=f"hepdeploy validate ({overall_outcome(reports)})")
     for column in ("variant", "check", "value", "limit", "result"):
         table.add_column(column)
     for report in reports:
-        verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
         table.add_row(escape(report.variant), f"{report.precision}, policy {report.policy}",
-                      ", ".join(report.providers), "", verdict)
+                      ", ".join(report.providers), "", _STYLE[report.outcome])
         for c in report.numerical:
             value = c.problem or f"max|d|={_fmt(c.max_abs_error)} p99={_fmt(c.p99_abs_error)} " \
                                  f"out={_fmt(c.fraction_out_of_tolerance)}"
             table.add_row("", escape(c.name), escape(value), f"atol={c.atol:g} rtol={c.rtol:g}", "ok" if c.passed else "FAIL")
         for check in report.physics.checks:
-            value = f"{_fmt(check.reference, '.4f')} -> {_fmt(check.candidate, '.4f')}"
-            table.add_row("", escape(check.metric), value, check.rule,
-                          "info" if check.informational else "ok" if check.passed else "FAIL")
+            table.add_row("", escape(check.name), escape(check.value_text()), check.rule, _STYLE[check.outcome])
+            if check.reason:
+                table.add_row("", "", escape(check.reason), "", "")
         for note in report.physics.notes + report.notes:
             table.add_row("", "note", escape(note), "", "")
         if report.localization is not None:
             table.add_row("", "localize", escape(report.localization.summary()), "", "")
-    table.caption = f"default tolerances: {defaults_line()}"
+    table.caption = f"default tolerances: {defaults_line()}; physics changes: candidate - reference [95 % interval]"
     return table
 
 
+def _by_bin(checks: list[PhysicsCheck]) -> dict[str | None, list[PhysicsCheck]]:
+    """Checks grouped by bin, all events first."""
+    groups: dict[str | None, list[PhysicsCheck]] = {None: []}
+    for check in checks:
+        groups.setdefault(check.bin, []).append(check)
+    return {k: v for k, v in groups.items() if v}
+
+
+def _interval_text(check: PhysicsCheck, signed: bool = True) -> str:
+    if check.interval is None:
+        return "-"
+    spec = "+.4f" if signed and check.reference is not None else ".4f"
+    return f"[{format(check.interval[0], spec)}, {format(check.interval[1], spec)}]"
+
+
 def report_markdown(reports: list[VariantReport]) -> str:
-    ok = all(r.passed for r in reports)
-    lines = [f"## hepdeploy validation: {'✅ PASS' if ok else '❌ FAIL'}", ""]
+    outcome = overall_outcome(reports)
+    icon = {"PASS": "✅", "FAIL": "❌", "UNDECIDED": "❔"}[outcome]
+    lines = [f"## hepdeploy validation: {icon} {outcome}", ""]
     lines += ["| variant | precision | policy | result | providers | worst max abs error |",
               "|---|---|---|---|---|---|"]
     for r in reports:
         worst = max((c.max_abs_error for c in r.numerical if np.isfinite(c.max_abs_error)), default=float("nan"))
-        lines.append(f"| {r.variant} | {r.precision} | {r.policy} | {'PASS' if r.passed else '**FAIL**'} | "
+        lines.append(f"| {r.variant} | {r.precision} | {r.policy} | {r.outcome if r.passed else f'**{r.outcome}**'} | "
                      f"{', '.join(r.providers)} | {_fmt(worst)} |")
     lines += ["", f"Default tolerances: {defaults_line()}.", ""]
     for r in reports:
-        lines += [f"### {r.variant}: {'PASS' if r.passed else 'FAIL'}", "", f"{r.verdict}", "",
+        lines += [f"### {r.variant}: {r.outcome}", "", f"{r.verdict}", "",
                   f"Candidate `{r.candidate}`, {r.n_samples} samples; policy {r.policy} ({r.policy_reason}).", "",
                   "| output | atol | rtol | max abs | mean abs | p99 abs | max rel | out of tol | cosine | result |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -322,13 +351,19 @@ def report_markdown(reports: list[VariantReport]) -> str:
                          f"{_fmt(c.cosine_similarity, '.6f')} | {result} |")
         lines.append("")
         if r.physics.ran:
-            lines += [f"Physics ({r.physics.task}, output `{r.physics.output}`, labels `{r.physics.labels}`):", "",
-                      "| metric | reference | candidate | change | allowed | result |", "|---|---|---|---|---|---|"]
-            for check in r.physics.checks:
-                result = "info" if check.informational else "ok" if check.passed else "FAIL"
-                lines.append(f"| {check.metric} | {_fmt(check.reference, '.4f')} | {_fmt(check.candidate, '.4f')} | "
-                             f"{_fmt(check.change, '+.4f')} | {check.rule} | {result} |")
-            lines.append("")
+            lines += [f"Physics ({r.physics.task}, output `{r.physics.output}`, labels `{r.physics.labels}`; "
+                      f"change = candidate - reference with its 95 % interval{_bootstrap_text(r)}):", ""]
+            for bin_name, checks in _by_bin(r.physics.checks).items():
+                if bin_name is not None:
+                    lines += [f"Bin {bin_name}:", ""]
+                lines += ["| metric | reference | candidate | change | 95 % interval | allowed | events | result |",
+                          "|---|---|---|---|---|---|---|---|"]
+                for check in checks:
+                    result = check.outcome + (f": {check.reason}" if check.reason else "")
+                    lines.append(f"| {check.metric} | {_fmt(check.reference, '.4f')} | {_fmt(check.candidate, '.4f')} | "
+                                 f"{_fmt(check.change, '+.4f')} | {_interval_text(check)} | {check.rule} | "
+                                 f"{check.n_events:,} | {result} |")
+                lines.append("")
         for note in r.physics.notes + r.notes:
             lines.append(f"- {note}")
         if r.localization is not None:
@@ -338,6 +373,14 @@ def report_markdown(reports: list[VariantReport]) -> str:
 
 
 # ---------------------------------------------------------------------------- plots + HTML
+
+
+def _bootstrap_text(report: VariantReport) -> str:
+    info = report.physics.bootstrap
+    if not info:
+        return "; no bootstrap: no intervals"
+    return (f"; paired bootstrap, {info['replicas']} replicas; FAIL needs the simultaneous interval "
+            f"(critical value {info['simultaneous_critical_value']:g}) outside the allowance")
 
 
 def _safe(text: str) -> str:
@@ -399,11 +442,14 @@ def write_plots(reports: list[VariantReport], folder: Path) -> dict[str, list[Pa
                         label=f"{label} reference")
                 ax.plot(curve["tpr_cand"], np.maximum(curve["fpr_cand"], 1e-6), color=colour, linewidth=1.2,
                         linestyle="--", label=f"{label} {report.variant}")
+                if "band_fpr" in curve:  # the candidate's pointwise 95 % bootstrap band
+                    ax.fill_betweenx(curve["band_fpr"], curve["band_cand_low"], curve["band_cand_high"],
+                                     color=colour, alpha=0.2, linewidth=0)
             ax.set_yscale("log")
             ax.set_ylim(1e-4, 1.0)
             ax.set_xlabel("signal efficiency")
             ax.set_ylabel("background efficiency (mistag)")
-            ax.set_title(f"ROC: reference (solid) vs {report.variant} (dashed)")
+            ax.set_title(f"ROC: reference (solid) vs {report.variant} (dashed, 95 % band)")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
             fig.tight_layout()
@@ -437,23 +483,24 @@ def _save_figure(fig: Any, path: Path) -> Path:
 
 
 def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], report_dir: Path) -> str:
-    ok = all(r.passed for r in reports)
+    outcome = overall_outcome(reports)
+    ok = outcome == "PASS"
     esc = html.escape
     parts = [
         "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>hepdeploy validation: {'PASS' if ok else 'FAIL'}</title>",
+        f"<title>hepdeploy validation: {outcome}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}td:first-child{text-align:left}"
         ".pass{color:#070;font-weight:bold}.fail{color:#b00;font-weight:bold}img{max-width:100%;margin:0.5em 0}"
         "</style></head><body>",
-        f"<h1>hepdeploy validation: <span class='{'pass' if ok else 'fail'}'>{'PASS' if ok else 'FAIL'}</span></h1>",
+        f"<h1>hepdeploy validation: <span class='{'pass' if ok else 'fail'}'>{outcome}</span></h1>",
         f"<p>Default tolerances: {esc(defaults_line())}. Generated {esc(_now())} by hepdeploy {esc(__version__)}.</p>",
     ]
     for r in reports:
         css = "pass" if r.passed else "fail"
         parts += [
             f"<h2 id='{esc(_safe(r.variant))}'>{esc(r.variant)}: <span class='{css}'>"
-            f"{'PASS' if r.passed else 'FAIL'}</span></h2>",
+            f"{r.outcome}</span></h2>",
             f"<p>{esc(r.verdict)}</p>",
             f"<p>Candidate <code>{esc(r.candidate)}</code>, precision {esc(r.precision)}, policy {esc(r.policy)} "
             f"({esc(r.policy_reason)}), providers {esc(', '.join(r.providers))}, {r.n_samples} samples.</p>",
@@ -471,17 +518,23 @@ def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], repo
         parts.append("</table>")
         if r.physics.ran:
             parts.append(f"<p>Physics: {esc(r.physics.task)} on output <code>{esc(str(r.physics.output))}</code>"
-                         f" with labels <code>{esc(str(r.physics.labels))}</code>.</p>")
-            parts.append("<table><tr><th>metric</th><th>reference</th><th>candidate</th><th>change</th>"
-                         "<th>allowed</th><th>result</th></tr>")
-            for check in r.physics.checks:
-                result = "info" if check.informational else "ok" if check.passed else "FAIL"
-                parts.append(
-                    f"<tr><td>{esc(check.metric)}</td><td>{_fmt(check.reference, '.4f')}</td>"
-                    f"<td>{_fmt(check.candidate, '.4f')}</td><td>{_fmt(check.change, '+.4f')}</td>"
-                    f"<td>{esc(check.rule)}</td><td class='{'pass' if check.passed else 'fail'}'>{result}</td></tr>"
-                )
-            parts.append("</table>")
+                         f" with labels <code>{esc(str(r.physics.labels))}</code>; change = candidate - reference "
+                         f"with its 95 % interval{esc(_bootstrap_text(r))}.</p>")
+            for bin_name, checks in _by_bin(r.physics.checks).items():
+                if bin_name is not None:
+                    parts.append(f"<h3>Bin {esc(bin_name)}</h3>")
+                parts.append("<table><tr><th>metric</th><th>reference</th><th>candidate</th><th>change</th>"
+                             "<th>95 % interval</th><th>allowed</th><th>events</th><th>result</th></tr>")
+                for check in checks:
+                    css = "pass" if check.passed else "fail"
+                    result = esc(check.outcome + (f": {check.reason}" if check.reason else ""))
+                    parts.append(
+                        f"<tr><td>{esc(check.metric)}</td><td>{_fmt(check.reference, '.4f')}</td>"
+                        f"<td>{_fmt(check.candidate, '.4f')}</td><td>{_fmt(check.change, '+.4f')}</td>"
+                        f"<td>{esc(_interval_text(check))}</td><td>{esc(check.rule)}</td><td>{check.n_events:,}</td>"
+                        f"<td class='{css}'>{result}</td></tr>"
+                    )
+                parts.append("</table>")
         notes = r.physics.notes + r.notes
         if notes:
             parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")

@@ -64,7 +64,10 @@ def test_export_and_convert(name: str, flavour: str | None, zoo_export: Any, tmp
     reference = load_tensors(exported.reference_path)
     calibration = load_tensors(exported.calibration_path)
     truth_key = spec.data.labels
-    assert truth_key in reference and set(reference) == {t.name for t in spec.inputs} | {truth_key}
+    # ... and the per-event variables the physics checks bin in (jet pT, true energy) or group by (event).
+    assert truth_key in reference and set(reference) == {t.name for t in spec.inputs} | {truth_key} | set(
+        spec.data.variables)
+    assert set(spec.validation.physics.bins) <= set(spec.data.variables) == set(net.variable_names)
     assert set(calibration) == {t.name for t in spec.inputs}
     first = spec.inputs[0].name
     assert not np.array_equal(reference[first][: len(calibration[first])], calibration[first][: len(reference[first])])

@@ -69,8 +69,9 @@ def test_classification_checks_catch_a_degraded_candidate() -> None:
 
 def test_logits_are_turned_into_probabilities() -> None:
     rng = np.random.default_rng(5)
-    labels = rng.integers(0, 2, 1000)
-    logits = rng.normal(size=(1000, 2)) + np.eye(2)[labels]
+    # 5000 events: the 1 % background working point needs 20 background events beyond the cut.
+    labels = rng.integers(0, 2, 5000)
+    logits = rng.normal(size=(5000, 2)) + np.eye(2)[labels]
     result = physics_checks({"z": logits}, {"z": logits}, {"y": labels}, PhysicsSpec())
     assert any("softmax" in note for note in result.notes)
     assert result.passed

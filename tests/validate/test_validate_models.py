@@ -95,8 +95,10 @@ def test_int8_physics_reports_auc_changes(jet_case) -> None:
     int8 = jet_case.variant("int8-cpu")
     report = validate_candidate(int8, jet_case.reference, spec=jet_case.zoo.spec, localize=True)
     assert report.precision == "int8" and report.policy == "physics"
-    aucs = [c for c in report.physics.checks if c.metric.startswith("auc[")]
+    aucs = [c for c in report.physics.checks if c.metric.startswith("auc[") and c.bin is None]
     assert len(aucs) == 5
+    # ... and again in each of the zoo spec's three jet pT bins.
+    assert len([c for c in report.physics.checks if c.metric.startswith("auc[") and c.bin]) == 15
     assert all(0.5 < c.reference <= 1 and 0.5 < c.candidate <= 1 for c in aucs)
     assert any(abs(c.change) > 1e-5 for c in aucs)  # INT8 moves the AUCs, and the report says by how much
     # Found without being told: the FP32 parent artifact next to the variant (sidecar sha256).
