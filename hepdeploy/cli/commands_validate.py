@@ -137,7 +137,10 @@ def _validate_served(server: ServerOptions, golden: Path | None, candidates: tup
         policy=tolerances.policy, chunk_size=chunk_size,
     )
     _show([report], report_dir)
-    _exit_for([report])
+    if report.outcome == "FAIL":
+        raise ValidationFailedError(f"the served model {server.model} disagrees with the golden set: {report.verdict}")
+    if report.outcome == "UNDECIDED":
+        raise ValidationUndecidedError(f"the served model {server.model} is undecided: {report.verdict}")
 
 
 @click.command("reference")
@@ -149,17 +152,22 @@ def _validate_served(server: ServerOptions, golden: Path | None, candidates: tup
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Samples per inference call.")
 @click.option("--max-samples", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option("--samples-per-set", type=click.IntRange(min=1), help="ONNX layout: samples per test_data_set.")
+@click.option("--variable", "variables", multiple=True, metavar="NAME",
+              help="A per-event array of the data to keep for binned physics checks (repeatable; default: the "
+                   "spec's data.variables and the variables its bins name).")
 def reference_command(model: str, data: Path, output: Path, labels: str | None, chunk_size: int | None,
-                      max_samples: int | None, samples_per_set: int | None) -> None:
+                      max_samples: int | None, samples_per_set: int | None, variables: tuple[str, ...]) -> None:
     """Run the source MODEL_OR_SPEC on --data and write the reference (golden) set."""
-    ref = make_reference(model, data, labels=labels, chunk_size=chunk_size, max_samples=max_samples)
+    ref = make_reference(model, data, labels=labels, chunk_size=chunk_size, max_samples=max_samples,
+                         variables=list(variables) or None)
     if output.suffix == ".npz":
         save_reference(ref, output)
     else:
         write_onnx_test_data(ref, output, samples_per_set=samples_per_set)
     outputs = ", ".join(f"{k}{list(v.shape)}" for k, v in ref.outputs.items())
     labels_text = ", ".join(ref.labels) or "none"
-    click.echo(f"{output}: {ref.n_samples} samples, outputs {outputs}, labels {labels_text}, "
+    variables_text = f", variables {', '.join(ref.variables)}" if ref.variables else ""
+    click.echo(f"{output}: {ref.n_samples} samples, outputs {outputs}, labels {labels_text}{variables_text}, "
                f"source {ref.provenance.get('framework')} sha256 {str(ref.provenance.get('sha256'))[:12]}")
 
 

@@ -172,7 +172,7 @@ class DeepJet(ZooNetwork):
         "full": TrainingRecipe(n_train=16_000, n_test=5_000, epochs=4, batch_size=256, learning_rate=2e-3),
         "reduced": TrainingRecipe(n_train=2_000, n_test=1_000, epochs=2, batch_size=256, learning_rate=3e-3),
     }
-    reference_samples = 1000
+    reference_samples = 80_000
     calibration_samples = 512
 
     def generate(self, n: int, seed: int) -> Dataset:

@@ -1,6 +1,8 @@
 """Export a zoo network for the pipeline: the source model, its spec and labelled data files."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -12,7 +14,9 @@ from hepdeploy.fsutil import atomic_path, atomic_write_text
 from hepdeploy.model_zoo.base import ZooNetwork
 from hepdeploy.model_zoo.registry import get_network
 from hepdeploy.model_zoo.training import (
+    ZOO_VERSION,
     _deterministic,
+    cache_root,
     check_budget,
     data_seeds,
     find_cached,
@@ -73,6 +77,7 @@ def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dic
                 **({"bins": {k: list(v) for k, v in net.bins.items()}} if net.bins else {}),
             },
             **({"chunk_size": net.chunk_size} if net.chunk_size else {}),
+            **({"policy": dict(net.validation_policy)} if net.validation_policy else {}),
         },
         "triton": {"model_name": stem, **net.triton},
     }
@@ -86,10 +91,14 @@ def export_network(
     budget: str = "full",
     cache_dir: Path | None = None,
     seed: int = 0,
+    reference_samples: int | None = None,
 ) -> ZooExport:
     """Write ``<stem>.keras`` or ``<stem>.pt``, ``<stem>.yaml``, ``<stem>_reference.npz`` and
     ``<stem>_calibration.npz`` into ``out_dir``; train first (cached) unless ``train`` is False,
-    in which case cached weights are used if present and seeded untrained ones otherwise."""
+    in which case cached weights are used if present and seeded untrained ones otherwise.
+
+    The data sets are generated once per size and seed and cached beside the trainings;
+    ``reference_samples`` overrides the network's reference size (events)."""
     net = get_network(name)
     flavour = net.check_flavour(flavour)
     check_budget(budget)
@@ -111,10 +120,10 @@ def export_network(
         metrics = {}
 
     seeds = data_seeds(seed)
-    reference = net.generate(net.reference_samples, seeds["reference"])
-    reference_path = save_tensors(out_dir / f"{stem}_reference.npz", reference.arrays())
-    calibration = net.generate(net.calibration_samples, seeds["calibration"])
-    calibration_path = save_tensors(out_dir / f"{stem}_calibration.npz", calibration.inputs)
+    reference_path = _cached_data(net, "reference", reference_samples or net.reference_samples, seeds["reference"],
+                                  cache_dir, out_dir / f"{stem}_reference.npz")
+    calibration_path = _cached_data(net, "calibration", net.calibration_samples, seeds["calibration"], cache_dir,
+                                    out_dir / f"{stem}_calibration.npz")
 
     spec_path = out_dir / f"{stem}.yaml"
     spec = spec_from_dict(spec_dict(net, flavour, stem, source_path.name), where=str(spec_path),
@@ -130,6 +139,22 @@ def export_network(
         trained=trained is not None,
         budget=budget if trained is not None else None,
     )
+
+
+def _cached_data(net: ZooNetwork, kind: str, n: int, seed: int, cache_dir: Path | None, target: Path) -> Path:
+    """``n`` generated samples (a reference set keeps labels and variables; calibration only inputs),
+    from the cache when this size and seed were generated before, copied to ``target``."""
+    recipe = json.dumps({"zoo_version": ZOO_VERSION, "network": net.name, "data": net.data_recipe, "kind": kind,
+                         "n": n, "seed": seed}, sort_keys=True)
+    cached = cache_root(cache_dir) / "zoo" / net.name / "data" / \
+        f"{kind}-n{n}-seed{seed}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}.npz"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        data = net.generate(n, seed)
+        save_tensors(cached, data.arrays() if kind == "reference" else data.inputs)
+    with atomic_path(target, suffix=".npz") as tmp:
+        shutil.copyfile(cached, tmp)
+    return target
 
 
 def _untrained(net: ZooNetwork, flavour: str, seed: int) -> Any:

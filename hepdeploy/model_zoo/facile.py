@@ -28,6 +28,7 @@ class Facile(ZooNetwork):
     dims = {"batch": DimRange(min=1, opt=16000, max=160000)}
     triton = triton_config(max_batch_size=160000, preferred_batch_sizes=(16000,), batch_per_request=16000)
     variable_names = ("true_energy",)
+    reference_samples = 300_000  # channels (about 19 events of 16 000)
     bins = {"true_energy": (1.0, 10.0, 50.0, 200.0)}
     data_recipe = hcal.DATA_RECIPE
     recipes = {

@@ -105,7 +105,7 @@ class InteractionNetworkTracking(ZooNetwork):
         "reduced": TrainingRecipe(n_train=24, n_test=6, epochs=3, batch_size=4, learning_rate=5e-3),
     }
     torch_factory = "hepdeploy.model_zoo.interaction_network:build_torch"
-    reference_samples = 4  # events, concatenated into one graph
+    reference_samples = 30  # events (~46 000 edges), concatenated into one graph
     calibration_samples = 4
 
     def generate(self, n: int, seed: int) -> Dataset:

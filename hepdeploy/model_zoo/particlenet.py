@@ -194,7 +194,10 @@ class ParticleNetAK4(ZooNetwork):
         "k-NN with TopK and a constant k (TensorRT needs K as an initializer; a K computed from the "
         "input shape breaks engine building); neighbour gathering with GatherElements on dynamic n_pf/n_sv; "
         "masks pushed 1e9 away (FP16 overflows: keep that Add in FP32); two dynamic non-batch dims; the "
-        "TorchScript exporter is the safe choice (weaver-core exports ParticleNet with dynamo=False)."
+        "TorchScript exporter is the safe choice (weaver-core exports ParticleNet with dynamo=False); "
+        "near-equal neighbour distances make the k-NN pick another neighbour in a few jets per 100,000 "
+        "(outputs off by up to 1e-3 between PyTorch and ONNX Runtime), so its FP32 graph is judged by "
+        "numbers or physics (validation.policy.fp32: either)."
     )
     flavours = ("torch",)
     task = "classification"
@@ -235,7 +238,8 @@ class ParticleNetAK4(ZooNetwork):
         "reduced": TrainingRecipe(n_train=1_500, n_test=1_000, epochs=2, batch_size=128, learning_rate=5e-3),
     }
     torch_factory = "hepdeploy.model_zoo.particlenet:build_torch"
-    reference_samples = 1000
+    validation_policy = {"fp32": "either"}  # see export_traps: k-NN near-ties
+    reference_samples = 40_000  # (the PyTorch source makes the golden outputs at ~600 jets/s)
     calibration_samples = 512
 
     def generate(self, n: int, seed: int) -> Dataset:

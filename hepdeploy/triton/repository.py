@@ -559,7 +559,8 @@ def publish_spec(
     wanted = triton.variant
     if wanted not in variants:
         if fallback_variant not in variants:
-            raise BadInputError(f"{name}: neither variant {wanted!r} nor {fallback_variant!r} was built")
+            tried = repr(wanted) if wanted == fallback_variant else f"{wanted!r} nor {fallback_variant!r}"
+            raise BadInputError(f"{name}: no variant to serve: {tried} was not built or did not pass validation")
         log.warning("%s: variant %s was not built; serving %s instead", name, wanted, fallback_variant)
         wanted = fallback_variant
     gpu_file = Path(variants[wanted])

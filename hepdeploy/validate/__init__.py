@@ -181,7 +181,8 @@ def _verdict(report: VariantReport) -> tuple[str, str]:
     else:
         deciding = phys.deciding()
         word = "fail" if physics == "FAIL" else "are undecided"
-        phys_text = f"physics checks {word} on {', '.join(c.name for c in deciding)}"
+        names = ", ".join(c.name for c in deciding[:3]) + (f" and {len(deciding) - 3} more" if len(deciding) > 3 else "")
+        phys_text = f"physics checks {word} on {names}"
         if physics == "UNDECIDED" and deciding[0].reason:
             phys_text += f" ({deciding[0].name}: {deciding[0].reason})"
     outcome = _combine(report.policy, numerical, physics)

@@ -1,17 +1,18 @@
 """Paired bootstrap of physics metrics, vectorised over replicas.
 
 Candidate and reference are judged on the same events, so what matters is the uncertainty of
-the *difference* of a metric between them: every bootstrap replica resamples the events (with
-replacement, seeded) and recomputes the metric for both models on that same resample.
+the *difference* of a metric between them: every bootstrap replica reweights the events (a
+Poisson(1) multiplicity each, seeded) and recomputes the metric for both models on that same
+replica.
 
-A replica is a column of event multiplicities (weights), so no replica needs a sort of its
-own: each kernel below orders its rows once and evaluates a whole chunk of replicas with
-cumulative sums of weights along that fixed order (AUC, efficiency at a fixed background,
-weighted quantiles) or with one matrix product (means, ratios). Weights are kept as
-``[rows, replicas]`` so that gathering rows in score order copies contiguous memory.
+A replica is a column of event weights, so no replica needs a sort of its own: each kernel
+orders its rows once and turns that order into sparse 0/1 matrices (rows -> segments of the
+ordering); a chunk of replicas then costs a few sparse products and cumulative sums over the
+segments (AUC, efficiency at a fixed background, weighted quantiles) or one product (means,
+ratios). Chunks are drawn and evaluated on every core at once.
 
 Rows and events: a per-edge score of a graph network is one row, but the edges of one event
-are not independent; ``groups`` maps rows to events, and whole events are resampled.
+are not independent; ``groups`` maps rows to events, and whole events are reweighted.
 """
 from __future__ import annotations
 

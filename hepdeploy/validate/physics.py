@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,7 +39,15 @@ import numpy as np
 
 from hepdeploy.errors import DataError
 from hepdeploy.spec import PhysicsSpec
-from hepdeploy.validate.bootstrap import Kernel, QuantileKernel, RatioKernel, Resampling, RocKernel, evaluate, resample
+from hepdeploy.validate.bootstrap import (
+    Kernel,
+    QuantileKernel,
+    RatioKernel,
+    Resampling,
+    RocKernel,
+    evaluate,
+    resample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -400,23 +409,30 @@ def infer_task(prediction: np.ndarray, truth: np.ndarray) -> str:
     return "unknown"
 
 
-def _as_probabilities(scores: np.ndarray, result: PhysicsResult, who: str) -> np.ndarray:
-    """Scores as probabilities: softmax (several classes) or sigmoid (one) for logits."""
-    s = scores.astype(np.float64)
+def _as_probabilities(reference: np.ndarray, candidate: np.ndarray, result: PhysicsResult) -> tuple[np.ndarray, np.ndarray]:
+    """Both models' scores as probabilities, transformed alike: a softmax (several classes) or a sigmoid
+    (one) when the reference's scores are logits, else as they are.
+
+    The reference decides for both: an INT8 softmax whose rows sum to 1 +- 0.005 must not be
+    mistaken for logits while the reference's are not.
+    """
+    s = reference.astype(np.float64)
+    c = candidate.astype(np.float64)
     if s.ndim == 1 or s.shape[1] == 1:
-        flat = s.reshape(-1)
-        if flat.min(initial=0.0) < 0.0 or flat.max(initial=0.0) > 1.0:
-            if who == "reference":
-                result.notes.append("scores look like logits: a sigmoid was applied")
-            return 1.0 / (1.0 + np.exp(-flat))
-        return flat
-    rows_sum_to_one = np.allclose(s.sum(axis=1), 1.0, atol=1e-3) and s.min() >= 0.0
-    if not rows_sum_to_one:
-        if who == "reference":
-            result.notes.append("scores look like logits: a softmax was applied")
-        shifted = np.exp(s - s.max(axis=1, keepdims=True))
+        s, c = s.reshape(-1), c.reshape(-1)
+        if s.min(initial=0.0) < 0.0 or s.max(initial=0.0) > 1.0:
+            result.notes.append("scores look like logits: a sigmoid was applied")
+            return 1.0 / (1.0 + np.exp(-s)), 1.0 / (1.0 + np.exp(-c))
+        return s, c
+    if np.allclose(s.sum(axis=1), 1.0, atol=1e-3) and s.min() >= 0.0:
+        return s, c
+    result.notes.append("scores look like logits: a softmax was applied")
+
+    def softmax(x: np.ndarray) -> np.ndarray:
+        shifted = np.exp(x - x.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
-    return s
+
+    return softmax(s), softmax(c)
 
 
 def _roc_curves(s_ref: np.ndarray, s_cand: np.ndarray, is_signal: np.ndarray) -> dict[str, np.ndarray]:
@@ -431,8 +447,7 @@ def _classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: n
     if truth.ndim == 2 and truth.shape == ref.shape and truth.shape[1] > 1:
         truth = truth.argmax(axis=1)
     truth = truth.reshape(-1).astype(np.int64)
-    p_ref = _as_probabilities(ref.reshape(ref.shape[0], -1), result, "reference")
-    p_cand = _as_probabilities(cand.reshape(cand.shape[0], -1), result, "candidate")
+    p_ref, p_cand = _as_probabilities(ref.reshape(ref.shape[0], -1), cand.reshape(cand.shape[0], -1), result)
     binary = p_ref.ndim == 1
     n_classes = 2 if binary else p_ref.shape[1]
     classes = [1] if binary else list(range(n_classes))
@@ -480,8 +495,7 @@ def _classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: n
 def _edge_classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray,
                          spec: Any, subsets: list[_Subset]) -> None:
     y_all = truth.reshape(-1).astype(bool)
-    s_ref_all = _as_probabilities(ref.reshape(-1), result, "reference")
-    s_cand_all = _as_probabilities(cand.reshape(-1), result, "candidate")
+    s_ref_all, s_cand_all = _as_probabilities(ref.reshape(-1), cand.reshape(-1), result)
     threshold = spec.threshold
     allowed = spec.max_signal_efficiency_drop
     need = spec.min_signal_events
@@ -581,8 +595,11 @@ def _judge(plan: _Plan, values: list[tuple[np.ndarray, np.ndarray | None]], conf
         deviations.append(np.abs(reps - estimate) / spread if spread > 0 else None)
     judged = [k for k, planned in enumerate(plan.planned)
               if planned.check.kind != "info" and not planned.floor and deviations[k] is not None]
-    simultaneous = _quantile(np.nanmax(np.stack([deviations[k] for k in judged]), axis=0), confidence) \
-        if judged else _NORMAL_95
+    simultaneous = _NORMAL_95
+    if judged:
+        with warnings.catch_warnings():  # a replica where every metric is undefined is simply left out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            simultaneous = _quantile(np.nanmax(np.stack([deviations[k] for k in judged]), axis=0), confidence)
     for k, planned in enumerate(plan.planned):
         check, estimate, spread = planned.check, estimates[k], spreads[k]
         if math.isfinite(spread):

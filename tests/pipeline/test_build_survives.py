@@ -128,3 +128,31 @@ def test_verbose_shows_the_dependency_error_a_library_error_was_chained_to(tmp_p
     assert verbose.exit_code == 2
     assert "The above exception was the direct cause of the following exception" in verbose.stderr
     assert "DecodeError" in verbose.stderr
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_undecided_variant_is_rejected_with_its_reason_and_strict_fails(tmp_path: Path, strict: bool) -> None:
+    """300 labelled events cannot resolve a 1 % background working point: the fp16 variant is
+    UNDECIDED, kept out of the repository with the reason; only --strict fails the build on it."""
+    from hepdeploy.data import save_tensors
+
+    source = _small_model(tmp_path / "tiny_source.onnx", 0)
+    rng = np.random.default_rng(1)
+    save_tensors(tmp_path / "reference.npz", {"x": rng.normal(size=(300, 4)).astype(np.float32),
+                                              "labels": rng.integers(0, 3, 300)})
+    spec = spec_from_dict({
+        "name": "tiny", "source": {"framework": "onnx", "path": str(source)},
+        "inputs": [{"name": "x", "shape": ["batch", 4]}], "outputs": [{"name": "y", "shape": ["batch", 3]}],
+        "data": {"reference": "reference.npz", "calibration": "reference.npz", "labels": "labels"},
+        "variants": ["fp32", "fp16"], "triton": {"variant": "fp32", "max_batch_size": 64},
+    }, base_dir=tmp_path)
+    report = build([spec], BuildOptions(out_dir=tmp_path / "out", strict=strict))
+    steps = {s.step: s for s in report.models[0].steps}
+    undecided = steps["validate:fp16"]
+    assert undecided.details["outcome"] == "UNDECIDED"
+    assert undecided.status == ("failed" if strict else "rejected")
+    assert "not enough events" in undecided.reason
+    assert steps["validate:fp32"].status == "ok" and report.failed is strict
+    assert report.rejected == ([] if strict else ["tiny:fp16"])
+    manifest = json.loads((tmp_path / "out" / "model_repository" / "tiny" / "1" / "hepdeploy-manifest.json").read_text())
+    assert manifest["source"]["variant"]["name"] == "fp32" and manifest["verdict"]["outcome"] == "PASS"
