@@ -33,13 +33,13 @@ def main() -> int:
     parser.add_argument("--budget", default="reduced", choices=["reduced", "full"])
     args = parser.parse_args()
 
+    from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
     from hepdeploy.convert import convert_from_spec
     from hepdeploy.model_zoo import export_network
     from hepdeploy.perf import EventDefinition, measure_inline, plot_levels, run_perf
     from hepdeploy.triton.repository import publish_python_twin
     from hepdeploy.triton.server import TritonServer, find_tritonserver
     from hepdeploy.validate.reference import load_data_file
-    from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 
     clients = [int(c) for c in args.clients.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
