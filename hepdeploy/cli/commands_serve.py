@@ -14,6 +14,7 @@ import click
 
 from hepdeploy.cli.options import (
     ServerOptions,
+    golden_option,
     json_file_option,
     parse_int_list,
     parse_pairs,
@@ -130,8 +131,7 @@ def serve_check_command(repo: Path, goldens: tuple[str, ...], tritonserver_path:
 @server_options(protocols=False, model_required=True)
 @click.option("--repo", type=click.Path(path_type=Path, file_okay=False),
               help="Instead of --server: start a local server on this repository for the measurement.")
-@click.option("--golden", required=True, type=click.Path(path_type=Path),
-              help="Golden set (or a plain inputs .npz) whose inputs are sent.")
+@golden_option(required=True, help="Golden set (or a plain inputs .npz) whose inputs are sent.")
 @spec_option("Spec whose triton.perf block says what one event is.")
 @click.option("--batch", type=click.IntRange(min=1), help="Rows per request (default: spec triton.perf.batch_per_request).")
 @click.option("--requests-per-event", type=click.IntRange(min=1), help="Requests per event (default: from the spec).")
