@@ -232,3 +232,56 @@ def test_validate_exits_3_when_undecided_and_reports_the_intervals(tiny_onnx: Pa
     auc = next(c for c in variant["physics"]["checks"] if c["metric"].startswith("auc["))
     assert auc["interval"] == [0.0, 0.0] and auc["n_events"] == 300
     assert "95 % interval" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _tf_style_classifier(path: Path, weights: np.ndarray) -> Path:
+    """A classifier as old TensorFlow exporters wrote it: IR 3, opset 9, ``name:0`` tensors, batch dim ``N``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("MatMul", ["input_1:0", "dense/kernel:0"], ["dense/MatMul:0"]),
+             helper.make_node("Softmax", ["dense/MatMul:0"], ["ID_pred/Softmax:0"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "tf2onnx", [helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, ["N", weights.shape[0]])],
+        [helper.make_tensor_value_info("ID_pred/Softmax:0", TensorProto.FLOAT, ["N", weights.shape[1]])],
+        [numpy_helper.from_array(weights.astype(np.float32), "dense/kernel:0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], producer_name="tf2onnx")
+    model.ir_version = 3
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("layout", ["golden.npz", "test_data"])
+def test_verdicts_on_a_model_we_did_not_make(tmp_path: Path, layout: str) -> None:
+    """IR 3 / opset 9, TensorFlow-style names and a batch dim named N: the same verdicts, and the
+    binning variable survives both reference layouts."""
+    from hepdeploy.cli import main
+    from hepdeploy.data import save_tensors
+    from hepdeploy.validate.reference import load_reference
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(8, 3)) * 1.5
+    x = rng.normal(size=(20000, 8)).astype(np.float32)
+    labels = np.argmax(x @ weights + 1.5 * rng.normal(size=(20000, 3)), axis=1)
+    save_tensors(tmp_path / "data.npz", {"input_1:0": x, "labels": labels,
+                                         "jet_pt": rng.uniform(30, 300, 20000).astype(np.float32)})
+    reference = _tf_style_classifier(tmp_path / "reference.onnx", weights)
+    golden = tmp_path / layout
+    made = CliRunner().invoke(main, ["reference", str(reference), "--data", str(tmp_path / "data.npz"), "-o", str(golden),
+                                     "--labels", "labels", "--variable", "jet_pt",
+                                     *(["--samples-per-set", "5000"] if layout == "test_data" else [])])
+    assert made.exit_code == 0, made.output
+    kept = load_reference(golden)
+    assert list(kept.outputs) == ["ID_pred/Softmax:0"] and kept.variables["jet_pt"].shape == (20000,)
+
+    expected = {"same": (weights + 1e-3, 0, "PASS"), "worse": (weights + rng.normal(size=weights.shape), 1, "FAIL")}
+    for name, (candidate_weights, exit_code, outcome) in expected.items():
+        candidate = _tf_style_classifier(tmp_path / f"{name}.onnx", candidate_weights)
+        report_dir = tmp_path / f"report-{name}"
+        result = CliRunner().invoke(main, ["validate", str(candidate), "--golden", str(golden), "--policy", "physics",
+                                           "--report-dir", str(report_dir)])
+        assert result.exit_code == exit_code, result.output
+        variant = json.loads((report_dir / "report.json").read_text())["variants"][0]
+        assert variant["outcome"] == outcome
+        auc = next(c for c in variant["physics"]["checks"] if c["metric"] == "auc[class 0]")
+        assert auc["n_events"] == 20000 and auc["interval"][0] <= auc["interval"][1]
