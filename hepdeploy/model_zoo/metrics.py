@@ -1,24 +1,9 @@
-"""Physics metrics of the zoo's tasks, in plain numpy (no scikit-learn dependency)."""
+"""The zoo's training reports: its tasks' metrics over a test set."""
 from __future__ import annotations
 
 import numpy as np
 
-
-def roc_auc(scores: np.ndarray, is_signal: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged)."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    is_signal = np.asarray(is_signal).astype(bool).ravel()
-    n_sig, n_bkg = int(is_signal.sum()), int((~is_signal).sum())
-    if n_sig == 0 or n_bkg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # Average rank for ties.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[is_signal].sum() - n_sig * (n_sig + 1) / 2.0) / (n_sig * n_bkg))
+from hepdeploy.metrics import robust_bias_resolution, roc_auc
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -38,18 +23,13 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     }
 
 
-def robust_width(values: np.ndarray) -> float:
-    """IQR / 1.349: the Gaussian sigma for Gaussian data, robust to tails."""
-    q75, q25 = np.percentile(values, [75, 25])
-    return float((q75 - q25) / 1.349)
-
-
 def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict:
     """Bias (median) and resolution (IQR/1.349) of the relative residual (pred - true) / true."""
     predictions = np.asarray(predictions, dtype=np.float64).ravel()
     targets = np.asarray(targets, dtype=np.float64).ravel()
     relative = (predictions - targets) / np.maximum(np.abs(targets), 1.0)
-    return {"bias": float(np.median(relative)), "resolution": robust_width(relative)}
+    bias, resolution = robust_bias_resolution(relative)
+    return {"bias": bias, "resolution": resolution}
 
 
 def edge_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:

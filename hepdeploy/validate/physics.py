@@ -24,8 +24,8 @@ candidate passes" is a claim that *every* metric is in, which needs each one's o
 inside (an intersection-union test needs no correction): a candidate outside some allowance
 is called PASS in at most 2.5 % of reference sets. The candidate's physics verdict is FAIL if
 any check fails, else UNDECIDED if any is undecided, else PASS; so a redrawn reference set
-moves a verdict from or to UNDECIDED, and from PASS to FAIL only with these small probabilities. The AUC and the curves are
-computed with numpy (rank statistics, ties averaged), without scikit-learn.
+moves a verdict from or to UNDECIDED, and from PASS to FAIL only with these small probabilities.
+The scalar definitions of the metrics are in :mod:`hepdeploy.metrics`.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hepdeploy.errors import DataError
+from hepdeploy.metrics import IQR_TO_SIGMA, roc_curve
 from hepdeploy.spec import PhysicsSpec
 from hepdeploy.validate.bootstrap import (
     Kernel,
@@ -58,63 +59,6 @@ Kind = Literal["drop", "increase", "abs", "level", "info"]
 # Where the ROC band is drawn (background efficiencies) and from how many replicas.
 ROC_BAND_GRID = np.logspace(-3, 0, 31)
 ROC_BAND_REPLICAS = 100
-
-IQR_TO_SIGMA = 1.349  # IQR of a unit Gaussian: IQR/1.349 is a robust standard deviation
-
-
-# ---------------------------------------------------------------------------- metrics
-
-
-def roc_auc(scores: np.ndarray, is_signal: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U / (n_sig * n_bkg), ties count one half)."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(is_signal, dtype=bool).ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    _, inverse, counts = np.unique(s[order], return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts).astype(np.float64)
-    average_rank = ends - (counts - 1) / 2.0  # 1-based mean rank of each group of ties
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = average_rank[inverse]
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def roc_curve(scores: np.ndarray, is_signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(background efficiency, signal efficiency) for every distinct score cut, from (0, 0) to (1, 1)."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(is_signal, dtype=bool).ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return np.array([0.0, 1.0]), np.array([0.0, 1.0])
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last_of_group = np.r_[np.nonzero(np.diff(s_sorted))[0], s.size - 1]
-    true_pos = np.cumsum(y_sorted)[last_of_group]
-    false_pos = last_of_group + 1 - true_pos
-    return np.r_[0.0, false_pos / n_neg], np.r_[0.0, true_pos / n_pos]
-
-
-def signal_efficiency_at(scores: np.ndarray, is_signal: np.ndarray, background_efficiency: float) -> float:
-    """Signal efficiency of the cut that keeps ``background_efficiency`` of the background (interpolated)."""
-    fpr, tpr = roc_curve(scores, is_signal)
-    if not np.asarray(is_signal, dtype=bool).any() or np.asarray(is_signal, dtype=bool).all():
-        return float("nan")
-    return float(np.interp(background_efficiency, fpr, tpr))
-
-
-def robust_bias_resolution(residual: np.ndarray) -> tuple[float, float]:
-    """(median, IQR/1.349) of a residual distribution; NaN when empty."""
-    r = np.asarray(residual, dtype=np.float64).ravel()
-    r = r[np.isfinite(r)]
-    if r.size == 0:
-        return float("nan"), float("nan")
-    q25, q50, q75 = np.percentile(r, [25, 50, 75])
-    return float(q50), float((q75 - q25) / IQR_TO_SIGMA)
-
 
 # ---------------------------------------------------------------------------- checks
 
@@ -413,7 +357,7 @@ def _as_probabilities(reference: np.ndarray, candidate: np.ndarray, result: Phys
     """Both models' scores as probabilities, transformed alike: a softmax (several classes) or a sigmoid
     (one) when the reference's scores are logits, else as they are.
 
-    The reference decides for both: an INT8 softmax whose rows sum to 1 +- 0.005 must not be
+    The reference decides for both: an INT8 softmax whose rows miss 1 by more than 1e-3 must not be
     mistaken for logits while the reference's are not.
     """
     s = reference.astype(np.float64)
@@ -555,7 +499,8 @@ def _regression(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.nd
             rel_diff = (p_cand[:, k] - p_ref[:, k]) / np.abs(true)
         for subset in subsets:
             rows = np.nonzero(usable)[0] if subset.rows is None else subset.rows[usable[subset.rows]]
-            kernels = [plan.kernel(_ResidualKernel(values[rows], rows, plan.n_rows)) for values in (rel_ref, rel_cand, rel_diff)]
+            kernels = [plan.kernel(_ResidualKernel(values[rows], rows, plan.n_rows))
+                       for values in (rel_ref, rel_cand, rel_diff)]
             part = _Subset(subset.label, rows, len(rows))
             floor = _floor(len(rows), spec.min_events, "events")
             plan.add(f"bias{tag}", "abs", spec.max_bias_change, f"|change| <= {spec.max_bias_change:g}",

@@ -4,15 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hepdeploy.metrics import robust_bias_resolution, roc_auc, roc_curve, signal_efficiency_at
 from hepdeploy.spec import PhysicsSpec
-from hepdeploy.validate.physics import (
-    infer_task,
-    physics_checks,
-    robust_bias_resolution,
-    roc_auc,
-    roc_curve,
-    signal_efficiency_at,
-)
+from hepdeploy.validate.physics import infer_task, physics_checks
 
 
 def _pairwise_auc(scores: np.ndarray, signal: np.ndarray) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from hepdeploy.metrics import roc_auc, signal_efficiency_at
 from hepdeploy.spec import PhysicsSpec
 from hepdeploy.validate.bootstrap import (
     QuantileKernel,
@@ -18,7 +19,7 @@ from hepdeploy.validate.bootstrap import (
     evaluate,
     resample,
 )
-from hepdeploy.validate.physics import physics_checks, roc_auc, signal_efficiency_at
+from hepdeploy.validate.physics import physics_checks
 
 
 def _classifier(n: int, seed: int, classes: int = 3, separation: float = 2.5) -> tuple[np.ndarray, np.ndarray]:
