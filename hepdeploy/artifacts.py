@@ -93,6 +93,22 @@ def sidecar_path_for(onnx_path: Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
+def engine_sidecar_path(engine_path: Path) -> Path:
+    """``X.plan.json``: an engine keeps its suffix in its sidecar's name, beside ``X.onnx``'s ``X.json``."""
+    return Path(engine_path).with_name(Path(engine_path).name + ".json")
+
+
+def read_engine_sidecar(model_file: Path) -> Sidecar | None:
+    """The sidecar of a non-ONNX model file: ``X.plan.json`` (hepdeploy's engines), else ``X.json``; None if unreadable."""
+    for side in (engine_sidecar_path(model_file), sidecar_path_for(model_file)):
+        if side.is_file() and side != Path(model_file):
+            try:
+                return Sidecar.model_validate_json(side.read_text(encoding="utf-8"))
+            except (OSError, ValidationError):
+                continue
+    return None
+
+
 def load_onnx(path: Path, load_weights: bool = True) -> onnx.ModelProto:
     """Load an ONNX file or raise ModelLoadError with one clear line."""
     import onnx

@@ -14,7 +14,8 @@ _RECORDED = ("torch", "onnx", "onnxruntime", "onnxslim", "nvidia-modelopt", "ten
 
 
 # One module, several distributions: "onnxruntime" is whichever of these is installed.
-_ALTERNATIVES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
+_ALTERNATIVES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+                 "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11")}
 
 
 def package_version(name: str) -> str | None:

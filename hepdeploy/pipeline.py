@@ -26,18 +26,27 @@ from typing import Any
 
 import numpy as np
 
+from hepdeploy.artifacts import read_engine_sidecar
+from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.convert import convert_from_spec, merge_zoo_spec
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, HepDeployError, first_line
 from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.model_zoo import export_network, get_network
 from hepdeploy.optimize import optimize_artifact
+from hepdeploy.optimize.trt_precheck import precheck_model
+from hepdeploy.plan_compat import (
+    DEFAULT_SERVER_RELEASE,
+    plan_metadata_of,
+    plan_problems,
+    server_release,
+)
 from hepdeploy.progress import progress
 from hepdeploy.sampling import sample_inputs, typical_sizes
 from hepdeploy.serve_check import serve_check
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
-from hepdeploy.triton.check import check_repository_report
+from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.repository import publish_spec
 from hepdeploy.validate import (
     ReferenceSet,
@@ -92,6 +101,8 @@ class BuildOptions:
     publish: bool = True
     serve_check: bool = False
     require_gpu: bool = False
+    # The tritonserver release that will serve the repository; overrides each spec's triton.server_release.
+    server_release: str | None = None
     budget: str = "full"
     strict: bool = False  # every variant must pass validation, not only the served ones
 
@@ -284,6 +295,7 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
             variant=variant)
         if step.ok:
             made[variant] = output
+    _tensorrt_checks(build, spec, options, fp32_path, made, plan_wanted="tensorrt" in wanted)
 
     if not referenced.ok:
         build.add(StepResult("validate", "skipped", "no golden set: nothing was validated or published"))
@@ -308,6 +320,48 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         build.run("publish", lambda: _publish_step(repository, spec, passing, verdicts, reference.inputs))
     else:
         build.add(StepResult("publish", "skipped", "no variant passed validation"))
+
+
+def _tensorrt_checks(build: ModelBuild, spec: ModelSpec, options: BuildOptions, fp32_path: Path,
+                     made: dict[str, Path], plan_wanted: bool) -> None:
+    """The plan against the target server where one was built; the ONNX parser precheck where none could be.
+
+    Without a GPU a user still learns what TensorRT would refuse: the graphs a plan is built
+    from (the TensorRT-targeted ONNX variants, and the fp32 parent when a plan was asked for)
+    are prechecked against the target release's operator list; findings reject the tensorrt
+    variant with the reason (the ONNX variants are still validated and served by ONNX Runtime).
+    """
+    release_name = options.server_release or spec.triton.server_release or DEFAULT_SERVER_RELEASE
+    release = server_release(release_name)
+    plan = made.get("tensorrt")
+    if plan is not None:
+        sidecar = read_engine_sidecar(plan)
+        metadata = plan_metadata_of(sidecar) if sidecar is not None else None
+        problems = plan_problems(plan.name, metadata, release=release) if metadata is not None else []
+        if problems:
+            made.pop("tensorrt")
+            build.add(StepResult("compat:tensorrt", "rejected", "; ".join(problems), variant="tensorrt"))
+        return
+    graphs = {v: p for v, p in made.items() if variant_kind(v).target == "tensorrt" and p.suffix == ".onnx"}
+    if plan_wanted and fp32_path.is_file():
+        graphs = {"fp32": fp32_path, **graphs}
+    if not graphs or tensorrt_unavailable() is None:
+        return  # nothing for TensorRT, or a GPU here: the plan itself is the check
+
+    def precheck() -> StepResult:
+        reports = {label: precheck_model(path, release.tensorrt) for label, path in graphs.items()}
+        refused = {label: r for label, r in reports.items() if not r.ok}
+        list_label = next(iter(reports.values())).operators.label()
+        details = {label: [f.line() for f in r.findings] for label, r in reports.items()}
+        if refused:
+            reason = "; ".join(f"{label}: {r.errors[0].line()} (+{len(r.errors) - 1} more)" if len(r.errors) > 1
+                               else f"{label}: {r.errors[0].line()}" for label, r in refused.items())
+            return StepResult("precheck:tensorrt", "rejected", f"{reason} [{list_label}]", details=details,
+                              variant="tensorrt")
+        return StepResult("precheck:tensorrt", "ok", f"{', '.join(graphs)} pass the TensorRT ONNX parser precheck "
+                          f"for Triton {release.release} [{list_label}]", details=details, variant="tensorrt")
+
+    build.run("precheck:tensorrt", precheck, variant="tensorrt")
 
 
 def _publish_step(repository: Path, spec: ModelSpec, variants: dict[str, Path], verdicts: dict[str, dict[str, Any]],
@@ -352,7 +406,8 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
         except Exception as error:  # whatever escapes between the steps ends this model only
             model.add(failed_step("build", error, model.folder / "logs"))
     if repository is not None:
-        report.repository_steps.append(run_step("triton-check", lambda: _check_step(repository), out_dir / "logs"))
+        report.repository_steps.append(run_step("triton-check", lambda: _check_step(repository, options.server_release),
+                                                out_dir / "logs"))
         report.write_summary()
         if options.serve_check:
             report.repository_steps.append(run_step("serve-check", lambda: _serve_check_step(repository, goldens),
@@ -362,8 +417,9 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
     return report
 
 
-def _check_step(repository: Path) -> StepResult:
-    checked = check_repository_report(repository)
+def _check_step(repository: Path, release: str | None) -> StepResult:
+    environment = CheckEnvironment(release=server_release(release) if release else None)
+    checked = check_repository_report(repository, environment=environment)
     if checked.problems:
         return StepResult("triton-check", "failed", f"{len(checked.problems)} problem(s)",
                           details={"problems": [p.line() for p in checked.problems]})

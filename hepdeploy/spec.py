@@ -21,6 +21,7 @@ from pydantic import (
 
 from hepdeploy.errors import SpecError, UnsafeNameError, first_line
 from hepdeploy.fsutil import check_safe_name
+from hepdeploy.plan_compat import ProfileRange, server_release
 from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES
 
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
@@ -152,6 +153,10 @@ class VariantSpec(_Strict):
     quantize_op_types: list[str] = Field(default_factory=list)
     per_channel: bool = True
     workspace_mib: int = Field(4096, ge=16)
+    # tensorrt: value ranges of shape-tensor inputs (inputs whose values set output shapes).
+    shape_input_values: dict[str, ProfileRange] = Field(default_factory=dict)
+    # tensorrt: a version-compatible plan (runs in later TensorRT releases of the same major version).
+    version_compatible: bool = False
     # int8-trt: dtype of the layers left unquantized (ModelOpt's high_precision_dtype).
     # fp32 keeps the variant comparable with the int8 tolerances; fp16 is faster on GPUs.
     high_precision_dtype: Literal["fp32", "fp16"] = "fp32"
@@ -252,6 +257,9 @@ class TritonSpec(_Strict):
     dynamic_batching: DynamicBatching | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)
     tensorrt_accelerator: Literal["FP32", "FP16", "INT8"] | None = None
+    # The NGC tritonserver release that will serve the repository ("24.10"): plans and ORT-TRT
+    # configs are checked against its TensorRT and ONNX Runtime versions.
+    server_release: str | None = None
     warmup: bool = True
     version_policy: Literal["latest", "all"] | dict[str, Any] = "latest"
     cpu_twin: CpuTwin | None = None
@@ -262,6 +270,11 @@ class TritonSpec(_Strict):
     @classmethod
     def _safe(cls, value: str | None) -> str | None:
         return None if value is None else check_safe_name(value, "Triton model name")
+
+    @field_validator("server_release")
+    @classmethod
+    def _known_release(cls, value: str | None) -> str | None:
+        return None if value is None else server_release(value).release
 
 
 def _variants_default() -> list[VariantSpec]:

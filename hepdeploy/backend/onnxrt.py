@@ -27,14 +27,17 @@ import numpy as np
 
 from hepdeploy.artifacts import load_onnx
 from hepdeploy.backend.base import Runner
+from hepdeploy.environment import package_version
 from hepdeploy.errors import (
     BadInputError,
     DataError,
+    DependencyMissingError,
     ModelLoadError,
     NativeCrashError,
     first_line,
 )
 from hepdeploy.fsutil import check_input_file
+from hepdeploy.plan_compat import ort_tensorrt_problem
 from hepdeploy.spec import TensorSpec
 
 if TYPE_CHECKING:
@@ -66,6 +69,14 @@ def ort_error_line(error: BaseException) -> str:
             text = text.split(marker, 1)[1]
             break
     return _ORT_SOURCE_POSITION.sub("failed: ", text)[:400]
+
+
+def _check_tensorrt_provider(ort_version: str) -> None:
+    """Refuse ONNX Runtime's TensorRT provider over a TensorRT it does not support (it would fail obscurely)."""
+    tensorrt_version = package_version("tensorrt")
+    reason = ort_tensorrt_problem(ort_version, tensorrt_version) if tensorrt_version else None
+    if reason:
+        raise DependencyMissingError(reason)
 
 
 def create_session(
@@ -109,6 +120,8 @@ def create_session(
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     wanted = list(providers) if providers else [CPU]
+    if any((p if isinstance(p, str) else p[0]) == "TensorrtExecutionProvider" for p in wanted):
+        _check_tensorrt_provider(ort.__version__)
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=wanted)
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from hepdeploy.cli.options import budget_option, exporter_option, variant_option
+from hepdeploy.cli.options import (
+    budget_option,
+    exporter_option,
+    server_release_option,
+    variant_option,
+)
 from hepdeploy.pipeline import (
     DEFAULT_ZOO_SET,
     BuildOptions,
@@ -30,12 +35,13 @@ DEFAULT_OUT = Path("hepdeploy-out")
 @click.option("--serve-check", is_flag=True,
               help="Start a local Triton server on the new repository and validate what it serves.")
 @click.option("--require-gpu", is_flag=True, help="Fail (exit 2) instead of skipping the TensorRT engine without a GPU.")
+@server_release_option
 @budget_option()
 @click.option("--strict", is_flag=True,
               help="Fail (exit 1) when any variant fails validation, not only a variant the spec serves.")
 def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, ...], variants: tuple[str, ...],
-                  exporter: str, no_publish: bool, serve_check: bool, require_gpu: bool, budget: str,
-                  strict: bool) -> None:
+                  exporter: str, no_publish: bool, serve_check: bool, require_gpu: bool,
+                  server_release: str | None, budget: str, strict: bool) -> None:
     """Convert, optimize, validate and publish every SPEC.
 
     With no SPEC and no --zoo, builds the embedded default zoo set into ./hepdeploy-out/.
@@ -48,8 +54,8 @@ def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, 
     names = list(zoo_names) or ([] if specs else list(DEFAULT_ZOO_SET))
     model_specs += [zoo_build_spec(name) for name in names]
     options = BuildOptions(out_dir=out_dir, exporter=exporter, variants=list(variants) or None,
-                           publish=not no_publish, serve_check=serve_check, require_gpu=require_gpu, budget=budget,
-                           strict=strict)
+                           publish=not no_publish, serve_check=serve_check, require_gpu=require_gpu,
+                           server_release=server_release, budget=budget, strict=strict)
     report = build(model_specs, options)
     _print_report(report)
     sys.exit(1 if report.failed else 0)

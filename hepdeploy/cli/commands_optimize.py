@@ -9,11 +9,14 @@ from hepdeploy.artifacts import read_artifact
 from hepdeploy.cli.options import (
     CalibrationOptions,
     calibration_options,
+    server_release_option,
     spec_option,
     variant_option,
 )
 from hepdeploy.errors import BadInputError
 from hepdeploy.optimize import optimize_artifact, variant_spec
+from hepdeploy.optimize.trt_precheck import precheck_model
+from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE, server_release
 from hepdeploy.spec import ModelSpec, SourceSpec
 from hepdeploy.variants import variant_kind
 
@@ -21,7 +24,7 @@ from hepdeploy.variants import variant_kind
 @click.command("optimize")
 @click.argument("model", type=click.Path(path_type=Path))
 @variant_option(required=True, help="Which variant to make (fp32 = simplified graph; tensorrt = a .plan, GPU only).")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), metavar="OUT",
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="OUT",
               help="The .onnx (or .plan) file to write, or an existing folder for MODEL.<variant>.onnx.")
 @spec_option("Model spec (YAML): tensors, dims for the TensorRT profile, data and variant options.")
 @calibration_options
@@ -42,11 +45,18 @@ from hepdeploy.variants import variant_kind
               help="int8-trt: dtype of the layers left unquantized (default fp32).")
 @click.option("--workspace-mib", type=click.IntRange(16, None), help="tensorrt: builder workspace limit.")
 @click.option("--require-gpu", is_flag=True, help="tensorrt: fail (exit 2) instead of skipping without TensorRT/CUDA.")
+@click.option("--version-compatible", is_flag=True,
+              help="tensorrt: a version-compatible plan (runs in later TensorRT 10.x/11.x runtimes; Triton must be "
+                   "started with --backend-config=tensorrt,version-compatible=true).")
+@click.option("--precheck", is_flag=True,
+              help="tensorrt: build nothing; report what TensorRT's ONNX parser would refuse in MODEL (no GPU needed). "
+                   "Exit 1 when it would refuse the graph.")
+@server_release_option
 def optimize_command(
-    model: Path, variant: str, output: Path, spec: ModelSpec | None, calibration: CalibrationOptions,
+    model: Path, variant: str, output: Path | None, spec: ModelSpec | None, calibration: CalibrationOptions,
     method: str | None, exclude_nodes: tuple[str, ...], exclude_ops: tuple[str, ...], quantize_ops: tuple[str, ...],
     fp32_nodes: tuple[str, ...], fp32_ops: tuple[str, ...], per_tensor: bool, high_precision: str | None,
-    workspace_mib: int | None, require_gpu: bool,
+    workspace_mib: int | None, require_gpu: bool, version_compatible: bool, precheck: bool, server_release: str | None,
 ) -> None:
     """Make one optimized VARIANT of the ONNX artifact MODEL.
 
@@ -54,8 +64,15 @@ def optimize_command(
     fp16: ModelOpt AutoCast, FP32 inputs/outputs, sensitive nodes kept FP32.
     int8-trt: ModelOpt explicit Q/DQ PTQ for TensorRT (needs --calibration).
     int8-cpu: ONNX Runtime static QDQ, u8 activations / s8 per-channel weights (needs --calibration).
-    tensorrt: a strongly typed TensorRT .plan (skipped without TensorRT and a CUDA device).
+    tensorrt: a strongly typed TensorRT .plan (skipped without TensorRT and a CUDA device);
+    with --precheck, what TensorRT's ONNX parser would refuse, per the operator list of the
+    target server's TensorRT (--server-release, default the README's 24.10).
     """
+    if precheck:
+        _precheck(model, variant, server_release)
+        return
+    if output is None:
+        raise BadInputError("-o/--output is required (except with --precheck)")
     vspec = variant_spec(variant, spec)
     updates: dict[str, object] = {}
     if method:
@@ -76,6 +93,8 @@ def optimize_command(
         updates["high_precision_dtype"] = high_precision
     if workspace_mib:
         updates["workspace_mib"] = workspace_mib
+    if version_compatible:
+        updates["version_compatible"] = True
     vspec = vspec.model_copy(update=updates)
 
     if calibration.changes_data_spec:
@@ -92,6 +111,17 @@ def optimize_command(
     click.echo(result.line())
     for path in result.outputs:
         click.echo(f"  wrote {path}")
+
+
+def _precheck(model: Path, variant: str, release_name: str | None) -> None:
+    if variant != "tensorrt":
+        raise BadInputError("--precheck checks a graph for a TensorRT engine: use it with --variant tensorrt")
+    release = server_release(release_name or DEFAULT_SERVER_RELEASE)
+    report = precheck_model(model, release.tensorrt)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
 
 
 def _spec_from_model(model: Path) -> ModelSpec:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import click
 
-from hepdeploy.cli.options import spec_option
+from hepdeploy.cli.options import server_release_option, spec_option
 from hepdeploy.errors import BadInputError
+from hepdeploy.plan_compat import server_release as release_by_name
 from hepdeploy.spec import ModelSpec
-from hepdeploy.triton.check import check_repository_report
+from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.python_backend import twin_name
 from hepdeploy.triton.repository import publish_model, publish_python_twin
 from hepdeploy.validate.reference import load_data_file
@@ -103,9 +104,17 @@ def add_command(
 @triton.command("check")
 @click.argument("repo", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--no-run", is_flag=True, help="Structure and tensors only; do not run models in ONNX Runtime.")
-def check_command(repo: Path, no_run: bool) -> None:
-    """Check every model in REPO: one line per problem, exit 1 if any."""
-    report = check_repository_report(repo, run_models=not no_run)
+@server_release_option
+def check_command(repo: Path, no_run: bool, server_release: str | None) -> None:
+    """Check every model in REPO: one line per problem, exit 1 if any.
+
+    TensorRT plans are checked from their recorded metadata on any machine (engine profile
+    against the config, compute capability against cc_model_filenames, TensorRT version
+    against --server-release) and deserialized only where TensorRT and a GPU of the plan's
+    compute capability are present; elsewhere a note says why the plan is not loadable here.
+    """
+    environment = CheckEnvironment(release=release_by_name(server_release) if server_release else None)
+    report = check_repository_report(repo, run_models=not no_run, environment=environment)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for problem in report.problems:

@@ -30,6 +30,7 @@ from hepdeploy.compare import ToleranceOverrides, parse_tolerance_values
 from hepdeploy.convert import EXPORTERS
 from hepdeploy.errors import BadInputError
 from hepdeploy.model_zoo.base import BUDGETS
+from hepdeploy.plan_compat import server_release
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.validate import ReferenceSet, load_reference, make_reference
 from hepdeploy.validate.reference import resolve_labels
@@ -113,6 +114,16 @@ def exporter_option(f: F) -> F:
 
 def budget_option(help: str = "Training budget for zoo networks that are not cached yet.") -> Callable[[F], F]:  # noqa: A002
     return click.option("--budget", type=click.Choice(BUDGETS), default="full", show_default=True, help=help)
+
+
+def _check_release(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else server_release(value).release
+
+
+def server_release_option(f: F) -> F:
+    return click.option("--server-release", metavar="YY.MM", callback=_check_release,
+                        help="The NGC tritonserver release that will serve the models (e.g. 24.10): TensorRT plans and "
+                             "ORT-TensorRT configs are checked against its TensorRT and ONNX Runtime versions.")(f)
 
 
 def cache_option(f: F) -> F:

@@ -117,7 +117,7 @@ def optimize_artifact(
         raise BadInputError(f"{output}: the {kind.name} variant is written to a {kind.suffix} file")
     if kind.is_engine:
         build = _maker(kind)
-        result = build(parent, output, spec=spec, workspace_mib=vspec.workspace_mib, require_gpu=require_gpu)
+        result = build(parent, output, spec=spec, variant=vspec, require_gpu=require_gpu)
         result.variant = kind.name
         return result
     if output.resolve() == parent.path.resolve():

@@ -6,72 +6,49 @@ keeps. No API that TensorRT 11 removed is used: no FP16/INT8 builder flags, no
 calibrators, no EXPLICIT_BATCH flag (networks are always explicit batch since 10.0;
 the STRONGLY_TYPED flag is still accepted by 11, where strong typing is always on).
 
-One optimisation profile spans the spec's dynamic dims (min/opt/max), the workspace
-pool is capped with ``set_memory_pool_limit``, and a timing cache file is read before
-and written after the build so later builds on the same GPU are faster. The sidecar
-``X.plan.json`` records the TensorRT version, GPU name and compute capability: a plan
-only runs on the TensorRT version and GPU architecture it was built for.
+One optimisation profile spans the spec's dynamic dims (min/opt/max); shape-tensor inputs
+get value ranges (``shape_input_values``). The workspace pool is capped with
+``set_memory_pool_limit``. A timing cache is kept per GPU architecture and TensorRT version
+(``tensorrt.sm80.trt10.5.0.timing.cache``), so plans for several GPUs can be built into one
+folder; a cache TensorRT refuses (another GPU or version) is replaced by an empty one with a
+warning, and saving it is best effort, after the plan and its sidecar are written.
+
+The sidecar ``X.plan.json`` records :class:`hepdeploy.plan_compat.PlanMetadata`: TensorRT
+version, GPU and compute capability, profiles, precision, builder flags. A plan only runs
+on the TensorRT version and GPU architecture it was built for, and Triton's config is
+derived from that record.
 
 ``import tensorrt`` is lazy; without it, or without a CUDA device, the step is
 "skipped" with the reason (or DependencyMissingError when a GPU is required).
 """
 from __future__ import annotations
 
-import ctypes
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hepdeploy.artifacts import Artifact, StepRecord, VariantRecord, derive_sidecar
+from hepdeploy.artifacts import (
+    Artifact,
+    StepRecord,
+    VariantRecord,
+    derive_sidecar,
+    engine_sidecar_path,
+)
+from hepdeploy.backend.cudart import cuda_device
+from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.errors import ConversionError, DependencyMissingError
 from hepdeploy.fsutil import atomic_path, atomic_write_text, sha256_file
+from hepdeploy.plan_compat import PLAN_STEP, PlanMetadata, ProfileRange
 from hepdeploy.sampling import dim_range
-from hepdeploy.spec import ModelSpec, TensorSpec
+from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.steps import StepResult
 
 log = logging.getLogger("hepdeploy.optimize.tensorrt")
 
 
-@dataclass(frozen=True)
-class CudaDevice:
-    name: str
-    compute_capability: str
-
-
-def cuda_device(index: int = 0) -> CudaDevice | None:
-    """The first CUDA device via the driver API (libcuda), or None where there is none."""
-    for library in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(library)
-            break
-        except OSError:
-            continue
-    else:
-        return None
-    count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= index:
-        return None
-    device = ctypes.c_int(0)
-    if cuda.cuDeviceGet(ctypes.byref(device), index) != 0:
-        return None
-    name = ctypes.create_string_buffer(256)
-    cuda.cuDeviceGetName(name, 256, device)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # COMPUTE_CAPABILITY_MINOR
-    return CudaDevice(name.value.decode(errors="replace"), f"{major.value}.{minor.value}")
-
-
 def unavailable_reason() -> str | None:
     """Why a TensorRT engine cannot be built here, or None when it can."""
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as error:  # ImportError, or OSError when libnvinfer is missing
-        return f"tensorrt is not importable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-    if cuda_device() is None:
-        return "no CUDA device"
-    return None
+    return tensorrt_unavailable()
 
 
 def profile_shapes(
@@ -92,12 +69,62 @@ def profile_shapes(
     return shapes
 
 
+# -- timing cache ------------------------------------------------------------------------------
+
+
+def timing_cache_path(folder: Path, compute_capability: str, tensorrt_version: str) -> Path:
+    """One cache per GPU architecture and TensorRT version: a cache only fits the pair that made it."""
+    release = ".".join(tensorrt_version.split(".")[:3])
+    return Path(folder) / f"tensorrt.sm{compute_capability.replace('.', '')}.trt{release}.timing.cache"
+
+
+def attach_timing_cache(config: Any, path: Path) -> bool:
+    """Attach the cache at ``path`` to a builder config; False when it was refused and an empty one used.
+
+    ``set_timing_cache(..., ignore_mismatch=False)`` refuses a cache from another GPU or
+    TensorRT version by returning False and leaving the config without a cache, so that
+    ``get_timing_cache()`` is None after the build. Refused caches are replaced, never ignored.
+    """
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = None
+    try:
+        cache = config.create_timing_cache(blob)
+    except Exception as error:  # a corrupt file: the bindings raise from the C++ deserializer
+        log.warning("tensorrt: timing cache %s is unreadable (%s); starting an empty one", path, error)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return True
+    if blob:
+        log.warning("tensorrt: timing cache %s was made by another GPU or TensorRT version; "
+                    "starting an empty one (it will be replaced)", path)
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        log.warning("tensorrt: building without a timing cache")
+    return not blob
+
+
+def save_timing_cache(config: Any, path: Path) -> bool:
+    """Write the config's timing cache to ``path`` (best effort: the plan is already written)."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        log.warning("tensorrt: no timing cache to save after the build")
+        return False
+    try:
+        with atomic_path(path, suffix=".cache.tmp") as tmp:
+            tmp.write_bytes(bytes(cache.serialize()))
+    except OSError as error:
+        log.warning("tensorrt: cannot save the timing cache %s (%s)", path, error.strerror or error)
+        return False
+    return True
+
+
+# -- the build ----------------------------------------------------------------------------------
+
+
 def build_engine(
     parent: Artifact,
     output: Path,
     *,
     spec: ModelSpec | None = None,
-    workspace_mib: int = 4096,
+    variant: VariantSpec | None = None,
     timing_cache: Path | None = None,
     require_gpu: bool = False,
 ) -> StepResult:
@@ -109,10 +136,12 @@ def build_engine(
         return StepResult("tensorrt", "skipped", reason=reason)
     import tensorrt as trt
 
+    variant = variant or VariantSpec(name="tensorrt")
     output = Path(output)
-    timing_cache = Path(timing_cache) if timing_cache else output.parent / "tensorrt.timing.cache"
     device = cuda_device()
     assert device is not None  # checked by unavailable_reason
+    timing_cache = Path(timing_cache) if timing_cache else timing_cache_path(
+        output.parent, device.compute_capability, trt.__version__)
     inputs = spec.inputs if spec is not None else parent.sidecar.inputs
     shapes = profile_shapes(inputs, spec)
 
@@ -129,39 +158,57 @@ def build_engine(
         raise ConversionError(f"tensorrt: the ONNX parser refused {parent.path}: {errors}")
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, variant.workspace_mib << 20)
+    builder_flags = []
+    if variant.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        builder_flags.append("VERSION_COMPATIBLE")
     profile = builder.create_optimization_profile()
-    network_inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    for tensor in network_inputs:
+    recorded: dict[str, ProfileRange] = {}
+    shape_values: dict[str, ProfileRange] = {}
+    for tensor in (network.get_input(i) for i in range(network.num_inputs)):
+        if tensor.is_shape_tensor:
+            # Its values, not its shape, set the output shapes: TensorRT needs their range.
+            values = variant.shape_input_values.get(tensor.name)
+            if values is None:
+                raise ConversionError(f"tensorrt: input {tensor.name!r} is a shape tensor; give its value range as "
+                                      f"shape_input_values: {{{tensor.name!r}: {{min: [...], opt: [...], max: [...]}}}} "
+                                      "in the tensorrt variant of the spec")
+            profile.set_shape_input(tensor.name, values.min, values.opt, values.max)
+            shape_values[tensor.name] = values
+            continue
         if tensor.name not in shapes:
             raise ConversionError(f"tensorrt: network input {tensor.name!r} is not in the spec's inputs")
         low, opt, high = shapes[tensor.name]
         profile.set_shape(tensor.name, low, opt, high)
+        recorded[tensor.name] = ProfileRange(min=list(low), opt=list(opt), max=list(high))
     config.add_optimization_profile(profile)
-    cache_blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    attach_timing_cache(config, timing_cache)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ConversionError(f"tensorrt: the builder failed on {parent.path} (see the TensorRT log above)")
     with atomic_path(output, suffix=".plan.tmp") as tmp:
         tmp.write_bytes(bytes(serialized))
-    with atomic_path(timing_cache, suffix=".cache.tmp") as tmp:
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
 
-    parameters: dict[str, Any] = {
-        "strongly_typed": strongly_typed is not None,
-        "profile": {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()},
-        "workspace_mib": workspace_mib,
-        "timing_cache": str(timing_cache),
-        "gpu_name": device.name,
-        "compute_capability": device.compute_capability,
-        "onnx_sha256": parent.sidecar.sha256,
-    }
-    step = StepRecord(name="tensorrt", tool="tensorrt", tool_version=trt.__version__, parameters=parameters)
+    metadata = PlanMetadata(
+        tensorrt_version=trt.__version__,
+        compute_capability=device.compute_capability,
+        gpu_name=device.name,
+        profiles=[recorded],
+        shape_input_values=shape_values,
+        precision=parent.sidecar.variant.precision,
+        builder_flags=builder_flags,
+        strongly_typed=strongly_typed is not None,
+        version_compatible=variant.version_compatible,
+        onnx_sha256=parent.sidecar.sha256,
+    )
+    parameters: dict[str, Any] = {**metadata.model_dump(mode="json"), "workspace_mib": variant.workspace_mib,
+                                  "timing_cache": str(timing_cache)}
+    step = StepRecord(name=PLAN_STEP, tool="tensorrt", tool_version=trt.__version__, parameters=parameters)
     record = VariantRecord(name="tensorrt", precision=parent.sidecar.variant.precision, target="tensorrt")
     sidecar = derive_sidecar(parent, record, step).model_copy(update={"sha256": sha256_file(output)})
-    sidecar_path = output.with_name(output.name + ".json")
+    sidecar_path = engine_sidecar_path(output)
     atomic_write_text(sidecar_path, sidecar.model_dump_json(indent=2) + "\n")
+    save_timing_cache(config, timing_cache)
     return StepResult("tensorrt", "ok", outputs=[output, sidecar_path], details=parameters)

@@ -7,8 +7,13 @@ file; max_batch_size agrees with the model's batch axis; preferred batch sizes f
 warm-up files have the announced size; checksums match the hepdeploy manifest (when one
 is there: repositories hepdeploy did not write have none, which is fine); and finally
 each ONNX model runs in ONNX Runtime at batch 1 and at the largest preferred batch, fed
-from the warm-up data (or seeded samples). TensorRT plans are deserialized where
-TensorRT is installed; elsewhere that is noted as skipped, not passed.
+from the warm-up data (or seeded samples).
+
+TensorRT plans are checked from the metadata the manifest records for each plan (on any
+machine): config <-> engine profile (max batch, dims), cc_model_filenames keys <-> the compute
+capability each plan was built on, and, with a target Triton release, the TensorRT version.
+A plan is deserialized only where TensorRT runs, on a GPU of the plan's compute capability;
+elsewhere the check says "plan not loadable here: <reason>", which is a note, not a pass.
 """
 from __future__ import annotations
 
@@ -21,15 +26,27 @@ import numpy as np
 
 from hepdeploy.artifacts import load_onnx, tensor_specs_of
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ort_error_line
+from hepdeploy.backend.trt import PlanLoader
 from hepdeploy.errors import (
     DataError,
     HepDeployError,
     ModelLoadError,
     RepositoryError,
+    SpecError,
     UnsafeNameError,
     first_line,
 )
 from hepdeploy.fsutil import check_safe_name, sha256_file
+from hepdeploy.plan_compat import (
+    ConfigTensor,
+    PlanMetadata,
+    ServerRelease,
+    check_capability_key,
+    config_profile_problems,
+    metadata_by_file,
+    ort_tensorrt_problem,
+    plan_problems,
+)
 from hepdeploy.triton.config import (
     WARMUP_FOLDER,
     config_platform,
@@ -64,6 +81,19 @@ class Problem:
 
 
 @dataclass
+class CheckEnvironment:
+    """Where the repository will be served (``release``) and how plans load here (made on first use)."""
+
+    release: ServerRelease | None = None
+    plan_loader: PlanLoader | None = None
+
+    def loader(self) -> PlanLoader:
+        if self.plan_loader is None:
+            self.plan_loader = PlanLoader.here()
+        return self.plan_loader
+
+
+@dataclass
 class CheckReport:
     repo: Path
     problems: list[Problem] = field(default_factory=list)
@@ -86,11 +116,13 @@ class CheckReport:
 class _ModelChecker:
     """Checks one model folder; collects problems and notes."""
 
-    def __init__(self, model_dir: Path, report: CheckReport, run_models: bool) -> None:
+    def __init__(self, model_dir: Path, report: CheckReport, run_models: bool,
+                 environment: CheckEnvironment | None = None) -> None:
         self.dir = model_dir
         self.name = model_dir.name
         self.report = report
         self.run_models = run_models
+        self.environment = environment or CheckEnvironment()
         self.problems: list[Problem] = []
 
     def problem(self, path: Path, message: str) -> None:
@@ -196,7 +228,7 @@ class _ModelChecker:
         self, config: model_config_pb2.ModelConfig, platform: str, version_dir: Path, served: bool
     ) -> None:
         """Files of every version; tensors and runs only for versions the version_policy serves."""
-        self._check_manifest(version_dir)
+        manifest = self._check_manifest(version_dir)
         wanted = model_filename(config)
         if not served:
             if wanted and not (version_dir / wanted).exists() and platform != "python":
@@ -209,35 +241,106 @@ class _ModelChecker:
             for onnx_file in sorted(version_dir.glob("*.onnx")):
                 self._check_onnx(config, onnx_file)
             return
-        if platform == "tensorrt_plan" and config.cc_model_filenames:
-            for capability, filename in config.cc_model_filenames.items():
-                if not (version_dir / filename).is_file():
-                    self.problem(version_dir / filename, f"plan for compute capability {capability} is missing")
+        if platform == "tensorrt_plan":
+            self._check_plans(config, version_dir, manifest)
+            return
         if wanted is None:
             self.note(f"platform {platform!r}: model file not checked")
             return
         path = version_dir / wanted
         if not path.exists():
-            if not (platform == "tensorrt_plan" and config.cc_model_filenames):
-                self.problem(path, f"model file {wanted} for platform {platform} is missing")
+            self.problem(path, f"model file {wanted} for platform {platform} is missing")
             return
         if platform == "onnxruntime_onnx":
+            self._check_ort_tensorrt(config, path)
             self._check_onnx(config, path)
-        elif platform == "tensorrt_plan":
-            self._check_plan(config, path)
         elif platform == "pytorch_libtorch":
             self._check_torchscript(path)
         elif platform == "tensorflow_savedmodel" and not (path / "saved_model.pb").is_file():
             self.problem(path, "not a SavedModel folder (no saved_model.pb)")
 
-    def _check_manifest(self, version_dir: Path) -> None:
+    def _check_ort_tensorrt(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+        """ONNX Runtime's TensorRT execution provider against the target server's versions."""
+        accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+        release = self.environment.release
+        if release is None or release.tensorrt is None or not any(a.name == "tensorrt" for a in accelerators):
+            return
+        reason = ort_tensorrt_problem(release.onnxruntime, release.tensorrt)
+        if reason:
+            self.problem(path, f"Triton {release.release}: {reason}")
+
+    # -- TensorRT plans ------------------------------------------------------------------------
+
+    def _check_plans(self, config: model_config_pb2.ModelConfig, version_dir: Path,
+                     manifest: dict[str, Any] | None) -> None:
+        """Every plan of the version: files, recorded metadata against config and server, then loading."""
+        plans: dict[str, str | None] = {}  # file name -> its cc_model_filenames key (None: the default file)
+        wanted = model_filename(config) or "model.plan"
+        for capability, filename in sorted(config.cc_model_filenames.items()):
+            try:
+                check_capability_key(capability)
+            except SpecError as error:
+                self.problem(self.dir / CONFIG_NAME, str(error))
+            if not (version_dir / filename).is_file():
+                self.problem(version_dir / filename, f"plan for compute capability {capability} is missing")
+            else:
+                plans[filename] = capability
+        if (version_dir / wanted).is_file():
+            plans.setdefault(wanted, None)
+        elif not config.cc_model_filenames:
+            self.problem(version_dir / wanted, f"model file {wanted} for platform tensorrt_plan is missing")
+        try:
+            recorded = metadata_by_file(manifest)
+        except ValueError as error:  # pydantic's ValidationError
+            self.problem(version_dir / MANIFEST_NAME, f"unreadable plan metadata ({first_line(error)})")
+            recorded = {}
+        if not recorded and plans:
+            self.note(f"version {version_dir.name}: no recorded plan metadata (not built by hepdeploy?); "
+                      "engine profile, compute capability and TensorRT version not checked")
+        inputs = [ConfigTensor(t.name, list(t.dims)) for t in config.input]
+        preferred = list(config.dynamic_batching.preferred_batch_size)
+        release = self.environment.release
+        if release is not None and release.tensorrt is None and plans:
+            self.note(f"Triton {release.release}: its TensorRT version is not in hepdeploy's table; "
+                      "plan versions not checked against it")
+        for filename, capability in plans.items():
+            path = version_dir / filename
+            metadata = recorded.get(filename)
+            if metadata is not None:
+                for message in config_profile_problems(metadata, config.max_batch_size, inputs, preferred):
+                    self.problem(path, message)
+                for message in plan_problems(filename, metadata, capability_key=capability, release=release):
+                    self.problem(path, message)
+            elif recorded:
+                self.note(f"{filename}: not in the manifest's plan metadata; its profile is not checked")
+            self._load_plan(config, path, metadata)
+
+    def _load_plan(self, config: model_config_pb2.ModelConfig, path: Path, metadata: PlanMetadata | None) -> None:
+        loader = self.environment.loader()
+        reason = loader.why_not(metadata)
+        if reason is not None:
+            self.note(f"{path.name}: plan not loadable here: {reason}")
+            return
+        try:
+            names = loader.io_names(path.read_bytes(), metadata)
+        except Exception as error:  # the bindings raise RuntimeError/TypeError on some corrupt plans
+            self.problem(path, f"TensorRT cannot deserialize this plan ({type(error).__name__}: {first_line(error)})")
+            return
+        if names is None:
+            self.problem(path, "TensorRT cannot deserialize this plan (other TensorRT version or GPU, or not a plan)")
+            return
+        for tensor in [*config.input, *config.output]:
+            if tensor.name not in names:
+                self.problem(path, f"tensor {tensor.name!r} is not in the engine (engine has {', '.join(sorted(names))})")
+
+    def _check_manifest(self, version_dir: Path) -> dict[str, Any] | None:
         try:
             manifest = read_manifest(version_dir)
         except RepositoryError as error:
             self.problem(version_dir / MANIFEST_NAME, str(error).split(": ", 1)[-1])
-            return
+            return None
         if manifest is None:
-            return  # not written by hepdeploy: nothing to compare against
+            return None  # not written by hepdeploy: nothing to compare against
         listed = manifest["files"]
         for relative, digest in sorted(listed.items()):
             path = version_dir / relative
@@ -249,6 +352,7 @@ class _ModelChecker:
             relative = path.relative_to(version_dir).as_posix()
             if path.is_file() and path.name != MANIFEST_NAME and relative not in listed:
                 self.problem(path, "not in the manifest (added after publishing?)")
+        return manifest
 
     def _check_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
         try:
@@ -385,22 +489,6 @@ class _ModelChecker:
             inputs[tensor.name] = array[np.newaxis] if config.max_batch_size > 0 else array
         return inputs, len(warm) == len(config.input) and bool(warm)
 
-    def _check_plan(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
-        try:
-            import tensorrt as trt
-        except Exception:  # ImportError, or the bindings without libnvinfer
-            self.note(f"{path.name}: TensorRT is not installed here; plan not deserialized (skipped)")
-            return
-        logger = trt.Logger(trt.Logger.ERROR)
-        engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            self.problem(path, "TensorRT cannot deserialize this plan (other TensorRT version or GPU?)")
-            return
-        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-        for tensor in [*config.input, *config.output]:
-            if tensor.name not in names:
-                self.problem(path, f"tensor {tensor.name!r} is not in the engine (engine has {', '.join(sorted(names))})")
-
     def _check_torchscript(self, path: Path) -> None:
         import torch
 
@@ -433,14 +521,17 @@ def _itemsize(dtype: str) -> int:
     return np.dtype(dtype).itemsize
 
 
-def check_model(model_dir: Path, *, run_models: bool = True, report: CheckReport | None = None) -> list[Problem]:
+def check_model(model_dir: Path, *, run_models: bool = True, report: CheckReport | None = None,
+                environment: CheckEnvironment | None = None) -> list[Problem]:
     """Problems of one model folder (its folder name is the model name)."""
     report = report if report is not None else CheckReport(repo=Path(model_dir).parent)
-    return _ModelChecker(Path(model_dir), report, run_models).check()
+    return _ModelChecker(Path(model_dir), report, run_models, environment).check()
 
 
-def check_repository_report(repo: Path, *, run_models: bool = True) -> CheckReport:
+def check_repository_report(repo: Path, *, run_models: bool = True,
+                            environment: CheckEnvironment | None = None) -> CheckReport:
     repo = Path(repo)
+    environment = environment or CheckEnvironment()
     report = CheckReport(repo=repo)
     if not repo.is_dir():
         report.problems.append(Problem("", repo, "model repository folder not found"))
@@ -454,12 +545,13 @@ def check_repository_report(repo: Path, *, run_models: bool = True) -> CheckRepo
             )
             continue
         report.models.append(child.name)
-        report.problems.extend(check_model(child, run_models=run_models, report=report))
+        report.problems.extend(check_model(child, run_models=run_models, report=report, environment=environment))
     if not report.models:
         report.notes.append(f"{repo}: no model folders")
     return report
 
 
-def check_repository(repo: Path, *, run_models: bool = True) -> list[Problem]:
+def check_repository(repo: Path, *, run_models: bool = True,
+                     environment: CheckEnvironment | None = None) -> list[Problem]:
     """Every problem in a model repository, one per line-worthy finding (empty list: all good)."""
-    return check_repository_report(repo, run_models=run_models).problems
+    return check_repository_report(repo, run_models=run_models, environment=environment).problems

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from hepdeploy.artifacts import Artifact, Sidecar, read_artifact
 from hepdeploy.errors import RepositoryError, SpecError
 from hepdeploy.fsutil import check_safe_name
+from hepdeploy.plan_compat import PlanMetadata, check_capability_key
 from hepdeploy.spec import TensorSpec, TritonSpec
 
 if TYPE_CHECKING:
@@ -164,6 +165,21 @@ def _fill_tensor(message: Any, spec: TensorSpec, batched: bool) -> None:
         message.dims.extend(dims)
 
 
+def _dims_from_profile(config: Any, plan: PlanMetadata, batched: bool) -> None:
+    """Input dims the engine profile fixes (min == max) become numbers instead of -1."""
+    profile = plan.profiles[0] if plan.profiles else {}
+    for message in config.input:
+        shape_range = profile.get(message.name)
+        if shape_range is None or message.HasField("reshape"):
+            continue
+        lows, highs = (shape_range.min[1:], shape_range.max[1:]) if batched else (shape_range.min, shape_range.max)
+        if len(lows) != len(message.dims):
+            continue
+        for axis, (low, high) in enumerate(zip(lows, highs, strict=True)):
+            if message.dims[axis] == -1 and low == high:
+                message.dims[axis] = low
+
+
 def _version_policy(config: Any, policy: str | Mapping[str, Any]) -> None:
     if policy == "latest":
         config.version_policy.latest.num_versions = 1
@@ -194,12 +210,16 @@ def build_model_config(
     warmup_inputs: Mapping[str, np.ndarray] | None = None,
     default_model_filename: str | None = None,
     cc_model_filenames: Mapping[str, str] | None = None,
+    plan: PlanMetadata | None = None,
 ) -> model_config_pb2.ModelConfig:
     """The ModelConfig for one model from its tensor specs and the spec's ``triton:`` block.
 
     ``kind='cpu'`` makes the CPU-fallback twin: KIND_CPU instances, ONNX Runtime thread
     settings from ``triton.cpu_twin``, no GPU accelerator. Warm-up files themselves are
     written by the repository module; this only references ``warmup/<input name>``.
+    For a ``tensorrt_plan`` with its recorded ``plan`` metadata, max_batch_size is the
+    engine profile's max batch and input dims fixed by the profile are written as numbers:
+    Triton's TensorRT backend refuses a config that asks for more than the engine takes.
     """
     pb2 = _pb2()
     check_safe_name(name, "Triton model name")
@@ -214,13 +234,17 @@ def build_model_config(
     tensors = [*inputs, *outputs]
 
     # -- batching ---------------------------------------------------------------------------
+    profile_max = plan.max_batch() if (plan is not None and platform == "tensorrt_plan") else None
     if triton.max_batch_size is None:
         max_batch = 0
         if default_batched(tensors):
             preferred = triton.dynamic_batching.preferred_batch_size if triton.dynamic_batching else []
-            max_batch = max([*preferred, 64])
+            max_batch = profile_max if profile_max is not None else max([*preferred, 64])
     else:
         max_batch = triton.max_batch_size
+        if profile_max is not None and max_batch > profile_max:
+            raise SpecError(f"model {name!r}: triton.max_batch_size {max_batch} exceeds the TensorRT engine "
+                            f"profile's max batch {profile_max} (raise dims.batch.max and rebuild the plan)")
     if max_batch > 0 and not has_free_batch_axis(tensors):
         fixed = [f"{t.name}{t.shape}" for t in tensors if not (t.shape and isinstance(t.shape[0], str))]
         raise SpecError(
@@ -238,6 +262,8 @@ def build_model_config(
     config.max_batch_size = max_batch
     for spec in inputs:
         _fill_tensor(config.input.add(), spec, batched)
+    if profile_max is not None and plan is not None:
+        _dims_from_profile(config, plan, batched)
     for spec in outputs:
         _fill_tensor(config.output.add(), spec, batched)
 
@@ -291,7 +317,7 @@ def build_model_config(
         if platform != "tensorrt_plan":
             raise SpecError("cc_model_filenames is only meaningful for tensorrt_plan models")
         for capability, filename in sorted(cc_model_filenames.items()):
-            config.cc_model_filenames[capability] = filename
+            config.cc_model_filenames[check_capability_key(capability)] = filename
 
     _version_policy(config, triton.version_policy)
 

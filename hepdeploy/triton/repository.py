@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hepdeploy import __version__
-from hepdeploy.artifacts import Sidecar, read_artifact, sidecar_path_for
+from hepdeploy.artifacts import Sidecar, read_artifact, read_engine_sidecar
 from hepdeploy.errors import BadInputError, ModelLoadError, RepositoryError
 from hepdeploy.fsutil import (
     atomic_write_bytes,
@@ -53,8 +53,9 @@ from hepdeploy.fsutil import (
     fsync_dir,
     sha256_file,
 )
+from hepdeploy.plan_compat import PlanMetadata, check_capability_key, plan_metadata_of
 from hepdeploy.spec import ModelSpec, TensorSpec, TritonSpec
-from hepdeploy.triton.check import check_model
+from hepdeploy.triton.check import CheckEnvironment, check_model
 from hepdeploy.triton.config import (
     DEFAULT_MODEL_FILENAMES,
     WARMUP_FOLDER,
@@ -277,16 +278,37 @@ def _readme_text(config: model_config_pb2.ModelConfig, versions: list[int], spec
 # -- publish ----------------------------------------------------------------------------------
 
 
+def _plans_metadata(model_file: Path, filename: str, sidecar: Sidecar | None, cc_model_files: Mapping[str, Path],
+                    cc_names: Mapping[str, str]) -> dict[str, PlanMetadata]:
+    """Every published plan's recorded metadata (file name in the version -> metadata).
+
+    A cc_model_filenames key is checked against the compute capability its plan was built
+    on, so a plan for 9.0 can never be listed under 8.0 (Triton would load it there and fail).
+    """
+    plans: dict[str, PlanMetadata] = {}
+    own = plan_metadata_of(sidecar) if sidecar is not None else None
+    if own is not None:
+        plans[filename] = own
+    for capability, path in cc_model_files.items():
+        check_capability_key(capability)
+        metadata = plan_metadata_of(read_engine_sidecar(Path(path)))
+        if metadata is None:
+            continue
+        if metadata.compute_capability != capability:
+            raise BadInputError(f"{path}: built on compute capability {metadata.compute_capability} "
+                                f"({metadata.gpu_name or 'GPU'}), cannot be published for {capability}")
+        plans[cc_names[capability]] = metadata
+    return plans
+
+
 def _tensors_for(model_file: Path, platform: str, spec: ModelSpec | None) -> tuple[list[TensorSpec], list[TensorSpec], Any]:
     """Tensor specs for the config and the sidecar (if any) of the model file."""
     if model_file.suffix.lower() == ".onnx" and model_file.is_file():
         artifact = read_artifact(model_file)
         return list(artifact.sidecar.inputs), list(artifact.sidecar.outputs), artifact.sidecar
-    side = sidecar_path_for(model_file)
-    if side.is_file() and side != model_file:
-        with contextlib.suppress(ValueError):  # pydantic's ValidationError: an unreadable sidecar is ignored
-            sidecar = Sidecar.model_validate_json(side.read_text(encoding="utf-8"))
-            return list(sidecar.inputs), list(sidecar.outputs), sidecar
+    sidecar = read_engine_sidecar(model_file)
+    if sidecar is not None:
+        return list(sidecar.inputs), list(sidecar.outputs), sidecar
     if spec is None:
         raise BadInputError(f"{model_file}: a {platform} model needs --spec for its input and output tensors")
     return list(spec.inputs), list(spec.outputs), None
@@ -308,6 +330,7 @@ def publish_model(
     model_filename: str | None = None,
     cc_model_files: Mapping[str, Path] | None = None,
     verify: bool = True,
+    environment: CheckEnvironment | None = None,
 ) -> PublishResult:
     """Publish ``model_file`` as the next version of model ``name`` in ``repo``.
 
@@ -316,7 +339,8 @@ def publish_model(
     ``extra_files`` (file name -> bytes, placed in the version folder). ``cc_model_files``
     maps compute capabilities ("8.0") to TensorRT plans built for them. With ``verify``
     the staged model folder goes through ``check_model`` (including an ONNX Runtime run)
-    before it is made visible; any problem aborts the publish with the repository untouched.
+    before it is made visible; any problem aborts the publish with the repository untouched
+    (``environment``: the target server and how plans load, as for ``triton check``).
     """
     check_safe_name(name, "Triton model name")
     repo = Path(repo)
@@ -343,7 +367,9 @@ def publish_model(
             raise BadInputError(f"extra file {extra!r} would overwrite the model file or the manifest")
 
     inputs, outputs, sidecar = _tensors_for(model_file, platform, spec)
-    cc_names = {cap: f"model_sm{cap.replace('.', '')}.plan" for cap in (cc_model_files or {})}
+    cc_names = {check_capability_key(cap): f"model_sm{cap.replace('.', '')}.plan" for cap in (cc_model_files or {})}
+    plans = _plans_metadata(model_file, filename, sidecar, cc_model_files or {}, cc_names) \
+        if platform == "tensorrt_plan" else {}
     if config is None:
         config = build_model_config(
             (inputs, outputs),
@@ -354,6 +380,7 @@ def publish_model(
             warmup_inputs=warmup_inputs,
             default_model_filename=filename if platform != "python" else None,
             cc_model_filenames=cc_names or None,
+            plan=plans.get(filename),
         )
     elif config.name != name:
         raise BadInputError(f"config name {config.name!r} differs from the model name {name!r}")
@@ -412,6 +439,8 @@ def publish_model(
                 },
                 "verdict": dict(verdict) if verdict is not None else None,
             }
+            if plans:
+                manifest["plans"] = {n: m.model_dump(mode="json") for n, m in sorted(plans.items())}
             _write(version_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, default=str) + "\n")
             if samples:
                 (staged / WARMUP_FOLDER).mkdir(exist_ok=True)
@@ -424,7 +453,7 @@ def publish_model(
 
             if verify:
                 problems = [
-                    p for p in check_model(staged, run_models=True)
+                    p for p in check_model(staged, run_models=True, environment=environment)
                     if (p.path.relative_to(staged), p.message) not in known
                 ]
                 if problems:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.cli import main
 from hepdeploy.triton.check import check_repository
 
@@ -24,6 +25,12 @@ def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypat
     for name in ("zoo-export", "convert", "reference", "optimize:fp32", "optimize:int8-cpu",
                  "optimize:fp16", "optimize:int8-trt", "validate:fp32", "publish"):
         assert steps[name]["status"] == "ok", (name, steps[name])
+    if tensorrt_unavailable() is not None:
+        # No GPU here: the graphs made for TensorRT are prechecked against the operator list of the
+        # TensorRT that Triton 24.10 ships (the nearest list: 10.8).
+        precheck = steps["precheck:tensorrt"]
+        assert precheck["status"] == "ok", precheck
+        assert "fp16, int8-trt pass the TensorRT ONNX parser precheck for Triton 24.10" in json.dumps(precheck)
     # The exit code is the verdict: 1 exactly when some step failed.
     failed = [s for s in summary["models"][0]["steps"] + summary["repository_steps"] if s["status"] == "failed"]
     assert result.exit_code == (1 if failed else 0), result.output

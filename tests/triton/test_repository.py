@@ -262,29 +262,6 @@ def test_sigkill_at_any_moment_gives_old_or_complete_new_model(tmp_path, models,
     assert "untouched" in outcomes  # at least one kill landed mid-publish
 
 
-def test_tensorrt_plans_for_several_compute_capabilities(tmp_path, facile_spec):
-    # Not real engines (TensorRT cannot be installed here): the check must say it skipped them, not pass them.
-    plans = {}
-    for capability in ("8.0", "9.0"):
-        plans[capability] = tmp_path / f"facile_sm{capability}.plan"
-        plans[capability].write_bytes(b"engine bytes for " + capability.encode())
-    repo = tmp_path / "repo"
-    result = publish_model(repo, plans["8.0"], name="facile_trt", spec=facile_spec, cc_model_files=plans)
-    config = read_model_config(repo / "facile_trt" / "config.pbtxt")
-    assert config.platform == "tensorrt_plan"
-    assert dict(config.cc_model_filenames) == {"8.0": "model_sm80.plan", "9.0": "model_sm90.plan"}
-    assert sorted(result.files) == ["model.plan", "model_sm80.plan", "model_sm90.plan"]
-    from hepdeploy.triton.check import check_repository_report
-
-    report = check_repository_report(repo)
-    try:
-        import tensorrt  # noqa: F401
-    except Exception:
-        assert report.ok and any("TensorRT is not installed" in n for n in report.notes), report.notes
-    (repo / "facile_trt" / "1" / "model_sm90.plan").unlink()
-    assert any("compute capability 9.0 is missing" in p.message for p in check_repository(repo))
-
-
 @pytest.mark.slow
 def test_torchscript_model(tmp_path, facile_spec):
     torch = pytest.importorskip("torch")
