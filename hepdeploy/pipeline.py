@@ -406,7 +406,7 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
         except Exception as error:  # whatever escapes between the steps ends this model only
             model.add(failed_step("build", error, model.folder / "logs"))
     if repository is not None:
-        report.repository_steps.append(run_step("triton-check", lambda: _check_step(repository, options.server_release),
+        report.repository_steps.append(run_step("triton-check", lambda: _check_step(repository, _repository_release(specs, options)),
                                                 out_dir / "logs"))
         report.write_summary()
         if options.serve_check:
@@ -415,6 +415,14 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
     report.finished = _now()
     report.write_summary()
     return report
+
+
+def _repository_release(specs: list[ModelSpec], options: BuildOptions) -> str | None:
+    """The server release the whole repository is checked against: --server-release, else the one every spec names."""
+    if options.server_release:
+        return options.server_release
+    named = {spec.triton.server_release for spec in specs}
+    return named.pop() if len(named) == 1 else None
 
 
 def _check_step(repository: Path, release: str | None) -> StepResult:

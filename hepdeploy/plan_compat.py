@@ -54,6 +54,7 @@ class PlanMetadata(BaseModel):
     def max_batch(self) -> int | None:
         """The largest leading dim every profile allows for every input (None: no input has a batch axis)."""
         highs = [r.max[0] for profile in self.profiles for r in profile.values() if r.max]
+        highs += [r.max[0] for r in self.shape_input_values.values() if r.max]
         return min(highs) if highs else None
 
     def min_batch(self) -> int | None:
@@ -65,7 +66,7 @@ PLAN_STEP = "tensorrt"
 
 
 def plan_metadata_of(sidecar: Any) -> PlanMetadata | None:
-    """The metadata of the last TensorRT step of a plan's sidecar (None for a non-plan sidecar)."""
+    """The metadata of the last TensorRT step of a plan's sidecar (None for no sidecar or a non-plan one)."""
     for step in reversed(list(getattr(sidecar, "steps", []) or [])):
         if step.name == PLAN_STEP and "compute_capability" in step.parameters:
             parameters = dict(step.parameters)
@@ -178,10 +179,11 @@ def tensorrt_runtime_problem(metadata: PlanMetadata, runtime_version: str, where
     if not built or not runtime:
         return f"TensorRT version unknown (plan: {metadata.tensorrt_version!r}, {where}: {runtime_version!r})"
     if metadata.version_compatible:
-        # Version-compatible engines run in the same or a later TensorRT of the same major release.
-        if built[0] != runtime[0] or runtime[:3] < built[:3]:
-            return (f"built version-compatible with TensorRT {metadata.tensorrt_version}, which runs in "
-                    f"{built[0]}.x >= {'.'.join(map(str, built[:3]))} only; {where} has {runtime_version}")
+        # Version-compatible engines run in the TensorRT that built them and later ones (NVIDIA's
+        # "Version Compatibility" guide), never in an older one.
+        if runtime[:3] < built[:3]:
+            return (f"built version-compatible with TensorRT {metadata.tensorrt_version}, which runs in that "
+                    f"release or a later one only; {where} has the older {runtime_version}")
         return None
     if not same_tensorrt(metadata.tensorrt_version, runtime_version):
         return (f"built with TensorRT {metadata.tensorrt_version}, {where} has {runtime_version}: a plan only "

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hepdeploy.artifacts import load_onnx
+from hepdeploy.artifacts import load_onnx, read_engine_sidecar
 from hepdeploy.backend import loaders
 from hepdeploy.backend.base import RenamedRunner, Runner
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ProviderList
@@ -18,6 +18,7 @@ from hepdeploy.backend.tf import KerasRunner, SavedModelRunner
 from hepdeploy.backend.trt import TensorRTEngineRunner
 from hepdeploy.errors import ModelLoadError, SpecError
 from hepdeploy.fsutil import check_input_file, sha256_file
+from hepdeploy.plan_compat import plan_metadata_of
 from hepdeploy.spec import ModelSpec, load_spec
 
 ENGINE_SUFFIXES = (".plan", ".engine")
@@ -71,7 +72,9 @@ def artifact_runner(path: Path | str, providers: ProviderList | None = None,
     if not path.exists():
         raise ModelLoadError(f"{path}: model not found")
     if path.suffix in ENGINE_SUFFIXES:
-        return TensorRTEngineRunner(path)
+        # A version-compatible plan carries its lean runtime as host code, which the runtime must allow.
+        metadata = plan_metadata_of(read_engine_sidecar(path))
+        return TensorRTEngineRunner(path, allow_host_code=metadata is not None and metadata.version_compatible)
     load_onnx(path, load_weights=False)  # a corrupt file says so before ONNX Runtime tries
     return OnnxRuntimeRunner(path, providers=providers, intra_op_threads=intra_op_threads)
 

@@ -69,14 +69,18 @@ class PlanLoader:
             return cls(reason="no CUDA device")
         return cls(trt=trt, runtime=runtime, device=gpu)
 
-    def why_not(self, metadata: PlanMetadata | None) -> str | None:
+    def why_not(self, metadata: PlanMetadata | None, capability: str | None = None) -> str | None:
+        """Why a plan (its recorded metadata, else the cc_model_filenames key it is listed under) cannot load here."""
         if self.reason is not None:
             return self.reason
-        if metadata is None or self.device is None:
+        if self.device is None:
             return None
-        if metadata.compute_capability != self.device.compute_capability:
-            return (f"built for compute capability {metadata.compute_capability}, this GPU ({self.device.name}) is "
+        built_for = metadata.compute_capability if metadata is not None else capability
+        if built_for is not None and built_for != self.device.compute_capability:
+            return (f"built for compute capability {built_for}, this GPU ({self.device.name}) is "
                     f"{self.device.compute_capability}; Triton loads the plan listed for its own GPU")
+        if metadata is None:
+            return None
         return tensorrt_runtime_problem(metadata, str(getattr(self.trt, "__version__", "")), "this machine")
 
     def io_names(self, data: bytes, metadata: PlanMetadata | None) -> set[str] | None:

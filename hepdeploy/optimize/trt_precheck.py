@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from hepdeploy.artifacts import load_onnx
 from hepdeploy.errors import BadInputError
 
@@ -160,6 +162,22 @@ def _attribute(node: Any, name: str, default: Any = None) -> Any:
     return default
 
 
+def _all_nodes(graph: Any) -> list[Any]:
+    """The nodes of ``graph`` and of every subgraph (If branches, Loop and Scan bodies)."""
+    from onnx import AttributeProto
+
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.GRAPH:
+                nodes += _all_nodes(attribute.g)
+            elif attribute.type == AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    nodes += _all_nodes(subgraph)
+    return nodes
+
+
 def precheck_graph(model: Any, operators: OperatorList) -> list[Finding]:
     """Every finding for the ONNX ``model`` against ``operators``."""
     findings: list[Finding] = []
@@ -170,7 +188,7 @@ def precheck_graph(model: Any, operators: OperatorList) -> list[Finding]:
                                                  "supports (convert the graph with the onnx version converter)"))
     constants = _constants(model)
     io_names = {v.name for v in [*model.graph.input, *model.graph.output]}
-    for node in model.graph.node:
+    for node in _all_nodes(model.graph):
         name, op = node.name, node.op_type
         if node.domain not in _STANDARD_DOMAINS:
             findings.append(Finding("error", name, op, f"custom domain {node.domain!r}: TensorRT's ONNX parser "
@@ -197,6 +215,8 @@ def _restrictions(node: Any, opset: int, constants: dict[str, Any], io_names: se
         index, what, since = _CONSTANT_INPUTS[op]
         if opset >= since and len(node.input) > index and node.input[index] and node.input[index] not in constants:
             error(f"`{what}` is computed at run time; TensorRT needs it as an initializer (build-time constant)")
+        elif op == "Dropout" and len(node.input) > index and np.any(constants.get(node.input[index], False)):
+            error("`training_mode` must evaluate to False")
     if op == "TopK":
         if _attribute(node, "sorted", 1) != 1:
             error("`sorted` must be 1")
@@ -229,4 +249,11 @@ def precheck_model(path: Path, tensorrt_version: str | None = None) -> PrecheckR
     """Read the ONNX file at ``path`` and check it against the list for ``tensorrt_version``."""
     model = load_onnx(Path(path), load_weights=True)
     operators = operator_list(tensorrt_version)
-    return PrecheckReport(Path(path), operators, precheck_graph(model, operators), target=tensorrt_version)
+    findings = precheck_graph(model, operators)
+    used = _version_key(operators.tensorrt_version)
+    if tensorrt_version is None or _version_key(tensorrt_version)[:2] != used[:2]:
+        wanted = f"TensorRT {tensorrt_version}" if tensorrt_version else "the target TensorRT (unknown)"
+        findings.insert(0, Finding("warning", "", "", f"no operator list for {wanted}: checked against the nearest "
+                                                      f"one, TensorRT {operators.tensorrt_version}; operators added "
+                                                      "or restricted in between are not seen"))
+    return PrecheckReport(Path(path), operators, findings, target=tensorrt_version)

@@ -297,7 +297,8 @@ class _ModelChecker:
         if not recorded and plans:
             self.note(f"version {version_dir.name}: no recorded plan metadata (not built by hepdeploy?); "
                       "engine profile, compute capability and TensorRT version not checked")
-        inputs = [ConfigTensor(t.name, list(t.dims)) for t in config.input]
+        inputs = [ConfigTensor(t.name, list(t.reshape.shape) if t.HasField("reshape") else list(t.dims))
+                  for t in config.input]
         preferred = list(config.dynamic_batching.preferred_batch_size)
         release = self.environment.release
         if release is not None and release.tensorrt is None and plans:
@@ -313,11 +314,12 @@ class _ModelChecker:
                     self.problem(path, message)
             elif recorded:
                 self.note(f"{filename}: not in the manifest's plan metadata; its profile is not checked")
-            self._load_plan(config, path, metadata)
+            self._load_plan(config, path, metadata, capability)
 
-    def _load_plan(self, config: model_config_pb2.ModelConfig, path: Path, metadata: PlanMetadata | None) -> None:
+    def _load_plan(self, config: model_config_pb2.ModelConfig, path: Path, metadata: PlanMetadata | None,
+                   capability: str | None) -> None:
         loader = self.environment.loader()
-        reason = loader.why_not(metadata)
+        reason = loader.why_not(metadata, capability)
         if reason is not None:
             self.note(f"{path.name}: plan not loadable here: {reason}")
             return

@@ -264,6 +264,9 @@ def build_model_config(
         _fill_tensor(config.input.add(), spec, batched)
     if profile_max is not None and plan is not None:
         _dims_from_profile(config, plan, batched)
+    if plan is not None and platform == "tensorrt_plan":
+        for message in config.input:  # inputs whose values set output shapes: Triton must know
+            message.is_shape_tensor = message.name in plan.shape_input_values
     for spec in outputs:
         _fill_tensor(config.output.add(), spec, batched)
 

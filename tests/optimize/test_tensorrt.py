@@ -137,9 +137,21 @@ def test_the_engine_runner_does_not_need_torch(tmp_path: Path, monkeypatch: pyte
     # Finding 8: buffers came from a CUDA build of torch; now from the CUDA runtime itself.
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"engine")
+    class Runtime:  # where CUDA cannot start, as the bindings behave then
+        def __init__(self, logger: object) -> None:
+            raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    class Logger:
+        WARNING = 1
+
+        def __init__(self, level: int = 0) -> None:
+            self.level = level
+
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.5.0"))
-    with pytest.raises(DependencyMissingError, match="CUDA"):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.5.0", Logger=Logger,
+                                                                       Runtime=Runtime))
+    # Here: no CUDA runtime library; on a GPU machine: the runtime that cannot start. Never an ImportError of torch.
+    with pytest.raises(DependencyMissingError, match="CUDA|runtime cannot start"):
         TensorRTEngineRunner(plan)
 
 

@@ -107,3 +107,18 @@ def test_variants_for_tensorrt_pass_and_cpu_int8_is_refused(small_cnn, tmp_path:
     assert cli.exit_code == 0 and "passes" in cli.output
     cli = CliRunner().invoke(main, ["optimize", str(small_cnn.path), "--variant", "fp16", "--precheck"])
     assert cli.exit_code == 2 and "use it with --variant tensorrt" in cli.output
+
+
+def test_subgraphs_are_checked_and_a_missing_list_is_said(tmp_path: Path) -> None:
+    inner = helper.make_graph([helper.make_node("Unique", ["x"], ["u"], name="unique_in_branch")], "then", [],
+                              [helper.make_tensor_value_info("u", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["v"], name="identity")], "else", [],
+                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    node = helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=inner, else_branch=other)
+    report = precheck_model(_save(_model([node], [X, cond], [Y]), tmp_path / "m.onnx"), "10.5")
+    assert any(f.node == "unique_in_branch" for f in report.errors)
+    # 10.5 has no list of its own: the nearest (10.8) is used, and the report says so.
+    assert any("no operator list for TensorRT 10.5" in f.message for f in report.findings if f.severity == "warning")
+    exact = precheck_model(_save(_model([node], [X, cond], [Y]), tmp_path / "m.onnx"), "10.8")
+    assert not any("no operator list" in f.message for f in exact.findings)

@@ -78,7 +78,7 @@ def _publish(tmp_path: Path, spec, loader: PlanLoader, verify: bool = True, **pl
 # -- finding 4 and the acceptance: publish and check without TensorRT -----------------------------
 
 
-def test_without_tensorrt_the_metadata_is_checked_and_the_plan_noted_not_loadable(tmp_path, facile_spec):
+def test_without_tensorrt_the_metadata_is_checked_and_the_plan_noted_not_loadable(tmp_path, facile_spec, monkeypatch):
     plans = {"8_0": write_plan(tmp_path / "a.plan", "8.0"), "9_0": write_plan(tmp_path / "b.plan", "9.0")}
     repo, result = _publish(tmp_path, facile_spec, ABSENT, **plans)
     config = read_model_config(repo / "facile_trt" / "config.pbtxt")
@@ -92,9 +92,10 @@ def test_without_tensorrt_the_metadata_is_checked_and_the_plan_noted_not_loadabl
     assert report.ok, report.problems
     not_loadable = [n for n in report.notes if "plan not loadable here: tensorrt is not importable" in n]
     assert len(not_loadable) == 3  # model.plan, model_sm80.plan, model_sm90.plan: noted, never passed
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # the CLI's own loader, on a machine without TensorRT
     cli = CliRunner().invoke(main, ["triton", "check", str(repo), "--no-run"])
     assert cli.exit_code == 0, cli.output
-    assert "plan not loadable here:" in cli.stderr
+    assert "plan not loadable here: tensorrt is not importable" in cli.stderr
 
 
 def test_with_tensorrt_a_plan_that_does_not_deserialize_is_refused_at_publish(tmp_path, facile_spec):
@@ -115,6 +116,10 @@ def test_a_plan_for_another_gpu_is_not_deserialized_here(tmp_path, facile_spec):
     # On a 9.0 GPU the same plan is deserialized, and these bytes are not a plan.
     problems = check_repository(repo, environment=CheckEnvironment(plan_loader=present_on("9.0")))
     assert any("cannot deserialize" in p.message for p in problems)
+    # A plan without recorded metadata (not built by hepdeploy) is judged by the key it is listed under.
+    (repo / "facile_trt" / "1" / "hepdeploy-manifest.json").unlink()
+    report = check_repository_report(repo, environment=CheckEnvironment(plan_loader=present_on("8.0")))
+    assert any("model_sm90.plan: plan not loadable here: built for compute capability 9.0" in n for n in report.notes)
 
 
 def test_a_runtime_that_cannot_start_is_a_note_not_a_crash(tmp_path, facile_spec, monkeypatch):
@@ -175,12 +180,13 @@ def test_profile_min_batch_above_one_and_wrong_dims_are_reported(tmp_path, facil
 # -- findings 6 and 9: target server, version-compatible plans, cc keys -------------------------------
 
 
-def test_server_release_is_checked_against_each_plan(tmp_path, facile_spec):
+def test_server_release_is_checked_against_each_plan(tmp_path, facile_spec, monkeypatch):
     plans = {"8_0": write_plan(tmp_path / "a.plan", "8.0", version="10.8.0.43")}
     repo, _ = _publish(tmp_path, facile_spec, ABSENT, **plans)
     env = CheckEnvironment(release=server_release("24.10"), plan_loader=ABSENT)
     messages = [p.message for p in check_repository(repo, environment=env)]
     assert any("built with TensorRT 10.8.0.43, Triton 24.10 has 10.5.0.18" in m for m in messages), messages
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
     cli = CliRunner().invoke(main, ["triton", "check", str(repo), "--no-run", "--server-release", "24.10-py3"])
     assert cli.exit_code == 1 and "Triton 24.10 has 10.5.0.18" in cli.output
     cli = CliRunner().invoke(main, ["triton", "check", str(repo), "--server-release", "19.01"])
@@ -191,12 +197,13 @@ def test_server_release_is_checked_against_each_plan(tmp_path, facile_spec):
     assert any("not in hepdeploy's table; plan versions not checked" in n for n in report.notes)
 
 
-def test_version_compatible_plans_run_in_later_runtimes_of_the_same_major():
+def test_version_compatible_plans_run_in_later_runtimes_only():
     from hepdeploy.plan_compat import tensorrt_runtime_problem
 
     older = PlanMetadata(tensorrt_version="10.3.0", compute_capability="8.0", version_compatible=True)
     assert tensorrt_runtime_problem(older, "10.5.0.18", "Triton 24.10") is None
-    assert "only" in tensorrt_runtime_problem(older, "11.1.0", "x")
+    assert tensorrt_runtime_problem(older, "11.1.0", "x") is None
+    assert "or a later one only" in tensorrt_runtime_problem(older, "10.2.0", "x")
     newer = older.model_copy(update={"tensorrt_version": "10.8.0"})
     assert tensorrt_runtime_problem(newer, "10.5.0.18", "Triton 24.10") is not None
     plain = older.model_copy(update={"version_compatible": False})
@@ -243,3 +250,23 @@ def test_ort_tensorrt_provider_needs_a_recent_onnxruntime_for_tensorrt_11():
     assert "needs onnxruntime-gpu >= 1.27" in ort_tensorrt_problem("1.24.4", "11.1.0.5")
     assert ort_tensorrt_problem("1.27.0", "11.1.0.5") is None
     assert ort_tensorrt_problem("1.19.2", "10.5.0.18") is None
+
+
+def test_a_batch_shaped_input_is_compared_through_its_reshape(tmp_path):
+    # A [batch] tensor is announced as dims [1] with reshape [] (Triton needs non-empty dims).
+    from hepdeploy.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "m", "source": {"framework": "onnx", "path": "m.onnx"},
+                           "inputs": [{"name": "input", "shape": ["batch"]}],
+                           "outputs": [{"name": "output", "shape": ["batch"]}]})
+    plan = write_plan(tmp_path / "a.plan", "8.0")
+    side = engine_sidecar_path(plan)
+    sidecar = Sidecar.model_validate_json(side.read_text())
+    sidecar.inputs = [spec.inputs[0]]
+    sidecar.outputs = [spec.outputs[0]]
+    sidecar.steps[0].parameters["profiles"] = [{"input": {"min": [1], "opt": [256], "max": [1024]}}]
+    side.write_text(sidecar.model_dump_json())
+    repo = tmp_path / "repo"
+    publish_model(repo, plan, name="m", spec=spec, environment=CheckEnvironment(plan_loader=ABSENT))
+    assert read_model_config(repo / "m" / "config.pbtxt").max_batch_size == 1024
+    assert check_repository(repo, environment=CheckEnvironment(plan_loader=ABSENT)) == []
