@@ -406,7 +406,8 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
         except Exception as error:  # whatever escapes between the steps ends this model only
             model.add(failed_step("build", error, model.folder / "logs"))
     if repository is not None:
-        report.repository_steps.append(run_step("triton-check", lambda: _check_step(repository, _repository_release(specs, options)),
+        release = _repository_release(specs, options)
+        report.repository_steps.append(run_step("triton-check", lambda: _check_step(repository, release),
                                                 out_dir / "logs"))
         report.write_summary()
         if options.serve_check:
