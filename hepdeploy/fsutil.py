@@ -35,6 +35,33 @@ def check_safe_name(name: str, what: str = "name") -> str:
     return name
 
 
+def check_tensor_name(name: str, what: str = "tensor name") -> str:
+    """A tensor name as ONNX and Triton take it: any non-empty text without control characters.
+
+    Tensor names are kept verbatim (``ID_pred/Softmax:0``, ``output/BiasAdd``): CMSSW asks for
+    them by name. Only file names derived from them are escaped (:func:`file_name_for`).
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafeNameError(f"{what} is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name) > 1024:
+        raise UnsafeNameError(f"{what} {name!r} has control characters or is longer than 1024 characters")
+    return name
+
+
+def file_name_for(name: str) -> str:
+    """A file name derived from a tensor name: safe names unchanged, anything else percent-escaped.
+
+    ``ID_pred/Softmax:0`` becomes ``ID_pred%2FSoftmax%3A0``: one file, never a path, and two
+    names never meet in one file name (the escaping is reversible).
+    """
+    from urllib.parse import quote
+
+    if _SAFE_NAME.match(name) and ".." not in name and name not in (".",):
+        return name
+    escaped = quote(name, safe="-_")
+    return escaped.replace(".", "%2E") if set(escaped) <= {"."} or ".." in escaped else escaped
+
+
 def check_output_folder(path: Path) -> Path:
     """Raise BadInputError when the folder that would hold ``path`` does not exist."""
     parent = Path(path).expanduser().resolve().parent

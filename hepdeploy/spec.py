@@ -6,6 +6,8 @@ read their own blocks (variants, tolerances, validation, triton) from the same o
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,7 +22,7 @@ from pydantic import (
 )
 
 from hepdeploy.errors import SpecError, UnsafeNameError, first_line
-from hepdeploy.fsutil import check_safe_name
+from hepdeploy.fsutil import check_safe_name, check_tensor_name
 from hepdeploy.plan_compat import ProfileRange, server_release
 from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES
 
@@ -34,6 +36,36 @@ Dim = int | str
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# Leading-dimension names exporters give the batch axis: ours, ONNX's docs (N), Keras/tf2onnx
+# (unk__123, batch_size), PyTorch users (batch_size, bs).
+BATCH_DIM_NAMES = frozenset({"batch", "N", "batch_size", "batchsize", "bs", "None"})
+_UNKNOWN_DIM = re.compile(r"^unk__\d+$")
+
+
+def is_batch_dim_name(dim: Dim) -> bool:
+    return isinstance(dim, str) and (dim in BATCH_DIM_NAMES or bool(_UNKNOWN_DIM.match(dim)))
+
+
+def infer_batch_axis(tensors: Sequence[TensorSpec]) -> tuple[bool, str]:
+    """Whether the leading dim of every input and output is the batch axis, and why (or why not).
+
+    It is when every leading dim has a batch name, or when one symbolic leading dim is shared
+    by every input and output (whatever the exporter called it).
+    """
+    if not tensors:
+        return False, "no tensors"
+    leading = [t.shape[0] if t.shape else None for t in tensors]
+    fixed = [f"{t.name}{list(t.shape)}" for t, d in zip(tensors, leading, strict=True) if not isinstance(d, str)]
+    if fixed:
+        return False, f"not every tensor has a symbolic leading dim ({', '.join(fixed[:3])})"
+    names = sorted(set(leading))  # type: ignore[type-var]
+    if all(is_batch_dim_name(d) for d in leading):
+        return True, f"leading dim named {' / '.join(map(repr, names))} on every input and output"
+    if len(names) == 1:
+        return True, f"symbolic leading dim {names[0]!r} shared by every input and output"
+    return False, f"leading dims differ ({', '.join(map(repr, names))}) and are not batch names"
 
 
 class TensorSpec(_Strict):
@@ -50,8 +82,8 @@ class TensorSpec(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _safe_name(cls, value: str) -> str:
-        return check_safe_name(value, "tensor name")
+    def _tensor_name(cls, value: str) -> str:
+        return check_tensor_name(value)
 
     @field_validator("dtype")
     @classmethod
@@ -76,7 +108,8 @@ class TensorSpec(_Strict):
 
     @property
     def has_batch_axis(self) -> bool:
-        return bool(self.shape) and self.shape[0] == "batch"
+        """The leading dim has a batch name (``batch``, ``N``, ``batch_size``, ``unk__7`` ...)."""
+        return bool(self.shape) and is_batch_dim_name(self.shape[0])
 
 
 class DimRange(_Strict):

@@ -15,7 +15,7 @@ from hepdeploy.convert.common import check_output_path
 from hepdeploy.convert.options import spec_from_options
 from hepdeploy.errors import BadInputError, SpecError
 from hepdeploy.fsutil import check_input_file, check_safe_name
-from hepdeploy.spec import FILE_FRAMEWORKS, ModelSpec
+from hepdeploy.spec import FILE_FRAMEWORKS, ModelSpec, infer_batch_axis
 
 
 @click.command("convert")
@@ -106,6 +106,8 @@ def model_summary(path: Path) -> dict[str, Any]:
         "parameters": parameters,
         "initializers": len(model.graph.initializer),
     }
+    batched, why = infer_batch_axis([*inputs, *outputs])
+    summary["batch_axis"] = {"batched": batched, "why": why}
     side = sidecar_path_for(path)
     if side.is_file():
         try:
@@ -140,6 +142,8 @@ def inspect_command(model: Path, as_json: bool) -> None:
             table.add_row(kind[:-1], escape(t["name"]), t["dtype"],
                           escape("[" + ", ".join(str(d) for d in t["shape"]) + "]"))
     console.print(table)
+    axis = summary["batch_axis"]
+    console.print(f"batch axis: {'the leading dim' if axis['batched'] else 'none'} ({escape(axis['why'])})")
     console.print(f"parameters: {summary['parameters']:,} in {summary['initializers']} initializers; "
                   f"nodes: {summary['nodes']}")
     console.print("ops: " + ", ".join(f"{op} x{n}" for op, n in summary["op_types"].items()))

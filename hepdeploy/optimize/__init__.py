@@ -41,8 +41,10 @@ from hepdeploy.errors import (
 )
 from hepdeploy.fsutil import check_output_folder, sha256_file
 from hepdeploy.optimize.graph import (
+    PER_CHANNEL_OPSET,
     check_batch,
     name_unnamed_nodes,
+    normalize_for_tools,
     prune_opset_imports,
     quiet_dependencies,
 )
@@ -150,6 +152,10 @@ def _make_onnx_variant(
     sample = check_batch(inputs, spec, arrays, count=8, seed=spec.data.seed if spec else 0)
     steps: list[StepRecord] = []
     model = load_onnx(parent.path)
+    # Old exporters: IR 3 lifted, and quantized variants need per-channel Q/DQ (opset 13).
+    model, normalized = normalize_for_tools(model, PER_CHANNEL_OPSET if kind.needs_calibration else None)
+    if normalized:
+        steps.append(StepRecord(name="normalize", tool="onnx", tool_version=onnx.__version__, parameters=normalized))
     already_simple = any(step.name == "simplify" for step in parent.sidecar.steps)
     if kind.maker is None or not already_simple:
         simplified = simplify_model(model, sample)

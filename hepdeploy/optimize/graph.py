@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hepdeploy.errors import ConversionError, first_line
 from hepdeploy.sampling import sample_inputs, typical_sizes
 from hepdeploy.spec import ModelSpec, TensorSpec
 
@@ -110,6 +111,43 @@ def check_batch(
             return {t.name: calibration[t.name][:count] for t in inputs}
         return {t.name: calibration[t.name][0] for t in inputs}
     return sample_inputs(inputs, typical_sizes(inputs, spec, batch=count), seed)
+
+
+# Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) exist from opset 13.
+PER_CHANNEL_OPSET = 13
+
+
+def normalize_for_tools(model: onnx.ModelProto, min_opset: int | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """A graph from any exporter (IR >= 3, opset >= 9) made fit for the optimizers; what changed.
+
+    IR 3 requires every initializer to be listed as a graph input, which ONNX Runtime's
+    rewrites do not do, so an IR 3 graph is lifted to the lowest IR its opsets allow with its
+    initializers no longer posing as inputs (they are weights, not tensors a user feeds).
+    Below ``min_opset`` the ONNX version converter upgrades the graph; names are kept.
+    """
+    from onnx import helper, version_converter
+
+    changes: dict[str, Any] = {}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if min_opset is not None and opset is not None and opset < min_opset:
+        try:
+            model = version_converter.convert_version(model, min_opset)
+        except Exception as error:  # the converter raises RuntimeError/ValueError with C++ text
+            raise ConversionError(f"cannot upgrade the graph from opset {opset} to {min_opset} (per-channel Q/DQ "
+                                  f"needs it): {first_line(error)}") from error
+        changes["opset"] = [opset, min_opset]
+    if model.ir_version < 4:
+        initializers = {init.name for init in model.graph.initializer}
+        kept = [value for value in model.graph.input if value.name not in initializers]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        old = int(model.ir_version)
+        model.ir_version = max(4, helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+        changes["ir_version"] = [old, int(model.ir_version)]
+    elif "opset" in changes:
+        wanted = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+        model.ir_version = max(int(model.ir_version), wanted)
+    return model, changes
 
 
 def prune_opset_imports(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -182,6 +182,10 @@ class _ModelChecker:
             for input_name, entry in sample.inputs.items():
                 if not entry.input_data_file:
                     continue
+                if "/" in entry.input_data_file or "\\" in entry.input_data_file or entry.input_data_file in (".", ".."):
+                    self.problem(self.dir / CONFIG_NAME, f"warm-up file name {entry.input_data_file!r} for input "
+                                                         f"{input_name!r} is not a plain file name")
+                    continue
                 path = self.dir / WARMUP_FOLDER / entry.input_data_file
                 if not path.is_file():
                     self.problem(path, f"warm-up file for input {input_name!r} is missing")

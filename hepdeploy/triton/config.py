@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hepdeploy.artifacts import Artifact, Sidecar, read_artifact
 from hepdeploy.errors import RepositoryError, SpecError
-from hepdeploy.fsutil import check_safe_name
+from hepdeploy.fsutil import check_safe_name, file_name_for
 from hepdeploy.plan_compat import PlanMetadata, check_capability_key
-from hepdeploy.spec import TensorSpec, TritonSpec
+from hepdeploy.spec import TensorSpec, TritonSpec, infer_batch_axis
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,8 +92,8 @@ def has_free_batch_axis(tensors: Sequence[TensorSpec]) -> bool:
 
 
 def default_batched(tensors: Sequence[TensorSpec]) -> bool:
-    """By the project's convention a model is batched when every first dim is named ``batch``."""
-    return bool(tensors) and all(t.shape and t.shape[0] == "batch" for t in tensors)
+    """Batched when the leading dim of every tensor is the batch axis (see :func:`hepdeploy.spec.infer_batch_axis`)."""
+    return infer_batch_axis(tensors)[0]
 
 
 def tensor_specs_from(source: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -120,6 +120,11 @@ class WarmupSample:
     dtype: str
     dims: list[int]
     data: bytes
+
+    @property
+    def file_name(self) -> str:
+        """The file under ``warmup/``: the tensor name, escaped where it is not a plain file name."""
+        return file_name_for(self.name)
 
 
 def warmup_samples(
@@ -333,7 +338,7 @@ def build_model_config(
             entry = warmup.inputs[sample.name]
             entry.data_type = pb2.DataType.Value(triton_dtype(sample.dtype))
             entry.dims.extend(sample.dims)
-            entry.input_data_file = sample.name
+            entry.input_data_file = sample.file_name
     return config
 
 

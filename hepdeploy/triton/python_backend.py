@@ -256,7 +256,7 @@ def write_python_backend_files(
     if config.model_warmup and warmup_inputs:
         inputs, _ = tensor_specs_of_config(config)
         for sample in warmup_samples(inputs, warmup_inputs, config.max_batch_size > 0):
-            files[f"{WARMUP_FOLDER}/{sample.name}"] = sample.data
+            files[f"{WARMUP_FOLDER}/{sample.file_name}"] = sample.data
     return files
 
 

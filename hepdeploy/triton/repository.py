@@ -445,7 +445,7 @@ def publish_model(
             if samples:
                 (staged / WARMUP_FOLDER).mkdir(exist_ok=True)
                 for sample in samples:
-                    _write(staged / WARMUP_FOLDER / sample.name, sample.data)
+                    _write(staged / WARMUP_FOLDER / sample.file_name, sample.data)
             old_config = model_dir / CONFIG_NAME
             old_text = old_config.read_text(encoding="utf-8") if old_config.is_file() else None
             _write(staged / CONFIG_NAME, config_text)
@@ -461,7 +461,7 @@ def publish_model(
                         f"model {name!r} failed its check before publishing (nothing changed): "
                         + "; ".join(p.message for p in problems[:3])
                     )
-            _commit(staged, model_dir, version, [s.name for s in samples])
+            _commit(staged, model_dir, version, [s.file_name for s in samples])
     except OSError as error:  # disk full, permission denied ... while staging
         what = error.strerror or type(error).__name__
         raise RepositoryError(f"{model_dir}: cannot stage the new version ({what}); nothing changed") from error
