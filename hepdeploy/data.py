@@ -80,8 +80,17 @@ def load_calibration(
         raise DataError(f"{path}: the model has no inputs to calibrate")
     suffix = path.suffix.lower()
     if not all(t.has_batch_axis for t in inputs):
-        arrays = _read_unbatched(path, inputs, samples, seed, set(ignore), allow_fewer)
-        return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
+        try:
+            arrays = _read_unbatched(path, inputs, samples, seed, set(ignore), allow_fewer)
+            return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
+        except DataError:
+            if not _fixed_batch_one(inputs):
+                raise
+        # A model exported with a fixed batch of 1 ([1, 16]) calibrates from rows ([samples, 16]),
+        # one row per run: read them as a batched model's data and give each its batch axis back.
+        rows = [t.model_copy(update={"shape": ["batch", *t.shape[1:]]}) for t in inputs]
+        arrays = load_calibration(path, rows, samples, seed, tree, branches, ignore, allow_fewer)
+        return {name: value[:, np.newaxis] for name, value in arrays.items()}
     if suffix == ".npz":
         arrays = _read_npz(path, inputs, samples, seed, set(ignore), allow_fewer)
     elif suffix in HDF5_SUFFIXES:
@@ -91,6 +100,10 @@ def load_calibration(
     else:
         raise DataError(f"{path}: unsupported calibration data format {path.suffix!r} (.npz, .h5 or .root)")
     return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
+
+
+def _fixed_batch_one(inputs: list[TensorSpec]) -> bool:
+    return bool(inputs) and all(t.shape and t.shape[0] == 1 for t in inputs)
 
 
 def check_tensors(

@@ -76,6 +76,21 @@ class Runner(abc.ABC):
             return {n: inputs[n] for n in names}
         return {spec.name: conform(inputs[spec.name], spec, self.name) for spec in self.input_specs}
 
+    def fixed_batch(self, inputs: dict[str, np.ndarray]) -> int | None:
+        """The leading dim every input fixes (a model exported with batch 1), when the data is batch-first
+        with more rows than that; None otherwise."""
+        if not self.input_specs:
+            return None
+        leading = {spec.shape[0] if spec.shape else None for spec in self.input_specs}
+        if len(leading) != 1:
+            return None
+        fixed = leading.pop()
+        if not isinstance(fixed, int) or isinstance(fixed, bool):
+            return None
+        ranks_match = all(spec.name in inputs and np.ndim(inputs[spec.name]) == len(spec.shape)
+                          for spec in self.input_specs)
+        return fixed if ranks_match else None
+
     def run_chunked(self, inputs: dict[str, np.ndarray], chunk_size: int) -> dict[str, np.ndarray]:
         """Run batch-first inputs in chunks of ``chunk_size`` and concatenate the outputs on axis 0.
 
@@ -85,6 +100,9 @@ class Runner(abc.ABC):
         if chunk_size < 1:
             raise DataError(f"chunk size must be >= 1, got {chunk_size}")
         total = common_batch_size(inputs)
+        fixed = self.fixed_batch(inputs)
+        if fixed is not None and total is not None and total > fixed and total % fixed == 0:
+            chunk_size = fixed  # a model exported with a fixed batch (often 1) runs sample by sample
         if total is None or total <= chunk_size:
             return {k: np.asarray(v) for k, v in self.run(inputs).items()}
         pieces = [self.run({k: v[start:start + chunk_size] for k, v in inputs.items()})

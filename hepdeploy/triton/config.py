@@ -146,6 +146,8 @@ def warmup_samples(
             if array.shape[0] < 1:
                 raise SpecError(f"warm-up input {spec.name!r} is empty")
             array = array[:1]
+        elif spec.shape and isinstance(spec.shape[0], int) and array.shape[0] > spec.shape[0]:
+            array = array[:spec.shape[0]]  # rows of a reference set for a model with a fixed batch
         array = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
         dims = list(array.shape[1:] if batched else array.shape)
         samples.append(WarmupSample(spec.name, spec.dtype, [int(d) for d in dims], array.tobytes(order="C")))

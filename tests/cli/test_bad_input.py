@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -192,14 +193,26 @@ def test_names_that_could_escape_their_folder(jet_onnx, tmp_path, out_dir, bad):
     as_model = write_spec(tmp_path, {**base, "name": bad}, "model_name.yaml")
     code, _, err = invoke("convert", "--spec", as_model, "-o", out_dir / "jet.onnx")
     assert_clean_failure(code, err, 2, "model_name.yaml", "model name")
-    as_tensor = write_spec(tmp_path, {**base, "inputs": [{"name": bad, "shape": ["batch", 16]}]}, "tensor.yaml")
-    code, _, err = invoke("convert", "--spec", as_tensor, "-o", out_dir / "jet.onnx")
-    assert_clean_failure(code, err, 2, "tensor.yaml", "tensor name")
-    code, _, err = invoke("convert", jet_onnx, "-o", out_dir / "jet.onnx", "--input", f"{bad}:float32:batch,16")
-    assert_clean_failure(code, err, 2, "tensor name")
     code, _, err = invoke("convert", jet_onnx, "-o", out_dir / "jet.onnx", "--name", bad)
     assert_clean_failure(code, err, 2, "model name")
     assert list(out_dir.iterdir()) == []
+    # A tensor name is never a path: ONNX and Triton take any text, so it is kept verbatim, and the
+    # files named after it (Triton warm-up files) are escaped instead. Only an empty name is refused.
+    as_tensor = write_spec(tmp_path, {**base, "inputs": [{"name": bad, "shape": ["batch", 16]}]}, "tensor.yaml")
+    code, _, err = invoke("convert", "--spec", as_tensor, "-o", out_dir / "jet.onnx")
+    if bad == "":
+        assert_clean_failure(code, err, 2, "tensor.yaml", "tensor name")
+        return
+    assert code == 0, err
+    import onnx
+
+    assert [i.name for i in onnx.load(str(out_dir / "jet.onnx")).graph.input] == [bad]
+    golden = tmp_path / "golden.npz"
+    np.savez(golden, **{bad: np.zeros((2, 16), np.float32)})
+    code, _, err = invoke("triton", "add", tmp_path / "repo", out_dir / "jet.onnx", "--name", "jet", "--warmup", golden)
+    assert code == 0, err
+    warm = [p.relative_to(tmp_path / "repo") for p in (tmp_path / "repo").rglob("*") if "warmup" in p.parts and p.is_file()]
+    assert len(warm) == 1 and warm[0].parent.as_posix() == "jet/warmup"  # one file, inside its folder
 
 
 def test_an_output_path_whose_folder_does_not_exist(jet_onnx, tmp_path):
