@@ -269,10 +269,24 @@ class InstanceGroup(_Strict):
 
 
 class CpuTwin(_Strict):
+    """The CPU-fallback twin. CMSSW's thread control: one instance per thread asked for, each
+    ONNX Runtime session with one intra-op and one inter-op thread (``count`` and the thread
+    counts override that)."""
+
     variant: VariantName = "int8-cpu"
-    count: int = Field(1, ge=1)
-    intra_op_threads: int = Field(0, ge=0)
-    inter_op_threads: int = Field(0, ge=0)
+    threads: int = Field(1, ge=1)
+    count: int | None = Field(None, ge=1)
+    intra_op_threads: int = Field(1, ge=0)
+    inter_op_threads: int = Field(1, ge=0)
+
+    @property
+    def instances(self) -> int:
+        return self.count if self.count is not None else self.threads
+
+
+class TritonOptimization(_Strict):
+    # ONNX Runtime backend: graph optimisation level (-1 basic, 1 extended, 2 all; Triton's `graph { level }`).
+    graph_level: int | None = Field(None, ge=-1, le=2)
 
 
 class PerfSpec(_Strict):
@@ -290,6 +304,11 @@ class TritonSpec(_Strict):
     dynamic_batching: DynamicBatching | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)
     tensorrt_accelerator: Literal["FP32", "FP16", "INT8"] | None = None
+    # Class names in order: written to labels.txt and named by the classification output's label_filename.
+    labels: list[str] = Field(default_factory=list)
+    # The checksum repository agent (MD5:<version>/<file> keys, as CMSSW's cmsTritonConfigTool writes them).
+    checksum_agent: bool = True
+    optimization: TritonOptimization = Field(default_factory=TritonOptimization)
     # The NGC tritonserver release that will serve the repository ("24.10"): plans and ORT-TRT
     # configs are checked against its TensorRT and ONNX Runtime versions.
     server_release: str | None = None

@@ -12,11 +12,17 @@ import click
 
 from hepdeploy.cli.options import server_release_option, spec_option
 from hepdeploy.errors import BadInputError
+from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE
 from hepdeploy.plan_compat import server_release as release_by_name
 from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.python_backend import twin_name
 from hepdeploy.triton.repository import publish_model, publish_python_twin
+from hepdeploy.triton.supersonic import (
+    SupersonicOptions,
+    parse_replicas,
+    write_supersonic_values,
+)
 from hepdeploy.validate.reference import load_data_file
 
 
@@ -122,6 +128,35 @@ def check_command(repo: Path, no_run: bool, server_release: str | None) -> None:
     click.echo(report.summary(), err=bool(report.problems))
     if report.problems:
         raise click.exceptions.Exit(1)
+
+
+@triton.command("supersonic")
+@click.argument("repo", type=click.Path(path_type=Path, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The values override to write (YAML).")
+@click.option("--storage", type=click.Choice(["pvc", "nfs", "cvmfs"]), default="pvc", show_default=True,
+              help="How the pods mount the repository.")
+@click.option("--claim", help="pvc: the PersistentVolumeClaim that holds the repository.")
+@click.option("--nfs-server", help="nfs: the NFS server.")
+@click.option("--nfs-path", help="nfs: the exported path of the repository.")
+@click.option("--gpus", type=click.IntRange(0, None), default=1, show_default=True, help="GPUs per Triton pod.")
+@click.option("--replicas", default="1", show_default=True, metavar="MIN[:MAX]",
+              help="Triton pods; MIN:MAX with MAX > MIN turns on KEDA autoscaling between them.")
+@server_release_option
+def supersonic_command(repo: Path, output: Path, storage: str, claim: str | None, nfs_server: str | None,
+                       nfs_path: str | None, gpus: int, replicas: str, server_release: str | None) -> None:
+    """Write a SuperSONIC Helm values override that serves REPO (chart fastmachinelearning/SuperSONIC 0.3.x).
+
+    Then: helm repo add fastml https://fastmachinelearning.org/SuperSONIC/ &&
+    helm install sonic fastml/supersonic -n NAMESPACE -f OUTPUT
+    """
+    low, high = parse_replicas(replicas)
+    options = SupersonicOptions(storage=storage, claim=claim, nfs_server=nfs_server, nfs_path=nfs_path,  # type: ignore[arg-type]
+                                gpus=gpus, min_replicas=low, max_replicas=high,
+                                release=server_release or DEFAULT_SERVER_RELEASE)
+    write_supersonic_values(repo, output, options)
+    click.echo(f"wrote {output}: mount {storage}, {gpus} GPU(s) per pod, replicas {low}..{high}; "
+               f"helm install sonic fastml/supersonic -n NAMESPACE -f {output}")
 
 
 def register(group: click.Group) -> None:

@@ -79,7 +79,9 @@ def spec_dict(net: ZooNetwork, flavour: str, stem: str, source_file: str) -> dic
             **({"chunk_size": net.chunk_size} if net.chunk_size else {}),
             **({"policy": dict(net.validation_policy)} if net.validation_policy else {}),
         },
-        "triton": {"model_name": stem, **net.triton},
+        "triton": {"model_name": stem,
+                   **({"labels": list(net.class_names)} if net.task == "classification" and net.class_names else {}),
+                   **net.triton},
     }
 
 

@@ -48,6 +48,7 @@ from hepdeploy.plan_compat import (
     plan_problems,
 )
 from hepdeploy.triton.config import (
+    CHECKSUM_AGENT,
     WARMUP_FOLDER,
     config_platform,
     model_filename,
@@ -155,6 +156,8 @@ class _ModelChecker:
             return self.problems
         self._check_batching(config, config_path)
         self._check_warmup(config)
+        self._check_labels(config)
+        self._check_checksums(config)
         versions = self._versions(config)
         served = _served_versions(config, [int(v.name) for v in versions])
         for version_dir in versions:
@@ -200,6 +203,36 @@ class _ModelChecker:
                     self.problem(
                         path, f"warm-up file has {path.stat().st_size} bytes, dims {list(entry.dims)} need {want}"
                     )
+
+    def _check_labels(self, config: model_config_pb2.ModelConfig) -> None:
+        for tensor in config.output:
+            if not tensor.label_filename:
+                continue
+            path = self.dir / tensor.label_filename
+            if "/" in tensor.label_filename or not path.is_file():
+                self.problem(path, f"label file {tensor.label_filename!r} of output {tensor.name!r} is missing")
+                continue
+            labels = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line]
+            dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+            if dims and dims[-1] > 0 and len(labels) != dims[-1]:
+                self.problem(path, f"{len(labels)} labels for output {tensor.name!r} with {dims[-1]} classes")
+
+    def _check_checksums(self, config: model_config_pb2.ModelConfig) -> None:
+        """The checksum repository agent's MD5 keys against the files (what Triton checks when it loads)."""
+        import hashlib
+
+        for agent in config.model_repository_agents.agents:
+            if agent.name != CHECKSUM_AGENT:
+                continue
+            for key, expected in sorted(agent.parameters.items()):
+                relative = key.removeprefix("MD5:")
+                path = self.dir / relative
+                if not key.startswith("MD5:") or ".." in Path(relative).parts or Path(relative).is_absolute():
+                    self.problem(self.dir / CONFIG_NAME, f"checksum agent key {key!r} is not MD5:<version>/<file>")
+                elif not path.is_file():
+                    self.problem(path, f"checksum agent lists {relative}, which is missing")
+                elif hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() != expected:
+                    self.problem(path, "MD5 differs from the checksum agent's (Triton would refuse to load it)")
 
     def _versions(self, config: model_config_pb2.ModelConfig) -> list[Path]:
         versions: list[Path] = []

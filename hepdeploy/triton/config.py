@@ -172,6 +172,50 @@ def _fill_tensor(message: Any, spec: TensorSpec, batched: bool) -> None:
         message.dims.extend(dims)
 
 
+LABEL_FILENAME = "labels.txt"
+
+
+def _label_output(config: Any, outputs: Sequence[TensorSpec], labels: Sequence[str], name: str) -> None:
+    """``label_filename`` on the classification output: the one whose last dim is the number of classes."""
+    fitting = [t for t in outputs if t.shape and t.shape[-1] == len(labels)]
+    if not fitting:
+        shapes = ", ".join(f"{t.name}{list(t.shape)}" for t in outputs)
+        raise SpecError(f"model {name!r}: triton.labels has {len(labels)} names but no output has {len(labels)} "
+                        f"classes on its last axis ({shapes})")
+    for message in config.output:
+        if message.name == fitting[0].name:
+            message.label_filename = LABEL_FILENAME
+
+
+CHECKSUM_AGENT = "checksum"
+
+
+def set_checksum_agent(config: Any, model_dir: Path, skip: Sequence[str] = ()) -> None:
+    """The checksum repository agent over every file of every version folder: ``MD5:<version>/<file>`` keys.
+
+    Triton's checksum agent refuses to load a model whose files differ; CMSSW's SonicTriton
+    compares the same keys between its local copy and the server's to refuse a mismatched version.
+    """
+    import hashlib
+
+    del config.model_repository_agents.agents[:]
+    agent = config.model_repository_agents.agents.add()
+    agent.name = CHECKSUM_AGENT
+    for version in sorted((p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()),
+                          key=lambda p: int(p.name)):
+        for path in sorted(version.rglob("*")):
+            if path.is_file() and path.name not in skip:
+                digest = hashlib.md5(usedforsecurity=False)
+                with path.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                agent.parameters[f"MD5:{path.relative_to(model_dir).as_posix()}"] = digest.hexdigest()
+
+
+def label_file_text(labels: Sequence[str]) -> str:
+    return "".join(f"{label}\n" for label in labels)
+
+
 def _dims_from_profile(config: Any, plan: PlanMetadata, batched: bool) -> None:
     """Input dims the engine profile fixes (min == max) become numbers instead of -1."""
     profile = plan.profiles[0] if plan.profiles else {}
@@ -296,7 +340,7 @@ def build_model_config(
     if kind == "cpu":
         group = config.instance_group.add()
         group.kind = pb2.ModelInstanceGroup.Kind.Value("KIND_CPU")
-        group.count = twin.count if twin else 1
+        group.count = twin.instances if twin else 1
     else:
         for wanted in triton.instance_group or []:
             group = config.instance_group.add()
@@ -315,12 +359,15 @@ def build_model_config(
             accelerator.name = "tensorrt"
             accelerator.parameters["precision_mode"] = triton.tensorrt_accelerator
         if kind == "cpu":
-            intra = twin.intra_op_threads if twin else 0
-            inter = twin.inter_op_threads if twin else 0
+            intra = twin.intra_op_threads if twin else 1
+            inter = twin.inter_op_threads if twin else 1
             config.parameters[ORT_INTRA_OP_THREADS].string_value = str(intra)
             if inter > 0:
-                config.parameters[ORT_EXECUTION_MODE].string_value = "1"
                 config.parameters[ORT_INTER_OP_THREADS].string_value = str(inter)
+            if inter > 1:  # several inter-op threads only help in ORT's parallel execution mode
+                config.parameters[ORT_EXECUTION_MODE].string_value = "1"
+        if triton.optimization.graph_level is not None:
+            config.optimization.graph.level = triton.optimization.graph_level
     if default_model_filename and default_model_filename != DEFAULT_MODEL_FILENAMES.get(platform):
         config.default_model_filename = default_model_filename
     if cc_model_filenames:
@@ -330,6 +377,8 @@ def build_model_config(
             config.cc_model_filenames[check_capability_key(capability)] = filename
 
     _version_policy(config, triton.version_policy)
+    if triton.labels:
+        _label_output(config, outputs, triton.labels, name)
 
     # -- warm-up from golden inputs ---------------------------------------------------------
     if triton.warmup and warmup_inputs:

@@ -58,12 +58,15 @@ from hepdeploy.spec import ModelSpec, TensorSpec, TritonSpec
 from hepdeploy.triton.check import CheckEnvironment, check_model
 from hepdeploy.triton.config import (
     DEFAULT_MODEL_FILENAMES,
+    LABEL_FILENAME,
     WARMUP_FOLDER,
     Kind,
     build_model_config,
     config_to_pbtxt,
+    label_file_text,
     perf_analyzer_command,
     read_model_config,
+    set_checksum_agent,
     warmup_samples,
 )
 from hepdeploy.triton.layout import (
@@ -384,7 +387,6 @@ def publish_model(
         )
     elif config.name != name:
         raise BadInputError(f"config name {config.name!r} differs from the model name {name!r}")
-    config_text = config_to_pbtxt(config)
     batched = config.max_batch_size > 0
     samples = warmup_samples(inputs, warmup_inputs, batched) if (config.model_warmup and warmup_inputs) else []
 
@@ -446,8 +448,13 @@ def publish_model(
                 (staged / WARMUP_FOLDER).mkdir(exist_ok=True)
                 for sample in samples:
                     _write(staged / WARMUP_FOLDER / sample.file_name, sample.data)
+            if any(output.label_filename for output in config.output):
+                _write(staged / LABEL_FILENAME, label_file_text(triton.labels))
+            if triton.checksum_agent and config.backend != "python":
+                set_checksum_agent(config, staged, skip=[MANIFEST_NAME])
+            config_text = config_to_pbtxt(config)
             old_config = model_dir / CONFIG_NAME
-            old_text = old_config.read_text(encoding="utf-8") if old_config.is_file() else None
+            old_serving = _serving_text(read_model_config(old_config)) if old_config.is_file() else None
             _write(staged / CONFIG_NAME, config_text)
             _write(staged / README_NAME, _readme_text(config, [*existing, version], spec))
 
@@ -470,9 +477,17 @@ def publish_model(
         version=version,
         model_dir=model_dir,
         version_dir=model_dir / str(version),
-        config_changed=old_text != config_text,
+        config_changed=old_serving != _serving_text(config),
         files=files,
     )
+
+
+def _serving_text(config: model_config_pb2.ModelConfig) -> str:
+    """The config without its checksum agent, which changes with every version: did *serving* change?"""
+    plain = type(config)()
+    plain.CopyFrom(config)
+    plain.ClearField("model_repository_agents")
+    return config_to_pbtxt(plain)
 
 
 def _commit(staged: Path, model_dir: Path, version: int, warmup_names: list[str]) -> None:
@@ -494,6 +509,8 @@ def _commit_by_renames(staged: Path, model_dir: Path, version: int, warmup_names
         for item in warmup_names:
             os.replace(staged / WARMUP_FOLDER / item, model_dir / WARMUP_FOLDER / item)
     os.rename(staged / str(version), model_dir / str(version))
+    if (staged / LABEL_FILENAME).is_file():
+        os.replace(staged / LABEL_FILENAME, model_dir / LABEL_FILENAME)
     os.replace(staged / README_NAME, model_dir / README_NAME)
     os.replace(staged / CONFIG_NAME, model_dir / CONFIG_NAME)
 

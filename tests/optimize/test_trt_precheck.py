@@ -11,7 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hepdeploy.cli import main
 from hepdeploy.optimize import optimize_artifact
-from hepdeploy.optimize.trt_precheck import available_lists, operator_list, precheck_model
+from hepdeploy.optimize.trt_precheck import (
+    available_lists,
+    operator_list,
+    precheck_model,
+)
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=17, extra_opsets=()):

@@ -121,6 +121,10 @@ def test_model_that_fails_to_run_is_caught(good_repo):
     path = good_repo / "facile" / "1" / "model.onnx"
     model = onnx.load(str(path))
     (good_repo / "facile" / "1" / MANIFEST_NAME).unlink()  # foreign repository: no checksums
+    config_path = good_repo / "facile" / "config.pbtxt"
+    config = read_model_config(config_path)
+    config.ClearField("model_repository_agents")
+    config_path.write_text(config_to_pbtxt(config))
     w2 = next(i for i in model.graph.initializer if i.name == "w2")
     w2.CopyFrom(numpy_helper.from_array(np.zeros((4, 1), np.float32), "w2"))
     path.write_bytes(model.SerializeToString())

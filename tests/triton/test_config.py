@@ -67,9 +67,15 @@ def test_cpu_twin_config(models, facile_spec):
     config = build_model_config(models["facile"], facile_spec.triton, name="facile_cpu", kind="cpu")
     _roundtrip(config)
     assert [(pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in config.instance_group] == [("KIND_CPU", 2)]
+    # CMSSW's thread control: one intra-op and one inter-op thread per instance, sequential execution.
     assert config.parameters["intra_op_thread_count"].string_value == "1"
-    assert "inter_op_thread_count" not in config.parameters
+    assert config.parameters["inter_op_thread_count"].string_value == "1"
+    assert "execution_mode" not in config.parameters
     assert not config.HasField("optimization")  # no TensorRT accelerator on a CPU server
+    threads = facile_spec.triton.model_copy(deep=True)
+    threads.cpu_twin = threads.cpu_twin.model_copy(update={"count": None, "threads": 4})
+    config = build_model_config(models["facile"], threads, name="facile_cpu", kind="cpu")
+    assert [g.count for g in config.instance_group] == [4]  # instances = threads asked for
     settings = facile_spec.triton.model_copy(deep=True)
     settings.cpu_twin.inter_op_threads = 2
     config = build_model_config(models["facile"], settings, name="facile_cpu", kind="cpu")

@@ -15,13 +15,23 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hepdeploy.artifacts import Sidecar, SourceRecord, StepRecord, VariantRecord, engine_sidecar_path
+from hepdeploy.artifacts import (
+    Sidecar,
+    SourceRecord,
+    StepRecord,
+    VariantRecord,
+    engine_sidecar_path,
+)
 from hepdeploy.backend.cudart import CudaDevice
 from hepdeploy.backend.trt import PlanLoader
 from hepdeploy.cli import main
 from hepdeploy.errors import BadInputError, SpecError
 from hepdeploy.plan_compat import PLAN_STEP, PlanMetadata, ProfileRange, server_release
-from hepdeploy.triton.check import CheckEnvironment, check_repository, check_repository_report
+from hepdeploy.triton.check import (
+    CheckEnvironment,
+    check_repository,
+    check_repository_report,
+)
 from hepdeploy.triton.config import read_model_config
 from hepdeploy.triton.repository import publish_model
 

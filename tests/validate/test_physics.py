@@ -4,7 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hepdeploy.metrics import robust_bias_resolution, roc_auc, roc_curve, signal_efficiency_at
+from hepdeploy.metrics import (
+    robust_bias_resolution,
+    roc_auc,
+    roc_curve,
+    signal_efficiency_at,
+)
 from hepdeploy.spec import PhysicsSpec
 from hepdeploy.validate.physics import infer_task, physics_checks
 
