@@ -86,7 +86,7 @@ class ServerError(HepDeployError):
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
+def first_line(error: BaseException, limit: int = 1000) -> str:
     """The first line of an exception's message (colour codes removed, cut to ``limit``), or its
     type name when it has no message: what a one-line error from a dependency's failure shows."""
     text = _ANSI_ESCAPE.sub("", str(error)).strip()

@@ -30,7 +30,7 @@ from hepdeploy.artifacts import read_engine_sidecar
 from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.convert import convert_from_spec, merge_zoo_spec
 from hepdeploy.environment import versions
-from hepdeploy.errors import BadInputError, HepDeployError, first_line
+from hepdeploy.errors import BadInputError, HepDeployError, NativeCrashError, first_line
 from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.model_zoo import export_network, get_network
 from hepdeploy.optimize import optimize_artifact
@@ -187,6 +187,10 @@ def failed_step(name: str, error: Exception, log_dir: Path) -> StepResult:
     it is written with its chain of causes to ``log_dir/<step>.log`` and logged at debug
     level (``-v``).
     """
+    if isinstance(error, NativeCrashError):
+        # A dependency crashed natively on this variant's graph, in a child process: the variant is
+        # rejected with the signal's name and the build goes on with the others.
+        return StepResult(name, "rejected", str(error))
     if isinstance(error, HepDeployError):
         result = StepResult(name, "failed", str(error))
         if error.__cause__ is None:

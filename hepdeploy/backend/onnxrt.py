@@ -68,7 +68,9 @@ def ort_error_line(error: BaseException) -> str:
         if marker in text:
             text = text.split(marker, 1)[1]
             break
-    return _ORT_SOURCE_POSITION.sub("failed: ", text)[:400]
+    text = _ORT_SOURCE_POSITION.sub("failed: ", text)
+    # Whole, up to a generous bound: the cause is often at the end ("... of operator (DequantizeLinear) is invalid").
+    return text if len(text) <= 1500 else text[:1500] + " ..."
 
 
 def _check_tensorrt_provider(ort_version: str) -> None:
@@ -106,7 +108,7 @@ def create_session(
     else:
         source = model.SerializeToString()
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user through our own one-line messages
     if intra_op_threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         intra_op_threads = int(os.environ["OMP_NUM_THREADS"])
     if intra_op_threads is not None:

@@ -177,7 +177,7 @@ def _make_onnx_variant(
     # Shape hints written by the tools (AutoCast records the sizes of its reference run)
     # are optional and can be wrong for other sizes; ONNX Runtime and TensorRT infer their own.
     del model.graph.value_info[:]
-    _check_runs(model, kind.name, inputs, sample)
+    _check_runs(model, f"{kind.name} of {parent.path.name}", inputs, sample)
 
     record = VariantRecord(name=kind.name, precision=precision, target=kind.target)
     sidecar = derive_sidecar(parent, record, steps[0])

@@ -54,6 +54,22 @@ def _mlp() -> torch.nn.Module:
                                torch.nn.Linear(32, 5), torch.nn.Softmax(dim=1)).eval()
 
 
+def _transformer() -> torch.nn.Module:
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Linear(7, 32)
+            layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True,
+                                                     dropout=0.0)
+            self.encoder = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+            self.head = torch.nn.Linear(32, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.head(self.encoder(self.embed(x)).mean(dim=1)), dim=1)
+
+    return Encoder().eval()
+
+
 def _export(module, example, path: Path, opset: int, inp: str, out: str, batch: str | None) -> onnx.ModelProto:  # noqa: ANN001
     axes = {inp: {0: batch}, out: {0: batch}} if batch else None
     torch.onnx.export(module, (example,), str(path), opset_version=opset, input_names=[inp], output_names=[out],
@@ -115,6 +131,14 @@ def foreign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Foreign]:
     # ONNX Runtime quantizes neither LSTM statically nor, by default, the last Gemm (kept FP32 as an edge).
     made["lstm_opset13_unk"] = Foreign(path, data, "cpf", "output/BiasAdd", batched=True, dims=(10, 6),
                                        int8_refusal="nothing to quantize: no Q/DQ node was placed")
+
+    # Particle-Transformer-like encoder at opset 15, batch N, a fixed number of particles.
+    torch.manual_seed(3)
+    path = folder / "transformer_opset15.onnx"
+    _export(_transformer(), torch.randn(4, 12, 7), path, 15, "pf_features", "softmax", "N")
+    data = folder / "transformer_opset15.npz"
+    np.savez(data, pf_features=rng.standard_normal((200, 12, 7)).astype(np.float32))
+    made["transformer_opset15_N"] = Foreign(path, data, "pf_features", "softmax", batched=True, dims=(12, 7))
     return made
 
 
@@ -125,7 +149,8 @@ def _cli(*args: str | Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["ir3_opset9_N", "ir3_fixed_batch_1", "conv_opset11_batch_size", "lstm_opset13_unk"])
+@pytest.mark.parametrize("key", ["ir3_opset9_N", "ir3_fixed_batch_1", "conv_opset11_batch_size", "lstm_opset13_unk",
+                                 "transformer_opset15_N"])
 def test_a_foreign_model_goes_through_every_stage(foreign: dict[str, Foreign], tmp_path: Path, key: str) -> None:
     model = foreign[key]
     shown = _cli("inspect", model.path)
@@ -177,3 +202,25 @@ def test_tensor_names_are_kept_and_file_names_escaped(tmp_path: Path) -> None:
     assert infer_batch_axis([TensorSpec(name="x", shape=["unk__12", 3]), TensorSpec(name="y", shape=["unk__13"])])[0]
     assert infer_batch_axis([TensorSpec(name="x", shape=["n", 3]), TensorSpec(name="y", shape=["n"])])[0]
     assert not infer_batch_axis([TensorSpec(name="x", shape=[1, 3]), TensorSpec(name="y", shape=[1])])[0]
+
+
+@pytest.mark.slow
+def test_fp16_of_a_transformer_never_takes_the_process_down(tmp_path: Path) -> None:
+    # Exported with a dynamic particle count, the TorchScript exporter bakes the sequence length into the
+    # attention's Reshape nodes; ONNX Runtime segfaults creating a session on its FP16 (AutoCast) graph here.
+    # Whatever ONNX Runtime does with it, the command ends with its own exit code and one line.
+    torch.manual_seed(3)
+    path = tmp_path / "transformer_dynamic.onnx"
+    torch.onnx.export(_transformer(), (torch.randn(4, 12, 7),), str(path), opset_version=15,
+                      input_names=["pf_features"], output_names=["softmax"],
+                      dynamic_axes={"pf_features": {0: "N", 1: "n_pf"}, "softmax": {0: "N"}}, dynamo=False)
+    data = tmp_path / "data.npz"
+    np.savez(data, pf_features=np.random.default_rng(0).standard_normal((64, 12, 7)).astype(np.float32))
+    result = CliRunner().invoke(main, ["optimize", str(path), "--variant", "fp16", "-o", str(tmp_path / "fp16.onnx"),
+                                       "--calibration", str(data)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    if result.exit_code == 0:
+        assert (tmp_path / "fp16.onnx").is_file()
+    else:
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: fp16 of transformer_dynamic")
+        assert not (tmp_path / "fp16.onnx").exists()
