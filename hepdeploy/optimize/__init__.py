@@ -153,7 +153,11 @@ def _make_onnx_variant(
     steps: list[StepRecord] = []
     model = load_onnx(parent.path)
     # Old exporters: IR 3 lifted, and quantized variants need per-channel Q/DQ (opset 13).
-    model, normalized = normalize_for_tools(model, PER_CHANNEL_OPSET if kind.needs_calibration else None)
+    # The spec's opset is the target of every upgrade; quantized variants need at least per-channel Q/DQ's.
+    wanted = spec.opset if spec is not None else None
+    if kind.needs_calibration:
+        wanted = max(wanted or 0, PER_CHANNEL_OPSET)
+    model, normalized = normalize_for_tools(model, wanted)
     if normalized:
         steps.append(StepRecord(name="normalize", tool="onnx", tool_version=onnx.__version__, parameters=normalized))
     already_simple = any(step.name == "simplify" for step in parent.sidecar.steps)

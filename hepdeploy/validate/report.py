@@ -18,12 +18,13 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from hepdeploy import __version__
 from hepdeploy.compare import PRECISION_DEFAULTS, OutputComparison, ResolvedTolerance
-from hepdeploy.fsutil import atomic_path, atomic_write_text
+from hepdeploy.fsutil import atomic_path, atomic_write_text, file_name_for
 from hepdeploy.validate.localize import LocalizationReport
 from hepdeploy.validate.physics import PhysicsCheck, PhysicsResult
 
@@ -432,7 +433,7 @@ def write_plots(reports: list[VariantReport], folder: Path) -> dict[str, list[Pa
             ax_res.set_ylabel("entries")
             ax_res.set_title(f"{output}: residual ({int((~finite).sum())} non-finite)")
             fig.tight_layout()
-            paths.append(_save_figure(fig, folder / f"{stem}_{_safe(output)}_outputs.png"))
+            paths.append(_save_figure(fig, folder / f"{stem}_{file_name_for(output)}_outputs.png"))
             plt.close(fig)
         if report.physics.curves:
             fig, ax = plt.subplots(figsize=(6, 5))
@@ -551,6 +552,7 @@ def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], repo
             parts.append("</table>")
         for path in plots.get(r.variant, []):
             rel = path.relative_to(report_dir).as_posix()
-            parts.append(f"<div><img src='{esc(rel)}' alt='{esc(path.stem)}'></div>")
+            # File names from tensor names are percent-escaped: the URL escapes the '%' itself.
+            parts.append(f"<div><img src='{esc(quote(rel))}' alt='{esc(path.stem)}'></div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

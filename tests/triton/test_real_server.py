@@ -37,3 +37,41 @@ def test_server_loads_published_twins_and_runs_their_warmup(
         errors = server.model_load_errors()
     assert ready == ["in_py"], errors
     assert "warmup setting expects 188 bytes" in errors["facile_py"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_the_readme_warmup_from_a_golden_file_runs_in_a_real_server(triton_binary, tmp_path, models, facile_spec):
+    # As in the README's worked example: `triton add ... --warmup golden.npz --python-backend`, where the
+    # golden file (from `hepdeploy reference`) keeps its inputs under input/NAME keys; here with a
+    # TensorFlow-style tensor name, whose warm-up file name is escaped.
+    import numpy as np
+    import onnx
+    from click.testing import CliRunner
+
+    from hepdeploy.cli import main
+    from hepdeploy.triton.config import read_model_config
+    from hepdeploy.triton.server import TritonServer
+
+    model = onnx.load(str(models["facile"]))
+    for value in model.graph.input:
+        value.name = "input_1:0"
+    for node in model.graph.node:
+        node.input[:] = ["input_1:0" if name == "input" else name for name in node.input]
+    path = tmp_path / "facile_tf.onnx"
+    onnx.save(model, str(path))
+    golden = tmp_path / "golden.npz"
+    rng = np.random.default_rng(0)
+    np.savez(golden, **{"input/input_1:0": rng.standard_normal((4, 47)).astype(np.float32),
+                        "output/output": np.zeros((4, 1), np.float32)})
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["triton", "add", str(repo), str(path), "--name", "facile",
+                                       "--warmup", str(golden), "--python-backend"])
+    assert result.exit_code == 0, result.output
+    twin = read_model_config(repo / "facile_py" / "config.pbtxt")
+    entry = twin.model_warmup[0].inputs["input_1:0"]
+    assert entry.input_data_file == "input_1%3A0" and (repo / "facile_py" / "warmup" / "input_1%3A0").is_file()
+    with TritonServer(repo, binary=triton_binary, load=["facile_py"], startup_timeout_s=60,
+                      load_timeout_s=120) as server:
+        ready, errors = server.ready_models(), server.model_load_errors()
+    assert ready == ["facile_py"], errors  # loading runs the warm-up: the server read and ran our file
