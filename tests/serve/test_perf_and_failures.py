@@ -103,7 +103,8 @@ def test_serve_check_validates_loadable_models_and_lists_the_refused_ones(triton
     assert by_name["jet_mlp_wrong_py"]["passed"] is False
     assert not by_name[serve_repository.refused]["loaded"]
     assert "preferred size must be <= max batch size" in by_name[serve_repository.refused]["load_error"]
-    assert not by_name["jet_mlp"]["loaded"] and "backend 'onnxruntime'" in by_name["jet_mlp"]["load_error"]
+    refused = by_name["jet_mlp"]["load_error"]
+    assert not by_name["jet_mlp"]["loaded"] and ("backend 'onnxruntime'" in refused or "repo agent 'checksum'" in refused)
     assert report["status"] == "failed" and not report["ok"]
     assert "jet_mlp_wrong_py" in report["reason"]
 
