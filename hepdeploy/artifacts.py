@@ -140,7 +140,7 @@ def write_artifact(model: onnx.ModelProto, path: Path, sidecar: Sidecar) -> Arti
     """Write the ``.onnx`` then its sidecar, both atomically; the sidecar records the file's sha256."""
     path = Path(path)
     save_onnx(model, path)
-    sidecar = sidecar.model_copy(update={"sha256": sha256_file(path), "opset": sidecar.opset or opset_of(model)})
+    sidecar = sidecar.model_copy(update={"sha256": sha256_file(path), "opset": opset_of(model) or sidecar.opset})
     atomic_write_text(sidecar_path_for(path), sidecar.model_dump_json(indent=2) + "\n")
     return Artifact(path=path, sidecar=sidecar)
 

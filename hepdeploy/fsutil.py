@@ -59,7 +59,12 @@ def file_name_for(name: str) -> str:
     if _SAFE_NAME.match(name) and ".." not in name and name not in (".",):
         return name
     escaped = quote(name, safe="-_")
-    return escaped.replace(".", "%2E") if set(escaped) <= {"."} or ".." in escaped else escaped
+    escaped = escaped.replace(".", "%2E") if set(escaped) <= {"."} or ".." in escaped else escaped
+    if len(escaped.encode()) > 200:  # file systems stop at 255 bytes: keep a prefix and a digest of the whole
+        import hashlib
+
+        escaped = f"{escaped[:180]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return escaped
 
 
 def check_output_folder(path: Path) -> Path:

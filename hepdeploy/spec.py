@@ -42,10 +42,13 @@ class _Strict(BaseModel):
 # (unk__123, batch_size), PyTorch users (batch_size, bs).
 BATCH_DIM_NAMES = frozenset({"batch", "N", "batch_size", "batchsize", "bs", "None"})
 _UNKNOWN_DIM = re.compile(r"^unk__\d+$")
+# What hepdeploy calls a leading dim the exporter left unnamed (-1 or empty): dim<position>_0.
+_UNNAMED_LEADING_DIM = re.compile(r"^dim\d+_0$")
 
 
 def is_batch_dim_name(dim: Dim) -> bool:
-    return isinstance(dim, str) and (dim in BATCH_DIM_NAMES or bool(_UNKNOWN_DIM.match(dim)))
+    return isinstance(dim, str) and (dim in BATCH_DIM_NAMES or bool(_UNKNOWN_DIM.match(dim))
+                                     or bool(_UNNAMED_LEADING_DIM.match(dim)))
 
 
 def infer_batch_axis(tensors: Sequence[TensorSpec]) -> tuple[bool, str]:
@@ -61,6 +64,8 @@ def infer_batch_axis(tensors: Sequence[TensorSpec]) -> tuple[bool, str]:
     if fixed:
         return False, f"not every tensor has a symbolic leading dim ({', '.join(fixed[:3])})"
     names = sorted(set(leading))  # type: ignore[type-var]
+    if all(isinstance(d, str) and _UNNAMED_LEADING_DIM.match(d) for d in leading):
+        return True, "an unnamed (-1) leading dim on every input and output"
     if all(is_batch_dim_name(d) for d in leading):
         return True, f"leading dim named {' / '.join(map(repr, names))} on every input and output"
     if len(names) == 1:
@@ -285,7 +290,8 @@ class CpuTwin(_Strict):
 
 
 class TritonOptimization(_Strict):
-    # ONNX Runtime backend: graph optimisation level (-1 basic, 1 extended, 2 all; Triton's `graph { level }`).
+    # ONNX Runtime backend's `optimization { graph { level } }`: 0 (Triton's default) all optimisations,
+    # -1 basic only, 1 extended, 2 none (per the onnxruntime_backend README).
     graph_level: int | None = Field(None, ge=-1, le=2)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from hepdeploy.artifacts import load_onnx, read_engine_sidecar
 from hepdeploy.backend import loaders
 from hepdeploy.backend.base import RenamedRunner, Runner
-from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ProviderList
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ProviderList, check_in_child
 from hepdeploy.backend.pytorch import TorchModuleRunner
 from hepdeploy.backend.tf import KerasRunner, SavedModelRunner
 from hepdeploy.backend.trt import TensorRTEngineRunner
@@ -76,6 +76,7 @@ def artifact_runner(path: Path | str, providers: ProviderList | None = None,
         metadata = plan_metadata_of(read_engine_sidecar(path))
         return TensorRTEngineRunner(path, allow_host_code=metadata is not None and metadata.version_compatible)
     load_onnx(path, load_weights=False)  # a corrupt file says so before ONNX Runtime tries
+    check_in_child(path, where=path.name)  # a graph that crashes ONNX Runtime natively ends a child, not us
     return OnnxRuntimeRunner(path, providers=providers, intra_op_threads=intra_op_threads)
 
 

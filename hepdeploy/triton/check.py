@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hepdeploy.artifacts import load_onnx, tensor_specs_of
-from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ort_error_line
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, check_in_child, ort_error_line
 from hepdeploy.backend.trt import PlanLoader
 from hepdeploy.errors import (
     DataError,
     HepDeployError,
     ModelLoadError,
+    NativeCrashError,
     RepositoryError,
     SpecError,
     UnsafeNameError,
@@ -225,13 +226,14 @@ class _ModelChecker:
             if agent.name != CHECKSUM_AGENT:
                 continue
             for key, expected in sorted(agent.parameters.items()):
-                relative = key.removeprefix("MD5:")
+                algorithm, _, relative = key.partition(":")
                 path = self.dir / relative
-                if not key.startswith("MD5:") or ".." in Path(relative).parts or Path(relative).is_absolute():
+                if algorithm.upper() != "MD5" or not relative or ".." in Path(relative).parts \
+                        or Path(relative).is_absolute():
                     self.problem(self.dir / CONFIG_NAME, f"checksum agent key {key!r} is not MD5:<version>/<file>")
                 elif not path.is_file():
                     self.problem(path, f"checksum agent lists {relative}, which is missing")
-                elif hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() != expected:
+                elif hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() != expected.lower():
                     self.problem(path, "MD5 differs from the checksum agent's (Triton would refuse to load it)")
 
     def _versions(self, config: model_config_pb2.ModelConfig) -> list[Path]:
@@ -461,6 +463,15 @@ class _ModelChecker:
         return ok
 
     def _run_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+        try:
+            # The first session on a file we did not just check runs in a child: a graph that crashes
+            # ONNX Runtime natively is a problem of that model, not the end of the check.
+            check_in_child(path, where=path.name)
+        except NativeCrashError as error:
+            self.problem(path, str(error).removeprefix(f"{path.name}: "))
+            return
+        except ModelLoadError:
+            pass  # reported with ONNX Runtime's own line just below
         try:
             runner = OnnxRuntimeRunner(path, intra_op_threads=1, inter_op_threads=1, name=str(path))
         except ModelLoadError as error:

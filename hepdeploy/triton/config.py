@@ -190,26 +190,28 @@ def _label_output(config: Any, outputs: Sequence[TensorSpec], labels: Sequence[s
 CHECKSUM_AGENT = "checksum"
 
 
-def set_checksum_agent(config: Any, model_dir: Path, skip: Sequence[str] = ()) -> None:
-    """The checksum repository agent over every file of every version folder: ``MD5:<version>/<file>`` keys.
+def set_checksum_agent(config: Any, model_dir: Path) -> None:
+    """The checksum repository agent over every file one folder down (``MD5:<folder>/<file>``), as
+    CMSSW's cmsTritonConfigTool writes it: version folders and ``warmup/`` alike.
 
     Triton's checksum agent refuses to load a model whose files differ; CMSSW's SonicTriton
     compares the same keys between its local copy and the server's to refuse a mismatched version.
+    Other repository agents the config names are kept.
     """
     import hashlib
 
+    kept = [agent for agent in config.model_repository_agents.agents if agent.name != CHECKSUM_AGENT]
     del config.model_repository_agents.agents[:]
+    config.model_repository_agents.agents.extend(kept)
     agent = config.model_repository_agents.agents.add()
     agent.name = CHECKSUM_AGENT
-    for version in sorted((p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()),
-                          key=lambda p: int(p.name)):
-        for path in sorted(version.rglob("*")):
-            if path.is_file() and path.name not in skip:
-                digest = hashlib.md5(usedforsecurity=False)
-                with path.open("rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(block)
-                agent.parameters[f"MD5:{path.relative_to(model_dir).as_posix()}"] = digest.hexdigest()
+    for path in sorted(Path(model_dir).glob("*/*")):
+        if path.is_file():
+            digest = hashlib.md5(usedforsecurity=False)
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            agent.parameters[f"MD5:{path.relative_to(model_dir).as_posix()}"] = digest.hexdigest()
 
 
 def label_file_text(labels: Sequence[str]) -> str:

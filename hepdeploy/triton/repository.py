@@ -451,7 +451,7 @@ def publish_model(
             if any(output.label_filename for output in config.output):
                 _write(staged / LABEL_FILENAME, label_file_text(triton.labels))
             if triton.checksum_agent and config.backend != "python":
-                set_checksum_agent(config, staged, skip=[MANIFEST_NAME])
+                set_checksum_agent(config, staged)
             config_text = config_to_pbtxt(config)
             old_config = model_dir / CONFIG_NAME
             old_serving = _serving_text(read_model_config(old_config)) if old_config.is_file() else None

@@ -28,7 +28,8 @@ from hepdeploy.triton.layout import CONFIG_NAME
 
 Storage = Literal["pvc", "nfs", "cvmfs"]
 # The arguments SONIC deployments give tritonserver besides the repository: ONNX Runtime sessions share one
-# global thread pool (many models, few cores each), and a stopping pod gets time to finish its requests.
+# global thread pool (many models, few cores each), sized to the pod's CPU limit (with the global pool on,
+# the backend ignores per-model thread counts), and a stopping pod gets time to finish its requests.
 ORT_BACKEND_CONFIG = "--backend-config=onnxruntime,enable-global-threadpool=1"
 EXIT_TIMEOUT_S = 60
 MOUNT_PATH = "/models"
@@ -96,6 +97,8 @@ def supersonic_values(repo: Path, options: SupersonicOptions) -> dict[str, Any]:
         "/opt/tritonserver/bin/tritonserver",
         f"--model-repository={repository_path}",
         ORT_BACKEND_CONFIG,
+        f"--backend-config=onnxruntime,intra_op_thread_count={options.cpu}",
+        "--backend-config=onnxruntime,inter_op_thread_count=1",
         "--log-verbose=0",
         f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
     ]) + "\n"
@@ -103,7 +106,7 @@ def supersonic_values(repo: Path, options: SupersonicOptions) -> dict[str, Any]:
     if options.gpus > 0:
         limits["nvidia.com/gpu"] = options.gpus
     autoscaled = options.max_replicas > options.min_replicas
-    return {
+    values: dict[str, Any] = {
         "triton": {
             "replicas": max(options.min_replicas, 1),
             "image": f"nvcr.io/nvidia/tritonserver:{release.release}-py3",
@@ -117,6 +120,9 @@ def supersonic_values(repo: Path, options: SupersonicOptions) -> dict[str, Any]:
             "maxReplicaCount": options.max_replicas,
         },
     }
+    if autoscaled:  # KEDA scales on the server-load metric, which the chart reads from Prometheus
+        values["prometheus"] = {"enabled": True}
+    return values
 
 
 def helm_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

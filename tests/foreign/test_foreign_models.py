@@ -172,6 +172,9 @@ def test_a_foreign_model_goes_through_every_stage(foreign: dict[str, Foreign], t
         assert written.ir_version >= 4
         if variant == "int8-cpu":
             assert written.opset_import[0].version >= 13  # raised for per-channel Q/DQ
+            import json
+
+            assert json.loads(out.with_suffix(".json").read_text())["opset"] >= 13  # and the sidecar says so
         _cli("validate", out, "--golden", golden)
 
     repo = tmp_path / "repo"
@@ -202,6 +205,12 @@ def test_tensor_names_are_kept_and_file_names_escaped(tmp_path: Path) -> None:
     assert infer_batch_axis([TensorSpec(name="x", shape=["unk__12", 3]), TensorSpec(name="y", shape=["unk__13"])])[0]
     assert infer_batch_axis([TensorSpec(name="x", shape=["n", 3]), TensorSpec(name="y", shape=["n"])])[0]
     assert not infer_batch_axis([TensorSpec(name="x", shape=[1, 3]), TensorSpec(name="y", shape=[1])])[0]
+    # -1 leading dims (hepdeploy names them dim<position>_0) are one batch axis too.
+    batched, why = infer_batch_axis([TensorSpec(name="x", shape=["dim0_0", 3]), TensorSpec(name="y", shape=["dim1_0"])])
+    assert batched and "unnamed" in why
+    # A very long name still makes one file name that a file system takes, and two names never meet.
+    long_a, long_b = file_name_for("a/" * 400), file_name_for("a/" * 399 + "b")
+    assert len(long_a.encode()) <= 255 and long_a != long_b
 
 
 @pytest.mark.slow

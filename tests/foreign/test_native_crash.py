@@ -79,3 +79,23 @@ def test_a_crashing_variant_is_rejected_and_the_build_goes_on(tmp_path: Path, mo
     assert steps["optimize:fp32"]["status"] == "ok" and steps["validate:fp32"]["status"] == "ok"
     assert steps["publish"]["status"] == "ok"
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_user_supplied_graphs_that_crash_are_contained_in_validate_and_triton_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, data = _model(tmp_path)
+    quantized, golden = tmp_path / "q.onnx", tmp_path / "golden.npz"
+    for args in (["optimize", model, "--variant", "int8-cpu", "-o", quantized, "--calibration", data],
+                 ["reference", model, "--data", data, "-o", golden]):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["triton", "add", str(repo), str(quantized), "--name", "q"])
+    assert result.exit_code == 0, result.output
+
+    monkeypatch.setattr(sys, "executable", str(_segfaulting_python(tmp_path)))  # from now on, it "crashes"
+    result = CliRunner().invoke(main, ["validate", str(quantized), "--golden", str(golden)])
+    assert result.exit_code == 2 and "q.onnx: ONNX Runtime crashed (SIGSEGV)" in result.output
+    result = CliRunner().invoke(main, ["triton", "check", str(repo)])
+    assert result.exit_code == 1 and "ONNX Runtime crashed (SIGSEGV)" in result.output

@@ -65,7 +65,9 @@ def test_the_checksum_agent_covers_every_version_and_catches_a_changed_file(tmp_
     publish_model(repo, _classifier(tmp_path / "t2.onnx", seed=1), name="tagger", spec=_spec())
     config = read_model_config(repo / "tagger" / "config.pbtxt")
     (agent,) = config.model_repository_agents.agents
-    assert agent.name == "checksum" and sorted(agent.parameters) == ["MD5:1/model.onnx", "MD5:2/model.onnx"]
+    # Every file one folder down, as cmsTritonConfigTool lists them: models, manifests (and warm-up files).
+    assert agent.name == "checksum" and sorted(agent.parameters) == [
+        "MD5:1/hepdeploy-manifest.json", "MD5:1/model.onnx", "MD5:2/hepdeploy-manifest.json", "MD5:2/model.onnx"]
     import hashlib
 
     assert agent.parameters["MD5:2/model.onnx"] == hashlib.md5((repo / "tagger/2/model.onnx").read_bytes()).hexdigest()

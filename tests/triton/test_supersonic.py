@@ -61,7 +61,7 @@ def test_the_override_validates_against_the_chart_schema_after_the_merge(repo: P
     assert "--backend-config=onnxruntime,enable-global-threadpool=1" in triton["args"][0]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert triton["modelRepository"]["enabled"] is True and triton["modelRepository"]["mountPath"] == "/models"
-    assert merged["keda"]["enabled"] is True
+    assert merged["keda"]["enabled"] is True and merged["prometheus"]["enabled"] is True
     assert (merged["keda"]["minReplicaCount"], merged["keda"]["maxReplicaCount"]) == (1, 4)
     # Everything the override does not name keeps the chart's defaults (maps merge, lists replace).
     assert merged["envoy"]["enabled"] is True and merged["triton"]["service"]["ports"][1]["port"] == 8001
