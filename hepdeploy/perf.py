@@ -78,6 +78,9 @@ class PerfLevel:
     latency_ms_p95: float
     latency_ms_p99: float
     latency_ms_mean: float
+    # Where a request's time went (µs per request, from the server's statistics extension), as perf_analyzer
+    # splits it: client (send, receive, network), queue, compute_input, compute_infer, compute_output.
+    server: dict[str, float] | None = None
 
 
 @dataclass
@@ -98,11 +101,27 @@ class PerfReport:
                   f"request(s) x {self.event.batch_per_request} rows")
         rows = [f"{'clients':>7} {'events/s':>10} {'inferences/s':>13} {'requests/s':>11} {'p50 ms':>8} "
                 f"{'p95 ms':>8} {'p99 ms':>8} {'events':>7}"]
+        split = any(level.server for level in self.levels)
+        if split:
+            rows[0] += "  " + " ".join(f"{name:>9}" for name in BREAKDOWN_HEADERS)
         for level in self.levels:
-            rows.append(f"{level.clients:>7d} {level.events_per_s:>10.1f} {level.inferences_per_s:>13.0f} "
-                        f"{level.requests_per_s:>11.1f} {level.latency_ms_p50:>8.2f} {level.latency_ms_p95:>8.2f} "
-                        f"{level.latency_ms_p99:>8.2f} {level.events:>7d}")
-        return "\n".join([header, *rows, *(f"note: {n}" for n in self.notes)])
+            row = (f"{level.clients:>7d} {level.events_per_s:>10.1f} {level.inferences_per_s:>13.0f} "
+                   f"{level.requests_per_s:>11.1f} {level.latency_ms_p50:>8.2f} {level.latency_ms_p95:>8.2f} "
+                   f"{level.latency_ms_p99:>8.2f} {level.events:>7d}")
+            if split and level.server:
+                row += "  " + " ".join(_us(level.server.get(key)) for key in BREAKDOWN_KEYS)
+            rows.append(row)
+        legend = ["µs per request: client = send + receive + network; queue and compute from the server's "
+                  "statistics"] if split else []
+        return "\n".join([header, *rows, *legend, *(f"note: {n}" for n in self.notes)])
+
+
+BREAKDOWN_KEYS = ("client_us", "queue_us", "compute_input_us", "compute_infer_us", "compute_output_us")
+BREAKDOWN_HEADERS = ("client", "queue", "in", "infer", "out")
+
+
+def _us(value: float | None) -> str:
+    return f"{value:>9.1f}" if value is not None and math.isfinite(value) else f"{'-':>9}"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -141,6 +160,57 @@ def _level(clients: int, duration: float, latencies: list[float], event: EventDe
     p50, p95, p99, mean = _percentiles(latencies)
     return PerfLevel(clients, duration, events, requests, inferences, events / duration, inferences / duration,
                      requests / duration, p50, p95, p99, mean)
+
+
+# --------------------------------------------------------------------------- server statistics
+
+
+def server_statistics(url: str, model: str, version: str = "") -> dict[str, int] | None:
+    """The model's cumulative inference statistics (Triton's statistics extension), or None if unavailable."""
+    import tritonclient.grpc as grpcclient
+
+    try:
+        with grpcclient.InferenceServerClient(url) as client:
+            response = client.get_inference_statistics(model_name=model, model_version=version)
+    except Exception:  # a server without the extension, or an old one: the breakdown is simply absent
+        log.debug("no inference statistics from %s for %s", url, model, exc_info=True)
+        return None
+    totals = {"requests": 0, "success_ns": 0, "queue_ns": 0, "compute_input_ns": 0, "compute_infer_ns": 0,
+              "compute_output_ns": 0, "executions": 0, "inferences": 0}
+    for stats in response.model_stats:
+        inference = stats.inference_stats
+        totals["requests"] += inference.success.count
+        totals["success_ns"] += inference.success.ns
+        totals["queue_ns"] += inference.queue.ns
+        totals["compute_input_ns"] += inference.compute_input.ns
+        totals["compute_infer_ns"] += inference.compute_infer.ns
+        totals["compute_output_ns"] += inference.compute_output.ns
+        totals["executions"] += stats.execution_count
+        totals["inferences"] += stats.inference_count
+    return totals
+
+
+def server_breakdown(before: Mapping[str, int] | None, after: Mapping[str, int] | None,
+                     client_latency_ms: float | None) -> dict[str, float] | None:
+    """µs per request between two statistics snapshots; the client share is what the server did not spend."""
+    if before is None or after is None:
+        return None
+    requests = after["requests"] - before["requests"]
+    if requests <= 0:
+        return None
+
+    def per_request(key: str) -> float:
+        return (after[key] - before[key]) / requests / 1e3
+
+    server_us = per_request("success_ns")
+    executions = after["executions"] - before["executions"]
+    breakdown = {"requests": float(requests), "server_us": server_us, "queue_us": per_request("queue_ns"),
+                 "compute_input_us": per_request("compute_input_ns"), "compute_infer_us": per_request("compute_infer_ns"),
+                 "compute_output_us": per_request("compute_output_ns"),
+                 "rows_per_execution": (after["inferences"] - before["inferences"]) / executions if executions else 0.0}
+    breakdown["client_us"] = (max(client_latency_ms * 1e3 - server_us, 0.0)
+                              if client_latency_ms is not None and math.isfinite(client_latency_ms) else math.nan)
+    return breakdown
 
 
 # --------------------------------------------------------------------------- async gRPC clients
@@ -245,8 +315,12 @@ def run_perf(
             level = _perf_analyzer_level(perf_analyzer, url, model, version, batches, served_shapes, batched,
                                          clients, duration_s, event, timeout_s)
         else:
+            before = server_statistics(url, model, version)
             level = asyncio.run(_measure_level_async(url, model, version, batches, dtypes, output_names, clients,
                                                      duration_s, warmup_s, timeout_s, event))
+            # The statistics span the warm-up too; a request's client share is only defined for one request per event.
+            level.server = server_breakdown(before, server_statistics(url, model, version),
+                                            level.latency_ms_mean if event.requests_per_event == 1 else None)
         if level.events == 0:
             report.notes.append(f"{clients} client(s): no event completed inside the {duration_s:g} s window")
         report.levels.append(level)
@@ -395,7 +469,12 @@ def plot_levels(reports: Sequence[PerfReport], path: Path, title: str = "Through
     import matplotlib.pyplot as plt
 
     check_output_folder(path)
-    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    split = [level for report in reports[:1] for level in report.levels if level.server] if len(reports) == 1 else []
+    if split:
+        figure, (axis, parts) = plt.subplots(1, 2, figsize=(11.0, 4.4))
+        _plot_breakdown(parts, split)
+    else:
+        figure, axis = plt.subplots(figsize=(6.4, 4.4))
     for report in reports:
         xs = [level.clients for level in report.levels]
         ys = [level.events_per_s for level in report.levels]
@@ -417,6 +496,22 @@ def plot_levels(reports: Sequence[PerfReport], path: Path, title: str = "Through
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def _plot_breakdown(axis: Any, levels: Sequence[PerfLevel]) -> None:
+    """Stacked µs per request, per client count: where the served time goes."""
+    positions = np.arange(len(levels))
+    bottom = np.zeros(len(levels))
+    for key, label in zip(BREAKDOWN_KEYS, BREAKDOWN_HEADERS, strict=True):
+        values = np.array([level.server.get(key, math.nan) if level.server else math.nan for level in levels])
+        values = np.nan_to_num(values, nan=0.0)
+        axis.bar(positions, values, bottom=bottom, label=label)
+        bottom += values
+    axis.set_xticks(positions, [str(level.clients) for level in levels])
+    axis.set_xlabel("simultaneous clients")
+    axis.set_ylabel("µs per request")
+    axis.set_title("where a request's time goes")
+    axis.legend(fontsize=8, loc="best")
 
 
 def write_perf_outputs(report: PerfReport, json_path: Path | None = None, plot_path: Path | None = None) -> list[Path]:

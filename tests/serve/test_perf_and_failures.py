@@ -36,6 +36,14 @@ def test_perf_at_1_2_and_4_clients_returns_positive_throughput(triton_server, se
         assert level["events"] > 0 and level["events_per_s"] > 0
         assert level["inferences"] == level["events"] * 16
         assert 0 < level["latency_ms_p50"] <= level["latency_ms_p95"] <= level["latency_ms_p99"]
+        # Where the served time goes, from the server's statistics extension (perf_analyzer's split).
+        split = level["server"]
+        assert split["requests"] >= level["requests"] and split["compute_infer_us"] > 0
+        assert split["queue_us"] >= 0 and split["compute_input_us"] >= 0 and split["compute_output_us"] >= 0
+        parts = split["queue_us"] + split["compute_input_us"] + split["compute_infer_us"] + split["compute_output_us"]
+        assert parts <= split["server_us"] * 1.05 + 1  # the parts of the server's time do not exceed it
+        assert 0 <= split["client_us"] <= level["latency_ms_mean"] * 1e3
+    assert "client     queue        in     infer       out" in result.output
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
