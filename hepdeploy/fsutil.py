@@ -61,8 +61,6 @@ def file_name_for(name: str) -> str:
     escaped = quote(name, safe="-_")
     escaped = escaped.replace(".", "%2E") if set(escaped) <= {"."} or ".." in escaped else escaped
     if len(escaped.encode()) > 200:  # file systems stop at 255 bytes: keep a prefix and a digest of the whole
-        import hashlib
-
         escaped = f"{escaped[:180]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
     return escaped
 
@@ -123,12 +121,17 @@ def atomic_write_text(target: Path, text: str) -> Path:
     return atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks (md5 only as an identifier, as Triton's checksum agent uses it)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    return file_digest(path, "sha256", chunk)
 
 
 def _fsync_file(path: Path) -> None:

@@ -37,7 +37,7 @@ from hepdeploy.errors import (
     UnsafeNameError,
     first_line,
 )
-from hepdeploy.fsutil import check_safe_name, sha256_file
+from hepdeploy.fsutil import check_safe_name, file_digest, sha256_file
 from hepdeploy.plan_compat import (
     ConfigTensor,
     PlanMetadata,
@@ -220,8 +220,6 @@ class _ModelChecker:
 
     def _check_checksums(self, config: model_config_pb2.ModelConfig) -> None:
         """The checksum repository agent's MD5 keys against the files (what Triton checks when it loads)."""
-        import hashlib
-
         for agent in config.model_repository_agents.agents:
             if agent.name != CHECKSUM_AGENT:
                 continue
@@ -233,7 +231,7 @@ class _ModelChecker:
                     self.problem(self.dir / CONFIG_NAME, f"checksum agent key {key!r} is not MD5:<version>/<file>")
                 elif not path.is_file():
                     self.problem(path, f"checksum agent lists {relative}, which is missing")
-                elif hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() != expected.lower():
+                elif file_digest(path, "md5") != expected.lower():
                     self.problem(path, "MD5 differs from the checksum agent's (Triton would refuse to load it)")
 
     def _versions(self, config: model_config_pb2.ModelConfig) -> list[Path]:

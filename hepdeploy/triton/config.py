@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hepdeploy.artifacts import Artifact, Sidecar, read_artifact
 from hepdeploy.errors import RepositoryError, SpecError
-from hepdeploy.fsutil import check_safe_name, file_name_for
+from hepdeploy.fsutil import check_safe_name, file_digest, file_name_for
 from hepdeploy.plan_compat import PlanMetadata, check_capability_key
 from hepdeploy.spec import TensorSpec, TritonSpec, infer_batch_axis
 
@@ -198,8 +198,6 @@ def set_checksum_agent(config: Any, model_dir: Path) -> None:
     compares the same keys between its local copy and the server's to refuse a mismatched version.
     Other repository agents the config names are kept.
     """
-    import hashlib
-
     kept = [agent for agent in config.model_repository_agents.agents if agent.name != CHECKSUM_AGENT]
     del config.model_repository_agents.agents[:]
     config.model_repository_agents.agents.extend(kept)
@@ -207,11 +205,7 @@ def set_checksum_agent(config: Any, model_dir: Path) -> None:
     agent.name = CHECKSUM_AGENT
     for path in sorted(Path(model_dir).glob("*/*")):
         if path.is_file():
-            digest = hashlib.md5(usedforsecurity=False)
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            agent.parameters[f"MD5:{path.relative_to(model_dir).as_posix()}"] = digest.hexdigest()
+            agent.parameters[f"MD5:{path.relative_to(model_dir).as_posix()}"] = file_digest(path, "md5")
 
 
 def label_file_text(labels: Sequence[str]) -> str:
