@@ -15,6 +15,7 @@ the "CPU-only" baseline of the SONIC papers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -31,7 +32,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hepdeploy.backend.triton import NUMPY_TO_TRITON, TritonRunner, triton_error_line
+from hepdeploy.backend.triton import (
+    NUMPY_TO_TRITON,
+    Compression,
+    TritonRunner,
+    check_compression,
+    output_nbytes,
+    triton_error_line,
+)
+from hepdeploy.backend.triton_shm import SharedMemoryMode, SharedMemoryRegions, layout, shared_memory_wanted
 from hepdeploy.errors import (
     BadInputError,
     DataError,
@@ -91,13 +100,14 @@ class PerfReport:
     event: EventDefinition
     levels: list[PerfLevel] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    transport: str = "grpc"  # grpc, grpc+shm (system shared memory), grpc+gzip ...; "inline" for measure_inline
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "target": self.target, "engine": self.engine, "event": asdict(self.event),
-                "levels": [asdict(level) for level in self.levels], "notes": self.notes}
+        return {"model": self.model, "target": self.target, "engine": self.engine, "transport": self.transport,
+                "event": asdict(self.event), "levels": [asdict(level) for level in self.levels], "notes": self.notes}
 
     def table(self) -> str:
-        header = (f"{self.model} via {self.engine} ({self.target}); event = {self.event.requests_per_event} "
+        header = (f"{self.model} via {self.engine} over {self.transport} ({self.target}); event = {self.event.requests_per_event} "
                   f"request(s) x {self.event.batch_per_request} rows")
         rows = [f"{'clients':>7} {'events/s':>10} {'inferences/s':>13} {'requests/s':>11} {'p50 ms':>8} "
                 f"{'p95 ms':>8} {'p99 ms':>8} {'events':>7}"]
@@ -216,21 +226,58 @@ def server_breakdown(before: Mapping[str, int] | None, after: Mapping[str, int] 
 # --------------------------------------------------------------------------- async gRPC clients
 
 
-async def _measure_level_async(url: str, model: str, version: str, batches: list[dict[str, np.ndarray]],
-                               dtypes: Mapping[str, str], output_names: Sequence[str], clients: int,
-                               duration_s: float, warmup_s: float, timeout_s: float,
-                               event: EventDefinition) -> PerfLevel:
+def _prepare_requests(batches: list[dict[str, np.ndarray]], dtypes: Mapping[str, str],
+                      served_outputs: Sequence[tuple[str, str, list[int]]], slots: int,
+                      regions: SharedMemoryRegions | None) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The request inputs of every distinct batch (made once; clients reuse them) and the requested
+    outputs of each of ``slots`` requests in flight.
+
+    With ``regions`` (shared memory) every batch's tensors are written once into one input region, as
+    perf_analyzer does, and each slot gets its own part of the output region, sized for the largest
+    batch; outputs whose size is not known before the answer come back in the answer."""
     import tritonclient.grpc.aio as grpc_aio
 
-    prepared = []
-    for arrays in batches:  # serialise every distinct request once; clients reuse them
-        tensors = []
-        for name, array in arrays.items():
-            tensor = grpc_aio.InferInput(name, list(array.shape), NUMPY_TO_TRITON[dtypes[name]])
-            tensor.set_data_from_numpy(array.astype(dtypes[name], copy=False))
-            tensors.append(tensor)
-        prepared.append(tensors)
-    outputs = [grpc_aio.InferRequestedOutput(n) for n in output_names]
+    arrays = [(name, array.astype(dtypes[name], copy=False)) for batch in batches for name, array in batch.items()]
+    offsets: list[int] = []
+    region = None
+    if regions is not None:
+        offsets, total = layout([array.nbytes for _, array in arrays])
+        region = regions.region("input", total)
+        region.write([array for _, array in arrays], offsets)
+    tensors = []
+    for k, (name, array) in enumerate(arrays):
+        tensor = grpc_aio.InferInput(name, list(array.shape), NUMPY_TO_TRITON[dtypes[name]])
+        if region is not None:
+            tensor.set_shared_memory(region.name, array.nbytes, offsets[k])
+        else:
+            tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    per_batch = len(batches[0]) if batches else 0
+    prepared = [tensors[k:k + per_batch] for k in range(0, len(tensors), per_batch)] if per_batch else [[]]
+    plain = [grpc_aio.InferRequestedOutput(name) for name, _, _ in served_outputs]
+    rows = max((next(iter(b.values())).shape[0] for b in batches if b), default=0)
+    sizes = [output_nbytes(dtype, shape, rows or None) for _, dtype, shape in served_outputs]
+    if regions is None or not sizes or any(size is None for size in sizes):
+        return prepared, [plain] * slots
+    slot_offsets, slot_size = layout(sizes)  # type: ignore[arg-type]
+    outputs_region = regions.region("output", slot_size * slots)
+    per_slot = []
+    for slot in range(slots):
+        requested = []
+        for (name, _, _), size, offset in zip(served_outputs, sizes, slot_offsets):
+            output = grpc_aio.InferRequestedOutput(name)
+            output.set_shared_memory(outputs_region.name, size, slot * slot_size + offset)
+            requested.append(output)
+        per_slot.append(requested)
+    return prepared, per_slot
+
+
+async def _measure_level_async(url: str, model: str, version: str, prepared: list[list[Any]],
+                               slot_outputs: list[list[Any]], clients: int, duration_s: float, warmup_s: float,
+                               timeout_s: float, event: EventDefinition, compression: Compression | None) -> PerfLevel:
+    import tritonclient.grpc.aio as grpc_aio
+
+    options = {"compression_algorithm": compression} if compression else {}
     connections = [grpc_aio.InferenceServerClient(url) for _ in range(clients)]
     start = time.monotonic()
     measure_from = start + warmup_s
@@ -242,9 +289,10 @@ async def _measure_level_async(url: str, model: str, version: str, batches: list
         while time.monotonic() < measure_to:
             sent = time.monotonic()
             calls = []
-            for _ in range(event.requests_per_event):
+            for slot in range(event.requests_per_event):
                 calls.append(connection.infer(model, prepared[turn % len(prepared)], model_version=version,
-                                              outputs=outputs, client_timeout=timeout_s))
+                                              outputs=slot_outputs[index * event.requests_per_event + slot],
+                                              client_timeout=timeout_s, **options))
                 turn += 1
             await asyncio.gather(*calls)
             done = time.monotonic()
@@ -284,8 +332,16 @@ def run_perf(
     engine: Engine = "client",
     perf_analyzer: str | None = None,
     progress: Callable[[str], None] | None = None,
+    shared_memory: SharedMemoryMode = "auto",
+    compression: Compression | None = None,
 ) -> PerfReport:
-    """Measure ``model`` at ``url`` for every concurrency level; see the module docstring."""
+    """Measure ``model`` at ``url`` for every concurrency level; see the module docstring.
+
+    ``shared_memory``: tensors travel through Triton's system shared memory (auto: for a server on a
+    loopback address), registered once and reused by every request of every level; ``compression``:
+    gRPC compression (gzip, deflate) for a remote server."""
+    use_shm = shared_memory_wanted(shared_memory, url)
+    compression = check_compression(compression, "grpc")
     event = event or EventDefinition()
     if not concurrency or any(c < 1 for c in concurrency):
         raise BadInputError("concurrency levels must be positive integers")
@@ -305,28 +361,49 @@ def run_perf(
         if not batched and event.batch_per_request != 1:
             event = EventDefinition(int(next(iter(batches[0].values())).shape[0]) if batches[0] else 1,
                                     event.requests_per_event)
-        output_names = list(probe.output_names)
+        served_outputs = list(probe.served_outputs)
         served_shapes = {name: shape for name, _, shape in probe.served_inputs}
-    report = PerfReport(model=model, target=url, engine=engine, event=event)
-    for clients in concurrency:
-        if progress:
-            progress(f"{model}: {clients} client(s), {warmup_s:g} s warm-up + {duration_s:g} s")
-        if engine == "perf_analyzer":
-            level = _perf_analyzer_level(perf_analyzer, url, model, version, batches, served_shapes, batched,
-                                         clients, duration_s, event, timeout_s)
-        else:
-            before = server_statistics(url, model, version)
-            level = asyncio.run(_measure_level_async(url, model, version, batches, dtypes, output_names, clients,
-                                                     duration_s, warmup_s, timeout_s, event))
-            # The statistics span the warm-up too; a request's client share is only defined for one request per event.
-            level.server = server_breakdown(before, server_statistics(url, model, version),
-                                            level.latency_ms_mean if event.requests_per_event == 1 else None)
-        if level.events == 0:
-            report.notes.append(f"{clients} client(s): no event completed inside the {duration_s:g} s window")
-        report.levels.append(level)
-        log.info("%s: %d client(s): %.1f events/s, p50 %.2f ms", model, clients, level.events_per_s,
-                 level.latency_ms_p50)
+    report = PerfReport(model=model, target=url, engine=engine, event=event,
+                        transport="grpc+shm" if use_shm else "grpc" + (f"+{compression}" if compression else ""))
+    with contextlib.ExitStack() as stack:
+        regions = None
+        if use_shm and engine == "client":
+            import tritonclient.grpc as grpc_client
+
+            client = grpc_client.InferenceServerClient(url)
+            stack.callback(client.close)
+            regions = stack.enter_context(SharedMemoryRegions(client, timeout_s, grpc=True))
+        for clients in concurrency:
+            level = _one_level(url, model, version, batches, dtypes, served_outputs, served_shapes, batched, clients,
+                               duration_s, warmup_s, timeout_s, event, engine, perf_analyzer, regions, use_shm,
+                               compression, progress)
+            if level.events == 0:
+                report.notes.append(f"{clients} client(s): no event completed inside the {duration_s:g} s window")
+            report.levels.append(level)
+            log.info("%s: %d client(s): %.1f events/s, p50 %.2f ms", model, clients, level.events_per_s,
+                     level.latency_ms_p50)
     return report
+
+
+def _one_level(url: str, model: str, version: str, batches: list[dict[str, np.ndarray]], dtypes: Mapping[str, str],
+               served_outputs: Sequence[tuple[str, str, list[int]]], served_shapes: Mapping[str, list[int]],
+               batched: bool, clients: int, duration_s: float, warmup_s: float, timeout_s: float,
+               event: EventDefinition, engine: Engine, perf_analyzer: str | None, regions: SharedMemoryRegions | None,
+               use_shm: bool, compression: Compression | None, progress: Callable[[str], None] | None) -> PerfLevel:
+    if progress:
+        progress(f"{model}: {clients} client(s), {warmup_s:g} s warm-up + {duration_s:g} s")
+    if engine == "perf_analyzer":
+        return _perf_analyzer_level(perf_analyzer, url, model, version, batches, served_shapes, batched,
+                                    clients, duration_s, event, timeout_s, use_shm)
+    prepared, slot_outputs = _prepare_requests(batches, dtypes, served_outputs, clients * event.requests_per_event,
+                                               regions)
+    before = server_statistics(url, model, version)
+    level = asyncio.run(_measure_level_async(url, model, version, prepared, slot_outputs, clients, duration_s,
+                                             warmup_s, timeout_s, event, compression))
+    # The statistics span the warm-up too; a request's client share is only defined for one request per event.
+    level.server = server_breakdown(before, server_statistics(url, model, version),
+                                    level.latency_ms_mean if event.requests_per_event == 1 else None)
+    return level
 
 
 # --------------------------------------------------------------------------- inline baseline
@@ -338,7 +415,8 @@ def measure_inline(run: Callable[[dict[str, np.ndarray]], Any], inputs: Mapping[
     """The same events run in this process by ``run`` (e.g. an ONNX Runtime session), N threads at a time."""
     event = event or EventDefinition()
     batches = request_batches(inputs, event.batch_per_request, batched)
-    report = PerfReport(model=label, target="in-process", engine="inline", event=event)
+    report = PerfReport(model=label, target="in-process", engine="inline", event=event,
+                        transport="inline")
     for clients in concurrency:
         latencies: list[float] = []
         lock = threading.Lock()
@@ -438,7 +516,8 @@ def parse_perf_analyzer_csv(text: str, clients: int, duration_s: float, event: E
 
 def _perf_analyzer_level(binary: str | None, url: str, model: str, version: str,
                          batches: list[dict[str, np.ndarray]], shapes: Mapping[str, list[int]], batched: bool,
-                         clients: int, duration_s: float, event: EventDefinition, timeout_s: float) -> PerfLevel:
+                         clients: int, duration_s: float, event: EventDefinition, timeout_s: float,
+                         shared_memory: bool = False) -> PerfLevel:
     executable = find_perf_analyzer(binary)
     with tempfile.TemporaryDirectory(prefix="hepdeploy-pa-") as folder_text:
         folder = Path(folder_text)
@@ -446,6 +525,8 @@ def _perf_analyzer_level(binary: str | None, url: str, model: str, version: str,
         data_path.write_text(json.dumps(perf_analyzer_input_data(batches, batched)), encoding="utf-8")
         command = perf_analyzer_command(executable, url, model, version, shapes, batches[0], batched,
                                         event.batch_per_request, clients, duration_s, data_path, csv_path)
+        if shared_memory:
+            command.append("--shared-memory=system")
         log.info("running %s", " ".join(command))
         try:
             done = subprocess.run(command, capture_output=True, text=True, check=False,

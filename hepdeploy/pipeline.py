@@ -34,6 +34,7 @@ from hepdeploy.errors import BadInputError, HepDeployError, NativeCrashError, fi
 from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.model_zoo import export_network, get_network
 from hepdeploy.optimize import optimize_artifact
+from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.optimize.trt_precheck import precheck_model
 from hepdeploy.plan_compat import (
     DEFAULT_SERVER_RELEASE,
@@ -222,6 +223,14 @@ def _zoo_spec(name: str, folder: Path, budget: str) -> StepResult:
     )
 
 
+def _convert_step(spec: ModelSpec, output: Path, exporter: str) -> StepResult:
+    artifact = convert_from_spec(spec, output, exporter)
+    export = artifact.sidecar.steps[0].parameters if artifact.sidecar.steps else {}
+    details = {"exporter": artifact.sidecar.exporter, "exporter_choice": export.get("exporter_choice")}
+    return StepResult("convert", "ok", outputs=[artifact.path],
+                      details={k: v for k, v in details.items() if v is not None})
+
+
 def _reference_step(spec: ModelSpec, golden: Path) -> StepResult:
     """The golden set: the SOURCE model run on the spec's reference data (labels kept).
 
@@ -267,9 +276,15 @@ def _validate_step(variant: str, candidate: Path, reference: ReferenceSet, spec:
                       variant=variant)
 
 
+def _wanted_variants(spec: ModelSpec, options: BuildOptions) -> list[str]:
+    return options.variants or [v.name for v in spec.variants]
+
+
 def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repository: Path | None,
-                goldens: dict[str, Path]) -> None:
-    """Run the chain for one spec into ``build``; every step's outcome is recorded, none is hidden."""
+                goldens: dict[str, Path], modelopt: ModelOptWorker | None = None) -> None:
+    """Run the chain for one spec into ``build``; every step's outcome is recorded, none is hidden.
+
+    ``modelopt``: the build's ModelOpt worker, shared by every fp16 and int8-trt variant."""
     folder = build.folder
     (folder / "variants").mkdir(parents=True, exist_ok=True)
 
@@ -281,21 +296,21 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         spec = merge_zoo_spec(spec, exported.details.pop("spec"))
 
     fp32_path = folder / f"{spec.name}.onnx"
-    converted = build.run("convert", lambda: StepResult(
-        "convert", "ok", outputs=[convert_from_spec(spec, fp32_path, options.exporter).path]))
+    converted = build.run("convert", lambda: _convert_step(spec, fp32_path, options.exporter))
     if not converted.ok:
         return
 
     golden = folder / "golden.npz"
     referenced = build.run("reference", lambda: _reference_step(spec, golden))
 
-    wanted = options.variants or [v.name for v in spec.variants]
+    wanted = _wanted_variants(spec, options)
     calibration = spec.resolve(spec.data.calibration) or spec.resolve(spec.data.reference)
     made: dict[str, Path] = {}
     for variant in wanted:
         output = variant_file(folder, spec.name, variant)
         step = build.run(f"optimize:{variant}", lambda v=variant, o=output: optimize_artifact(
-            fp32_path, spec.variant(v), o, calibration=calibration, spec=spec, require_gpu=options.require_gpu),
+            fp32_path, spec.variant(v), o, calibration=calibration, spec=spec, require_gpu=options.require_gpu,
+            modelopt=modelopt),
             variant=variant)
         if step.ok:
             made[variant] = output
@@ -401,14 +416,17 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
         # The bundled server has only the Python backend: publish Python-backend twins
         # so the serve check has models it can load.
         specs = [s.model_copy(update={"triton": s.triton.model_copy(update={"python_backend": True})}) for s in specs]
-    for spec in specs:
-        model = ModelBuild(spec.name, out_dir / spec.name, on_step=report.write_summary)
-        report.models.append(model)
-        report.write_summary()
-        try:
-            build_model(model, spec, options, repository, goldens)
-        except Exception as error:  # whatever escapes between the steps ends this model only
-            model.add(failed_step("build", error, model.folder / "logs"))
+    with ModelOptWorker() as modelopt:
+        if any(variant_kind(v).uses_modelopt for spec in specs for v in _wanted_variants(spec, options)):
+            modelopt.start()  # imports ModelOpt on the other core while the first model is exported
+        for spec in specs:
+            model = ModelBuild(spec.name, out_dir / spec.name, on_step=report.write_summary)
+            report.models.append(model)
+            report.write_summary()
+            try:
+                build_model(model, spec, options, repository, goldens, modelopt)
+            except Exception as error:  # whatever escapes between the steps ends this model only
+                model.add(failed_step("build", error, model.folder / "logs"))
     if repository is not None:
         release = _repository_release(specs, options)
         report.repository_steps.append(run_step("triton-check", lambda: _check_step(repository, release),

@@ -6,7 +6,8 @@ variant is one entry here plus its maker. The maker is named as ``module:functio
 resolved by the optimize stage only, so this module stays below every stage.
 
 A maker of an ONNX variant is called as ``maker(prepared_onnx_path, variant_spec, inputs,
-calibration_arrays_or_None, model_spec_or_None)`` and returns ``(onnx.ModelProto,
+calibration_arrays_or_None, model_spec_or_None)`` (plus ``modelopt=worker`` for a kind
+whose tool is ModelOpt: the build's one ModelOpt process) and returns ``(onnx.ModelProto,
 parameters)``; ``parameters["precision"]``, when present, overrides the kind's precision in
 the sidecar (e.g. "mixed" for INT8 with FP16 elsewhere). The maker of an engine variant
 (suffix ``.plan``) builds the file itself (``optimize.tensorrt.build_engine``).
@@ -39,6 +40,11 @@ class VariantKind:
     def is_engine(self) -> bool:
         """A serialized engine for one GPU (not an ONNX graph that any backend runs)."""
         return self.suffix == ".plan"
+
+    @property
+    def uses_modelopt(self) -> bool:
+        """Made by NVIDIA ModelOpt, in a ModelOpt worker process (``optimize.modelopt_worker``)."""
+        return self.tool == "nvidia-modelopt"
 
     def filename(self, model_name: str) -> str:
         """The variant's file name in a build folder: ``facile_int8_cpu.onnx``."""

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hepdeploy.backend.base import Runner
+from hepdeploy.backend.triton_shm import SharedMemoryMode, SharedMemoryRegions, layout, shared_memory_wanted
 from hepdeploy.errors import (
     BadInputError,
     DataError,
@@ -30,6 +31,7 @@ from hepdeploy.spec import TensorSpec
 log = logging.getLogger(__name__)
 
 Protocol = Literal["grpc", "http"]
+Compression = Literal["gzip", "deflate"]
 
 TRITON_TO_NUMPY = {
     "FP32": "float32", "FP16": "float16", "FP64": "float64", "BF16": "bfloat16", "INT8": "int8",
@@ -76,7 +78,10 @@ class TritonRunner(Runner):
 
     ``expected``: the artifact's (inputs, outputs) tensor specs; checked against the served model
     on first use (:meth:`check_metadata`). ``max_request_batch`` caps request size below the
-    model's ``max_batch_size``. ``timeout_s`` bounds every network call.
+    model's ``max_batch_size``. ``timeout_s`` bounds every network call. ``shared_memory``: tensors go
+    through Triton's system shared memory (auto: when ``url`` is a loopback address; see
+    :mod:`hepdeploy.backend.triton_shm`); ``compression``: gRPC request/response compression for a remote
+    server (``gzip`` or ``deflate``).
     """
 
     def __init__(
@@ -90,6 +95,8 @@ class TritonRunner(Runner):
         expected: tuple[Sequence[TensorSpec], Sequence[TensorSpec]] | None = None,
         max_request_batch: int | None = None,
         name: str | None = None,
+        shared_memory: SharedMemoryMode = "auto",
+        compression: Compression | None = None,
     ) -> None:
         self.url = parse_server_url(url)
         self.model, parsed_version = parse_model_ref(model) if ":" in model else (model, "")
@@ -98,12 +105,16 @@ class TritonRunner(Runner):
         self.timeout_s = float(timeout_s)
         self.expected = expected
         self.max_request_batch = max_request_batch
+        self.uses_shared_memory = shared_memory_wanted(shared_memory, self.url)
+        self.compression = check_compression(compression, protocol)
+        self._regions: SharedMemoryRegions | None = None
         super().__init__(name or f"triton:{self.protocol}://{self.url}/{self.model}" + (
             f":{self.version}" if self.version else ""))
         self._client = self._connect()
         self._checked = False
         self.max_batch_size = 0
         self.served_inputs: list[tuple[str, str, list[int]]] = []
+        self.served_outputs: list[tuple[str, str, list[int]]] = []
         self.requests_sent = 0
 
     # -- connection ---------------------------------------------------------------------------
@@ -149,6 +160,9 @@ class TritonRunner(Runner):
             raise ServerError(f"{self.name}: {what}: {line}") from error
 
     def _close(self) -> None:
+        if self._regions is not None:
+            self._regions.close()  # unregistered while the connection is still open
+            self._regions = None
         closer = getattr(self._client, "close", None)
         if closer:
             try:
@@ -186,6 +200,7 @@ class TritonRunner(Runner):
         served_outputs = [(t["name"], TRITON_TO_NUMPY.get(t["datatype"], t["datatype"]), [int(d) for d in t["shape"]])
                           for t in metadata.get("outputs", [])]
         self.served_inputs = served_inputs
+        self.served_outputs = served_outputs
         self.output_names = [name for name, _, _ in served_outputs]
         if self.expected is not None:
             problems = _compare_specs("input", served_inputs, self.expected[0], self.max_batch_size)
@@ -204,7 +219,12 @@ class TritonRunner(Runner):
 
     @property
     def providers_used(self) -> list[str]:
-        return [f"triton-{self.protocol}:{self.url}"]
+        return [f"triton-{self.protocol}{'+shm' if self.uses_shared_memory else ''}:{self.url}"]
+
+    @property
+    def shared_memory_regions(self) -> SharedMemoryRegions | None:
+        """The client's registered regions (None before the first request, or without shared memory)."""
+        return self._regions
 
     # -- inference ----------------------------------------------------------------------------
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -223,13 +243,16 @@ class TritonRunner(Runner):
                   for start in range(0, total, step)]
         return {name: np.concatenate([p[name] for p in pieces], axis=0) for name in pieces[0]}
 
-    def make_request_inputs(self, arrays: dict[str, np.ndarray]) -> list[Any]:
+    def make_request_inputs(self, arrays: dict[str, np.ndarray], with_data: bool = True) -> list[Any]:
+        """The request's InferInputs; ``with_data=False``: shapes only (the data goes by shared memory)."""
         module = self._module()
         tensors = []
         for name, dtype, _ in self.served_inputs:
             array = np.ascontiguousarray(arrays[name])
             tensor = module.InferInput(name, list(array.shape), NUMPY_TO_TRITON[dtype])
-            if self.protocol == "http":
+            if not with_data:
+                pass
+            elif self.protocol == "http":
                 tensor.set_data_from_numpy(array, binary_data=True)
             else:
                 tensor.set_data_from_numpy(array)
@@ -238,17 +261,80 @@ class TritonRunner(Runner):
 
     def _infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         module = self._module()
+        inputs = self.make_request_inputs(arrays, with_data=not self.uses_shared_memory)
         outputs = [module.InferRequestedOutput(n) for n in self.output_names]
-        result = self._call("inference", self._client.infer, self.model, self.make_request_inputs(arrays),
-                            model_version=self.version, outputs=outputs)
+        in_memory: dict[str, tuple[str, int]] = {}  # output name -> (dtype, offset) in the output region
+        if self.uses_shared_memory:
+            in_memory = self._through_shared_memory(arrays, inputs, outputs)
+        options = {"compression_algorithm": self.compression} if self.compression else {}
+        result = self._call("inference", self._client.infer, self.model, inputs,
+                            model_version=self.version, outputs=outputs, **options)
         self.requests_sent += 1
         values = {}
         for name in self.output_names:
-            value = result.as_numpy(name)
+            if name in in_memory:
+                dtype, offset = in_memory[name]
+                value = self._regions.regions["output"].read(dtype, _output_shape(result, name), offset)  # type: ignore[union-attr]
+            else:
+                value = result.as_numpy(name)
             if value is None:
                 raise ServerError(f"{self.name}: the answer has no output {name!r}")
             values[name] = value
         return values
+
+    def _through_shared_memory(self, arrays: dict[str, np.ndarray], inputs: list[Any],
+                               outputs: list[Any]) -> dict[str, tuple[str, int]]:
+        """Put the request's tensors into the client's regions; the outputs that come back through them.
+
+        Inputs always do; the outputs do when their size is known before the answer (every dim fixed
+        but the batch), the others come back in the answer itself."""
+        if self._regions is None:
+            self._regions = SharedMemoryRegions(self._client, self.timeout_s, grpc=self.protocol == "grpc")
+        ordered = [np.ascontiguousarray(arrays[name]) for name, _, _ in self.served_inputs]
+        offsets, total = layout([a.nbytes for a in ordered])
+        region = self._regions.region("input", total)
+        region.write(ordered, offsets)
+        for tensor, array, offset in zip(inputs, ordered, offsets):
+            tensor.set_shared_memory(region.name, array.nbytes, offset)
+        rows = next(iter(ordered)).shape[0] if ordered and ordered[0].ndim and self.max_batch_size > 0 else None
+        sizes = {name: output_nbytes(dtype, shape, rows) for name, dtype, shape in self.served_outputs}
+        known = [(name, dtype) for name, dtype, _ in self.served_outputs if sizes[name] is not None]
+        if not known:
+            return {}
+        offsets, total = layout([sizes[name] for name, _ in known])  # type: ignore[misc]
+        region = self._regions.region("output", total)
+        placed = {}
+        for (name, dtype), offset in zip(known, offsets):
+            outputs[self.output_names.index(name)].set_shared_memory(region.name, sizes[name], offset)
+            placed[name] = (dtype, offset)
+        return placed
+
+
+def check_compression(compression: str | None, protocol: str) -> Compression | None:
+    if compression in (None, "", "none"):
+        return None
+    if compression not in ("gzip", "deflate"):
+        raise BadInputError(f"compression {compression!r}: use none, gzip or deflate")
+    if protocol != "grpc":
+        raise BadInputError("compression is a gRPC option (use the default gRPC protocol)")
+    return compression  # type: ignore[return-value]
+
+
+def output_nbytes(dtype: str, shape: list[int], rows: int | None) -> int | None:
+    """Bytes of an output whose dims are all known once the batch is (``rows``), else None."""
+    dims = list(shape)
+    if rows is not None and dims and dims[0] == -1:
+        dims[0] = rows
+    if any(d < 0 for d in dims) or dtype not in NUMPY_TO_TRITON or dtype == "bool":
+        return None
+    return int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _output_shape(result: Any, name: str) -> list[int]:
+    tensor = result.get_output(name)
+    if tensor is None:
+        raise ServerError(f"the answer has no output {name!r}")
+    return [int(d) for d in (tensor["shape"] if isinstance(tensor, dict) else tensor.shape)]
 
 
 def _as_served_dtype(name: str, array: np.ndarray, dtype: str) -> np.ndarray:

@@ -162,7 +162,8 @@ def perf_command(server: ServerOptions, repo: Path | None, golden: Path, spec: M
     def measure(url: str) -> PerfReport:
         return run_perf(url, name, inputs, version=version, concurrency=levels, duration_s=duration,
                         warmup_s=warmup, event=event, timeout_s=server.timeout_s, expected=expected,
-                        engine=engine, perf_analyzer=perf_analyzer_path, progress=progress)  # type: ignore[arg-type]
+                        engine=engine, perf_analyzer=perf_analyzer_path, progress=progress,  # type: ignore[arg-type]
+                        shared_memory=server.shared_memory, compression=server.compression)  # type: ignore[arg-type]
 
     if repo is not None:
         with TritonServer(repo, load=[name]) as local:

@@ -133,6 +133,7 @@ def _validate_served(server: ServerOptions, golden: Path | None, candidates: tup
         raise click.UsageError(f"{', '.join(unused)} do not apply with --server")
     report = validate_served(
         server.url, server.model, golden, protocol=server.protocol, timeout_s=server.timeout_s,  # type: ignore[arg-type]
+        shared_memory=server.shared_memory, compression=server.compression,  # type: ignore[arg-type]
         spec=spec, artifact=artifact, precision=tolerances.precision, atol=tolerances.atol, rtol=tolerances.rtol,
         policy=tolerances.policy, chunk_size=chunk_size,
     )

@@ -186,6 +186,8 @@ class ServerOptions:
     model: str | None
     protocol: Protocol
     timeout_s: float
+    shared_memory: str = "auto"
+    compression: str | None = None
 
     @property
     def given(self) -> bool:
@@ -205,13 +207,19 @@ def server_options(protocols: bool = True, model_required: bool = False) -> Call
         click.Option(["--model", "model"], metavar="NAME[:VERSION]", required=model_required, help="The served model."),
         click.Option(["--timeout", "--server-timeout", "timeout_s"], type=click.FloatRange(min=0.1), default=30.0,
                      show_default=True, help="Seconds allowed for every call to the server."),
+        click.Option(["--shared-memory"], type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="Send and receive tensors through Triton's system shared memory: auto = for a server on "
+                          "a loopback address; on refuses a remote one."),
+        click.Option(["--compression"], type=click.Choice(["none", "gzip", "deflate"]), default="none",
+                     show_default=True, help="gRPC compression, for a remote server."),
     ]
     if protocols:
         options.insert(2, click.Option(["--protocol"], type=click.Choice(["grpc", "http"]), default="grpc",
                                        show_default=True, help="gRPC, or HTTP (needs tritonclient[http])."))
 
-    def build(url: str | None, model: str | None, timeout_s: float, protocol: Protocol = "grpc") -> ServerOptions:
-        return ServerOptions(url, model, protocol, timeout_s)
+    def build(url: str | None, model: str | None, timeout_s: float, shared_memory: str, compression: str,
+              protocol: Protocol = "grpc") -> ServerOptions:
+        return ServerOptions(url, model, protocol, timeout_s, shared_memory, None if compression == "none" else compression)
 
     return option_family("server", build, *options)
 

@@ -48,6 +48,7 @@ from hepdeploy.optimize.graph import (
     prune_opset_imports,
     quiet_dependencies,
 )
+from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.optimize.simplify import simplify_model
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.steps import StepResult
@@ -103,8 +104,12 @@ def optimize_artifact(
     spec: ModelSpec | None = None,
     require_gpu: bool = False,
     samples: int | None = None,
+    modelopt: ModelOptWorker | None = None,
 ) -> StepResult:
     """Make one variant of the artifact at ``source`` and write it to ``output``.
+
+    ``modelopt``: the ModelOpt worker that makes fp16 and int8-trt (a build shares one between its
+    variants, so ModelOpt is imported once); without it such a variant starts a worker of its own.
 
     Returns StepResult ok (outputs: the .onnx/.plan and its sidecar) or skipped (tensorrt
     without a GPU); raises HepDeployError subclasses for bad input.
@@ -129,7 +134,7 @@ def optimize_artifact(
     arrays = resolve_calibration(calibration, inputs, spec, samples)
     if kind.needs_calibration and arrays is None:
         raise BadInputError(f"{kind.name}: needs calibration data (--calibration FILE or data.calibration in the spec)")
-    return _make_onnx_variant(parent, kind, vspec, output, inputs, arrays, spec)
+    return _make_onnx_variant(parent, kind, vspec, output, inputs, arrays, spec, modelopt)
 
 
 def _maker(kind: VariantKind) -> Callable[..., Any]:
@@ -146,6 +151,7 @@ def _make_onnx_variant(
     inputs: list[TensorSpec],
     arrays: dict[str, np.ndarray] | None,
     spec: ModelSpec | None,
+    modelopt: ModelOptWorker | None,
 ) -> StepResult:
     import onnx
 
@@ -172,8 +178,9 @@ def _make_onnx_variant(
         with tempfile.TemporaryDirectory(prefix="hepdeploy-opt-") as folder:
             prepared = Path(folder) / "prepared.onnx"
             onnx.save(name_unnamed_nodes(model), str(prepared))
+            tools = {"modelopt": modelopt} if kind.uses_modelopt else {}
             with quiet_dependencies():
-                model, parameters = _maker(kind)(prepared, vspec, inputs, arrays, spec)
+                model, parameters = _maker(kind)(prepared, vspec, inputs, arrays, spec, **tools)
         precision = parameters.pop("precision", precision)
         steps.append(StepRecord(name=kind.name, tool=kind.tool, tool_version=package_version(kind.tool),
                                 parameters=parameters))

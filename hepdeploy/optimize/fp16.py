@@ -21,7 +21,7 @@ import numpy as np
 from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
 from hepdeploy.optimize.graph import FLOAT, check_batch, precision_summary
-from hepdeploy.optimize.modelopt_worker import run_job
+from hepdeploy.optimize.modelopt_worker import ModelOptWorker, run_job, worker_parameters
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 
 if TYPE_CHECKING:
@@ -61,9 +61,10 @@ def make_fp16(
     inputs: list[TensorSpec],
     calibration: dict[str, np.ndarray] | None,
     spec: ModelSpec | None,
+    modelopt: ModelOptWorker | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The fp16 variant's maker (see :mod:`hepdeploy.variants`): AutoCast on calibration data, else on
-    seeded samples from the tensor specs."""
+    seeded samples from the tensor specs; in ``modelopt`` (a build's worker) when given."""
     if calibration is not None:
         # Fewer samples for big inputs: AutoCast keeps every activation of every run.
         n = min(batch_size_for(calibration, REFERENCE_SAMPLES, budget_bytes=8 << 20), sample_count(calibration))
@@ -75,7 +76,7 @@ def make_fp16(
             reference = {name: value[None] for name, value in reference.items()}
         source = "random samples from the tensor specs"
     feeds = list(calibration_feeds(reference, inputs, batch_size=batch_size_for(reference, 16)))
-    model, parameters = convert_fp16(prepared, feeds, variant.fp32_nodes, variant.fp32_op_types)
+    model, parameters = convert_fp16(prepared, feeds, variant.fp32_nodes, variant.fp32_op_types, modelopt)
     parameters["reference_data"] = source
     return model, parameters
 
@@ -85,6 +86,7 @@ def convert_fp16(
     reference_feeds: list[dict[str, np.ndarray]],
     fp32_nodes: list[str],
     fp32_op_types: list[str],
+    modelopt: ModelOptWorker | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """AutoCast ``model_path`` to FP16 driven by ``reference_feeds`` (one dict per run); FP32 I/O kept."""
     import onnx
@@ -100,7 +102,7 @@ def convert_fp16(
         for k, feed in enumerate(reference_feeds):
             np.savez(data_path / f"batch_{k:05d}.npz", **feed)
         output = Path(folder) / "model.fp16.onnx"
-        run_job(
+        reply = run_job(
             {
                 "step": "fp16",
                 "kind": "fp16",
@@ -115,7 +117,7 @@ def convert_fp16(
                     "providers": ["cpu"],
                 },
             },
-            Path(folder),
+            modelopt,
         )
         converted = onnx.load(str(output))
     summary = precision_summary(converted)
@@ -137,6 +139,7 @@ def convert_fp16(
         "nodes_kept_fp32": len(fp32_compute),
         "kept_fp32_examples": fp32_compute[:20],
         **summary.as_dict(),
+        **worker_parameters(reply),
     }
     return converted, parameters
 

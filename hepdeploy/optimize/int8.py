@@ -15,6 +15,7 @@ an "int8" variant.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import struct
@@ -29,7 +30,7 @@ from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
 from hepdeploy.optimize.fp16 import check_node_patterns, check_op_types
 from hepdeploy.optimize.graph import edge_nodes, precision_summary
-from hepdeploy.optimize.modelopt_worker import feed_reader, run_job
+from hepdeploy.optimize.modelopt_worker import ModelOptWorker, feed_reader, run_job, worker_parameters
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 
 if TYPE_CHECKING:
@@ -112,9 +113,12 @@ def _load_checked(model_path: Path, variant: VariantSpec) -> tuple[onnx.ModelPro
 
 def quantize_for_tensorrt(model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],
                           calibration: dict[str, np.ndarray],
-                          spec: ModelSpec | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The int8-trt maker: ModelOpt explicit-INT8 PTQ of ``model_path`` (calibrated on the CPU)."""
-    return _quantize("int8-trt", _modelopt_ptq, model_path, variant, inputs, calibration)
+                          spec: ModelSpec | None = None,
+                          modelopt: ModelOptWorker | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The int8-trt maker: ModelOpt explicit-INT8 PTQ of ``model_path`` (calibrated on the CPU), in
+    ``modelopt`` (a build's worker) when given."""
+    return _quantize("int8-trt", functools.partial(_modelopt_ptq, modelopt=modelopt), model_path, variant, inputs,
+                     calibration)
 
 
 def quantize_for_cpu(model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],
@@ -141,7 +145,8 @@ def _quantize(name: str, quantizer: Callable[..., tuple[onnx.ModelProto, dict[st
 
 def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, edges: list[str], variant: VariantSpec,
                   inputs: list[TensorSpec],
-                  calibration: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                  calibration: dict[str, np.ndarray],
+                  modelopt: ModelOptWorker | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """int8-trt's tool: ModelOpt in a child process, on a copy whose node names are no one's prefix."""
     import onnx
 
@@ -165,7 +170,7 @@ def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, edges: list[str],
             # Computed here, where ONNX Runtime is not patched by ModelOpt.
             cache_path = work / "percentile.cache"
             _percentile_cache(work_input, make_reader(calibration, inputs), cache_path, work)
-        run_job(
+        reply = run_job(
             {
                 "step": "int8-trt",
                 "kind": "int8",
@@ -187,7 +192,7 @@ def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, edges: list[str],
                     "dq_only": True,
                 },
             },
-            work,
+            modelopt,
         )
         if not work_output.is_file():
             raise BadInputError(
@@ -215,6 +220,7 @@ def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, edges: list[str],
         "nodes_to_exclude": list(variant.exclude_nodes),
         "op_types_to_exclude": list(variant.exclude_op_types),
         "op_types_to_quantize": list(variant.quantize_op_types) or "modelopt default",
+        **worker_parameters(reply),
     }
 
 

@@ -1,54 +1,168 @@
-"""Runs one NVIDIA ModelOpt job in a child process.
+"""Runs NVIDIA ModelOpt jobs in one child process that imports ModelOpt once.
 
 ModelOpt's ONNX PTQ monkey-patches ``onnxruntime.quantization`` for the whole process
 (its calibrators replace ORT's), after which ORT's own ``quantize_static`` (the int8-cpu
 variant) fails or behaves differently. Running every ModelOpt call in a child process
-keeps the parent's ONNX Runtime pristine, and keeps ModelOpt's import time and console
-noise out of it too.
+keeps the parent's ONNX Runtime pristine, and keeps ModelOpt's console noise out of it.
 
-Protocol: ``python -m hepdeploy.optimize.modelopt_worker JOB.json``. The job names the
-input model, the output path, a folder of ``.npz`` feeds (one model run each) and the
-keyword arguments. On failure the child writes ``{"error": TYPE, "message": TEXT}`` to
-``JOB.json.error`` and exits 1.
+Importing ModelOpt costs ~3 s here, more than the jobs themselves on a small model, so a
+build holds one :class:`ModelOptWorker` for all its variants: the child starts (and
+imports) when the build begins, while the parent exports the model, and serves every
+fp16 and int8-trt job of the build. ``hepdeploy optimize`` makes a worker for its one job.
+
+Protocol: ``python -m hepdeploy.optimize.modelopt_worker``; one JSON job per line on the
+child's stdin, one JSON reply per line on the child's stdout, which carries nothing else
+(the child's own stdout, and ModelOpt's chatter, go to its stderr). A job names the input
+model, the output path, a folder of ``.npz`` feeds (one model run each) and the keyword
+arguments. A reply is ``{"ok": true, ...}`` or ``{"error": TYPE, "message": TEXT, ...}``;
+both carry the worker's ``pid``, how many jobs it has run (``job``) and how many times it
+imported ModelOpt (``imports``: 1 for a healthy worker).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from hepdeploy.errors import ConversionError, DependencyMissingError
+from hepdeploy.errors import ConversionError, DependencyMissingError, NativeCrashError
 
 log = logging.getLogger("hepdeploy.optimize.modelopt_worker")
 
+JOB_TIMEOUT_S = 3600.0
 
-def run_job(job: dict[str, Any], folder: Path, timeout_s: float = 3600) -> None:
-    """Run ``job`` in a child Python; raise ConversionError with the child's message on failure."""
-    job_path = folder / "job.json"
-    job_path.write_text(json.dumps(job), encoding="utf-8")
-    verbose = logging.getLogger("hepdeploy").isEnabledFor(logging.DEBUG)
-    completed = subprocess.run(
-        [sys.executable, "-m", "hepdeploy.optimize.modelopt_worker", str(job_path)],
-        stdout=None if verbose else subprocess.DEVNULL,
-        stderr=None if verbose else subprocess.PIPE,
-        timeout=timeout_s,
-        check=False,
-    )
-    if completed.returncode != 0:
-        error_path = job_path.with_name(job_path.name + ".error")
-        if error_path.is_file():
-            error = json.loads(error_path.read_text(encoding="utf-8"))
-            if error["error"] in ("ModuleNotFoundError", "ImportError"):
+
+class ModelOptWorker:
+    """One child Python serving ModelOpt jobs; a context manager (the child ends on exit or Ctrl-C).
+
+    The child starts at :meth:`start` (or the first job) and imports ModelOpt at once, so a
+    caller that starts it early overlaps the import with its own work. A child that dies
+    (a native crash in ModelOpt or ONNX Runtime) fails that job only: the next job starts a
+    fresh child.
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+        self.starts = 0  # children started: 1 for a build whose worker never crashed
+
+    def __enter__(self) -> ModelOptWorker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(kill=exc_type is not None)  # after an error or Ctrl-C the child's job is not waited for
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the child now (it imports ModelOpt while the caller goes on); no-op when running."""
+        if self.running:
+            return
+        self.close()
+        verbose = logging.getLogger("hepdeploy").isEnabledFor(logging.DEBUG)
+        # The child's stderr goes to a file, not a pipe nobody reads while it works: a crash's last
+        # line is read back from it.
+        self._stderr = None if verbose else tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "hepdeploy.optimize.modelopt_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
+            # Ctrl-C reaches the parent, which ends the child in close(): no half-written output.
+            start_new_session=True,
+        )
+        self.starts += 1
+
+    def run(self, job: dict[str, Any], timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+        """Run ``job``; its reply (pid, job count, imports). Raises ConversionError, DependencyMissingError
+        or NativeCrashError (the child died) with the step's name."""
+        self.start()
+        process = self._process
+        assert process is not None and process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(json.dumps(job) + "\n")
+            process.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child is already gone: reported below from its exit status
+        ready, _, _ = select.select([process.stdout], [], [], timeout_s)
+        line = process.stdout.readline() if ready else ""
+        if not line:
+            raise self._dead(job["step"], timed_out=not ready, timeout_s=timeout_s)
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            if reply["error"] in ("ModuleNotFoundError", "ImportError"):
                 raise DependencyMissingError(
-                    f"{job['step']}: needs NVIDIA ModelOpt ({error['message']}); "
+                    f"{job['step']}: needs NVIDIA ModelOpt ({reply['message']}); "
                     "install it with: pip install 'hepdeploy[optimize]'"
                 )
-            raise ConversionError(f"{job['step']}: ModelOpt failed: {error['error']}: {error['message']}")
-        tail = (completed.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise ConversionError(f"{job['step']}: ModelOpt worker exited with {completed.returncode}: {tail[0]}")
+            raise ConversionError(f"{job['step']}: ModelOpt failed: {reply['error']}: {reply['message']}")
+        return reply
+
+    def _dead(self, step: str, timed_out: bool, timeout_s: float) -> Exception:
+        """The error for a child that gave no reply; the child is ended and forgotten."""
+        process = self._process
+        assert process is not None
+        if timed_out:
+            process.kill()
+        returncode = process.wait()
+        tail = self._stderr_tail()
+        self.close()
+        if timed_out:
+            return ConversionError(f"{step}: ModelOpt did not finish within {timeout_s:.0f} s")
+        if returncode < 0:
+            return NativeCrashError(f"{step}: ModelOpt crashed ({signal.Signals(-returncode).name}); "
+                                    "the variant was not made")
+        return ConversionError(f"{step}: ModelOpt worker exited with {returncode}: {tail}")
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return "(its output went to the console)"
+        self._stderr.seek(0)
+        lines = self._stderr.read().strip().splitlines()
+        return lines[-1] if lines else "(no output)"
+
+    def close(self, kill: bool = False) -> None:
+        """End the child: closing its stdin ends a child between jobs; ``kill`` ends one in a job."""
+        process, self._process = self._process, None
+        if process is not None:
+            if kill:
+                process.kill()
+            if process.stdin is not None:
+                try:
+                    process.stdin.close()
+                except BrokenPipeError:
+                    pass
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+
+def run_job(job: dict[str, Any], worker: ModelOptWorker | None = None) -> dict[str, Any]:
+    """Run ``job`` in ``worker`` (a build's), or in a worker of its own; the worker's reply."""
+    if worker is not None:
+        return worker.run(job)
+    with ModelOptWorker() as own:
+        return own.run(job)
+
+
+def worker_parameters(reply: dict[str, Any]) -> dict[str, Any]:
+    """What a variant's step record says of the worker that made it (a build asserts one import)."""
+    return {"modelopt_worker_pid": reply["pid"], "modelopt_worker_job": reply["job"],
+            "modelopt_imports": reply["imports"], "modelopt_import_seconds": reply["import_seconds"]}
 
 
 def _feeds(folder: str) -> list[dict[str, Any]]:
@@ -89,18 +203,23 @@ def feed_reader(feeds: list[dict[str, Any]]) -> Any:
     return FeedReader()
 
 
+def _import_modelopt() -> None:
+    """ModelOpt's two ONNX entry points, imported once per worker (the ~3 s a build pays once)."""
+    import modelopt.onnx.autocast  # noqa: F401
+    import modelopt.onnx.quantization  # noqa: F401
+
+
 def _run(job: dict[str, Any]) -> None:
     import onnx
 
     if job["kind"] == "int8":
         from modelopt.onnx.quantization import quantize
 
-        kwargs = dict(job["kwargs"])
         quantize(
             onnx_path=job["model"],
             output_path=job["output"],
             calibration_data_reader=feed_reader(_feeds(job["feeds"])),
-            **kwargs,
+            **job["kwargs"],
         )
     elif job["kind"] == "fp16":
         from modelopt.onnx.autocast import convert_to_mixed_precision
@@ -111,19 +230,40 @@ def _run(job: dict[str, Any]) -> None:
         raise ValueError(f"unknown job kind {job['kind']!r}")
 
 
-def main(argv: list[str]) -> int:
-    job_path = Path(argv[0])
-    job = json.loads(job_path.read_text(encoding="utf-8"))
+def _error_reply(error: BaseException) -> dict[str, Any]:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return {"error": type(error).__name__, "message": message}
+
+
+def main() -> int:
+    # Replies go to the real stdout; everything else written to stdout (print, C libraries) to stderr.
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    started = time.perf_counter()
+    import_error: dict[str, Any] | None = None
     try:
-        _run(job)
-    except Exception as error:  # report every failure to the parent as one line
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        job_path.with_name(job_path.name + ".error").write_text(
-            json.dumps({"error": type(error).__name__, "message": message}), encoding="utf-8"
-        )
-        return 1
+        _import_modelopt()
+    except Exception as error:  # reported with every job: the parent names the missing package
+        import_error = _error_reply(error)
+    identity = {"pid": os.getpid(), "imports": 0 if import_error else 1,
+                "import_seconds": round(time.perf_counter() - started, 3)}
+    jobs = 0
+    for line in sys.stdin:
+        jobs += 1
+        reply: dict[str, Any] = dict(import_error) if import_error else {"ok": True}
+        if import_error is None:
+            try:
+                _run(json.loads(line))
+            except Exception as error:  # every failure goes back to the parent as one line
+                reply = _error_reply(error)
+        replies.write(json.dumps({**reply, **identity, "job": jobs}) + "\n")
+        replies.flush()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

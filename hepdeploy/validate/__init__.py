@@ -24,7 +24,8 @@ from hepdeploy.artifacts import read_artifact
 from hepdeploy.backend.base import Runner
 from hepdeploy.backend.onnxrt import ProviderList
 from hepdeploy.backend.sources import artifact_runner
-from hepdeploy.backend.triton import Protocol, TritonRunner, parse_model_ref
+from hepdeploy.backend.triton import Compression, Protocol, TritonRunner, parse_model_ref
+from hepdeploy.backend.triton_shm import SharedMemoryMode
 from hepdeploy.compare import (
     PRECISION_DEFAULTS,
     ToleranceOverrides,
@@ -245,8 +246,12 @@ def validate_candidate(
 def validate_served(server: str, model_ref: str, golden: Path, *, protocol: Protocol = "grpc",
                     timeout_s: float = 30.0, spec: ModelSpec | None = None, artifact: Path | None = None,
                     precision: str | None = None, atol: Any = None, rtol: Any = None, policy: str | None = None,
-                    chunk_size: int | None = None) -> VariantReport:
+                    chunk_size: int | None = None, shared_memory: SharedMemoryMode = "auto",
+                    compression: Compression | None = None) -> VariantReport:
     """Validate what ``server`` returns for ``model_ref`` (NAME[:VERSION]) against the golden set ``golden``.
+
+    Tensors go through Triton's system shared memory when the server is on this host (``shared_memory``
+    auto) or as ``shared_memory`` says; ``compression`` is gRPC compression for a remote server.
 
     Same comparisons, physics checks and report as a file candidate. The served tensors are checked
     against ``artifact``'s sidecar when given (its precision picks the tolerances unless ``precision``
@@ -262,7 +267,8 @@ def validate_served(server: str, model_ref: str, golden: Path, *, protocol: Prot
     elif spec is not None:
         expected = (spec.inputs, spec.outputs)
     reference = load_reference(golden)
-    with TritonRunner(server, name, version, protocol=protocol, timeout_s=timeout_s, expected=expected) as runner:
+    with TritonRunner(server, name, version, protocol=protocol, timeout_s=timeout_s, expected=expected,
+                      shared_memory=shared_memory, compression=compression) as runner:
         return validate_runner(runner, reference, name=model_ref, candidate=f"{protocol}://{runner.url}/{model_ref}",
                                precision=chosen_precision or "fp32", spec=spec, atol=atol, rtol=rtol, policy=policy,
                                chunk_size=chunk_size)

@@ -70,7 +70,7 @@ def test_torchscript_file_through_the_cli(torch_sources, tmp_path):
     assert code == 0, err
     side = read_artifact(tmp_path / "jet.onnx").sidecar
     assert side.source.framework == "torchscript" and side.exporter == "torch.onnx.torchscript"
-    assert "dynamo" in side.steps[0].parameters["fallback_from"]
+    assert "TorchScript module" in side.steps[0].parameters["exporter_choice"]
 
 
 def test_inspect_text_and_json(torch_sources):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 from hepdeploy_convert_test_helpers import FIXTURE_MODULE, JET, TWO_IO, fixture_models
 
 from hepdeploy.artifacts import read_artifact
@@ -75,14 +76,15 @@ def test_auto_with_an_old_opset_uses_the_torchscript_exporter(torch_sources, tmp
     assert artifact.sidecar.exporter == "torch.onnx.torchscript" and artifact.sidecar.opset == 16
 
 
-def test_torchscript_file_falls_back_and_the_sidecar_says_so(torch_sources, tmp_path):
+def test_torchscript_file_takes_the_torchscript_exporter_and_the_sidecar_says_why(torch_sources, tmp_path):
     spec = spec_from_dict({"name": "jet", "source": {"framework": "torchscript",
                                                       "path": str(torch_sources["jet_script.pt"])}, **JET})
     artifact = convert_from_spec(spec, tmp_path / "jet.onnx", exporter="auto")
     export = artifact.sidecar.steps[0]
     assert artifact.sidecar.exporter == "torch.onnx.torchscript"
     assert export.parameters["requested_exporter"] == "auto"
-    assert "dynamo" in export.parameters["fallback_from"]
+    assert export.parameters["exporter_order"] == ["torchscript", "dynamo"]
+    assert "TorchScript module" in export.parameters["exporter_choice"] and "fallback_from" not in export.parameters
     assert artifact.sidecar.source.sha256 and artifact.sidecar.source.framework == "torchscript"
     assert read_artifact(artifact.path).sidecar.exporter == "torch.onnx.torchscript"
 
@@ -104,6 +106,35 @@ def test_a_graph_that_differs_from_its_source_fails_and_is_not_written(torch_sou
         convert_from_spec(spec, tmp_path / "scaled.onnx", exporter="torchscript")
     assert info.value.exit_code == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_tries_torchscript_first_on_a_small_model_and_keeps_it_only_when_exact(torch_sources, tmp_path):
+    # The jet MLP's TorchScript graph is exact: dynamo's fixed cost is not paid.
+    jet = convert_from_spec(_torch_spec(torch_sources, "jet_mlp", JET), tmp_path / "jet.onnx", exporter="auto")
+    export = jet.sidecar.steps[0].parameters
+    assert jet.sidecar.exporter == "torch.onnx.torchscript" and "fallback_from" not in export
+    assert "small model (181 parameters" in export["exporter_choice"]
+    # BatchScaled's TorchScript graph bakes the traced batch in: the self-check rejects it and dynamo is tried
+    # next (it specialises the batch too, and says so).
+    spec = _torch_spec(torch_sources, "batch_scaled", {"inputs": [{"name": "x", "shape": ["batch", 4]}],
+                                                      "outputs": [{"name": "y", "shape": ["batch", 2]}]})
+    with pytest.raises(DisagreementError, match=r"torchscript: DisagreementError: .*; dynamo: .*fixes it to 2"):
+        convert_from_spec(spec, tmp_path / "scaled.onnx", exporter="auto")
+    assert not (tmp_path / "scaled.onnx").exists()
+
+
+def test_exporter_order_follows_what_the_model_is(torch_sources):
+    from hepdeploy.convert.from_torch import SMALL_MODEL_PARAMETERS, exporter_order
+
+    small = _torch_spec(torch_sources, "jet_mlp", JET)
+    assert exporter_order(fixture_models().jet_mlp(), small, "auto")[0] == ["torchscript", "dynamo"]
+    width = int(SMALL_MODEL_PARAMETERS ** 0.5) + 1
+    large = torch.nn.Linear(width, width)
+    order, why = exporter_order(large, small, "auto")
+    assert order == ["dynamo", "torchscript"] and f"{width * width + width} parameters" in why
+    assert exporter_order(large, small, "torchscript") == (["torchscript"], "--exporter torchscript")
+    old = _torch_spec(torch_sources, "jet_mlp", JET, opset=16)
+    assert exporter_order(large, old, "auto")[0] == ["torchscript"]
 
 
 def test_self_check_catches_a_corrupted_artifact(torch_sources, tmp_path):

@@ -172,3 +172,21 @@ def test_perf_refuses_bad_concurrency(tmp_path):
     result = CliRunner().invoke(main, ["perf", "--server", "127.0.0.1:1", "--model", "m", "--golden",
                                        str(tmp_path / "g.npz"), "--concurrency", "1,0"])
     assert result.exit_code == 2
+
+
+def test_shared_memory_is_for_loopback_servers_only():
+    from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.backend.triton_shm import is_loopback, shared_memory_wanted
+    from hepdeploy.errors import BadInputError
+
+    assert is_loopback("127.0.0.1:8001") and is_loopback("localhost:8001") and is_loopback("[::1]:8001")
+    assert not is_loopback("10.0.0.5:8001") and not is_loopback("triton.example.org:8001")
+    assert shared_memory_wanted("auto", "127.0.0.1:8001") and not shared_memory_wanted("off", "127.0.0.1:8001")
+    # A remote address never tries it: auto says no, on is refused in one line, before any connection.
+    runner = TritonRunner("192.0.2.1:8001", "model", shared_memory="auto")
+    assert not runner.uses_shared_memory and runner.shared_memory_regions is None
+    runner.close()
+    with pytest.raises(BadInputError, match="not a loopback address"):
+        TritonRunner("192.0.2.1:8001", "model", shared_memory="on")
+    with pytest.raises(BadInputError, match="gRPC option"):
+        TritonRunner("192.0.2.1:8001", "model", protocol="http", compression="gzip")
