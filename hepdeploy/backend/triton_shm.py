@@ -135,7 +135,7 @@ class SharedMemoryRegions:
             return
         for name in names:
             match = _REGION_NAME.match(name)
-            if match and not _process_alive(int(match.group(1))):
+            if match and not process_alive(int(match.group(1))):
                 self._unregister(name)
                 self.swept.append(name)
         if self.swept:
@@ -187,7 +187,8 @@ class SharedMemoryRegions:
             self._release(region)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -109,7 +109,8 @@ def variant_option(multiple: bool = False, required: bool = False, help: str = "
 
 def exporter_option(f: F) -> F:
     return click.option("--exporter", type=click.Choice(EXPORTERS), default="auto", show_default=True,
-                        help="PyTorch exporter; auto tries dynamo and falls back to the TorchScript exporter.")(f)
+                        help="PyTorch exporter; auto: TorchScript first for models up to 5M parameters (kept only if "
+                             "the self-check passes), dynamo first for larger ones, the other as the fallback.")(f)
 
 
 def budget_option(help: str = "Training budget for zoo networks that are not cached yet.") -> Callable[[F], F]:  # noqa: A002

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hepdeploy.backend.triton_shm import process_alive
+
 # Two cores are shared by the test workers, the server and its Python-backend stubs.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -107,15 +109,4 @@ def triton_server(serve_repository, triton_binary):
     finally:
         pid = server.pid
         server.stop()
-        assert pid is not None and not _alive(pid), f"tritonserver pid {pid} still running after stop()"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes; stop() reaps it, so a live entry means a running process.
-    return True
+        assert pid is not None and not process_alive(pid), f"tritonserver pid {pid} still running after stop()"
