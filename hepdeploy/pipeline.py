@@ -33,7 +33,7 @@ from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, HepDeployError, NativeCrashError, first_line
 from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.model_zoo import export_network, get_network
-from hepdeploy.optimize import optimize_artifact
+from hepdeploy.optimize import optimize_artifact, resolve_calibration
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.optimize.trt_precheck import precheck_model
 from hepdeploy.plan_compat import (
@@ -49,6 +49,7 @@ from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.repository import publish_spec
+from hepdeploy.tune import describe, tune_variant
 from hepdeploy.validate import (
     ReferenceSet,
     VariantReport,
@@ -265,19 +266,46 @@ def _validate_step(variant: str, candidate: Path, reference: ReferenceSet, spec:
     fails the build; an UNDECIDED one is rejected with the reason. --strict fails on any but PASS."""
     report = validate_candidate(candidate, reference, spec=spec, name=variant)
     reports.append(report)
+    tuning = spec.variant(variant).tune
     if report.passed:
         status = "ok"
-    elif strict or (report.outcome == "FAIL" and variant in served_variants(spec)):
+    elif not tuning and (strict or (report.outcome == "FAIL" and variant in served_variants(spec))):
         status = "failed"
-    else:
+    else:  # a variant with `tune: true` is judged again after its tuning
         status = "rejected"
-    return StepResult(f"validate:{variant}", status, report.verdict,  # type: ignore[arg-type]
+    verdict = report.verdict + ("; tuning follows (tune: true)" if tuning and not report.passed else "")
+    return StepResult(f"validate:{variant}", status, verdict,  # type: ignore[arg-type]
                       details={"passed": report.passed, "outcome": report.outcome, "policy": report.policy},
                       variant=variant)
 
 
 def _wanted_variants(spec: ModelSpec, options: BuildOptions) -> list[str]:
     return options.variants or [v.name for v in spec.variants]
+
+
+def _tune_step(variant: str, fp32_path: Path, reference: ReferenceSet, spec: ModelSpec, calibration: Path | None,
+               folder: Path, modelopt: ModelOptWorker | None, reports: list[VariantReport], strict: bool) -> StepResult:
+    """``tune: true``: the fastest mix of a failed variant that passes, validated and published in its place."""
+    vspec = spec.variant(variant)
+    arrays = resolve_calibration(calibration, spec.inputs, spec)
+    output = folder / "variants" / f"{spec.name}_{variant.replace('-', '_')}_tuned.onnx"
+    result = tune_variant(fp32_path, vspec, reference, output, folder / "reports" / f"tune-{variant}",
+                          calibration=arrays, spec=spec, modelopt=modelopt)
+    details: dict[str, Any] = {"evaluations": len(result.evaluations), "groups": len(result.groups),
+                               "kept_high_precision": len(result.best.kept) if result.best else None,
+                               "speed": result.best.speed if result.best else None}
+    if not result.passed:
+        status = "failed" if strict or variant in served_variants(spec) else "rejected"
+        best = f"; best found: {describe(result.best)}" if result.best else ""
+        return StepResult(f"tune:{variant}", status, f"no mix passes{best}", details=details)  # type: ignore[arg-type]
+    # The answer was judged on this reference set already; validated again from its file for the reports.
+    report = validate_candidate(output, reference, spec=spec, name=f"{variant} (tuned)")
+    reports.append(report)
+    assert result.best is not None
+    details.update(passed=report.passed, outcome=report.outcome, policy=report.policy)
+    line = f"{report.verdict}; tuned: {describe(result.best)}"
+    return StepResult(f"tune:{variant}", "ok" if report.passed else "failed", line, outputs=[output],
+                      details=details, variant=variant)
 
 
 def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repository: Path | None,
@@ -327,6 +355,10 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     for variant, path in made.items():  # a TensorRT .plan runs in the TensorRT engine runner
         step = build.run(f"validate:{variant}", lambda v=variant, p=path: _validate_step(
             v, p, reference, spec, reports, options.strict), variant=variant)
+        if not step.ok and spec.variant(variant).tune:
+            step = build.run(f"tune:{variant}", lambda v=variant: _tune_step(
+                v, fp32_path, reference, spec, calibration, folder, modelopt, reports, options.strict), variant=variant)
+            path = step.outputs[0] if step.ok else path
         verdicts[variant] = {"passed": step.ok, "outcome": step.details.get("outcome"), "verdict": step.reason}
         if step.ok:
             passing[variant] = path

@@ -201,6 +201,9 @@ class VariantSpec(_Strict):
     # int8: keep input normalisation before the first Conv/Gemm/MatMul and the last
     # layer before the outputs in FP32 (mixed-scale raw inputs, regression outputs).
     keep_edges_fp32: bool = True
+    # build: when this variant fails validation, search for the fastest mix that passes (hepdeploy tune)
+    # and publish it instead.
+    tune: bool = False
 
 
 class Tolerance(_Strict):

@@ -20,6 +20,7 @@ from hepdeploy.cli import (
     commands_optimize,
     commands_serve,
     commands_triton,
+    commands_tune,
     commands_validate,
     commands_zoo,
 )
@@ -85,7 +86,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
 def _register_commands() -> None:
     # commands_serve adds `serve` to the `triton` group, so it comes after commands_triton.
     for module in (commands_convert, commands_zoo, commands_optimize, commands_validate, commands_triton,
-                   commands_serve, commands_build):
+                   commands_serve, commands_build, commands_tune):
         module.register(main)
 
 

@@ -29,6 +29,10 @@ class Facile(ZooNetwork):
     triton = triton_config(max_batch_size=160000, preferred_batch_sizes=(16000,), batch_per_request=16000)
     variable_names = ("true_energy",)
     reference_samples = 300_000  # channels (about 19 events of 16 000)
+    # Post-training INT8 of every layer costs more resolution or bias than allowed; `tune: true` makes the
+    # build search which layers to keep in FP32 and publish the fastest mix that passes.
+    variants = ({"name": "fp32"}, {"name": "int8-cpu", "tune": True}, {"name": "fp16"},
+                {"name": "int8-trt", "tune": True})
     bins = {"true_energy": (1.0, 10.0, 50.0, 200.0)}
     data_recipe = hcal.DATA_RECIPE
     recipes = {

@@ -1,0 +1,101 @@
+"""CLI command ``hepdeploy tune``: the fastest precision mix of a variant that passes the budget."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hepdeploy.cli.options import CalibrationOptions, calibration_options, spec_option
+from hepdeploy.errors import BadInputError, ValidationFailedError
+from hepdeploy.optimize import resolve_calibration, variant_spec
+from hepdeploy.optimize.modelopt_worker import ModelOptWorker
+from hepdeploy.spec import ModelSpec, load_spec
+from hepdeploy.tune import TUNABLE_VARIANTS, Evaluation, describe, tune_variant
+from hepdeploy.validate.reference import load_reference, make_reference
+
+INTERRUPTED_EXIT = 130
+
+
+@click.command("tune")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--variant", type=click.Choice(TUNABLE_VARIANTS), required=True, help="The variant to tune.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, metavar="OUT.onnx",
+              help="Where the tuned variant (and its sidecar) is written when a mix passes.")
+@spec_option("With a MODEL: the spec whose physics allowances and labels judge the candidates.")
+@click.option("--golden", type=click.Path(path_type=Path, dir_okay=False),
+              help="Reference (golden) set from `hepdeploy reference` (default: made from the spec's data.reference).")
+@calibration_options
+@click.option("--policy", type=click.Choice(["physics", "numerical", "either", "both"]),
+              help="What must pass (default: the spec's policy for the variant's precision; numerical without labels).")
+@click.option("--max-evals", type=click.IntRange(min=1), help="Full evaluations allowed (default 2 x groups + 10).")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Report folder: tune.json, tune.yaml (the spec fragment), pareto.png and the evaluation cache "
+                   "(default: OUT's folder / OUT-tune).")
+def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | None, golden: Path | None,
+                 calibration: CalibrationOptions, policy: str | None, max_evals: int | None,
+                 report_dir: Path | None) -> None:
+    """Find the fastest mix of SOURCE's VARIANT that passes: layers kept in high precision where they harm.
+
+    SOURCE is a spec (converted first, its data.reference and data.calibration used) or an ONNX MODEL
+    (with --golden, --calibration and usually --spec). Every candidate is validated on the full
+    reference set; the answer PASSES (never UNDECIDED). Exit 0 with the answer written to OUT, 1 when
+    no mix passes (the best one found is printed), 130 on Ctrl-C (the best passing point so far is printed).
+    """
+    report_dir = report_dir or output.parent / f"{output.stem}-tune"
+    if not output.parent.is_dir():
+        raise BadInputError(f"{output}: its folder does not exist")
+    if source.suffix in (".yaml", ".yml"):
+        spec = load_spec(source)
+        from hepdeploy.convert import convert_from_spec
+
+        report_dir.mkdir(parents=True, exist_ok=True)
+        model = convert_from_spec(spec, report_dir / f"{spec.name}.onnx").path
+    else:
+        model = source
+    if calibration.changes_data_spec and spec is not None:
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update=calibration.data_update(spec))})
+    if golden is not None:
+        reference = load_reference(golden)
+    elif spec is not None and spec.data.reference:
+        reference = make_reference(spec, spec.resolve(spec.data.reference), labels=spec.data.labels, spec=spec)
+    else:
+        raise BadInputError("tune: needs a reference set: --golden FILE, or a spec with data.reference")
+    vspec = variant_spec(variant, spec)
+    inputs = spec.inputs if spec is not None else None
+    if inputs is None:
+        from hepdeploy.artifacts import read_artifact
+
+        inputs = read_artifact(model).sidecar.inputs
+    arrays = resolve_calibration(calibration.path, inputs, spec, calibration.samples)
+    if arrays is None and variant != "fp16":
+        raise BadInputError(f"{variant}: needs calibration data (--calibration FILE or data.calibration in the spec)")
+
+    def progress(evaluation: Evaluation, done: int, budget: int) -> None:
+        click.echo(f"[{done}/{budget}] {evaluation.phase}: {describe(evaluation)}", err=True)
+
+    with ModelOptWorker() as modelopt:
+        result = tune_variant(model, vspec, reference, output, report_dir, calibration=arrays, spec=spec,
+                              policy=policy, max_evaluations=max_evals, modelopt=modelopt, on_evaluation=progress)
+    click.echo(f"{variant}: {len(result.evaluations)} evaluations of {len(result.groups)} groups; "
+               f"speed: {result.speed_measure}")
+    if result.stopped:
+        click.echo(f"stopped early: {result.stopped}")
+    click.echo(f"report: {report_dir}")
+    interrupted = (result.stopped or "").startswith("interrupted")
+    if result.passed:
+        assert result.best is not None
+        click.echo(f"{'best passing point so far' if interrupted else 'answer'}: {describe(result.best)}")
+        if interrupted:
+            click.echo("nothing was written to " + str(output))
+            raise SystemExit(INTERRUPTED_EXIT)
+        click.echo(f"wrote {output}; spec fragment: {report_dir / 'tune.yaml'}")
+        return
+    if interrupted:
+        click.echo("no passing point yet; nothing was written")
+        raise SystemExit(INTERRUPTED_EXIT)
+    best = f"; best found: {describe(result.best)}" if result.best else ""
+    raise ValidationFailedError(f"tune {variant}: no mix passes{best}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(tune_command)
