@@ -62,6 +62,16 @@ GROUP_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN
 TIMING_SECONDS = 0.6  # per candidate, alternating with FP32
 
 
+def timing_feed(reference: ReferenceSet, spec: ModelSpec | None) -> dict[str, np.ndarray]:
+    """The batch speed is measured on: the spec's typical batch (``dims.batch.opt``) of reference inputs."""
+    inputs = reference.inputs
+    if spec is not None and not all(t.has_batch_axis for t in spec.inputs):
+        return dict(inputs)
+    opt = spec.dim_range("batch").opt if spec is not None else None
+    rows = min(opt or 1024, next(iter(inputs.values())).shape[0])
+    return {name: np.ascontiguousarray(value[:rows]) for name, value in inputs.items()}
+
+
 def default_max_evaluations(groups: int) -> int:
     return 2 * groups + 10
 
@@ -258,13 +268,7 @@ class Tuner:
         return write_artifact(named, self.work_dir / "fp32.onnx", artifact.sidecar).path
 
     def _timing_feed(self) -> dict[str, np.ndarray]:
-        inputs = self.reference.inputs
-        batched = self.spec is None or all(t.has_batch_axis for t in self.spec.inputs)
-        if not batched:
-            return dict(inputs)
-        opt = self.spec.dim_range("batch").opt if self.spec is not None else None
-        rows = min(opt or 1024, next(iter(inputs.values())).shape[0])
-        return {name: np.ascontiguousarray(value[:rows]) for name, value in inputs.items()}
+        return timing_feed(self.reference, self.spec)
 
     def _content_key(self) -> str:
         digest = hashlib.sha256()
@@ -331,27 +335,11 @@ class Tuner:
                           seconds=round(time.perf_counter() - started, 2), path=str(candidate))
 
     def _speed(self, candidate: Path) -> float:
-        """FP32 time / candidate time: medians of alternating runs in one thread."""
         from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 
         if self._fp32_runner is None:
             self._fp32_runner = OnnxRuntimeRunner(self.fp32_path, intra_op_threads=1, inter_op_threads=1)
-        low = OnnxRuntimeRunner(candidate, intra_op_threads=1, inter_op_threads=1)
-        try:
-            for runner in (self._fp32_runner, low):
-                runner.run(self.timing_feed)  # warm-up
-            fp32_times, low_times = [], []
-            spent = time.perf_counter()
-            while len(low_times) < 5 or time.perf_counter() - spent < TIMING_SECONDS:
-                for runner, times in ((self._fp32_runner, fp32_times), (low, low_times)):
-                    began = time.perf_counter()
-                    runner.run(self.timing_feed)
-                    times.append(time.perf_counter() - began)
-                if len(low_times) >= 200:
-                    break
-        finally:
-            low.close()
-        return statistics.median(fp32_times) / statistics.median(low_times)
+        return throughput_ratio(self._fp32_runner, candidate, self.timing_feed)
 
     # -- the search ---------------------------------------------------------------------------
     def run(self) -> TuneResult:
@@ -400,6 +388,29 @@ class Tuner:
             trial = frozenset(n for n in kept if n != name)
             if self.evaluate(trial, "re-lower").passed:
                 kept.remove(name)
+
+
+def throughput_ratio(baseline: Any, candidate: Path, feed: dict[str, np.ndarray],
+                     seconds: float = TIMING_SECONDS) -> float:
+    """Baseline time / candidate time on ``feed``: medians of alternating runs, one ONNX Runtime thread each
+    (``baseline`` is an open runner, reused across candidates)."""
+    from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+
+    low = OnnxRuntimeRunner(candidate, intra_op_threads=1, inter_op_threads=1)
+    try:
+        for runner in (baseline, low):
+            runner.run(feed)  # warm-up
+        baseline_times: list[float] = []
+        low_times: list[float] = []
+        spent = time.perf_counter()
+        while len(low_times) < 5 or (time.perf_counter() - spent < seconds and len(low_times) < 200):
+            for runner, times in ((baseline, baseline_times), (low, low_times)):
+                began = time.perf_counter()
+                runner.run(feed)
+                times.append(time.perf_counter() - began)
+    finally:
+        low.close()
+    return statistics.median(baseline_times) / statistics.median(low_times)
 
 
 class _BudgetSpent(Exception):
