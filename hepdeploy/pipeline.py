@@ -126,7 +126,8 @@ class BuildReport:
     @property
     def rejected(self) -> list[str]:
         """'model:variant' for every variant made but kept out of the repository by validation."""
-        return [f"{m.name}:{s.variant}" for m in self.models for s in m.steps if s.status == "rejected"]
+        named = [f"{m.name}:{s.variant}" for m in self.models for s in m.steps if s.status == "rejected"]
+        return list(dict.fromkeys(named))  # a variant rejected, then its tuning rejected, is named once
 
     @property
     def summary_path(self) -> Path:

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -45,9 +44,11 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.artifacts import StepRecord, read_artifact, write_artifact
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.errors import BadInputError, HepDeployError, first_line
 from hepdeploy.fsutil import atomic_path, atomic_write_text, file_digest
 from hepdeploy.optimize import optimize_artifact
+from hepdeploy.optimize.graph import edge_nodes, name_unnamed_nodes
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.spec import ModelSpec, VariantSpec
 from hepdeploy.validate import validate_candidate
@@ -176,7 +177,6 @@ def candidate_groups(model_path: Path, variant: VariantSpec) -> list[tuple[str, 
     high precision anyway (its op-type exclusions, and for INT8 the edge layers of ``keep_edges_fp32``)."""
     import onnx
 
-    from hepdeploy.optimize.graph import edge_nodes
 
     model = onnx.load(str(model_path))
     wanted = set(GROUP_OP_TYPES)
@@ -258,7 +258,6 @@ class Tuner:
         names the search decides on are the names the quantizer sees; it is also the speed baseline."""
         import onnx
 
-        from hepdeploy.optimize.graph import name_unnamed_nodes
 
         self.work_dir.mkdir(parents=True, exist_ok=True)
         raw = self.work_dir / "fp32-simplified.onnx"
@@ -335,8 +334,6 @@ class Tuner:
                           seconds=round(time.perf_counter() - started, 2), path=str(candidate))
 
     def _speed(self, candidate: Path) -> float:
-        from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
-
         if self._fp32_runner is None:
             self._fp32_runner = OnnxRuntimeRunner(self.fp32_path, intra_op_threads=1, inter_op_threads=1)
         return throughput_ratio(self._fp32_runner, candidate, self.timing_feed)
@@ -394,8 +391,6 @@ def throughput_ratio(baseline: Any, candidate: Path, feed: dict[str, np.ndarray]
                      seconds: float = TIMING_SECONDS) -> float:
     """Baseline time / candidate time on ``feed``: medians of alternating runs, one ONNX Runtime thread each
     (``baseline`` is an open runner, reused across candidates)."""
-    from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
-
     low = OnnxRuntimeRunner(candidate, intra_op_threads=1, inter_op_threads=1)
     try:
         for runner in (baseline, low):
@@ -489,9 +484,6 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     plt.close(figure)
     return path
 
-
-def clear_cache(work_dir: Path) -> None:
-    shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def tune_variant(fp32_path: Path, variant: VariantSpec, reference: ReferenceSet, output: Path, report_dir: Path, *,

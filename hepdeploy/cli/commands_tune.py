@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
+from hepdeploy.artifacts import read_artifact
 from hepdeploy.cli.options import CalibrationOptions, calibration_options, spec_option
+from hepdeploy.convert import convert_from_spec
 from hepdeploy.errors import BadInputError, ValidationFailedError
 from hepdeploy.optimize import resolve_calibration, variant_spec
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
@@ -46,8 +48,6 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
         raise BadInputError(f"{output}: its folder does not exist")
     if source.suffix in (".yaml", ".yml"):
         spec = load_spec(source)
-        from hepdeploy.convert import convert_from_spec
-
         report_dir.mkdir(parents=True, exist_ok=True)
         model = convert_from_spec(spec, report_dir / f"{spec.name}.onnx").path
     else:
@@ -63,8 +63,6 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
     vspec = variant_spec(variant, spec)
     inputs = spec.inputs if spec is not None else None
     if inputs is None:
-        from hepdeploy.artifacts import read_artifact
-
         inputs = read_artifact(model).sidecar.inputs
     arrays = resolve_calibration(calibration.path, inputs, spec, calibration.samples)
     if arrays is None and variant != "fp16":
