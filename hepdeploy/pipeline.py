@@ -295,18 +295,18 @@ def _tune_step(variant: str, fp32_path: Path, reference: ReferenceSet, spec: Mod
     details: dict[str, Any] = {"evaluations": len(result.evaluations), "groups": len(result.groups),
                                "kept_high_precision": len(result.best.kept) if result.best else None,
                                "speed": result.best.speed if result.best else None}
+    not_passed = "failed" if strict or variant in served_variants(spec) else "rejected"
     if not result.passed:
-        status = "failed" if strict or variant in served_variants(spec) else "rejected"
         best = f"; best found: {describe(result.best)}" if result.best else ""
-        return StepResult(f"tune:{variant}", status, f"no mix passes{best}", details=details)  # type: ignore[arg-type]
+        return StepResult(f"tune:{variant}", not_passed, f"no mix passes{best}", details=details)  # type: ignore[arg-type]
     # The answer was judged on this reference set already; validated again from its file for the reports.
     report = validate_candidate(output, reference, spec=spec, name=f"{variant} (tuned)")
     reports.append(report)
     assert result.best is not None
     details.update(passed=report.passed, outcome=report.outcome, policy=report.policy)
     line = f"{report.verdict}; tuned: {describe(result.best)}"
-    return StepResult(f"tune:{variant}", "ok" if report.passed else "failed", line, outputs=[output],
-                      details=details, variant=variant)
+    return StepResult(f"tune:{variant}", "ok" if report.passed else not_passed, line,  # type: ignore[arg-type]
+                      outputs=[output], details=details, variant=variant)
 
 
 def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repository: Path | None,

@@ -258,7 +258,6 @@ class Tuner:
         names the search decides on are the names the quantizer sees; it is also the speed baseline."""
         import onnx
 
-
         self.work_dir.mkdir(parents=True, exist_ok=True)
         raw = self.work_dir / "fp32-simplified.onnx"
         optimize_artifact(source, "fp32", raw, spec=self.spec)
