@@ -107,8 +107,8 @@ class PerfReport:
                 "event": asdict(self.event), "levels": [asdict(level) for level in self.levels], "notes": self.notes}
 
     def table(self) -> str:
-        header = (f"{self.model} via {self.engine} over {self.transport} ({self.target}); event = {self.event.requests_per_event} "
-                  f"request(s) x {self.event.batch_per_request} rows")
+        header = (f"{self.model} via {self.engine} over {self.transport} ({self.target}); "
+                  f"event = {self.event.requests_per_event} request(s) x {self.event.batch_per_request} rows")
         rows = [f"{'clients':>7} {'events/s':>10} {'inferences/s':>13} {'requests/s':>11} {'p50 ms':>8} "
                 f"{'p95 ms':>8} {'p99 ms':>8} {'events':>7}"]
         split = any(level.server for level in self.levels)
@@ -228,7 +228,7 @@ def server_breakdown(before: Mapping[str, int] | None, after: Mapping[str, int] 
 
 def _prepare_requests(batches: list[dict[str, np.ndarray]], dtypes: Mapping[str, str],
                       served_outputs: Sequence[tuple[str, str, list[int]]], slots: int,
-                      regions: SharedMemoryRegions | None) -> tuple[list[list[Any]], list[list[Any]]]:
+                      regions: SharedMemoryRegions | None, batched: bool) -> tuple[list[list[Any]], list[list[Any]]]:
     """The request inputs of every distinct batch (made once; clients reuse them) and the requested
     outputs of each of ``slots`` requests in flight.
 
@@ -255,7 +255,8 @@ def _prepare_requests(batches: list[dict[str, np.ndarray]], dtypes: Mapping[str,
     per_batch = len(batches[0]) if batches else 0
     prepared = [tensors[k:k + per_batch] for k in range(0, len(tensors), per_batch)] if per_batch else [[]]
     plain = [grpc_aio.InferRequestedOutput(name) for name, _, _ in served_outputs]
-    rows = max((next(iter(b.values())).shape[0] for b in batches if b), default=0)
+    # The batch dim of a batched model's outputs is the largest request's rows; other dynamic dims are unknown.
+    rows = max((next(iter(b.values())).shape[0] for b in batches if b), default=0) if batched else 0
     sizes = [output_nbytes(dtype, shape, rows or None) for _, dtype, shape in served_outputs]
     if regions is None or not sizes or any(size is None for size in sizes):
         return prepared, [plain] * slots
@@ -396,7 +397,7 @@ def _one_level(url: str, model: str, version: str, batches: list[dict[str, np.nd
         return _perf_analyzer_level(perf_analyzer, url, model, version, batches, served_shapes, batched,
                                     clients, duration_s, event, timeout_s, use_shm)
     prepared, slot_outputs = _prepare_requests(batches, dtypes, served_outputs, clients * event.requests_per_event,
-                                               regions)
+                                               regions, batched)
     before = server_statistics(url, model, version)
     level = asyncio.run(_measure_level_async(url, model, version, prepared, slot_outputs, clients, duration_s,
                                              warmup_s, timeout_s, event, compression))

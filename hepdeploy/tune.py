@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.artifacts import StepRecord, read_artifact, write_artifact
-from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, node_time_shares
 from hepdeploy.errors import BadInputError, HepDeployError, first_line
 from hepdeploy.fsutil import atomic_path, atomic_write_text, file_digest
 from hepdeploy.optimize import optimize_artifact
@@ -191,32 +191,6 @@ def candidate_groups(model_path: Path, variant: VariantSpec) -> list[tuple[str, 
             if node.op_type in wanted and node.op_type not in excluded and node.name and node.name not in always_kept]
 
 
-def time_shares(model_path: Path, feeds: dict[str, np.ndarray], names: list[str], runs: int = 5) -> dict[str, float]:
-    """Each node's share of the model's run time, from ONNX Runtime's profiler (one thread, ``runs`` runs)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.enable_profiling = True
-    # Profile the graph as it is: fused nodes would hide the names the search decides on.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
-        session.run(None, feeds)
-    profile = Path(session.end_profiling())
-    try:
-        events = json.loads(profile.read_text(encoding="utf-8"))
-    finally:
-        profile.unlink(missing_ok=True)
-    spent: dict[str, float] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            node = event["name"][: -len("_kernel_time")]
-            spent[node] = spent.get(node, 0.0) + float(event.get("dur", 0))
-    total = sum(spent.values()) or 1.0
-    return {name: spent.get(name, 0.0) / total for name in names}
-
-
 class Tuner:
     """One search; see the module docstring. ``work_dir`` holds the evaluation cache."""
 
@@ -241,8 +215,8 @@ class Tuner:
         if not names:
             raise BadInputError(f"tune: {self.fp32_path.name} has no {'/'.join(GROUP_OP_TYPES)} node to keep or lower")
         self.timing_feed = self._timing_feed()
-        shares = time_shares(self.fp32_path, self.timing_feed, [n for n, _ in names])
-        self.groups = [Group(name, op, shares[name]) for name, op in names]
+        shares = node_time_shares(self.fp32_path, self.timing_feed)
+        self.groups = [Group(name, op, shares.get(name, 0.0)) for name, op in names]
         self.max_evaluations = max_evaluations or default_max_evaluations(len(self.groups))
         self.result = TuneResult(variant.name, self.groups, speed_measure=(
             "int8-cpu/fp32 throughput in ONNX Runtime on this CPU (1 thread, same process, alternating runs)"

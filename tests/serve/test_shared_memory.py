@@ -109,6 +109,19 @@ def test_perf_over_shared_memory_reports_its_transport_and_leaves_nothing(zoo_se
     assert _registered(server.grpc_url) == [] and leaked_segments() == []
 
 
+def test_perf_over_shared_memory_on_a_graph_model_with_a_dynamic_output(zoo_server) -> None:
+    # The interaction network has no batch axis and an edge count known only from the answer: its inputs go
+    # through shared memory, its scores come back in the answer.
+    from hepdeploy.perf import run_perf
+
+    server, models = zoo_server
+    spec, inputs = models["interaction_network_py"]
+    report = run_perf(server.grpc_url, "interaction_network_py", inputs, concurrency=[1, 2], duration_s=0.5,
+                      warmup_s=0.2, expected=(spec.inputs, spec.outputs), shared_memory="on", timeout_s=120)
+    assert report.transport == "grpc+shm" and all(level.events > 0 for level in report.levels)
+    assert _registered(server.grpc_url) == [] and leaked_segments() == []
+
+
 CLIENT = """
 import sys, time
 import numpy as np
