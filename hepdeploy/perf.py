@@ -365,7 +365,7 @@ def run_perf(
         served_outputs = list(probe.served_outputs)
         served_shapes = {name: shape for name, _, shape in probe.served_inputs}
     report = PerfReport(model=model, target=url, engine=engine, event=event,
-                        transport="grpc+shm" if use_shm else "grpc" + (f"+{compression}" if compression else ""))
+                        transport="grpc" + ("+shm" if use_shm else "") + (f"+{compression}" if compression else ""))
     with contextlib.ExitStack() as stack:
         regions = None
         if use_shm and engine == "client":

@@ -250,12 +250,9 @@ class TritonRunner(Runner):
         for name, dtype, _ in self.served_inputs:
             array = np.ascontiguousarray(arrays[name])
             tensor = module.InferInput(name, list(array.shape), NUMPY_TO_TRITON[dtype])
-            if not with_data:
-                pass
-            elif self.protocol == "http":
-                tensor.set_data_from_numpy(array, binary_data=True)
-            else:
-                tensor.set_data_from_numpy(array)
+            if with_data:
+                options = {"binary_data": True} if self.protocol == "http" else {}
+                tensor.set_data_from_numpy(array, **options)
             tensors.append(tensor)
         return tensors
 
