@@ -74,7 +74,7 @@ def main() -> int:
                                               spec.inputs, spec)
             fp32 = work / name / f"{name}_fp32.onnx"
             optimize_artifact(source, "fp32", fp32, spec=spec)
-            feed = timing_feed(reference, spec)
+            feed = timing_feed(reference, spec.inputs, spec)
             baseline = OnnxRuntimeRunner(fp32, intra_op_threads=1, inter_op_threads=1)
             variant = spec.variant("int8-cpu")
 

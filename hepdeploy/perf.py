@@ -375,36 +375,27 @@ def run_perf(
             stack.callback(client.close)
             regions = stack.enter_context(SharedMemoryRegions(client, timeout_s, grpc=True))
         for clients in concurrency:
-            level = _one_level(url, model, version, batches, dtypes, served_outputs, served_shapes, batched, clients,
-                               duration_s, warmup_s, timeout_s, event, engine, perf_analyzer, regions, use_shm,
-                               compression, progress)
+            if progress:
+                progress(f"{model}: {clients} client(s), {warmup_s:g} s warm-up + {duration_s:g} s")
+            if engine == "perf_analyzer":
+                level = _perf_analyzer_level(perf_analyzer, url, model, version, batches, served_shapes, batched,
+                                             clients, duration_s, event, timeout_s, use_shm)
+            else:
+                prepared, slot_outputs = _prepare_requests(batches, dtypes, served_outputs,
+                                                           clients * event.requests_per_event, regions, batched)
+                before = server_statistics(url, model, version)
+                level = asyncio.run(_measure_level_async(url, model, version, prepared, slot_outputs, clients,
+                                                         duration_s, warmup_s, timeout_s, event, compression))
+                # The statistics span the warm-up too; a request's client share is only defined for one
+                # request per event.
+                level.server = server_breakdown(before, server_statistics(url, model, version),
+                                                level.latency_ms_mean if event.requests_per_event == 1 else None)
             if level.events == 0:
                 report.notes.append(f"{clients} client(s): no event completed inside the {duration_s:g} s window")
             report.levels.append(level)
             log.info("%s: %d client(s): %.1f events/s, p50 %.2f ms", model, clients, level.events_per_s,
                      level.latency_ms_p50)
     return report
-
-
-def _one_level(url: str, model: str, version: str, batches: list[dict[str, np.ndarray]], dtypes: Mapping[str, str],
-               served_outputs: Sequence[tuple[str, str, list[int]]], served_shapes: Mapping[str, list[int]],
-               batched: bool, clients: int, duration_s: float, warmup_s: float, timeout_s: float,
-               event: EventDefinition, engine: Engine, perf_analyzer: str | None, regions: SharedMemoryRegions | None,
-               use_shm: bool, compression: Compression | None, progress: Callable[[str], None] | None) -> PerfLevel:
-    if progress:
-        progress(f"{model}: {clients} client(s), {warmup_s:g} s warm-up + {duration_s:g} s")
-    if engine == "perf_analyzer":
-        return _perf_analyzer_level(perf_analyzer, url, model, version, batches, served_shapes, batched,
-                                    clients, duration_s, event, timeout_s, use_shm)
-    prepared, slot_outputs = _prepare_requests(batches, dtypes, served_outputs, clients * event.requests_per_event,
-                                               regions, batched)
-    before = server_statistics(url, model, version)
-    level = asyncio.run(_measure_level_async(url, model, version, prepared, slot_outputs, clients, duration_s,
-                                             warmup_s, timeout_s, event, compression))
-    # The statistics span the warm-up too; a request's client share is only defined for one request per event.
-    level.server = server_breakdown(before, server_statistics(url, model, version),
-                                    level.latency_ms_mean if event.requests_per_event == 1 else None)
-    return level
 
 
 # --------------------------------------------------------------------------- inline baseline

@@ -299,8 +299,10 @@ def _tune_step(variant: str, fp32_path: Path, reference: ReferenceSet, spec: Mod
     if not result.passed:
         best = f"; best found: {describe(result.best)}" if result.best else ""
         return StepResult(f"tune:{variant}", not_passed, f"no mix passes{best}", details=details)  # type: ignore[arg-type]
-    # The answer was judged on this reference set already; validated again from its file for the reports.
-    report = validate_candidate(output, reference, spec=spec, name=f"{variant} (tuned)")
+    # The answer was judged on this reference set by the search; its report is reused unless it came from
+    # the cache (then the written file is validated again).
+    report = result.best_report or validate_candidate(output, reference, spec=spec, name=f"{variant} (tuned)")
+    report.variant, report.candidate = f"{variant} (tuned)", str(output)
     reports.append(report)
     assert result.best is not None
     details.update(passed=report.passed, outcome=report.outcome, policy=report.policy)

@@ -48,9 +48,10 @@ from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, node_time_shares
 from hepdeploy.errors import BadInputError, HepDeployError, first_line
 from hepdeploy.fsutil import atomic_path, atomic_write_text, file_digest
 from hepdeploy.optimize import optimize_artifact
-from hepdeploy.optimize.graph import edge_nodes, name_unnamed_nodes
+from hepdeploy.optimize.graph import name_unnamed_nodes
+from hepdeploy.optimize.int8 import edge_exclusions
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
-from hepdeploy.spec import ModelSpec, VariantSpec
+from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.validate import validate_candidate
 from hepdeploy.validate.reference import ReferenceSet
 from hepdeploy.validate.report import VariantReport
@@ -63,14 +64,22 @@ GROUP_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN
 TIMING_SECONDS = 0.6  # per candidate, alternating with FP32
 
 
-def timing_feed(reference: ReferenceSet, spec: ModelSpec | None) -> dict[str, np.ndarray]:
-    """The batch speed is measured on: the spec's typical batch (``dims.batch.opt``) of reference inputs."""
-    inputs = reference.inputs
-    if spec is not None and not all(t.has_batch_axis for t in spec.inputs):
-        return dict(inputs)
-    opt = spec.dim_range("batch").opt if spec is not None else None
-    rows = min(opt or 1024, next(iter(inputs.values())).shape[0])
-    return {name: np.ascontiguousarray(value[:rows]) for name, value in inputs.items()}
+def timing_feed(reference: ReferenceSet, inputs: list[TensorSpec], spec: ModelSpec | None) -> dict[str, np.ndarray]:
+    """The batch speed is measured on, from the reference inputs: the spec's typical batch
+    (``dims.batch.opt``, else up to 1024 rows) for a batched model, the model's fixed batch for one
+    exported with a fixed batch (e.g. 1), the whole input for a graph-style model without a batch axis."""
+    if all(t.has_batch_axis for t in inputs):
+        opt = spec.dim_range("batch").opt if spec is not None else None
+        rows = min(opt or 1024, next(iter(reference.inputs.values())).shape[0])
+        return {name: np.ascontiguousarray(value[:rows]) for name, value in reference.inputs.items()}
+    feed = {}
+    for tensor in inputs:
+        value = reference.inputs[tensor.name]
+        fixed = tensor.shape[0] if tensor.shape and isinstance(tensor.shape[0], int) else None
+        if fixed is not None and value.ndim == len(tensor.shape) and value.shape[0] > fixed:
+            value = value[:fixed]  # rows of a fixed-batch model: one run's worth
+        feed[tensor.name] = np.ascontiguousarray(value)
+    return feed
 
 
 def default_max_evaluations(groups: int) -> int:
@@ -118,6 +127,8 @@ class TuneResult:
     best: Evaluation | None = None
     speed_measure: str = ""
     stopped: str | None = None  # why the search ended early (budget, Ctrl-C)
+    # The validation report of ``best`` when this search made it (not when it came from the cache).
+    best_report: VariantReport | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -155,7 +166,7 @@ def harm_of(report: VariantReport) -> float:
         if uses:
             return max(uses)
     # Numerical budget: the worst error in units of its tolerance.
-    return max((c.max_abs_error / (c.atol + c.rtol * 1.0) if (c.atol + c.rtol) > 0 else math.inf)
+    return max((c.max_abs_error / (c.atol + c.rtol) if (c.atol + c.rtol) > 0 else math.inf)
                for c in report.numerical) if report.numerical else 0.0
 
 
@@ -177,16 +188,12 @@ def candidate_groups(model_path: Path, variant: VariantSpec) -> list[tuple[str, 
     high precision anyway (its op-type exclusions, and for INT8 the edge layers of ``keep_edges_fp32``)."""
     import onnx
 
-
     model = onnx.load(str(model_path))
     wanted = set(GROUP_OP_TYPES)
     if variant.name != "fp16" and variant.quantize_op_types:
         wanted &= set(variant.quantize_op_types)
     excluded = set(variant.exclude_op_types if variant.name != "fp16" else variant.fp32_op_types)
-    always_kept: set[str] = set()
-    if variant.name != "fp16" and variant.keep_edges_fp32:
-        head, tail = edge_nodes(model)
-        always_kept = set(head) | set(tail)
+    always_kept = set(edge_exclusions(model, variant)) if variant.name != "fp16" else set()
     return [(node.name, node.op_type) for node in model.graph.node
             if node.op_type in wanted and node.op_type not in excluded and node.name and node.name not in always_kept]
 
@@ -213,8 +220,10 @@ class Tuner:
         self.fp32_path = self._simplified_fp32(Path(fp32_path))
         names = candidate_groups(self.fp32_path, variant)
         if not names:
-            raise BadInputError(f"tune: {self.fp32_path.name} has no {'/'.join(GROUP_OP_TYPES)} node to keep or lower")
-        self.timing_feed = self._timing_feed()
+            raise BadInputError(f"tune: no {'/'.join(GROUP_OP_TYPES)} node that {variant.name} would lower: nothing "
+                                "to keep or lower (its edge layers stay FP32 anyway)")
+        fp32_inputs = read_artifact(self.fp32_path).sidecar.inputs
+        self.timing_feed = timing_feed(reference, spec.inputs if spec is not None else fp32_inputs, spec)
         shares = node_time_shares(self.fp32_path, self.timing_feed)
         self.groups = [Group(name, op, shares.get(name, 0.0)) for name, op in names]
         self.max_evaluations = max_evaluations or default_max_evaluations(len(self.groups))
@@ -225,6 +234,7 @@ class Tuner:
         self._key_base = self._content_key()
         self._fp32_runner: Any = None
         self._seen: dict[frozenset[str], Evaluation] = {}
+        self._reports: dict[str, VariantReport] = {}  # candidate path -> its report, for the answer's
 
     # -- inputs ------------------------------------------------------------------------------
     def _simplified_fp32(self, source: Path) -> Path:
@@ -238,9 +248,6 @@ class Tuner:
         artifact = read_artifact(raw)
         named = name_unnamed_nodes(onnx.load(str(raw)))
         return write_artifact(named, self.work_dir / "fp32.onnx", artifact.sidecar).path
-
-    def _timing_feed(self) -> dict[str, np.ndarray]:
-        return timing_feed(self.reference, self.spec)
 
     def _content_key(self) -> str:
         digest = hashlib.sha256()
@@ -303,6 +310,7 @@ class Tuner:
             return Evaluation(kept_list, "ERROR", math.inf, first_line(error), None, share, phase,
                               seconds=round(time.perf_counter() - started, 2))
         speed = self._speed(candidate) if self.variant.name == "int8-cpu" else None
+        self._reports[str(candidate)] = report
         return Evaluation(kept_list, report.outcome, harm_of(report), report.verdict, speed, share, phase,
                           seconds=round(time.perf_counter() - started, 2), path=str(candidate))
 
@@ -326,6 +334,7 @@ class Tuner:
         passing = [e for e in self.result.evaluations if e.passed]
         if passing:
             self.result.best = max(passing, key=lambda e: (e.rank_speed(), -len(e.kept)))
+            self.result.best_report = self._reports.get(self.result.best.path or "")
         elif self.result.evaluations:
             self.result.best = min(self.result.evaluations, key=lambda e: (e.harm, len(e.kept)))
         return self.result

@@ -79,7 +79,8 @@ def _break_name_prefixes(model: onnx.ModelProto) -> dict[str, str]:
     return renamed
 
 
-def _edge_exclusions(model: onnx.ModelProto, variant: VariantSpec) -> list[str]:
+def edge_exclusions(model: onnx.ModelProto, variant: VariantSpec) -> list[str]:
+    """The edge nodes an INT8 variant keeps in FP32 (``keep_edges_fp32``), sorted."""
     if not variant.keep_edges_fp32:
         return []
     head, tail = edge_nodes(model)
@@ -108,7 +109,7 @@ def _load_checked(model_path: Path, variant: VariantSpec) -> tuple[onnx.ModelPro
     check_node_patterns(original, variant.exclude_nodes, "--exclude-node")
     check_op_types(variant.exclude_op_types, "--exclude-op")
     check_op_types(variant.quantize_op_types, "--quantize-op")
-    return original, _edge_exclusions(original, variant)
+    return original, edge_exclusions(original, variant)
 
 
 def quantize_for_tensorrt(model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],

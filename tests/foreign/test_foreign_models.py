@@ -177,6 +177,18 @@ def test_a_foreign_model_goes_through_every_stage(foreign: dict[str, Foreign], t
             assert json.loads(out.with_suffix(".json").read_text())["opset"] >= 13  # and the sidecar says so
         _cli("validate", out, "--golden", golden)
 
+    # tune: a passing mix written with the names kept, or "no mix passes" in one line (exit 1).
+    tuned = tmp_path / "tuned.onnx"
+    result = CliRunner().invoke(main, ["tune", str(model.path), "--variant", "int8-cpu", "-o", str(tuned),
+                                       "--golden", str(golden), "--calibration", str(model.data)])
+    lines = [line for line in result.output.splitlines() if line.startswith(("error", "answer"))]
+    if model.int8_refusal:  # the LSTM is kept FP32 as an edge layer: nothing to decide, said in one line
+        assert result.exit_code == 2 and "nothing to keep or lower" in result.output.splitlines()[-1]
+    elif result.exit_code == 0:
+        assert [o.name for o in onnx.load(str(tuned)).graph.output] == [model.output_name], result.output
+    else:
+        assert result.exit_code == 1 and lines[-1].startswith("error: tune int8-cpu: no mix passes"), result.output
+
     repo = tmp_path / "repo"
     _cli("triton", "add", repo, model.path, "--name", "served", "--warmup", golden)
     config = read_model_config(repo / "served" / "config.pbtxt")
