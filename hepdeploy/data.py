@@ -5,9 +5,10 @@ Two jobs live here:
 * ``save_tensors`` / ``load_tensors``: whole ``.npz`` files of named arrays (reference
   sets, golden outputs).
 * ``load_calibration``: a reproducible random subset of N samples for calibration,
-  read from ``.npz``, HDF5 (one dataset per input name) or a ROOT TTree (one branch per
-  input), validated against the model's tensor specs. HDF5 and ROOT files are read in
-  windows that contain chosen entries only, so a large file is never loaded whole.
+  read from ``.npz``, HDF5 (one dataset per input name) or ROOT ntuples (through the spec's
+  ``data.inputs`` mapping, :mod:`hepdeploy.ntuple`), validated against the model's tensor
+  specs. HDF5 files are read in windows and ROOT files in chunks, so a large file is never
+  loaded whole.
 
 Axis 0 of every calibration array is the sample axis. For a batched input (first
 dimension ``batch``) a sample is one row; for an unbatched input (e.g. a graph of
@@ -25,12 +26,12 @@ import numpy as np
 
 from hepdeploy.errors import DataError
 from hepdeploy.fsutil import atomic_write_bytes, check_input_file
-from hepdeploy.spec import TensorSpec
+from hepdeploy.ntuple import is_root_source, load_preprocess, open_root, plan_inputs, read_events, target_sources
+from hepdeploy.spec import DataSpec, TensorSpec
 
 # Entries read per window from HDF5/ROOT: bounds memory for large files.
 READ_WINDOW = 65536
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-ROOT_SUFFIXES = (".root",)
 
 
 def save_tensors(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> Path:
@@ -65,14 +66,25 @@ def load_calibration(
     branches: dict[str, str] | None = None,
     ignore: Iterable[str] = (),
     allow_fewer: bool = False,
+    data_spec: DataSpec | None = None,
+    base_dir: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """``samples`` randomly chosen samples (reproducible with ``seed``) for each input.
 
-    ``tree``/``branches`` name the TTree and the branch of each input for ROOT files
-    (branch defaults to the input's name). Names in ``ignore`` (labels, outputs) may be
-    present in the file; any other name that is not an input is refused, as are missing
-    names, wrong ranks, fixed dims or dtypes, NaN/Inf and too few samples (DataError).
+    ROOT files (one, or a glob) are read through ``data_spec``'s mapping (:mod:`hepdeploy.ntuple`);
+    ``tree``/``branches`` override its TTree and the one branch of an input. Names in ``ignore``
+    (labels, outputs) may be present in the file; any other name that is not an input is refused,
+    as are missing names, wrong ranks, fixed dims or dtypes, NaN/Inf and too few samples (DataError).
     """
+    if samples < 1:
+        raise DataError(f"{path}: the sample count must be at least 1, got {samples}")
+    if is_root_source(path) and all(t.has_batch_axis for t in inputs):
+        mapping = (data_spec or DataSpec()).model_copy(update={
+            **({"root_tree": tree} if tree else {}),
+            **({"root_branches": {**(data_spec.root_branches if data_spec else {}), **branches}} if branches else {})})
+        arrays = read_root_events(path, inputs, mapping, base_dir, samples=samples, seed=seed, allow_fewer=allow_fewer,
+                                  targets=False)
+        return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
     path = check_input_file(Path(path), "calibration data")
     if samples < 1:
         raise DataError(f"{path}: the sample count must be at least 1, got {samples}")
@@ -89,17 +101,44 @@ def load_calibration(
         # A model exported with a fixed batch of 1 ([1, 16]) calibrates from rows ([samples, 16]),
         # one row per run: read them as a batched model's data and give each its batch axis back.
         rows = [t.model_copy(update={"shape": ["batch", *t.shape[1:]]}) for t in inputs]
-        arrays = load_calibration(path, rows, samples, seed, tree, branches, ignore, allow_fewer)
+        arrays = load_calibration(path, rows, samples, seed, tree, branches, ignore, allow_fewer, data_spec, base_dir)
         return {name: value[:, np.newaxis] for name, value in arrays.items()}
     if suffix == ".npz":
         arrays = _read_npz(path, inputs, samples, seed, set(ignore), allow_fewer)
     elif suffix in HDF5_SUFFIXES:
         arrays = _read_hdf5(path, inputs, samples, seed, set(ignore), allow_fewer)
-    elif suffix in ROOT_SUFFIXES:
-        arrays = _read_root(path, inputs, samples, seed, tree, branches or {}, allow_fewer)
     else:
         raise DataError(f"{path}: unsupported calibration data format {path.suffix!r} (.npz, .h5 or .root)")
     return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
+
+
+def read_root_events(
+    source: Path | str,
+    inputs: list[TensorSpec],
+    data: DataSpec,
+    base_dir: Path | None = None,
+    *,
+    samples: int | None = None,
+    seed: int = 0,
+    allow_fewer: bool = False,
+    targets: bool = True,
+    extra_variables: Iterable[str] = (),
+    convention: str | None = None,
+) -> dict[str, np.ndarray]:
+    """The model inputs (and, with ``targets``, the labels and variables) of ROOT events through the
+    mapping in ``data`` (:mod:`hepdeploy.ntuple`): every event, or ``samples`` of them drawn with ``seed``.
+    ``convention`` overrides the preprocess.json's (cmssw | weaver)."""
+    preprocess = None
+    if data.preprocess is not None:
+        json_path = Path(data.preprocess.file).expanduser()
+        if not json_path.is_absolute() and base_dir is not None:
+            json_path = base_dir / json_path
+        preprocess = load_preprocess(json_path)
+    plans = plan_inputs(inputs, data, preprocess, convention)
+    root = open_root(source, data.root_tree)
+    index = None if samples is None else _choose(root.total, samples, seed, root.describe(), allow_fewer)
+    wanted = target_sources(data, list(extra_variables)) if targets else None
+    return read_events(root, plans, wanted, index)
 
 
 def _fixed_batch_one(inputs: list[TensorSpec]) -> bool:
@@ -286,59 +325,6 @@ def _read_hdf5(
             parts = [dataset[start:stop][local] for start, stop, local in _windows(index)]
             out[tensor.name] = np.concatenate(parts) if parts else np.empty((0, *dataset.shape[1:]), dataset.dtype)
         return out
-
-
-def _read_root(
-    path: Path,
-    inputs: list[TensorSpec],
-    samples: int,
-    seed: int,
-    tree_name: str | None,
-    branches: dict[str, str],
-    allow_fewer: bool = False,
-) -> dict[str, np.ndarray]:
-    import uproot
-
-    where = str(path)
-    try:
-        handle = uproot.open(path)
-    except Exception as error:  # uproot raises several kinds on a corrupt file
-        raise DataError(f"{where}: not a readable ROOT file ({type(error).__name__})") from error
-    with handle:
-        # uproot >= 5.5 writes RNTuples by default; both read the same way here.
-        trees = [key.split(";")[0] for key, cls in handle.classnames().items()
-                 if cls.startswith("TTree") or cls == "ROOT::RNTuple"]
-        if tree_name is None:
-            if len(trees) != 1:
-                raise DataError(f"{where}: name the tree to read (data.root_tree); the file has {', '.join(trees) or 'none'}")
-            tree_name = trees[0]
-        if tree_name not in trees:
-            raise DataError(f"{where}: no tree named {tree_name!r} (it has {', '.join(sorted(set(trees))) or 'none'})")
-        tree = handle[tree_name]
-        unknown = sorted(set(branches) - {t.name for t in inputs})
-        if unknown:
-            raise DataError(f"{where}: branches given for unknown input {', '.join(unknown)}")
-        wanted = {t.name: branches.get(t.name, t.name) for t in inputs}
-        missing = sorted(b for b in wanted.values() if b not in tree.keys())
-        if missing:
-            raise DataError(f"{where}: tree {tree_name!r} has no branch {', '.join(missing)}")
-        index = _choose(int(tree.num_entries), samples, seed, f"{where}:{tree_name}", allow_fewer)
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
-        for start, stop, local in _windows(index):
-            window = tree.arrays(list(wanted.values()), entry_start=start, entry_stop=stop, library="np")
-            for name, branch in wanted.items():
-                parts[name].append(_regular(window[branch], branch, where)[local])
-        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-
-
-def _regular(array: np.ndarray, branch: str, where: str) -> np.ndarray:
-    """uproot gives jagged branches as object arrays; stack them when every entry has one shape."""
-    if array.dtype != object:
-        return array
-    try:
-        return np.stack([np.asarray(item) for item in array])
-    except ValueError as error:
-        raise DataError(f"{where}: branch {branch!r} is jagged (entries differ in length); pad it to a fixed size") from error
 
 
 def _windows(index: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:

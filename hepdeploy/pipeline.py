@@ -241,7 +241,7 @@ def _reference_step(spec: ModelSpec, golden: Path) -> StepResult:
     """
     data_path = spec.resolve(spec.data.reference)
     if data_path is not None:
-        reference = make_reference(spec, data_path, labels=spec.data.labels, spec=spec)
+        reference = make_reference(spec, data_path, labels=spec.data.label_array, spec=spec)
         note = f"source model on {data_path.name}"
     else:
         rows = min(SAMPLED_REFERENCE_ROWS, spec.dim_range("batch").max or SAMPLED_REFERENCE_ROWS)

@@ -164,18 +164,77 @@ class SourceSpec(_Strict):
         return self
 
 
+class ColumnSource(_Strict):
+    """Per-event values from a ROOT file: one branch, or one-hot branches turned into the class index."""
+
+    branch: str | None = None
+    branches: list[str] | None = Field(None, min_length=1, description="one-hot columns, in class order")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ColumnSource:
+        if (self.branch is None) == (self.branches is None):
+            raise ValueError("give either 'branch' or 'branches'")
+        return self
+
+
+class InputMapping(_Strict):
+    """How one model input is made from ROOT branches (``data.inputs.NAME``)."""
+
+    branches: list[str] | None = Field(
+        None, min_length=1, description="scalar branches stacked as columns, or jagged branches (one per channel) "
+                                        "padded to `length`; default: the input's name, or the preprocess.json's var_names")
+    length: int | None = Field(None, ge=1, description="particles kept per event (jagged branches)")
+    pad: float = Field(0.0, description="value of padded positions (without a preprocess.json)")
+    sort_by: str | None = Field(None, description="jagged branch whose values order the particles (descending)")
+    layout: Literal["channels_first", "channels_last"] = Field(
+        "channels_first", description="[events, C, n] or [events, n, C]")
+    mask_of: str | None = Field(None, description="1 for the particles of that input, 0 for its padding")
+
+    @model_validator(mode="after")
+    def _mask_alone(self) -> InputMapping:
+        if self.mask_of is not None and (self.branches is not None or self.sort_by is not None):
+            raise ValueError("mask_of builds the mask from counts: it takes no branches or sort_by")
+        return self
+
+
+class PreprocessRef(_Strict):
+    file: str = Field(description="a weaver preprocess.json (relative to the spec)")
+    convention: Literal["cmssw", "weaver"] = Field(
+        "cmssw", description="cmssw: NaN/Inf replaced before centring; weaver: standardise, clip, then NaN -> 0")
+
+
+# The reference-set name of labels made from one-hot branches.
+LABELS_FROM_BRANCHES = "labels"
+
+
 class DataSpec(_Strict):
-    calibration: str | None = None
-    reference: str | None = None
-    labels: str | None = Field(None, description="name of the labels/targets array inside the data files")
+    calibration: str | None = Field(None, description="a data file (.npz, .h5, .root) or a glob of ROOT files")
+    reference: str | None = Field(None, description="a data file (.npz, .root) or a glob of ROOT files")
+    labels: str | ColumnSource | None = Field(
+        None, description="name of the labels/targets array (or branch) in the data files, or {branch|branches}")
     # Per-event arrays kept beside the inputs and labels of a reference set (binning variables such
     # as jet_pt; "event" groups the rows of graph networks into events for the bootstrap). The
-    # variables validation.physics.bins names are kept without being listed here.
-    variables: list[str] = Field(default_factory=list, description="names of per-event arrays in the data files")
+    # variables validation.physics.bins names are kept without being listed here. In ROOT files a
+    # listed name is a branch; a mapping names each variable's branch(es).
+    variables: list[str] | dict[str, ColumnSource] = Field(
+        default_factory=list, description="names of per-event arrays (branches) in the data files")
     calibration_samples: int = Field(512, ge=1)
     seed: int = 0
-    root_tree: str | None = Field(None, description="TTree name when the data files are ROOT files")
+    root_tree: str | None = Field(None, description="TTree name (a path such as dir/Events) in ROOT data files")
     root_branches: dict[str, str] = Field(default_factory=dict, description="input name -> branch name")
+    inputs: dict[str, InputMapping] = Field(default_factory=dict, description="model input -> how ROOT branches make it")
+    preprocess: PreprocessRef | None = None
+
+    @property
+    def label_array(self) -> str | None:
+        """The name the labels carry in data files and reference sets."""
+        if self.labels is None or isinstance(self.labels, str):
+            return self.labels
+        return self.labels.branch or LABELS_FROM_BRANCHES
+
+    @property
+    def variable_names(self) -> list[str]:
+        return list(self.variables)
 
 
 class VariantSpec(_Strict):

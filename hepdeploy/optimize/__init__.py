@@ -84,14 +84,13 @@ def resolve_calibration(
     if path is None:
         return None
     # Outputs, labels and per-event variables may sit beside the inputs in a data file.
-    ignore = [t.name for t in spec.outputs] + ([data.labels] if data.labels else []) + list(data.variables) \
+    ignore = [t.name for t in spec.outputs] + ([data.label_array] if data.label_array else []) + data.variable_names \
         + list(spec.validation.physics.bins) if spec is not None else []
     # A count nobody asked for (no --samples, spec default) adapts to a smaller file.
     explicit = samples is not None or (data is not None and "calibration_samples" in data.model_fields_set)
     return load_calibration(
         path, inputs, samples=count, seed=data.seed if data else 0,
-        tree=data.root_tree if data else None, branches=data.root_branches if data else None, ignore=ignore,
-        allow_fewer=not explicit,
+        ignore=ignore, allow_fewer=not explicit, data_spec=data, base_dir=spec.base_dir if spec is not None else None,
     )
 
 

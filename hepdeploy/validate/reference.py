@@ -23,10 +23,11 @@ import numpy as np
 
 from hepdeploy.backend.base import Runner
 from hepdeploy.backend.sources import open_source
-from hepdeploy.data import common_batch_size, load_tensors, save_tensors
+from hepdeploy.data import common_batch_size, load_tensors, read_root_events, save_tensors
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, DataError
 from hepdeploy.fsutil import atomic_write_bytes, check_output_folder
+from hepdeploy.ntuple import is_root_source
 
 if TYPE_CHECKING:
     from hepdeploy.spec import ModelSpec
@@ -267,11 +268,16 @@ def _concatenate(parts: list[ReferenceSet], where: Path) -> ReferenceSet:
 # ---------------------------------------------------------------------------- making one
 
 
-def load_data_file(data: Mapping[str, np.ndarray] | Path | str) -> dict[str, np.ndarray]:
+def load_data_file(data: Mapping[str, np.ndarray] | Path | str, spec: ModelSpec | None = None) -> dict[str, np.ndarray]:
     """Arrays from a dict or a data file (.npz via hepdeploy.data; a reference set gives its inputs, labels and
-    variables)."""
+    variables; ROOT files, or a glob of them, are read through the spec's data mapping)."""
     if isinstance(data, Mapping):
         return {str(k): np.asarray(v) for k, v in data.items()}
+    if is_root_source(data):
+        if spec is None:
+            raise DataError(f"{data}: reading ROOT data needs the model's spec (its data.inputs mapping)")
+        return read_root_events(data, list(spec.inputs), spec.data, spec.base_dir,
+                                extra_variables=list(spec.validation.physics.bins))
     path = Path(data)
     if path.is_dir():
         ref = read_onnx_test_data(path)
@@ -331,7 +337,7 @@ def make_reference(
     opened = open_source(source)
     runner, source_info = opened.runner, opened.provenance
     spec_obj = spec or opened.spec
-    arrays = load_data_file(data)
+    arrays = load_data_file(data, spec_obj)
     if not arrays:
         raise DataError(f"{data}: the data set is empty")
     input_names = _input_names(runner, spec_obj, arrays)
@@ -342,7 +348,7 @@ def make_reference(
             f"data: {', '.join(sorted(arrays))})"
         )
     inputs = {n: arrays[n] for n in input_names}
-    label_arrays = resolve_labels(labels, arrays, spec_obj.data.labels if spec_obj is not None else None)
+    label_arrays = resolve_labels(labels, arrays, spec_obj.data.label_array if spec_obj is not None else None)
     variable_arrays = _variables(variables, spec_obj, arrays)
     where = str(data) if not isinstance(data, Mapping) else "data"
     if max_samples is not None and common_batch_size(inputs) is not None:
@@ -370,7 +376,7 @@ def make_reference(
 def _variables(names: Sequence[str] | None, spec: ModelSpec | None, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The per-event variables asked for (or the spec's), each one present in the data."""
     if names is None:
-        names = [] if spec is None else [*spec.data.variables, *spec.validation.physics.bins]
+        names = [] if spec is None else [*spec.data.variable_names, *spec.validation.physics.bins]
     missing = sorted({n for n in names if n not in arrays})
     if missing:
         raise DataError(f"the data has no variable {', '.join(missing)} (it has {', '.join(sorted(arrays))})")
