@@ -90,6 +90,8 @@ class TensorPlan:
     sort_by: str | None = None
     layout: str = "channels_first"
     mask_of: str | None = None
+    dtype: str = "float32"  # the model input's: scalar columns are cast to it (ints and bools to floats)
+    rank: int = 2
 
 
 def plan_inputs(inputs: list[TensorSpec], data: DataSpec, preprocess: PreprocessConfig | None = None,
@@ -113,8 +115,9 @@ def plan_inputs(inputs: list[TensorSpec], data: DataSpec, preprocess: Preprocess
             plans.append(TensorPlan(tensor.name, group=group, convention=chosen if group else "raw",
                                     length=fixed, layout=mapping.layout, mask_of=mapping.mask_of))
             continue
+        # --root-branch INPUT=B1,B2,... stacks several scalar branches, as data.inputs.INPUT.branches does.
         branches = mapping.branches or (list(group.var_names) if group else None) \
-            or [data.root_branches.get(tensor.name, tensor.name)]
+            or [b.strip() for b in data.root_branches.get(tensor.name, tensor.name).split(",") if b.strip()]
         if group is not None and len(branches) != len(group.var_names):
             raise DataError(f"data.inputs.{tensor.name}: {len(branches)} branches for the preprocess.json's "
                             f"{len(group.var_names)} variables ({', '.join(group.var_names)})")
@@ -129,7 +132,8 @@ def plan_inputs(inputs: list[TensorSpec], data: DataSpec, preprocess: Preprocess
                 group = InputGroup(tensor.name, tuple(branches), tuple(replace(IDENTITY, pad=mapping.pad) for _ in branches),
                                    length, length)
         plans.append(TensorPlan(tensor.name, list(branches), group, chosen if tensor.name in (
-            preprocess.groups if preprocess else {}) else "raw", length, mapping.sort_by, mapping.layout))
+            preprocess.groups if preprocess else {}) else "raw", length, mapping.sort_by, mapping.layout,
+            dtype=tensor.dtype, rank=len(tensor.shape)))
     by_name = {p.name: p for p in plans}
     for plan in plans:  # a mask follows its input's length rule (the json may give it its own group)
         if plan.mask_of is None:
@@ -312,8 +316,8 @@ def _plan_tensor(plan: TensorPlan, chunk: Any, source: RootSource) -> tuple[np.n
     if all(k == "scalar" for k in kinds):
         columns = [ak.to_numpy(a) for a in arrays]
         if plan.group is None:
-            return np.stack(columns, axis=1).astype(columns[0].dtype if len(columns) == 1 else np.result_type(
-                *columns)), None
+            stacked = columns[0] if len(columns) == 1 and plan.rank == 1 else np.stack(columns, axis=1)
+            return _cast(stacked, plan), None
         if plan.group.flat:
             return group_tensor(plan.group, columns, None, plan.convention), None
         ones = np.ones(len(columns[0]), np.int64)  # one value per event: a particle axis of length 1
@@ -342,6 +346,15 @@ def _plan_tensor(plan: TensorPlan, chunk: Any, source: RootSource) -> tuple[np.n
         arrays = [a[order] for a in arrays]
     columns = [ak.to_numpy(ak.flatten(a, axis=1)) for a in arrays]
     return group_tensor(plan.group, columns, counts, plan.convention, _chunk_length(plan)), counts
+
+
+def _cast(values: np.ndarray, plan: TensorPlan) -> np.ndarray:
+    """Scalar columns in the input's dtype: integer and boolean branches feed float inputs; floats are not
+    truncated into an integer input."""
+    target = np.dtype("float32" if plan.dtype == "bfloat16" else plan.dtype)
+    if values.dtype.kind == "f" and target.kind in "iub":
+        raise DataError(f"{plan.name}: its branches hold floating-point values but the input is {plan.dtype}")
+    return values.astype(target, copy=False)
 
 
 def _branch_kind(array: Any, branch: str, source: RootSource) -> str:

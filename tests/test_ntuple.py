@@ -78,6 +78,14 @@ def test_flat_branches_stack_into_one_tensor_with_labels_and_variables(tmp_path:
     np.testing.assert_array_equal(out["pt"], raw["jet_pt"])
     by_index = read_root_events(tmp_path / "flat.root", MLP, DataSpec(inputs=data.inputs, labels={"branch": "cls"}))
     np.testing.assert_array_equal(by_index["cls"], raw["label"])
+    mixed = read_root_events(tmp_path / "flat.root", [TensorSpec(name="x", shape=["batch", 2])],
+                             DataSpec(inputs={"x": {"branches": ["f0", "cls"]}}))
+    assert mixed["x"].dtype == np.float32 and np.array_equal(mixed["x"][:, 1], raw["label"])  # an int branch feeds floats
+    one = read_root_events(tmp_path / "flat.root", [TensorSpec(name="f3", shape=["batch"])], DataSpec())
+    np.testing.assert_array_equal(one["f3"], raw["f3"])  # a rank-1 input from its own branch
+    with pytest.raises(DataError, match="hold floating-point values but the input is int64"):
+        read_root_events(tmp_path / "flat.root", [TensorSpec(name="x", shape=["batch", 1], dtype="int64")],
+                         DataSpec(inputs={"x": {"branches": ["f0"]}}))
 
 
 def test_jagged_branches_padded_sorted_and_masked(tmp_path: Path) -> None:
@@ -224,3 +232,37 @@ def test_corrupt_empty_and_missing_files(tmp_path: Path) -> None:
         read_root_events(tmp_path / "none_*.root", MLP, DataSpec())
     with pytest.raises(DataError, match="no such data file"):
         read_root_events(tmp_path / "absent.root", MLP, DataSpec())
+
+
+def test_optimize_calibrates_from_sixteen_scalar_branches(tmp_path: Path) -> None:
+    """The issue's first try: `--root-branch input_1=f0,...,f15` on a flat ntuple calibrates an INT8 model."""
+    onnx = pytest.importorskip("onnx")
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hepdeploy.cli import main
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["input_1", "w", "b"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"]), helper.make_node("Softmax", ["logits"], ["output"])],
+        "mlp", [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 5])],
+        [numpy_helper.from_array(rng.normal(0, 0.3, (16, 32)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.zeros(32, np.float32), "b"),
+         numpy_helper.from_array(rng.normal(0, 0.3, (32, 5)).astype(np.float32), "w2"),
+         numpy_helper.from_array(np.zeros(5, np.float32), "b2")])
+    model = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), model)
+    write_flat(tmp_path / "flat.root")
+    columns = ",".join(f"f{i}" for i in range(16))
+    result = CliRunner().invoke(main, ["optimize", str(model), "--variant", "int8-cpu", "--calibration",
+                                       str(tmp_path / "flat.root"), "--root-branch", f"input_1={columns}",
+                                       "--samples", "64", "-o", str(tmp_path / "mlp.int8.onnx")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mlp.int8.onnx").is_file()
+    refused = CliRunner().invoke(main, ["optimize", str(model), "--variant", "int8-cpu", "--calibration",
+                                        str(tmp_path / "flat.root"), "--root-branch", "input_1=f0,f1,nope",
+                                        "-o", str(tmp_path / "other.onnx")])
+    assert refused.exit_code == 2 and "no branch nope" in refused.output
+    assert not (tmp_path / "other.onnx").exists()

@@ -10,7 +10,7 @@ The names mean the same everywhere:
 - ``--atol/--rtol [NAME:]VALUE``, ``--precision``, ``--policy``: how outputs are judged.
 - ``--server HOST:PORT``, ``--model NAME[:VERSION]``, ``--protocol``, ``--timeout SECONDS``
   (each call to the server).
-- ``--calibration FILE``, ``--samples``, ``--seed``, ``--root-tree``, ``--root-branch INPUT=BRANCH``.
+- ``--calibration FILE``, ``--samples``, ``--seed``, ``--root-tree``, ``--root-branch INPUT=BRANCH[,BRANCH...]``.
 - ``-o/--output PATH``: what a command writes; ``--json`` prints JSON on stdout and
   ``--json-file PATH`` writes it to a file.
 - ``--variant``, ``--exporter``, ``--budget``, ``--cache``, ``--tritonserver``: one choice list each.
@@ -258,12 +258,14 @@ def calibration_options(f: F) -> F:
         lambda calibration, samples, seed, root_tree, root_branches: CalibrationOptions(
             calibration, samples, seed, root_tree, parse_pairs(root_branches, "--root-branch", "INPUT=BRANCH")),
         click.Option(["--calibration"], type=click.Path(path_type=Path), metavar="FILE",
-                     help="Calibration data: .npz, .h5 (a dataset per input) or .root (a branch per input)."),
+                     help="Calibration data: .npz, .h5 (a dataset per input) or .root files (a glob too; mapped by "
+                          "the spec's data.inputs, or a branch per input)."),
         click.Option(["--samples"], type=click.IntRange(1, None), help="Calibration samples drawn at random (default 512)."),
         click.Option(["--seed"], type=int, help="Seed of the random calibration subset (default 0)."),
         click.Option(["--root-tree"], metavar="NAME", help="TTree holding the calibration data in a ROOT file."),
-        click.Option(["--root-branch", "root_branches"], multiple=True, metavar="INPUT=BRANCH",
-                     help="Branch read for an input (default: the input's name); repeat per input."),
+        click.Option(["--root-branch", "root_branches"], multiple=True, metavar="INPUT=BRANCH[,BRANCH...]",
+                     help="Branch read for an input (default: the input's name), or scalar branches stacked as its "
+                          "columns; repeat per input."),
     )(f)
 
 
