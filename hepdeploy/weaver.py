@@ -177,7 +177,7 @@ def transform(values: np.ndarray, info: VarInfo, convention: str) -> np.ndarray:
 
 def finish(tensor: np.ndarray, convention: str) -> np.ndarray:
     """The last step of a convention on a padded tensor: weaver sets NaN to 0 (numpy.nan_to_num)."""
-    return np.nan_to_num(tensor) if convention == "weaver" else tensor
+    return np.nan_to_num(tensor, copy=False) if convention == "weaver" else tensor
 
 
 def pad_particles(columns: list[np.ndarray], counts: np.ndarray, length: int, pads: list[float]) -> np.ndarray:
@@ -194,8 +194,11 @@ def pad_particles(columns: list[np.ndarray], counts: np.ndarray, length: int, pa
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     position = np.arange(int(counts.sum())) - np.repeat(starts, counts)
     keep = position < length
+    # One flat index per kept particle (channel 0), shifted by a row per channel: 1-D scatters are cheap.
+    target = event[keep] * (len(columns) * length) + position[keep]
+    flat = out.reshape(-1)
     for channel, values in enumerate(columns):
-        out[event[keep], channel, position[keep]] = np.asarray(values, dtype=np.float32)[keep]
+        flat[target + channel * length] = np.asarray(values, dtype=np.float32)[keep]
     return out
 
 

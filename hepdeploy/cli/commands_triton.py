@@ -16,6 +16,7 @@ from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE
 from hepdeploy.plan_compat import server_release as release_by_name
 from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
+from hepdeploy.triton.ensemble import plan_ensemble, publish_ensemble
 from hepdeploy.triton.python_backend import twin_name
 from hepdeploy.triton.repository import publish_model, publish_python_twin
 from hepdeploy.triton.supersonic import (
@@ -51,6 +52,13 @@ def triton() -> None:
 @click.option("--python-backend", is_flag=True,
               help="Also publish NAME_py: a Python-backend twin running the same ONNX file with ONNX Runtime "
                    "(same tensors, dims, batching), for servers without the ONNX Runtime backend.")
+@click.option("--preprocess", "preprocess_json", type=click.Path(path_type=Path, dir_okay=False),
+              help="A weaver preprocess.json: also publish NAME_preprocess (a Python-backend model running its "
+                   "rules) and NAME_ensemble (raw per-particle features in, the model's outputs out; its model step "
+                   "is NAME_py with --python-backend). Needs --spec.")
+@click.option("--convention", type=click.Choice(["cmssw", "weaver"]),
+              help="With --preprocess: how NaN/Inf are handled (default: the spec's data.preprocess.convention, "
+                   "else cmssw).")
 def add_command(
     repo: Path,
     model: Path,
@@ -62,13 +70,30 @@ def add_command(
     warmup_path: Path | None,
     verdict_path: Path | None,
     python_backend: bool,
+    preprocess_json: Path | None,
+    convention: str | None,
 ) -> None:
-    """Publish MODEL as the next version of a model in REPO (atomically; REPO is created if missing)."""
+    """Publish MODEL as the next version of a model in REPO (atomically; REPO is created if missing).
+
+    With --preprocess, also a Triton ensemble NAME_ensemble that takes the raw features of the json's
+    groups (G_raw [batch, C, n] and G_length [batch, 1] per group that is not a mask) and returns the
+    model's outputs, preprocessing them in NAME_preprocess.
+    """
     triton_spec = spec.triton if spec else None
     name = name or (triton_spec.model_name if triton_spec else None) or (spec.name if spec else None) or model.stem
     with_python_twin = python_backend or (triton_spec is not None and triton_spec.python_backend)
     if with_python_twin and model.suffix != ".onnx":  # refused before anything is published
         raise BadInputError(f"{model}: --python-backend needs an ONNX model")
+    if convention is not None and preprocess_json is None:
+        raise BadInputError("--convention goes with --preprocess")
+    ensemble = None
+    if preprocess_json is not None:  # every check and config before anything is published
+        if spec is None:
+            raise BadInputError("--preprocess needs --spec (its data mapping and triton block)")
+        if platform not in (None, "onnxruntime_onnx"):
+            raise BadInputError(f"--preprocess serves an ONNX model, not --platform {platform}")
+        ensemble = plan_ensemble(model, preprocess_json, name=name, spec=spec, triton=triton_spec,
+                                 convention=convention, python_backend=with_python_twin, kind=kind)
     warmup = None
     if warmup_path is not None:
         warmup = load_data_file(warmup_path)  # a golden set (input/NAME keys), ONNX test data, or plain inputs
@@ -105,6 +130,11 @@ def add_command(
         twin = publish_python_twin(repo, model, name=twin_name(name), spec=spec, triton=triton_spec,
                                    warmup_inputs=warmup if warmup_path is not None else None)
         click.echo(twin.line())
+    if ensemble is not None:
+        for result in publish_ensemble(repo, ensemble, verdict=verdict):
+            click.echo(result.line())
+        click.echo(f"{ensemble.ensemble_name}: send {', '.join(t.name for t in ensemble.ensemble_config.input)}; "
+                   f"steps {ensemble.preprocess_name} ({ensemble.convention}) -> {ensemble.model_step}")
 
 
 @triton.command("check")

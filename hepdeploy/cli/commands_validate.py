@@ -20,6 +20,7 @@ from hepdeploy.cli.options import (
     tolerance_options,
 )
 from hepdeploy.errors import ValidationFailedError, ValidationUndecidedError
+from hepdeploy.ntuple import is_root_source
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.validate import (
     VariantReport,
@@ -28,6 +29,7 @@ from hepdeploy.validate import (
     save_reference,
     validate_candidate,
     validate_served,
+    validate_served_ensemble,
     write_onnx_test_data,
     write_reports,
 )
@@ -72,7 +74,18 @@ def validate_command(candidates: tuple[Path, ...], reference: ReferenceOptions, 
     too few events; the report says about how many events would decide it.
 
     With --server HOST:PORT the candidate is the model a live Triton server serves (--model).
+    With --server and --data EVENTS.root, --model is a preprocessing ensemble (`triton add --preprocess`):
+    the raw features of the events (read through --spec's data block) are sent to it and its answers
+    compared with the same events preprocessed inline and run through --artifact MODEL.onnx.
     """
+    if server.given and reference.data is not None and is_root_source(reference.data):
+        unused = [option for option, value in (
+            ("--golden", reference.golden), ("--reference", reference.reference_model), ("--labels", reference.labels),
+            ("--localize", localize), ("--fp32-model", fp32_model), ("--providers", providers),
+            ("--save-golden", save_golden)) if value]
+        _validate_served_ensemble(server, reference.data, candidates, unused, artifact=artifact, spec=spec,
+                                  tolerances=tolerances, chunk_size=chunk_size, report_dir=report_dir)
+        return
     if server.given:
         unused = [option for option, value in (
             ("--reference", reference.reference_model), ("--data", reference.data), ("--localize", localize),
@@ -142,6 +155,30 @@ def _validate_served(server: ServerOptions, golden: Path | None, candidates: tup
         raise ValidationFailedError(f"the served model {server.model} disagrees with the golden set: {report.verdict}")
     if report.outcome == "UNDECIDED":
         raise ValidationUndecidedError(f"the served model {server.model} is undecided: {report.verdict}")
+
+
+def _validate_served_ensemble(server: ServerOptions, data: Path, candidates: tuple[Path, ...], unused: list[str], *,
+                              artifact: Path | None, spec: ModelSpec | None, tolerances: ToleranceOptions,
+                              chunk_size: int | None, report_dir: Path | None) -> None:
+    """``validate --server --data EVENTS.root``: a preprocessing ensemble against the inline path."""
+    if server.model is None or spec is None or artifact is None:
+        raise click.UsageError("--server with --data EVENTS.root validates a preprocessing ensemble: give --model "
+                               "NAME_ensemble, --spec SPEC.yaml (its data block maps the file) and --artifact MODEL.onnx")
+    if candidates:
+        raise click.UsageError("with --server, give no CANDIDATE files (the server's model is the candidate)")
+    if unused:
+        raise click.UsageError(f"{', '.join(unused)} do not apply with --server and ROOT --data")
+    report = validate_served_ensemble(
+        server.url, server.model, data, spec=spec, artifact=artifact, protocol=server.protocol,  # type: ignore[arg-type]
+        timeout_s=server.timeout_s, shared_memory=server.shared_memory, compression=server.compression,  # type: ignore[arg-type]
+        precision=tolerances.precision, atol=tolerances.atol, rtol=tolerances.rtol, policy=tolerances.policy,
+        chunk_size=chunk_size,
+    )
+    _show([report], report_dir)
+    if report.outcome == "FAIL":
+        raise ValidationFailedError(f"the served ensemble {server.model} disagrees with the inline path: {report.verdict}")
+    if report.outcome == "UNDECIDED":
+        raise ValidationUndecidedError(f"the served ensemble {server.model} is undecided: {report.verdict}")
 
 
 @click.command("reference")

@@ -16,6 +16,7 @@ from hepdeploy.model_zoo import (
     list_networks,
     train_network,
 )
+from hepdeploy.model_zoo.root_export import root_layout
 
 flavour_option = click.option("--flavour", type=click.Choice(["keras", "torch"]), default=None,
                               help="Framework (default: the network's first).")
@@ -135,19 +136,28 @@ def train_command(name: str, flavour: str | None, budget: str, seed: int, force:
               help="Train first when the cache has no weights (--no-train: cached or seeded untrained weights).")
 @budget_option("Training budget when the cache has no weights yet.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--reference-samples", type=click.IntRange(min=1), default=None,
+              help="Events in the reference set (default: the network's own size).")
+@click.option("--root", is_flag=True,
+              help="Also write the jets as NanoAOD-like ROOT ntuples (<stem>_reference.root, <stem>_calibration.root), "
+                   "a weaver <stem>_preprocess.json and a spec <stem>_root.yaml that reads them (jet_mlp, particlenet).")
 @cache_option
 def export_command(name: str, out_dir: Path, flavour: str | None, train: bool, budget: str, seed: int,
-                   cache_dir: Path | None) -> None:
-    """Write NAME's source model, spec YAML and labelled reference/calibration .npz into a folder."""
+                   reference_samples: int | None, root: bool, cache_dir: Path | None) -> None:
+    """Write NAME's source model, spec YAML and labelled reference/calibration .npz into a folder
+    (with --root: ROOT ntuples, a preprocess.json and a second spec reading them)."""
     from rich.console import Console
 
     net = get_network(name)
+    if root:
+        root_layout(name)  # other networks are refused before any work
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"{out_dir}: output exists and is not a folder")
     if not out_dir.parent.expanduser().resolve().is_dir():
         raise BadInputError(f"{out_dir}: parent folder {out_dir.parent} does not exist")
     with Console(stderr=True).status(f"exporting {name}"):
-        result = export_network(name, out_dir, flavour, train, budget, cache_dir, seed)
+        result = export_network(name, out_dir, flavour, train, budget, cache_dir, seed,
+                                reference_samples=reference_samples, root=root)
     if result.trained:
         state = f"trained ({result.budget} budget): {format_metrics(net.task, result.metrics)}"
     else:
@@ -156,3 +166,7 @@ def export_command(name: str, out_dir: Path, flavour: str | None, train: bool, b
     for label, path in (("model", result.source_path), ("spec", result.spec_path),
                         ("reference", result.reference_path), ("calibration", result.calibration_path)):
         click.echo(f"  {label:<12}{path}")
+    if result.root is not None:
+        for label, path in (("root spec", result.root_spec_path), ("reference", result.root.reference),
+                            ("calibration", result.root.calibration), ("preprocess", result.root.preprocess)):
+            click.echo(f"  {label:<12}{path}")

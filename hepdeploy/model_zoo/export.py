@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hepdeploy.data import save_tensors
+from hepdeploy.data import load_tensors, save_tensors
 from hepdeploy.fsutil import atomic_path, atomic_write_text
 from hepdeploy.model_zoo.base import ZooNetwork
 from hepdeploy.model_zoo.registry import get_network
+from hepdeploy.model_zoo.root_export import RootFiles, data_block, root_layout, write_root_files
 from hepdeploy.model_zoo.training import (
     ZOO_VERSION,
     _deterministic,
@@ -39,6 +40,9 @@ class ZooExport:
     metrics: dict[str, float] = field(default_factory=dict)
     trained: bool = False
     budget: str | None = None
+    # With ``root``: the NanoAOD-like ntuples, the preprocess.json and the spec that reads them.
+    root: RootFiles | None = None
+    root_spec_path: Path | None = None
 
 
 def export_stem(net: ZooNetwork, flavour: str) -> str:
@@ -94,16 +98,21 @@ def export_network(
     cache_dir: Path | None = None,
     seed: int = 0,
     reference_samples: int | None = None,
+    root: bool = False,
 ) -> ZooExport:
     """Write ``<stem>.keras`` or ``<stem>.pt``, ``<stem>.yaml``, ``<stem>_reference.npz`` and
     ``<stem>_calibration.npz`` into ``out_dir``; train first (cached) unless ``train`` is False,
     in which case cached weights are used if present and seeded untrained ones otherwise.
 
     The data sets are generated once per size and seed and cached beside the trainings;
-    ``reference_samples`` overrides the network's reference size (events)."""
+    ``reference_samples`` overrides the network's reference size (events). With ``root`` (jet_mlp,
+    particlenet) the same events are also written as NanoAOD-like ``<stem>_reference.root`` and
+    ``<stem>_calibration.root`` with a ``<stem>_preprocess.json`` and a spec ``<stem>_root.yaml`` that
+    reads them (:mod:`hepdeploy.model_zoo.root_export`)."""
     net = get_network(name)
     flavour = net.check_flavour(flavour)
     check_budget(budget)
+    layout = root_layout(name) if root else None  # refused before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = export_stem(net, flavour)
@@ -122,15 +131,29 @@ def export_network(
         metrics = {}
 
     seeds = data_seeds(seed)
-    reference_path = _cached_data(net, "reference", reference_samples or net.reference_samples, seeds["reference"],
-                                  cache_dir, out_dir / f"{stem}_reference.npz")
+    n_reference = reference_samples or net.reference_samples
+    reference_path = _cached_data(net, "reference", n_reference, seeds["reference"], cache_dir,
+                                  out_dir / f"{stem}_reference.npz")
     calibration_path = _cached_data(net, "calibration", net.calibration_samples, seeds["calibration"], cache_dir,
                                     out_dir / f"{stem}_calibration.npz")
 
     spec_path = out_dir / f"{stem}.yaml"
-    spec = spec_from_dict(spec_dict(net, flavour, stem, source_path.name), where=str(spec_path),
-                          base_dir=out_dir.resolve())
+    normal = spec_dict(net, flavour, stem, source_path.name)
+    spec = spec_from_dict(normal, where=str(spec_path), base_dir=out_dir.resolve())
     atomic_write_text(spec_path, spec_to_yaml(spec))
+    root_files = root_spec_path = None
+    if layout is not None:
+        # The reference .npz holds labels and variables; the calibration .npz only inputs, so its
+        # (small) set is generated again for the ntuple's labels and jet variables.
+        root_files = write_root_files(net, stem, out_dir, {
+            "reference": (n_reference, seeds["reference"], lambda: load_tensors(reference_path)),
+            "calibration": (net.calibration_samples, seeds["calibration"],
+                            lambda: net.generate(net.calibration_samples, seeds["calibration"]).arrays()),
+        }, cache_dir)
+        root_spec_path = out_dir / f"{stem}_root.yaml"
+        root_dict = {**normal, "data": data_block(layout, net, stem, normal["data"].get("calibration_samples"))}
+        root_spec = spec_from_dict(root_dict, where=str(root_spec_path), base_dir=out_dir.resolve())
+        atomic_write_text(root_spec_path, spec_to_yaml(root_spec))
     return ZooExport(
         spec=spec,
         spec_path=spec_path,
@@ -140,6 +163,8 @@ def export_network(
         metrics=metrics,
         trained=trained is not None,
         budget=budget if trained is not None else None,
+        root=root_files,
+        root_spec_path=root_spec_path,
     )
 
 

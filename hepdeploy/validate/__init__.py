@@ -8,10 +8,13 @@ Entry points (the CLI and ``hepdeploy build`` call these):
 - ``validate_candidate(path, reference, ...)``: an artifact file; reads the variant's
   precision from its sidecar, can localise the first divergent node (ONNX).
 - ``validate_served(server, model, golden, ...)``: what a live Triton server returns.
+- ``validate_served_ensemble(server, model, data, ...)``: a preprocessing ensemble fed raw ROOT
+  events, against the same events preprocessed inline and run in ONNX Runtime.
 - ``write_reports(reports, folder)``: JSON, JUnit XML, Markdown, HTML with plots.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -23,6 +26,7 @@ import numpy as np
 from hepdeploy.artifacts import read_artifact
 from hepdeploy.backend.base import Runner
 from hepdeploy.backend.onnxrt import ProviderList
+from hepdeploy.backend.served_preprocess import served_preprocess
 from hepdeploy.backend.sources import artifact_runner
 from hepdeploy.backend.triton import Compression, Protocol, TritonRunner, parse_model_ref
 from hepdeploy.backend.triton_shm import SharedMemoryMode
@@ -35,8 +39,10 @@ from hepdeploy.compare import (
     resolve_tolerances,
 )
 from hepdeploy.errors import DataError, HepDeployError, ModelLoadError
+from hepdeploy.ntuple import load_preprocess
 from hepdeploy.validate.localize import Rule, localize
 from hepdeploy.validate.physics import PhysicsResult, physics_checks
+from hepdeploy.validate.raw_events import inline_reference, preprocess_path
 from hepdeploy.validate.reference import (
     ReferenceSet,
     load_reference,
@@ -65,7 +71,7 @@ DEFAULT_POLICY = {"fp32": "numerical", "fp16": "physics", "int8": "physics"}
 __all__ = [
     "DEFAULT_POLICY", "POLICIES", "PRECISION_DEFAULTS", "ReferenceSet", "VariantReport", "console_table",
     "load_reference", "make_reference", "read_onnx_test_data", "save_reference", "validate_candidate",
-    "validate_runner", "validate_served", "write_onnx_test_data", "write_reports",
+    "validate_runner", "validate_served", "validate_served_ensemble", "write_onnx_test_data", "write_reports",
 ]
 
 
@@ -272,6 +278,58 @@ def validate_served(server: str, model_ref: str, golden: Path, *, protocol: Prot
         return validate_runner(runner, reference, name=model_ref, candidate=f"{protocol}://{runner.url}/{model_ref}",
                                precision=chosen_precision or "fp32", spec=spec, atol=atol, rtol=rtol, policy=policy,
                                chunk_size=chunk_size)
+
+
+def validate_served_ensemble(server: str, model_ref: str, data: Path | str, *, spec: ModelSpec, artifact: Path,
+                             protocol: Protocol = "grpc", timeout_s: float = 30.0, precision: str | None = None,
+                             atol: Any = None, rtol: Any = None, policy: str | None = None,
+                             chunk_size: int | None = None, shared_memory: SharedMemoryMode = "auto",
+                             compression: Compression | None = None) -> VariantReport:
+    """Validate a preprocessing ensemble (``hepdeploy triton add --preprocess``) end to end.
+
+    The raw per-particle arrays and lengths of the ROOT events in ``data`` (read through ``spec``'s data
+    mapping) go to ``model_ref``; its answers are compared with the inline path: the same events read
+    with preprocessing (:func:`hepdeploy.data.read_root_events`, in the convention the served
+    preprocess model records) and run through ``artifact`` in ONNX Runtime, request by request (see
+    :mod:`hepdeploy.validate.raw_events`). Same comparisons, physics checks, report and exit codes as
+    :func:`validate_served`.
+    """
+    name, version = parse_model_ref(model_ref)
+    sidecar = read_artifact(artifact).sidecar
+    json_path = preprocess_path(spec.data, spec.base_dir)
+    served = served_preprocess(load_preprocess(json_path), sidecar.inputs, spec.data, where=str(json_path))
+    expected = (served.raw_input_specs(), sidecar.outputs)
+    with TritonRunner(server, name, version, protocol=protocol, timeout_s=timeout_s, expected=expected,
+                      shared_memory=shared_memory, compression=compression) as runner:
+        steps = runner.model_config().get("ensemble_scheduling", {}).get("step", [])
+        if not steps:
+            raise DataError(f"{model_ref}: not an ensemble; ROOT events (--data) are sent raw to a preprocessing "
+                            f"ensemble (hepdeploy triton add --preprocess)")
+        runner.check_metadata()  # the raw inputs and the artifact's outputs, or ServedModelMismatchError
+        if runner.max_batch_size <= 0:
+            raise DataError(f"{model_ref}: the ensemble has no batch axis (max_batch_size 0); a preprocessing "
+                            f"ensemble is batched")
+        with TritonRunner(server, steps[0]["model_name"], protocol=protocol, timeout_s=timeout_s) as step:
+            parameters = step.model_config().get("parameters", {})
+        notes: list[str] = []
+        spec_convention = spec.data.preprocess.convention if spec.data.preprocess is not None else "cmssw"
+        convention = parameters.get("convention", {}).get("string_value") or spec_convention
+        if convention != spec_convention:
+            notes.append(f"the served preprocessing uses the {convention} convention, the spec {spec_convention}: "
+                         f"the inline path follows the server")
+        served_sha = parameters.get("preprocess_sha256", {}).get("string_value")
+        if served_sha and served_sha != hashlib.sha256(json_path.read_bytes()).hexdigest():
+            notes.append(f"the served preprocess.json differs from {json_path} (sha256 {served_sha[:12]})")
+        request = min(runner.max_batch_size, chunk_size or spec.validation.chunk_size)
+        runner.max_request_batch = request
+        reference = inline_reference(data, artifact, spec, convention, request, notes)
+        report = validate_runner(runner, reference, name=model_ref, candidate=f"{protocol}://{runner.url}/{model_ref}",
+                                 precision=precision or sidecar.variant.precision, spec=spec, atol=atol, rtol=rtol,
+                                 policy=policy, chunk_size=request)
+    report.notes.extend(notes)
+    report.notes.append(f"raw ROOT events sent to the ensemble in requests of {request}; reference: "
+                        f"{json_path.name} ({convention}) inline + {Path(artifact).name} in ONNX Runtime")
+    return report
 
 
 def _check_against_sidecar(sidecar: Any, reference: ReferenceSet, candidate: Path) -> None:

@@ -19,7 +19,7 @@ from hepdeploy.backend.sources import artifact_runner
 from hepdeploy.data import read_root_events
 from hepdeploy.errors import DataError
 from hepdeploy.ntuple import load_preprocess
-from hepdeploy.spec import ColumnSource, DataSpec, PhysicsSpec, PreprocessRef, TensorSpec
+from hepdeploy.spec import ColumnSource, DataSpec, ModelSpec, PhysicsSpec, PreprocessRef, TensorSpec
 from hepdeploy.validate.physics import PhysicsResult, physics_checks
 from hepdeploy.weaver import CONVENTIONS, PreprocessConfig
 
@@ -88,12 +88,22 @@ def group_tensors(config: PreprocessConfig) -> list[TensorSpec]:
 
 
 def check_parity(preprocess_json: Path, data: Path | str, tree: str | None = None, model: Path | None = None,
-                 labels: ColumnSource | str | None = None, class_names: list[str] | None = None) -> ParityReport:
-    """Run both conventions on the raw events of ``data`` (branches: the json's var_names; masks from
-    counts) and compare them, and a model's outputs on them when ``model`` is given."""
+                 labels: ColumnSource | str | None = None, class_names: list[str] | None = None,
+                 spec: ModelSpec | None = None) -> ParityReport:
+    """Run both conventions on the raw events of ``data`` and compare them, and a model's outputs on them
+    when ``model`` is given. Branches are the json's var_names and masks come from counts, unless ``spec``
+    maps them (its ``data.inputs``, tree, labels and class names; its inputs' shapes and layouts)."""
     config = load_preprocess(Path(preprocess_json))
-    tensors = group_tensors(config)
-    mapping = DataSpec(root_tree=tree, preprocess=PreprocessRef(file=str(preprocess_json)), labels=labels)
+    ref = PreprocessRef(file=str(Path(preprocess_json).resolve()))
+    if spec is not None:
+        tensors = [t for t in spec.inputs if t.name in config.groups] if model is None else list(spec.inputs)
+        mapping = spec.data.model_copy(update={
+            "preprocess": ref, "root_tree": tree or spec.data.root_tree, "labels": labels or spec.data.labels,
+            "variables": []})
+        class_names = class_names or list(spec.validation.physics.class_names) or None
+    else:
+        tensors = group_tensors(config)
+        mapping = DataSpec(root_tree=tree, preprocess=ref, labels=labels)
     runs = {c: read_root_events(data, tensors, mapping, convention=c, targets=c == "cmssw") for c in CONVENTIONS}
     cmssw, weaver = runs["cmssw"], runs["weaver"]
     groups = []
