@@ -37,7 +37,7 @@ from hepdeploy.errors import BadInputError, HepDeployError
 from hepdeploy.fsutil import check_safe_name
 from hepdeploy.spec import ModelSpec, TritonSpec
 from hepdeploy.triton.config import build_model_config
-from hepdeploy.triton.python_backend import environment_site_packages, twin_name
+from hepdeploy.triton.python_backend import TENSOR_IO_SOURCE, environment_site_packages, twin_name
 from hepdeploy.triton.repository import PublishResult, publish_model
 from hepdeploy.weaver import CONVENTIONS, PreprocessFormatError, load_config
 
@@ -88,31 +88,7 @@ except ImportError:
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-_NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
-
-
-def _input_array(request, name):
-    # Through DLPack: as_numpy() misreads the stub's buffers under numpy 2 (stubs built for numpy 1).
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise ValueError(f"the request has no input {{name!r}}")
-    try:
-        return np.from_dlpack(tensor)
-    except Exception:
-        if _NUMPY_2:
-            raise
-        return tensor.as_numpy()
-
-
-def _output_tensor(name, array):
-    # Through DLPack: pb_utils.Tensor(name, array) sends empty buffers under numpy 2.
-    try:
-        return pb_utils.Tensor.from_dlpack(name, array)
-    except Exception:
-        if _NUMPY_2:
-            raise
-        return pb_utils.Tensor(name, array)
-
+{tensor_io}
 
 def _load_rules(path):
     """weaver_rules.py under a name of its own (the stub may hold other models' copies)."""
@@ -207,7 +183,7 @@ def preprocess_model_py(site_packages: list[str] | None = None) -> str:
     """The preprocess model's ``model.py`` (deterministic for a given environment)."""
     return _MODEL_PY.format(
         version=__version__, rules_param=PARAM_RULES, json_param=PARAM_JSON, convention_param=PARAM_CONVENTION,
-        groups_param=PARAM_GROUPS,
+        groups_param=PARAM_GROUPS, tensor_io=TENSOR_IO_SOURCE,
         site_packages=list(site_packages if site_packages is not None else environment_site_packages()))
 
 

@@ -38,6 +38,34 @@ PYTHON_TWIN_SUFFIX = "_py"
 ONNX_FILENAME = "model.onnx"
 MODEL_PY_FILENAME = "model.py"
 
+# Tensors in and out of a Python-backend model, shared by every model.py hepdeploy writes.
+TENSOR_IO_SOURCE = '''_NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def _input_array(request, name):
+    # Through DLPack, for the same reason as _output_tensor: as_numpy() misreads buffers under numpy 2.
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise ValueError(f"the request has no input {name!r}")
+    try:
+        return np.from_dlpack(tensor)
+    except Exception:
+        if _NUMPY_2:
+            raise
+        return tensor.as_numpy()
+
+
+def _output_tensor(name, array):
+    # Through DLPack: the stub's pybind11 numpy path (pb_utils.Tensor(name, array)) sends empty
+    # buffers under numpy 2 (Triton 2.51 stubs were built for numpy 1); DLPack does not depend on it.
+    try:
+        return pb_utils.Tensor.from_dlpack(name, array)
+    except Exception:
+        if _NUMPY_2:
+            raise
+        return pb_utils.Tensor(name, array)
+'''
+
 _MODEL_PY = '''"""Triton Python-backend model written by hepdeploy {version}.
 
 Runs {onnx_filename} (next to this file) with ONNX Runtime on the CPU, with the tensor names, dims and
@@ -70,30 +98,7 @@ def _import_onnxruntime():
 import numpy as np  # noqa: E402  (the backend's utilities import numpy themselves)
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-_NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
-
-
-def _input_array(request, name):
-    # Through DLPack, for the same reason as _output_tensor: as_numpy() misreads buffers under numpy 2.
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    try:
-        return np.from_dlpack(tensor)
-    except Exception:
-        if _NUMPY_2:
-            raise
-        return tensor.as_numpy()
-
-
-def _output_tensor(name, array):
-    # Through DLPack: the stub's pybind11 numpy path (pb_utils.Tensor(name, array)) sends empty
-    # buffers under numpy 2 (Triton 2.51 stubs were built for numpy 1); DLPack does not depend on it.
-    try:
-        return pb_utils.Tensor.from_dlpack(name, array)
-    except Exception:
-        if _NUMPY_2:
-            raise
-        return pb_utils.Tensor(name, array)
-
+{tensor_io}
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -176,7 +181,7 @@ def environment_site_packages() -> list[str]:
 def model_py_text(onnx_filename: str = ONNX_FILENAME, site_packages: list[str] | None = None) -> str:
     """The ``model.py`` of a twin (deterministic for a given environment)."""
     check_safe_name(onnx_filename, "ONNX file name")
-    return _MODEL_PY.format(version=__version__, onnx_filename=onnx_filename,
+    return _MODEL_PY.format(version=__version__, onnx_filename=onnx_filename, tensor_io=TENSOR_IO_SOURCE,
                             site_packages=list(site_packages if site_packages is not None else environment_site_packages()))
 
 
