@@ -65,6 +65,15 @@ def variant_spec(variant: VariantSpec | str, spec: ModelSpec | None = None) -> V
     return spec.variant(variant) if spec is not None else VariantSpec(name=variant)  # type: ignore[arg-type]
 
 
+def calibration_path(calibration: dict[str, np.ndarray] | Path | str | None, spec: ModelSpec | None) -> Path | None:
+    """The calibration file (or glob) a variant reads: the one given, else the spec's ``data.calibration``."""
+    if isinstance(calibration, dict):
+        return None
+    if calibration is not None:
+        return Path(calibration)
+    return spec.resolve(spec.data.calibration) if spec is not None else None
+
+
 def resolve_calibration(
     calibration: dict[str, np.ndarray] | Path | str | None,
     inputs: list[TensorSpec],
@@ -80,7 +89,7 @@ def resolve_calibration(
         if samples is not None and n < samples:
             raise DataError(f"calibration data: holds {n} samples, fewer than the {samples} asked for")
         return arrays
-    path = Path(calibration) if calibration is not None else (spec.resolve(data.calibration) if data else None)
+    path = calibration_path(calibration, spec)
     if path is None:
         return None
     # Outputs, labels and per-event variables may sit beside the inputs in a data file.
@@ -133,7 +142,8 @@ def optimize_artifact(
     arrays = resolve_calibration(calibration, inputs, spec, samples)
     if kind.needs_calibration and arrays is None:
         raise BadInputError(f"{kind.name}: needs calibration data (--calibration FILE or data.calibration in the spec)")
-    return _make_onnx_variant(parent, kind, vspec, output, inputs, arrays, spec, modelopt)
+    source = calibration_path(calibration, spec) if kind.needs_calibration else None
+    return _make_onnx_variant(parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
 
 
 def _maker(kind: VariantKind) -> Callable[..., Any]:
@@ -151,6 +161,7 @@ def _make_onnx_variant(
     arrays: dict[str, np.ndarray] | None,
     spec: ModelSpec | None,
     modelopt: ModelOptWorker | None,
+    calibration_source: Path | None = None,
 ) -> StepResult:
     import onnx
 
@@ -181,6 +192,8 @@ def _make_onnx_variant(
             with quiet_dependencies():
                 model, parameters = _maker(kind)(prepared, vspec, inputs, arrays, spec, **tools)
         precision = parameters.pop("precision", precision)
+        if calibration_source is not None:  # where the calibration came from (a file, or a glob of ROOT files)
+            parameters["calibration_data"] = str(calibration_source)
         steps.append(StepRecord(name=kind.name, tool=kind.tool, tool_version=package_version(kind.tool),
                                 parameters=parameters))
 

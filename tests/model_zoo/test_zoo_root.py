@@ -208,6 +208,7 @@ def test_build_calibrates_and_validates_the_jet_mlp_from_root(exported: dict[str
     assert steps["reference"]["details"]["samples"] == REFERENCE_EVENTS
     assert steps["optimize:int8-cpu"]["status"] == "ok", steps["optimize:int8-cpu"]
     assert steps["optimize:int8-cpu"]["details"]["calibration_samples"] == 512  # drawn from the ntuple
+    assert steps["optimize:int8-cpu"]["details"]["calibration_data"] == str(folder / "jet_mlp_torch_calibration.root")
     sidecar = json.loads((out / "jet_mlp_torch" / "variants" / "jet_mlp_torch_int8_cpu.json").read_text())
     assert any(step.get("parameters", {}).get("calibration_samples") == 512 for step in sidecar["steps"])
     assert steps["validate:fp32"]["status"] == "ok" and steps["validate:fp32"]["details"]["passed"] is True
