@@ -156,6 +156,8 @@ class _ModelChecker:
             self.problem(config_path, "config sets neither platform nor backend")
             return self.problems
         self._check_batching(config, config_path)
+        if platform == "ensemble":
+            self._check_ensemble(config, config_path)
         self._check_warmup(config)
         self._check_labels(config)
         self._check_checksums(config)
@@ -165,6 +167,36 @@ class _ModelChecker:
             self.report.versions += 1
             self._check_version(config, platform, version_dir, served=int(version_dir.name) in served)
         return self.problems
+
+    def _check_ensemble(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+        """Every step's model is in the repository with the tensors its maps name; every step input is
+        an ensemble input or an earlier step's output; every ensemble output is made by a step."""
+        available = {t.name for t in config.input}
+        steps = list(config.ensemble_scheduling.step)
+        if not steps:
+            self.problem(path, "ensemble has no steps")
+        for index, step in enumerate(steps, 1):
+            step_config_path = self.report.repo / step.model_name / CONFIG_NAME
+            try:
+                step_config = read_model_config(step_config_path)
+            except RepositoryError:
+                self.problem(path, f"ensemble step {index}: model {step.model_name!r} is not in the repository "
+                                   "(or its config.pbtxt does not read)")
+                continue
+            inputs, outputs = {t.name for t in step_config.input}, {t.name for t in step_config.output}
+            for tensor, source in step.input_map.items():
+                if tensor not in inputs:
+                    self.problem(path, f"ensemble step {index}: {step.model_name} has no input {tensor!r}")
+                if source not in available:
+                    self.problem(path, f"ensemble step {index}: {source!r} is neither an ensemble input nor an "
+                                       "earlier step's output")
+            for tensor, target in step.output_map.items():
+                if tensor not in outputs:
+                    self.problem(path, f"ensemble step {index}: {step.model_name} has no output {tensor!r}")
+                available.add(target)
+        for tensor in config.output:
+            if tensor.name not in available:
+                self.problem(path, f"ensemble output {tensor.name!r} is made by no step")
 
     def _check_batching(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
         max_batch = config.max_batch_size

@@ -55,7 +55,7 @@ from hepdeploy.fsutil import (
 )
 from hepdeploy.plan_compat import PlanMetadata, check_capability_key, plan_metadata_of
 from hepdeploy.spec import ModelSpec, TensorSpec, TritonSpec
-from hepdeploy.triton.check import CheckEnvironment, check_model
+from hepdeploy.triton.check import CheckEnvironment, CheckReport, check_model
 from hepdeploy.triton.config import (
     DEFAULT_MODEL_FILENAMES,
     LABEL_FILENAME,
@@ -460,7 +460,8 @@ def publish_model(
 
             if verify:
                 problems = [
-                    p for p in check_model(staged, run_models=True, environment=environment)
+                    # the report's repository is the real one: an ensemble's steps are looked up there
+                    p for p in check_model(staged, run_models=True, environment=environment, report=CheckReport(repo))
                     if (p.path.relative_to(staged), p.message) not in known
                 ]
                 if problems:

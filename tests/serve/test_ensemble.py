@@ -335,6 +335,28 @@ def test_the_published_ensemble_carries_weaver_verbatim_and_passes_the_repositor
     assert check_repository(repo, run_models=False) == []
 
 
+def test_triton_check_follows_the_ensemble_steps(repo, tmp_path):
+    """A step model that is missing, a step tensor the model lacks, an output no step makes: a problem each."""
+    import shutil
+
+    from hepdeploy.triton.check import check_repository
+    from hepdeploy.triton.config import config_to_pbtxt, read_model_config
+
+    broken = tmp_path / "repo"
+    shutil.copytree(repo, broken)
+    shutil.rmtree(broken / "pnw_py")
+    config = read_model_config(broken / "pn_ensemble" / "config.pbtxt")
+    step = config.ensemble_scheduling.step[1]
+    source = step.input_map.pop("pf_mask")
+    step.input_map["pf_maskk"] = source
+    config.output[0].name = "scores_typo"
+    (broken / "pn_ensemble" / "config.pbtxt").write_text(config_to_pbtxt(config), encoding="utf-8")
+    problems = [p.line() for p in check_repository(broken, run_models=False)]
+    assert any("pn_py has no input 'pf_maskk'" in p for p in problems), problems
+    assert any("ensemble output 'scores_typo' is made by no step" in p for p in problems), problems
+    assert any("model 'pnw_py' is not in the repository" in p for p in problems), problems
+
+
 @pytest.mark.parametrize("convention", ["cmssw", "weaver"])
 @pytest.mark.parametrize("kind,length", [("long", 6), ("short", 3), ("empty", 2)])
 def test_the_served_model_py_equals_a_plain_numpy_computation(repo, convention, kind, length, monkeypatch):
@@ -405,6 +427,7 @@ def test_channels_last_and_a_fixed_length_are_served_as_the_inline_path_reads_th
 
     from hepdeploy.convert.from_torch import convert_torch_model
     from hepdeploy.triton.ensemble import plan_ensemble, publish_ensemble
+    from hepdeploy.triton.repository import publish_model
 
     class ChannelsLast(torch.nn.Module):
         def __init__(self) -> None:
@@ -430,6 +453,7 @@ def test_channels_last_and_a_fixed_length_are_served_as_the_inline_path_reads_th
     assert [(g.name, g.layout, g.fixed_length) for g in plan.served.groups] == [
         ("pf_features", "channels_last", 6), ("pf_mask", "channels_first", 6), ("jet_features", "channels_first", None)]
     assert plan.convention == "weaver" and plan.model_step == "pncl"
+    publish_model(repo, onnx, name="pncl", spec=spec, triton=spec.triton)  # the ensemble's step must be there
     publish_ensemble(repo, plan)
     padded = _served_in_process_equals_inline(repo, "pncl", spec, onnx, work.events, monkeypatch)
     assert padded == {6}
