@@ -48,7 +48,8 @@ from hepdeploy.serve_check import serve_check
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
-from hepdeploy.triton.repository import publish_spec
+from hepdeploy.triton.ensemble import plan_ensemble, publish_ensemble
+from hepdeploy.triton.repository import PublishResult, publish_spec
 from hepdeploy.tune import describe, tune_variant
 from hepdeploy.validate import (
     ReferenceSet,
@@ -421,8 +422,25 @@ def _tensorrt_checks(build: ModelBuild, spec: ModelSpec, options: BuildOptions, 
 def _publish_step(repository: Path, spec: ModelSpec, variants: dict[str, Path], verdicts: dict[str, dict[str, Any]],
                   warmup: dict[str, np.ndarray]) -> StepResult:
     results = publish_spec(repository, spec, variants, verdicts=verdicts, warmup_inputs=warmup)
+    if spec.data.preprocess is not None:
+        results += _publish_ensemble(repository, spec, variants, verdicts)
     return StepResult("publish", "ok", ", ".join(f"{r.name} v{r.version}" for r in results),
                       outputs=[r.version_dir for r in results])
+
+
+def _publish_ensemble(repository: Path, spec: ModelSpec, variants: dict[str, Path],
+                      verdicts: dict[str, dict[str, Any]]) -> list[PublishResult]:
+    """A spec with data.preprocess also publishes its preprocessing ensemble (raw features in), whose tensors
+    are checked against the served variant's ONNX file (its FP32 graph when the served one is a plan)."""
+    served = spec.triton.variant if spec.triton.variant in variants else "fp32"
+    onnx_variant = served if served in variants and variants[served].suffix == ".onnx" else "fp32"
+    if onnx_variant not in variants:
+        log.warning("%s: no ONNX variant to check the preprocessing ensemble against; not published", spec.name)
+        return []
+    plan = plan_ensemble(variants[onnx_variant], spec.resolve(spec.data.preprocess.file),  # type: ignore[arg-type,union-attr]
+                         name=spec.triton.model_name or spec.name, spec=spec, triton=spec.triton,
+                         python_backend=spec.triton.python_backend)
+    return publish_ensemble(repository, plan, verdict=verdicts.get(served))
 
 
 def zoo_build_spec(name: str) -> ModelSpec:

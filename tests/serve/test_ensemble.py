@@ -515,3 +515,22 @@ def test_validate_cli_checks_the_ensemble_with_root_events(work, server):
     assert "PASS" in result.output and "scores" in result.output, result.output
     missing = CliRunner().invoke(main, args[:-4])
     assert missing.exit_code == 2 and "--artifact MODEL.onnx" in missing.output, missing.output
+
+
+def test_the_build_publishes_the_ensemble_of_a_spec_with_preprocessing(work, tmp_path):
+    """`build`'s publish step: a spec with data.preprocess also publishes <name>_preprocess and <name>_ensemble
+    (its model step the Python-backend twin when the spec asks for one), and the repository checks clean."""
+    from hepdeploy.pipeline import _publish_step
+    from hepdeploy.spec import load_spec
+    from hepdeploy.triton.check import check_repository
+    from hepdeploy.triton.config import read_model_config
+
+    spec = load_spec(work.spec_path)
+    spec = spec.model_copy(update={"triton": spec.triton.model_copy(update={"python_backend": True})})
+    repo = tmp_path / "model_repository"
+    step = _publish_step(repo, spec, {"fp32": work.onnx}, {}, {})
+    assert step.status == "ok", step
+    assert {p.parent.name for p in step.outputs} == {"pn", "pn_py", "pn_preprocess", "pn_ensemble"}
+    ensemble = read_model_config(repo / "pn_ensemble" / "config.pbtxt")
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["pn_preprocess", "pn_py"]
+    assert check_repository(repo, run_models=False) == []
