@@ -26,7 +26,15 @@ import numpy as np
 
 from hepdeploy.errors import DataError
 from hepdeploy.fsutil import atomic_write_bytes, check_input_file
-from hepdeploy.ntuple import is_root_source, load_preprocess, open_root, plan_inputs, read_events, target_sources
+from hepdeploy.ntuple import (
+    is_root_source,
+    load_preprocess,
+    open_root,
+    plan_inputs,
+    preprocess_file,
+    read_events,
+    target_sources,
+)
 from hepdeploy.spec import DataSpec, TensorSpec
 
 # Entries read per window from HDF5/ROOT: bounds memory for large files.
@@ -128,12 +136,8 @@ def read_root_events(
     """The model inputs (and, with ``targets``, the labels and variables) of ROOT events through the
     mapping in ``data`` (:mod:`hepdeploy.ntuple`): every event, or ``samples`` of them drawn with ``seed``.
     ``convention`` overrides the preprocess.json's (cmssw | weaver)."""
-    preprocess = None
-    if data.preprocess is not None:
-        json_path = Path(data.preprocess.file).expanduser()
-        if not json_path.is_absolute() and base_dir is not None:
-            json_path = base_dir / json_path
-        preprocess = load_preprocess(json_path)
+    json_path = preprocess_file(data, base_dir)
+    preprocess = load_preprocess(json_path) if json_path is not None else None
     plans = plan_inputs(inputs, data, preprocess, convention)
     root = open_root(source, data.root_tree)
     index = None if samples is None else _choose(root.total, samples, seed, root.describe(), allow_fewer)

@@ -102,11 +102,11 @@ def plan_inputs(inputs: list[TensorSpec], data: DataSpec, preprocess: Preprocess
     if unknown:
         raise DataError(f"data.inputs names {', '.join(unknown)}, not an input of the model ({', '.join(sorted(known))})")
     chosen = convention or (data.preprocess.convention if data.preprocess else "raw")
-    owners = mask_owners(preprocess) if preprocess else {}
+    masks = mask_inputs(data, preprocess)
     plans = []
     for tensor in inputs:
         mapping = data.inputs.get(tensor.name) or (
-            InputMapping(mask_of=owners[tensor.name]) if tensor.name in owners else InputMapping())
+            InputMapping(mask_of=masks[tensor.name]) if tensor.name in masks else InputMapping())
         group = preprocess.groups.get(tensor.name) if preprocess else None
         fixed = _fixed_particle_dim(tensor, mapping.layout)
         if mapping.mask_of is not None:
@@ -146,6 +146,23 @@ def plan_inputs(inputs: list[TensorSpec], data: DataSpec, preprocess: Preprocess
             plan.group = InputGroup(plan.name, ("mask",), (replace(IDENTITY, pad=0.0),),
                                     owner.group.min_length, owner.group.max_length)
     return plans
+
+
+def mask_inputs(data: DataSpec, preprocess: PreprocessConfig | None) -> dict[str, str]:
+    """Mask input -> the input whose counts make it: ``data.inputs.NAME.mask_of`` where the spec maps an
+    input, else the preprocess.json's mask groups (:func:`hepdeploy.weaver.mask_owners`)."""
+    masks = {name: m.mask_of for name, m in data.inputs.items() if m.mask_of is not None}
+    if preprocess is not None:
+        masks.update({name: owner for name, owner in mask_owners(preprocess).items() if name not in data.inputs})
+    return masks
+
+
+def preprocess_file(data: DataSpec, base_dir: Path | None) -> Path | None:
+    """The spec's preprocess.json (relative to the spec's folder), or None."""
+    if data.preprocess is None:
+        return None
+    path = Path(data.preprocess.file).expanduser()
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
 
 
 def _fixed_particle_dim(tensor: TensorSpec, layout: str) -> int | None:
@@ -228,9 +245,10 @@ def branch_names(source: RootSource) -> set[str]:
 
 
 def read_events(source: RootSource, plans: list[TensorPlan], targets: dict[str, ColumnSource | str] | None = None,
-                index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                index: np.ndarray | None = None, counts_out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Every planned input (and the labels/variables in ``targets``) for the events at ``index`` (sorted
-    global entry numbers; None: all events)."""
+    global entry numbers; None: all events). ``counts_out`` receives each particle input's particles per
+    event, before any truncation."""
     targets = targets or {}
     wanted = sorted({b for p in plans for b in p.branches} | {p.sort_by for p in plans if p.sort_by}
                     | {b for s in targets.values() for b in _column_branches(s)})
@@ -275,6 +293,8 @@ def read_events(source: RootSource, plans: list[TensorPlan], targets: dict[str, 
             np.concatenate(counts[owner.name]))
         tensor = out[plan.name][..., :length]
         out[plan.name] = np.ascontiguousarray(tensor.transpose(0, 2, 1)) if plan.layout == "channels_last" else tensor
+    if counts_out is not None:
+        counts_out.update({name: np.concatenate(chunks) for name, chunks in counts.items() if chunks})
     return out
 
 

@@ -10,10 +10,10 @@ its first step, ``<name>_preprocess``, centres, scales, clips and pads them with
 * ``G_length``: int32 ``[batch, 1]``, the particles of each event (a flat group has none).
 
 Mask groups take no input: the server makes them from their owner's lengths. Which groups are masks
-follows :func:`hepdeploy.ntuple.plan_inputs`: the spec's ``data.inputs.G.mask_of`` where the spec maps
-``G``, else :func:`hepdeploy.weaver.mask_owners`. The server side (writing the ensemble) and the
-client side (``validate --server`` sending ROOT events) both read the interface here, so the two
-cannot drift apart.
+is :func:`hepdeploy.ntuple.mask_inputs`, the rule the inline path reads with: the spec's
+``data.inputs.G.mask_of`` where the spec maps ``G``, else the json's mask groups. The server side
+(writing the ensemble) and the client side (``validate --server`` sending ROOT events) both read the
+interface here, so the two cannot drift apart.
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hepdeploy.errors import BadInputError
+from hepdeploy.ntuple import mask_inputs
 from hepdeploy.spec import DataSpec, TensorSpec
-from hepdeploy.weaver import PreprocessConfig, mask_owners
+from hepdeploy.weaver import PreprocessConfig
 
 RAW_SUFFIX = "_raw"
 LENGTH_SUFFIX = "_length"
@@ -84,19 +85,6 @@ class ServedPreprocess:
         return specs
 
 
-def mask_groups(config: PreprocessConfig, data: DataSpec | None) -> dict[str, str]:
-    """Mask group -> the group whose lengths make it: the spec's mapping where it maps the group
-    (``mask_of``, or no mask when it maps branches), else the json's own rule."""
-    guessed = mask_owners(config)
-    owners = {}
-    for name in config.input_names:
-        mapping = data.inputs.get(name) if data is not None else None
-        owner = mapping.mask_of if mapping is not None else guessed.get(name)
-        if owner is not None:
-            owners[name] = owner
-    return owners
-
-
 def served_preprocess(config: PreprocessConfig, inputs: Sequence[TensorSpec], data: DataSpec | None = None,
                       where: str = "preprocess.json") -> ServedPreprocess:
     """The served interface of ``config`` in front of a model with ``inputs``; BadInputError (one line)
@@ -110,7 +98,7 @@ def served_preprocess(config: PreprocessConfig, inputs: Sequence[TensorSpec], da
             [f"group(s) {', '.join(extra)} are not model inputs"] if extra else [])
         raise BadInputError(f"{where}: its groups ({', '.join(groups)}) do not match the model's inputs "
                             f"({', '.join(by_name)}): {'; '.join(parts)}")
-    owners = mask_groups(config, data)
+    owners = mask_inputs(data or DataSpec(), config)
     served = []
     for name in groups:
         group, tensor = config.groups[name], by_name[name]

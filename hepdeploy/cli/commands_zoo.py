@@ -16,7 +16,6 @@ from hepdeploy.model_zoo import (
     list_networks,
     train_network,
 )
-from hepdeploy.model_zoo.root_export import root_layout
 
 flavour_option = click.option("--flavour", type=click.Choice(["keras", "torch"]), default=None,
                               help="Framework (default: the network's first).")
@@ -149,8 +148,6 @@ def export_command(name: str, out_dir: Path, flavour: str | None, train: bool, b
     from rich.console import Console
 
     net = get_network(name)
-    if root:
-        root_layout(name)  # other networks are refused before any work
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"{out_dir}: output exists and is not a folder")
     if not out_dir.parent.expanduser().resolve().is_dir():

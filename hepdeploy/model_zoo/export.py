@@ -1,8 +1,6 @@
 """Export a zoo network for the pipeline: the source model, its spec and labelled data files."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -15,9 +13,8 @@ from hepdeploy.model_zoo.base import ZooNetwork
 from hepdeploy.model_zoo.registry import get_network
 from hepdeploy.model_zoo.root_export import RootFiles, data_block, root_layout, write_root_files
 from hepdeploy.model_zoo.training import (
-    ZOO_VERSION,
     _deterministic,
-    cache_root,
+    cached_data_file,
     check_budget,
     data_seeds,
     find_cached,
@@ -171,17 +168,11 @@ def export_network(
 def _cached_data(net: ZooNetwork, kind: str, n: int, seed: int, cache_dir: Path | None, target: Path) -> Path:
     """``n`` generated samples (a reference set keeps labels and variables; calibration only inputs),
     from the cache when this size and seed were generated before, copied to ``target``."""
-    recipe = json.dumps({"zoo_version": ZOO_VERSION, "network": net.name, "data": net.data_recipe, "kind": kind,
-                         "n": n, "seed": seed}, sort_keys=True)
-    cached = cache_root(cache_dir) / "zoo" / net.name / "data" / \
-        f"{kind}-n{n}-seed{seed}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}.npz"
-    if not cached.is_file():
-        cached.parent.mkdir(parents=True, exist_ok=True)
+    def write(path: Path) -> None:
         data = net.generate(n, seed)
-        save_tensors(cached, data.arrays() if kind == "reference" else data.inputs)
-    with atomic_path(target, suffix=".npz") as tmp:
-        shutil.copyfile(cached, tmp)
-    return target
+        save_tensors(path, data.arrays() if kind == "reference" else data.inputs)
+
+    return cached_data_file(net, kind, n, seed, cache_dir, target, write)
 
 
 def _untrained(net: ZooNetwork, flavour: str, seed: int) -> Any:

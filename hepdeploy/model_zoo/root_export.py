@@ -20,9 +20,7 @@ events of the ``.npz`` sets (same sizes and seeds), so the inputs read through t
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.errors import BadInputError
-from hepdeploy.fsutil import atomic_path, atomic_write_text
+from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.model_zoo import particlenet
 from hepdeploy.model_zoo.base import ZooNetwork
-from hepdeploy.model_zoo.training import ZOO_VERSION, cache_root
+from hepdeploy.model_zoo.training import cached_data_file
 from hepdeploy.ntuple import write_ntuple
 from hepdeploy.weaver import HUGE
 
@@ -280,17 +278,10 @@ def write_root_files(net: ZooNetwork, stem: str, out_dir: Path, sets: dict[str, 
     layout = root_layout(net.name)
     paths = {}
     for kind, (n, seed, arrays) in sets.items():
-        recipe = json.dumps({"zoo_version": ZOO_VERSION, "network": net.name, "data": net.data_recipe, "kind": kind,
-                             "n": n, "seed": seed, "root_writer": LAYOUT_VERSION, "layout": repr(layout)}, sort_keys=True)
-        cached = cache_root(cache_dir) / "zoo" / net.name / "data" / \
-            f"{kind}-n{n}-seed{seed}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}.root"
-        if not cached.is_file():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            write_ntuple(cached, ROOT_TREE, ntuple_branches(layout, net, arrays()))
-        target = Path(out_dir) / f"{stem}_{kind}.root"
-        with atomic_path(target, suffix=".root") as tmp:
-            shutil.copyfile(cached, tmp)
-        paths[kind] = target
+        paths[kind] = cached_data_file(
+            net, kind, n, seed, cache_dir, Path(out_dir) / f"{stem}_{kind}.root",
+            lambda path, arrays=arrays: write_ntuple(path, ROOT_TREE, ntuple_branches(layout, net, arrays())),
+            suffix=".root", recipe={"root_writer": LAYOUT_VERSION, "layout": repr(layout)})
     preprocess = Path(out_dir) / f"{stem}_preprocess.json"
     atomic_write_text(preprocess, json.dumps(preprocess_json(layout, net), indent=2) + "\n")
     return RootFiles(paths["reference"], paths["calibration"], preprocess)

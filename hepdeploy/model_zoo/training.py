@@ -18,12 +18,13 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hepdeploy.errors import BadInputError
-from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.fsutil import atomic_path, atomic_write_text
 from hepdeploy.model_zoo import determinism
 from hepdeploy.model_zoo.base import BUDGETS, ZooNetwork
 from hepdeploy.model_zoo.registry import get_network
@@ -44,6 +45,23 @@ def data_seeds(seed: int) -> dict[str, int]:
     """Independent seeds for the train/test/reference/calibration samples of one training seed."""
     base = 1000 * seed + 10
     return {"train": base + 1, "test": base + 2, "reference": base + 3, "calibration": base + 4}
+
+
+def cached_data_file(net: ZooNetwork, kind: str, n: int, seed: int, cache_dir: Path | None, target: Path,
+                     write: Callable[[Path], Any], suffix: str = ".npz", recipe: dict[str, Any] | None = None) -> Path:
+    """A generated data file (``kind`` set of ``n`` events from ``seed``) copied to ``target``: ``write(path)``
+    makes it once per recipe, in the zoo's data cache beside the trainings; ``recipe`` adds what else
+    the file depends on (a file format, a layout)."""
+    key = json.dumps({"zoo_version": ZOO_VERSION, "network": net.name, "data": net.data_recipe, "kind": kind,
+                      "n": n, "seed": seed, **(recipe or {})}, sort_keys=True)
+    cached = cache_root(cache_dir) / "zoo" / net.name / "data" / \
+        f"{kind}-n{n}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}{suffix}"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write(cached)  # an atomic writer: a killed run leaves no partial file in the cache
+    with atomic_path(target, suffix=suffix) as tmp:
+        shutil.copyfile(cached, tmp)
+    return target
 
 
 def cache_key(net: ZooNetwork, flavour: str, budget: str, seed: int) -> str:

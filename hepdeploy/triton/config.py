@@ -64,7 +64,8 @@ ORT_EXECUTION_MODE = "execution_mode"
 WARMUP_FOLDER = "warmup"  # Triton reads model_warmup input_data_file from <model>/warmup/
 
 
-def _pb2() -> Any:
+def model_config_schema() -> Any:
+    """Triton's model_config protobuf module (imported on first use: tritonclient is an optional extra)."""
     from tritonclient.grpc import model_config_pb2
 
     return model_config_pb2
@@ -160,7 +161,7 @@ def _dims(spec: TensorSpec, batched: bool) -> list[int]:
 
 
 def _fill_tensor(message: Any, spec: TensorSpec, batched: bool) -> None:
-    pb2 = _pb2()
+    pb2 = model_config_schema()
     message.name = spec.name
     message.data_type = pb2.DataType.Value(triton_dtype(spec.dtype))
     dims = _dims(spec, batched)
@@ -268,7 +269,7 @@ def build_model_config(
     engine profile's max batch and input dims fixed by the profile are written as numbers:
     Triton's TensorRT backend refuses a config that asks for more than the engine takes.
     """
-    pb2 = _pb2()
+    pb2 = model_config_schema()
     check_safe_name(name, "Triton model name")
     platform = platform or triton.platform or "onnxruntime_onnx"
     if platform not in PLATFORMS:
@@ -421,7 +422,7 @@ def parse_model_config(text: str, where: str = "config.pbtxt") -> model_config_p
     """Parse config text with the schema; RepositoryError with the parser's line:column message."""
     from google.protobuf import text_format
 
-    config = _pb2().ModelConfig()
+    config = model_config_schema().ModelConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:

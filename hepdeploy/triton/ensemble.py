@@ -34,12 +34,13 @@ from hepdeploy import __version__, weaver
 from hepdeploy.artifacts import read_artifact
 from hepdeploy.backend.served_preprocess import ServedPreprocess, served_preprocess
 from hepdeploy.errors import BadInputError, HepDeployError
-from hepdeploy.fsutil import check_safe_name
+from hepdeploy.fsutil import check_safe_name, sha256_file
+from hepdeploy.ntuple import load_preprocess
 from hepdeploy.spec import ModelSpec, TritonSpec
-from hepdeploy.triton.config import build_model_config
+from hepdeploy.triton.config import build_model_config, model_config_schema
 from hepdeploy.triton.python_backend import TENSOR_IO_SOURCE, environment_site_packages, twin_name
 from hepdeploy.triton.repository import PublishResult, publish_model
-from hepdeploy.weaver import CONVENTIONS, PreprocessFormatError, load_config
+from hepdeploy.weaver import CONVENTIONS
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -192,15 +193,9 @@ def weaver_rules_bytes() -> bytes:
     return Path(weaver.__file__).read_bytes()
 
 
-def _pb2() -> Any:
-    from tritonclient.grpc import model_config_pb2
-
-    return model_config_pb2
-
-
 def _add_tensor(message: Any, name: str, data_type: str, dims: list[int]) -> None:
     message.name = name
-    message.data_type = _pb2().DataType.Value(data_type)
+    message.data_type = model_config_schema().DataType.Value(data_type)
     message.dims.extend(dims)
 
 
@@ -208,7 +203,7 @@ def preprocess_config(served: ServedPreprocess, model_config: model_config_pb2.M
                       convention: str, json_sha256: str) -> model_config_pb2.ModelConfig:
     """The preprocess model's config: raw inputs in, the model's inputs (same dims) out, CPU instances,
     the convention and groups as parameters."""
-    pb2 = _pb2()
+    pb2 = model_config_schema()
     config = pb2.ModelConfig()
     config.name = check_safe_name(name, "Triton model name")
     config.backend = "python"
@@ -234,7 +229,7 @@ def preprocess_config(served: ServedPreprocess, model_config: model_config_pb2.M
 def ensemble_config(served: ServedPreprocess, model_config: model_config_pb2.ModelConfig, *, name: str,
                     preprocess_model: str, model_step: str) -> model_config_pb2.ModelConfig:
     """The ensemble: raw inputs, the model's outputs (label files kept), preprocess -> model."""
-    pb2 = _pb2()
+    pb2 = model_config_schema()
     config = pb2.ModelConfig()
     config.name = check_safe_name(name, "Triton model name")
     config.platform = "ensemble"
@@ -313,13 +308,7 @@ def plan_ensemble(onnx_path: Path, preprocess_json: Path, *, name: str, spec: Mo
         convention = spec.data.preprocess.convention if spec.data.preprocess is not None else "cmssw"
     if convention not in CONVENTIONS:
         raise BadInputError(f"convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
-    try:
-        json_bytes = preprocess_json.read_bytes()
-        config = load_config(preprocess_json)
-    except OSError as error:
-        raise BadInputError(f"{preprocess_json}: cannot read the preprocess.json ({type(error).__name__})") from error
-    except PreprocessFormatError as error:
-        raise BadInputError(f"{preprocess_json}: {error}") from error
+    config = load_preprocess(preprocess_json)
     artifact = read_artifact(onnx_path)
     settings = triton or spec.triton
     served = served_preprocess(config, artifact.sidecar.inputs, spec.data, where=str(preprocess_json))
@@ -339,7 +328,7 @@ def plan_ensemble(onnx_path: Path, preprocess_json: Path, *, name: str, spec: Mo
         raise BadInputError(f"{preprocess_json}: the ensemble's tensor names clash ({', '.join(clashes)}): raw inputs "
                             f"are named G_raw and G_length, inner tensors after the groups, outputs after the model's")
     pre = preprocess_config(served, model_config, name=preprocess_name(name), convention=convention,
-                            json_sha256=hashlib.sha256(json_bytes).hexdigest())
+                            json_sha256=sha256_file(preprocess_json))
     ensemble = ensemble_config(served, model_config, name=ensemble_name(name), preprocess_model=pre.name,
                                model_step=model_step)
     return EnsemblePlan(name, preprocess_json, served, convention, pre, ensemble, model_step, spec, settings)

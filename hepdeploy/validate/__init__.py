@@ -14,7 +14,6 @@ Entry points (the CLI and ``hepdeploy build`` call these):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ from hepdeploy.compare import (
     resolve_tolerances,
 )
 from hepdeploy.errors import DataError, HepDeployError, ModelLoadError
+from hepdeploy.fsutil import sha256_file
 from hepdeploy.ntuple import load_preprocess
 from hepdeploy.validate.localize import Rule, localize
 from hepdeploy.validate.physics import PhysicsResult, physics_checks
@@ -296,8 +296,9 @@ def validate_served_ensemble(server: str, model_ref: str, data: Path | str, *, s
     """
     name, version = parse_model_ref(model_ref)
     sidecar = read_artifact(artifact).sidecar
-    json_path = preprocess_path(spec.data, spec.base_dir)
-    served = served_preprocess(load_preprocess(json_path), sidecar.inputs, spec.data, where=str(json_path))
+    json_path = preprocess_path(spec)
+    config = load_preprocess(json_path)
+    served = served_preprocess(config, sidecar.inputs, spec.data, where=str(json_path))
     expected = (served.raw_input_specs(), sidecar.outputs)
     with TritonRunner(server, name, version, protocol=protocol, timeout_s=timeout_s, expected=expected,
                       shared_memory=shared_memory, compression=compression) as runner:
@@ -318,11 +319,11 @@ def validate_served_ensemble(server: str, model_ref: str, data: Path | str, *, s
             notes.append(f"the served preprocessing uses the {convention} convention, the spec {spec_convention}: "
                          f"the inline path follows the server")
         served_sha = parameters.get("preprocess_sha256", {}).get("string_value")
-        if served_sha and served_sha != hashlib.sha256(json_path.read_bytes()).hexdigest():
+        if served_sha and served_sha != sha256_file(json_path):
             notes.append(f"the served preprocess.json differs from {json_path} (sha256 {served_sha[:12]})")
         request = min(runner.max_batch_size, chunk_size or spec.validation.chunk_size)
         runner.max_request_batch = request
-        reference = inline_reference(data, artifact, spec, convention, request, notes)
+        reference = inline_reference(data, artifact, spec, convention, request, notes, config=config, served=served)
         report = validate_runner(runner, reference, name=model_ref, candidate=f"{protocol}://{runner.url}/{model_ref}",
                                  precision=precision or sidecar.variant.precision, spec=spec, atol=atol, rtol=rtol,
                                  policy=policy, chunk_size=request)

@@ -24,25 +24,35 @@ from pathlib import Path
 import numpy as np
 
 from hepdeploy.artifacts import read_artifact
-from hepdeploy.backend.served_preprocess import CHANNELS_FIRST, ServedGroup, ServedPreprocess, served_preprocess
+from hepdeploy.backend.served_preprocess import (
+    CHANNELS_FIRST,
+    ServedGroup,
+    ServedPreprocess,
+    served_preprocess,
+)
 from hepdeploy.backend.sources import artifact_runner
 from hepdeploy.data import read_root_events
 from hepdeploy.environment import versions
 from hepdeploy.errors import DataError
-from hepdeploy.ntuple import TensorPlan, load_preprocess, open_root, plan_inputs, read_events
+from hepdeploy.ntuple import (
+    TensorPlan,
+    load_preprocess,
+    open_root,
+    plan_inputs,
+    preprocess_file,
+    read_events,
+)
 from hepdeploy.spec import DataSpec, ModelSpec, TensorSpec
 from hepdeploy.validate.reference import ReferenceSet, resolve_labels
 from hepdeploy.weaver import IDENTITY, InputGroup, PreprocessConfig
 
-_COUNT_PREFIX = "\x00count:"
 
-
-def preprocess_path(data: DataSpec, base_dir: Path | None) -> Path:
-    """The spec's preprocess.json, resolved as :func:`hepdeploy.data.read_root_events` resolves it."""
-    if data.preprocess is None:
+def preprocess_path(spec: ModelSpec) -> Path:
+    """The spec's preprocess.json (DataError when its data block names none)."""
+    path = preprocess_file(spec.data, spec.base_dir)
+    if path is None:
         raise DataError("the spec's data block names no preprocess.json (data.preprocess.file)")
-    path = Path(data.preprocess.file).expanduser()
-    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+    return path
 
 
 def raw_width(group: InputGroup) -> int:
@@ -63,17 +73,14 @@ def read_raw_events(source: Path | str, inputs: list[TensorSpec], data: DataSpec
         else:
             rule = InputGroup(group.name, json_group.var_names, identity, 0, raw_width(json_group))
         raw_plans.append(replace(plan, group=rule, convention="raw", length=None, layout=CHANNELS_FIRST, mask_of=None))
-        if not group.flat:
-            raw_plans.append(TensorPlan(_COUNT_PREFIX + group.name, group=InputGroup(
-                group.name, ("count",), (replace(IDENTITY, pad=0.0),), 0, raw_width(json_group)),
-                convention="raw", mask_of=group.name))
-    events = read_events(open_root(source, data.root_tree), raw_plans)
+    counts: dict[str, np.ndarray] = {}
+    events = read_events(open_root(source, data.root_tree), raw_plans, counts_out=counts)
     out: dict[str, np.ndarray] = {}
     for group in served.raw_groups:
         out[group.raw_name] = np.ascontiguousarray(events[group.name], dtype=np.float32)
-        if not group.flat:
-            ones = events[_COUNT_PREFIX + group.name]
-            out[group.length_name] = ones.sum(axis=tuple(range(1, ones.ndim))).astype(np.int32).reshape(-1, 1)
+        if not group.flat:  # the particles sent: at most the raw width
+            sent = np.minimum(counts[group.name], out[group.raw_name].shape[-1])
+            out[group.length_name] = sent.astype(np.int32).reshape(-1, 1)
     return out
 
 
@@ -93,14 +100,18 @@ def served_length(group: ServedGroup, served: ServedPreprocess, config: Preproce
 
 
 def inline_reference(source: Path | str, artifact: Path, spec: ModelSpec, convention: str, request_size: int,
-                     notes: list[str] | None = None) -> ReferenceSet:
-    """The raw inputs (what the client sends) with the inline path's outputs, labels and variables."""
+                     notes: list[str] | None = None, *, config: PreprocessConfig | None = None,
+                     served: ServedPreprocess | None = None) -> ReferenceSet:
+    """The raw inputs (what the client sends) with the inline path's outputs, labels and variables.
+    ``config``/``served``: the spec's preprocess.json and its served interface in front of ``artifact``,
+    when the caller has them already (else read here)."""
     if request_size < 1:
         raise DataError(f"request size must be >= 1, got {request_size}")
     inputs = list(read_artifact(Path(artifact)).sidecar.inputs)
-    json_path = preprocess_path(spec.data, spec.base_dir)
-    config = load_preprocess(json_path)
-    served = served_preprocess(config, inputs, spec.data, where=str(json_path))
+    json_path = preprocess_path(spec)
+    if config is None or served is None:
+        config = load_preprocess(json_path)
+        served = served_preprocess(config, inputs, spec.data, where=str(json_path))
     bins = list(spec.validation.physics.bins)
     full = read_root_events(source, inputs, spec.data, spec.base_dir, convention=convention, extra_variables=bins)
     raw = read_raw_events(source, inputs, spec.data, config, served)
