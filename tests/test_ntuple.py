@@ -266,3 +266,19 @@ def test_optimize_calibrates_from_sixteen_scalar_branches(tmp_path: Path) -> Non
                                         "-o", str(tmp_path / "other.onnx")])
     assert refused.exit_code == 2 and "no branch nope" in refused.output
     assert not (tmp_path / "other.onnx").exists()
+
+
+def test_foreign_names_a_batch_dim_named_n_and_a_fixed_batch_of_one(tmp_path: Path) -> None:
+    """Models we did not make: a TensorFlow-style input name and a batch dim `N` map like any other, and a
+    model exported with a fixed batch of 1 calibrates from the ntuple's rows."""
+    raw = write_flat(tmp_path / "flat.root")
+    columns = [f"f{i}" for i in range(16)]
+    tf_input = [TensorSpec(name="ID_pred/input_1:0", shape=["N", 16])]
+    data = DataSpec(inputs={"ID_pred/input_1:0": {"branches": columns}})
+    out = read_root_events(tmp_path / "flat.root", tf_input, data)
+    np.testing.assert_array_equal(out["ID_pred/input_1:0"], np.stack([raw[c] for c in columns], axis=1))
+    fixed = [TensorSpec(name="input_1", shape=[1, 16])]
+    rows = load_calibration(tmp_path / "flat.root", fixed, samples=20, seed=0,
+                            data_spec=DataSpec(inputs={"input_1": {"branches": columns}}))
+    assert rows["input_1"].shape == (20, 1, 16)
+    assert {tuple(r) for r in rows["input_1"][:, 0]} <= {tuple(r) for r in out["ID_pred/input_1:0"]}
