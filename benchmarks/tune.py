@@ -5,10 +5,14 @@ Per network (trained zoo weights, the zoo's default reference sets, the zoo spec
   it knows), no layer kept in FP32;
 - hepdeploy's plain int8-cpu (u8 activations, s8 per-channel weights, edge layers in FP32; for ParticleNet
   the zoo's hand-written spec: Conv and Gemm only);
-- the tuned int8-cpu (`hepdeploy tune`'s search from the plain one).
+- the tuned int8-cpu (`hepdeploy tune`'s search: chosen on one half of the reference set, confirmed on
+  the other half), or FP32 when that is the answer.
 Each is validated on the full reference set (verdict PASS / FAIL / UNDECIDED) and timed against the FP32
 graph in one process, one ONNX Runtime thread, alternating runs on the spec's typical batch (ratio of
-medians). The tuned row also gives the groups kept in FP32, the evaluations and the search's wall time.
+medians). The tuned row also gives the layers kept in FP32, the calibration method, the verdict on the
+tuning half, on the confirmation half and on an independent reference set of the same size generated
+here with another seed (data neither the search nor its confirmation saw), the evaluations and the
+search's wall time.
 
     .venv/bin/python benchmarks/tune.py --out benchmarks/results [--networks facile,jet_mlp]
 
@@ -43,6 +47,17 @@ def ort_plain(fp32: Path, calibration: dict[str, Any], output: Path) -> Path:
     sidecar = read_artifact(fp32).sidecar.model_copy(deep=True)
     sidecar.variant.name, sidecar.variant.precision = "int8-cpu", "int8"
     return write_artifact(onnx.load(str(raw)), output, sidecar).path
+
+
+def independent(name: str, spec: Any, candidate: Path, events: int) -> str:
+    """The candidate's verdict on a reference set generated here with another seed (same size)."""
+    from hepdeploy.model_zoo import get_network
+    from hepdeploy.validate import validate_candidate
+    from hepdeploy.validate.reference import make_reference
+
+    arrays = get_network(name).generate(events, seed=987_654).arrays()
+    reference = make_reference(spec, arrays, labels=spec.data.labels, spec=spec)
+    return validate_candidate(candidate, reference, spec=spec, name="independent").outcome
 
 
 def main() -> int:
@@ -94,19 +109,26 @@ def main() -> int:
             write_tune_report(result, variant, args.out / "tune" / name)
             row = {"network": name, "reference_events": reference.n_samples, "groups": len(result.groups),
                    "ort_plain": judged(ort, "ort plain"), "plain": judged(plain, "int8-cpu"),
-                   "evaluations": len(result.evaluations), "bound": 2 * len(result.groups) + 10, "wall_s": wall,
+                   "evaluations": len([e for e in result.evaluations if e.phase == "search"]),
+                   "bound": tuner.max_evaluations, "wall_s": wall, "outcome": result.outcome, "reason": result.reason,
                    "hand_spec": bool(variant.quantize_op_types)}
-            if result.passed and result.best is not None and result.best.path:
-                row["tuned"] = {**judged(Path(result.best.path), "tuned"), "kept": result.best.kept}
+            best = result.best
+            if best is not None and best.passed:
+                row["tuned"] = {**judged(Path(best.path), "tuned"), "kept": best.kept,
+                                "calibration_method": best.calibration_method, "modelled_cost": best.modelled_cost,
+                                "tuning": best.outcome,
+                                "confirmation": result.confirmation.outcome if result.confirmation else None,
+                                "independent": independent(name, spec, Path(best.path), reference.n_samples)}
             else:
-                row["tuned"] = {"verdict": "no mix passes", "speed": None,
-                                "kept": result.best.kept if result.best else []}
+                row["tuned"] = {"verdict": "FP32", "speed": None, "kept": [], "tuning": None, "confirmation": None}
             baseline.close()
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     elapsed = time.time() - started_all
 
     def cell(entry: dict[str, Any]) -> str:
+        if entry["verdict"] == "FP32":
+            return "FP32 (no mix modelled faster passes)"
         speed = f"{entry['speed']:.2f}x" if entry.get("speed") else "-"
         return f"{entry['verdict']}, {speed}"
 
@@ -116,16 +138,18 @@ def main() -> int:
         "the zoo's default reference sets; speed = int8-cpu / fp32 throughput in ONNX Runtime, one thread, "
         "alternating runs in one process on the spec's typical batch.",
         "",
-        "| network | ORT plain quantize_static | hepdeploy int8-cpu | tuned int8-cpu | kept in FP32 | "
-        "evaluations (bound) | tune wall time |",
-        "|---|---|---|---|---|---|---:|",
+        "| network | ORT plain quantize_static | hepdeploy int8-cpu | tuned int8-cpu (full set) | kept in FP32 | "
+        "calibration | tuning half / confirmation half / independent set | evaluations (bound) | tune wall time |",
+        "|---|---|---|---|---|---|---|---|---:|",
     ]
     for row in rows:
         plain_label = " (hand spec: Conv, Gemm)" if row["hand_spec"] else ""
-        kept = ", ".join(f"`{k}`" for k in row["tuned"]["kept"]) or "none"
+        tuned = row["tuned"]
+        kept = ", ".join(f"`{k}`" for k in tuned["kept"]) or "none"
+        halves = " / ".join(str(tuned.get(k) or "-") for k in ("tuning", "confirmation", "independent"))
         lines.append(f"| {row['network']} | {cell(row['ort_plain'])} | {cell(row['plain'])}{plain_label} | "
-                     f"{cell(row['tuned'])} | {kept} of {row['groups']} | {row['evaluations']} ({row['bound']}) | "
-                     f"{row['wall_s']:.0f} s |")
+                     f"{cell(tuned)} | {kept} of {row['groups']} | {tuned.get('calibration_method') or '-'} | "
+                     f"{halves} | {row['evaluations']} ({row['bound']}) | {row['wall_s']:.0f} s |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tune.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (args.out / "tune.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

@@ -188,8 +188,8 @@ def precision_key(precision: str | None) -> str:
     """Map an artifact precision (fp32|fp16|int8|mixed) onto a tolerance table key."""
     if precision is None:
         return "fp32"
-    if precision == "mixed":  # an FP16 graph with some nodes kept in FP32
-        return "fp16"
+    if precision == "mixed":  # INT8 layers with FP16 for the rest (int8-trt, high_precision_dtype: fp16):
+        return "int8"  # judged as what its least precise layers are
     if precision not in PRECISION_DEFAULTS:
         raise DataError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
     return precision

@@ -49,6 +49,18 @@ def signal_efficiency_at(scores: np.ndarray, is_signal: np.ndarray, background_e
     return float(np.interp(background_efficiency, fpr, tpr))
 
 
+def relative_residual(predicted: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted - true) / true, and which events have it: the one definition of the residual that bias
+    and resolution are taken from, in validation and in the zoo's training reports alike. Events whose
+    true value is 0 have no relative residual (their entries are NaN and False)."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    usable = np.abs(true) > np.finfo(np.float64).tiny
+    with np.errstate(invalid="ignore", divide="ignore"):
+        residual = np.where(usable, (predicted - true) / np.where(usable, true, 1.0), np.nan)
+    return residual, usable
+
+
 def robust_bias_resolution(residual: np.ndarray) -> tuple[float, float]:
     """(median, IQR/1.349) of the finite values of a residual distribution; NaN when there are none."""
     r = np.asarray(residual, dtype=np.float64).ravel()

@@ -27,11 +27,13 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.artifacts import read_engine_sidecar
+from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.convert import convert_from_spec, merge_zoo_spec
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, HepDeployError, NativeCrashError, first_line
 from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.memory import peak_memory
 from hepdeploy.model_zoo import export_network, get_network
 from hepdeploy.optimize import optimize_artifact, resolve_calibration
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
@@ -50,7 +52,7 @@ from hepdeploy.steps import StepResult
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.ensemble import plan_ensemble, publish_ensemble
 from hepdeploy.triton.repository import PublishResult, publish_spec
-from hepdeploy.tune import describe, tune_variant
+from hepdeploy.tune import describe, throughput_ratio, timing_feed, tune_variant
 from hepdeploy.validate import (
     ReferenceSet,
     VariantReport,
@@ -69,6 +71,10 @@ DEFAULT_ZOO_SET = ("facile", "jet_mlp", "particlenet", "deepjet", "interaction_n
 SUMMARY_NAME = "build-summary.json"
 # Golden sets made without reference data: rows of seeded samples (at most the batch's max).
 SAMPLED_REFERENCE_ROWS = 256
+# An automatic CPU twin is INT8 only when INT8 is measured at least this much faster than FP32: closer
+# than that, the order of two timings on a shared machine is noise.
+TWIN_MARGIN = 0.10
+TWIN_TIMING_SECONDS = 1.0
 
 
 @dataclass
@@ -131,6 +137,14 @@ class BuildReport:
         return list(dict.fromkeys(named))  # a variant rejected, then its tuning rejected, is named once
 
     @property
+    def peak_rss_mib(self) -> float | None:
+        """The largest resident memory any step took, in this process or a child (each step's own peak
+        is in its details)."""
+        steps = [*(s for m in self.models for s in m.steps), *self.repository_steps]
+        peaks = [s.details.get(key) for s in steps for key in ("peak_rss_mib", "children_peak_rss_mib")]
+        return max((p for p in peaks if p is not None), default=None)
+
+    @property
     def summary_path(self) -> Path:
         return self.out_dir / SUMMARY_NAME
 
@@ -148,6 +162,7 @@ class BuildReport:
         return {
             "out_dir": str(self.out_dir),
             "repository": str(self.repository) if self.repository else None,
+            "peak_rss_mib": self.peak_rss_mib,
             "started": self.started,
             "finished": self.finished,
             "passed": not self.failed,
@@ -171,14 +186,16 @@ def _now() -> str:
 def run_step(name: str, action: Callable[[], StepResult], log_dir: Path, variant: str | None = None) -> StepResult:
     """Run one step; any exception becomes a failed step (:func:`failed_step`), never the end of the build."""
     start = time.perf_counter()
-    try:
-        with progress(name, __name__):
-            result = action()
-    except Exception as error:  # ours, a bug, or a dependency's own error: recorded, and the build goes on
-        result = failed_step(name, error, log_dir)
+    with peak_memory() as peak:
+        try:
+            with progress(name, __name__):
+                result = action()
+        except Exception as error:  # ours, a bug, or a dependency's own error: recorded, and the build goes on
+            result = failed_step(name, error, log_dir)
     result.step = name
     result.variant = result.variant or variant
     result.details.setdefault("seconds", round(time.perf_counter() - start, 2))
+    result.details.update(peak.as_dict())
     return result
 
 
@@ -212,9 +229,11 @@ def _write_traceback(error: BaseException, log_dir: Path, step: str) -> Path:
     return atomic_write_text(log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', step)}.log", text)
 
 
-def variant_file(folder: Path, name: str, variant: str) -> Path:
-    """Where a build keeps a model's variant (file name and suffix from the variant registry)."""
-    return folder / "variants" / variant_kind(variant).filename(name)
+def variant_file(folder: Path, name: str, variant: str, tuned: bool = False) -> Path:
+    """Where a build keeps a model's variant (file name and suffix from the variant registry); ``tuned``:
+    the mix ``tune`` found for it."""
+    path = folder / "variants" / variant_kind(variant).filename(name)
+    return path.with_name(f"{path.stem}_tuned{path.suffix}") if tuned else path
 
 
 def _zoo_spec(name: str, folder: Path, budget: str) -> StepResult:
@@ -234,7 +253,7 @@ def _convert_step(spec: ModelSpec, output: Path, exporter: str) -> StepResult:
                       details={k: v for k, v in details.items() if v is not None})
 
 
-def _reference_step(spec: ModelSpec, golden: Path) -> StepResult:
+def _reference_step(spec: ModelSpec, golden: Path, converted: Path) -> StepResult:
     """The golden set: the SOURCE model run on the spec's reference data (labels kept).
 
     Without reference data the one sampler's seeded inputs are used, and the golden set
@@ -242,7 +261,7 @@ def _reference_step(spec: ModelSpec, golden: Path) -> StepResult:
     """
     data_path = spec.resolve(spec.data.reference)
     if data_path is not None:
-        reference = make_reference(spec, data_path, labels=spec.data.label_array, spec=spec)
+        reference = make_reference(spec, data_path, labels=spec.data.label_array, spec=spec, sizing_model=converted)
         note = f"source model on {data_path.name}"
     else:
         rows = min(SAMPLED_REFERENCE_ROWS, spec.dim_range("batch").max or SAMPLED_REFERENCE_ROWS)
@@ -254,9 +273,10 @@ def _reference_step(spec: ModelSpec, golden: Path) -> StepResult:
 
 
 def served_variants(spec: ModelSpec) -> set[str]:
-    """The variants the spec's Triton block publishes (the GPU model and its CPU twin)."""
+    """The variants the spec's Triton block publishes by name (the GPU model and a CPU twin that is not
+    ``auto``: an automatic twin is whichever CPU variant passes and is fastest)."""
     served = {spec.triton.variant}
-    if spec.triton.cpu_twin is not None:
+    if spec.triton.cpu_twin is not None and spec.triton.cpu_twin.variant != "auto":
         served.add(spec.triton.cpu_twin.variant)
     return served
 
@@ -287,29 +307,65 @@ def _wanted_variants(spec: ModelSpec, options: BuildOptions) -> list[str]:
 
 def _tune_step(variant: str, fp32_path: Path, reference: ReferenceSet, spec: ModelSpec, calibration: Path | None,
                folder: Path, modelopt: ModelOptWorker | None, reports: list[VariantReport], strict: bool) -> StepResult:
-    """``tune: true``: the fastest mix of a failed variant that passes, validated and published in its place."""
+    """``tune: true``: the cheapest mix of a failed variant that passes, confirmed on data it was not chosen
+    on, is published in its place; when the answer is FP32 the step is ok and says so (nothing published
+    for the variant)."""
     vspec = spec.variant(variant)
     arrays = resolve_calibration(calibration, spec.inputs, spec)
-    output = folder / "variants" / f"{spec.name}_{variant.replace('-', '_')}_tuned.onnx"
+    output = variant_file(folder, spec.name, variant, tuned=True)
     result = tune_variant(fp32_path, vspec, reference, output, folder / "reports" / f"tune-{variant}",
                           calibration=arrays, spec=spec, modelopt=modelopt)
+    best = result.best
     details: dict[str, Any] = {"evaluations": len(result.evaluations), "groups": len(result.groups),
-                               "kept_high_precision": len(result.best.kept) if result.best else None,
-                               "speed": result.best.speed if result.best else None}
-    not_passed = "failed" if strict or variant in served_variants(spec) else "rejected"
+                               "outcome": result.outcome, "target": result.target, "cost_model": result.cost_source,
+                               "kept_high_precision": best.kept if best and best.passed else None,
+                               "calibration_method": best.calibration_method if best and best.passed else None,
+                               "modelled_cost": best.modelled_cost if best and best.passed else None,
+                               "speed": best.speed if best and best.passed else None,
+                               "tuning_verdict": best.outcome if best else None,
+                               "confirmation_verdict": result.confirmation.outcome if result.confirmation else None}
+    if result.answer_is_fp32:
+        return StepResult(f"tune:{variant}", "ok", f"answer: {result.reason}", details=details)
+    for report, label in ((result.best_report, "chosen on the tuning half"),
+                          (result.confirmation_report, "confirmation half")):
+        if report is not None:
+            report.variant = f"{variant} (tuned, {label})"
+            reports.append(report)
     if not result.passed:
-        best = f"; best found: {describe(result.best)}" if result.best else ""
-        return StepResult(f"tune:{variant}", not_passed, f"no mix passes{best}", details=details)  # type: ignore[arg-type]
-    # The answer was judged on this reference set by the search; its report is reused unless it came from
-    # the cache (then the written file is validated again).
-    report = result.best_report or validate_candidate(output, reference, spec=spec, name=f"{variant} (tuned)")
-    report.variant, report.candidate = f"{variant} (tuned)", str(output)
-    reports.append(report)
-    assert result.best is not None
-    details.update(passed=report.passed, outcome=report.outcome, policy=report.policy)
-    line = f"{report.verdict}; tuned: {describe(result.best)}"
-    return StepResult(f"tune:{variant}", "ok" if report.passed else not_passed, line,  # type: ignore[arg-type]
+        not_passed = "failed" if strict or variant in served_variants(spec) else "rejected"
+        return StepResult(f"tune:{variant}", not_passed, result.reason, details=details)  # type: ignore[arg-type]
+    assert best is not None
+    proxy = (f"measured {best.speed:.2f}x fp32 here" if best.speed is not None else
+             f"modelled {1 / best.modelled_cost:.2f}x fp32 ({result.target} cost table: {result.cost_source})")
+    details.update(passed=True, policy=result.confirmation_report.policy if result.confirmation_report else None)
+    return StepResult(f"tune:{variant}", "ok", f"PASS, confirmed; {describe(best)}; speed: {proxy}",
                       outputs=[output], details=details, variant=variant)
+
+
+def _twin_step(spec: ModelSpec, passing: dict[str, Path], reference: ReferenceSet) -> StepResult:
+    """``cpu_twin: {variant: auto}``: FP32 and every passing CPU variant timed side by side in this process
+    (alternating runs, one thread each, on the spec's typical batch); the fastest serves, and an INT8
+    variant only when it is measured at least ``TWIN_MARGIN`` faster than FP32."""
+    candidates = {v: p for v, p in passing.items()
+                  if variant_kind(v).target in ("cpu", "any") and p.suffix == ".onnx" and v != "fp32"}
+    if "fp32" not in passing:
+        if not candidates:
+            return StepResult("twin", "skipped", "no CPU variant passed validation: no CPU twin")
+        chosen = min(candidates)
+        return StepResult("twin", "ok", f"{chosen} (FP32 did not pass; not timed)", details={"chosen": chosen})
+    feed = timing_feed(reference, spec.inputs, spec)
+    ratios: dict[str, float] = {}
+    with OnnxRuntimeRunner(passing["fp32"], intra_op_threads=1, inter_op_threads=1) as baseline:
+        for variant, path in sorted(candidates.items()):
+            ratios[variant] = round(throughput_ratio(baseline, path, feed, seconds=TWIN_TIMING_SECONDS), 3)
+    faster = {v: r for v, r in ratios.items() if r >= 1.0 + TWIN_MARGIN}
+    chosen = max(faster, key=lambda v: faster[v]) if faster else "fp32"
+    measured = ", ".join(f"{v} {r:.2f}x fp32" for v, r in ratios.items()) or "no other CPU variant passed"
+    why = (f"{chosen}: measured {ratios[chosen]:.2f}x fp32" if chosen != "fp32" else
+           f"fp32: no CPU variant that passes is measured {1 + TWIN_MARGIN:.2f}x fp32 or faster")
+    return StepResult("twin", "ok", f"{why} ({measured}; one thread, alternating runs, batch "
+                      f"{next(iter(feed.values())).shape[0] if feed else '-'})",
+                      details={"chosen": chosen, "throughput_vs_fp32": ratios})
 
 
 def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repository: Path | None,
@@ -333,7 +389,7 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         return
 
     golden = folder / "golden.npz"
-    referenced = build.run("reference", lambda: _reference_step(spec, golden))
+    referenced = build.run("reference", lambda: _reference_step(spec, golden, fp32_path))
 
     wanted = _wanted_variants(spec, options)
     calibration = spec.resolve(spec.data.calibration) or spec.resolve(spec.data.reference)
@@ -362,15 +418,22 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         if not step.ok and spec.variant(variant).tune:
             step = build.run(f"tune:{variant}", lambda v=variant: _tune_step(
                 v, fp32_path, reference, spec, calibration, folder, modelopt, reports, options.strict), variant=variant)
-            path = step.outputs[0] if step.ok else path
-        verdicts[variant] = {"passed": step.ok, "outcome": step.details.get("outcome"), "verdict": step.reason}
-        if step.ok:
+            path = step.outputs[0] if step.ok and step.outputs else None
+        published = step.ok and path is not None
+        verdicts[variant] = {"passed": published, "outcome": step.details.get("outcome"), "verdict": step.reason}
+        if published:
             passing[variant] = path
     if reports:
         build.run("reports", lambda: StepResult("reports", "ok", outputs=write_reports(reports, folder / "reports")))
 
     if repository is None or not options.publish:
         return
+    twin = spec.triton.cpu_twin
+    if twin is not None and twin.variant == "auto" and passing:
+        chosen = build.run("twin", lambda: _twin_step(spec, passing, reference))
+        served = chosen.details.get("chosen")
+        spec = spec.model_copy(update={"triton": spec.triton.model_copy(update={
+            "cpu_twin": twin.model_copy(update={"variant": served}) if served else None})})
     if passing:
         build.run("publish", lambda: _publish_step(repository, spec, passing, verdicts, reference.inputs))
     else:

@@ -338,9 +338,11 @@ class InstanceGroup(_Strict):
 class CpuTwin(_Strict):
     """The CPU-fallback twin. CMSSW's thread control: one instance per thread asked for, each
     ONNX Runtime session with one intra-op and one inter-op thread (``count`` and the thread
-    counts override that)."""
+    counts override that). ``variant: auto`` (the default): the build serves the fastest CPU variant
+    that passes, FP32 included, timed side by side here; an INT8 that is not measured faster than FP32
+    is never the twin."""
 
-    variant: VariantName = "int8-cpu"
+    variant: VariantName | Literal["auto"] = "auto"
     threads: int = Field(1, ge=1)
     count: int | None = Field(None, ge=1)
     intra_op_threads: int = Field(1, ge=0)

@@ -22,6 +22,10 @@ from hepdeploy.data import cast_to_spec, common_batch_size
 from hepdeploy.errors import BadInputError, DataError, SpecError
 from hepdeploy.spec import TensorSpec
 
+# Memory the intermediate tensors of one run may take (the sum of every intermediate tensor, an upper
+# bound of what is alive at once); chunked runs stay inside it.
+ACTIVATION_BUDGET = 512 << 20
+
 
 class Runner(abc.ABC):
     """Runs a model on named numpy inputs and returns named numpy outputs."""
@@ -91,11 +95,19 @@ class Runner(abc.ABC):
                           for spec in self.input_specs)
         return fixed if ranks_match else None
 
+    def rows_within(self, budget_bytes: int, inputs: dict[str, np.ndarray]) -> int | None:
+        """How many rows of ``inputs`` one run may take for its intermediate tensors to fit in
+        ``budget_bytes``; None where the runner cannot tell (then only the chunk size asked for counts)."""
+        return None
+
     def run_chunked(self, inputs: dict[str, np.ndarray], chunk_size: int) -> dict[str, np.ndarray]:
         """Run batch-first inputs in chunks of ``chunk_size`` and concatenate the outputs on axis 0.
 
-        Inputs without one common first dimension (a whole graph per call: hits, edges) are
-        run in one call, since splitting them would cut the graph.
+        A chunk is also kept small enough for the run's intermediate tensors to fit in
+        ``ACTIVATION_BUDGET`` where the runner can tell (a k-NN tagger's edge features grow with k
+        times the particles: 4096 jets of them would take gigabytes). Inputs without one common
+        first dimension (a whole graph per call: hits, edges) are run in one call, since
+        splitting them would cut the graph.
         """
         if chunk_size < 1:
             raise DataError(f"chunk size must be >= 1, got {chunk_size}")
@@ -103,6 +115,9 @@ class Runner(abc.ABC):
         fixed = self.fixed_batch(inputs)
         if fixed is not None and total is not None and total > fixed and total % fixed == 0:
             chunk_size = fixed  # a model exported with a fixed batch (often 1) runs sample by sample
+        elif total is not None and total > 1:
+            limit = self.rows_within(ACTIVATION_BUDGET, inputs)
+            chunk_size = min(chunk_size, limit) if limit is not None else chunk_size
         if total is None or total <= chunk_size:
             return {k: np.asarray(v) for k, v in self.run(inputs).items()}
         pieces = [self.run({k: v[start:start + chunk_size] for k, v in inputs.items()})

@@ -33,6 +33,7 @@ from hepdeploy.errors import (
     BadInputError,
     DataError,
     DependencyMissingError,
+    HepDeployError,
     ModelLoadError,
     NativeCrashError,
     first_line,
@@ -169,6 +170,8 @@ class OnnxRuntimeRunner(Runner):
             model = with_outputs(proto, output_names)
         self.session = create_session(model, providers=providers, intra_op_threads=intra_op_threads,
                                       inter_op_threads=inter_op_threads, where=label)
+        self._model = model
+        self._bytes_per_row: float | None = None
         inputs = [_tensor_spec(value) for value in self.session.get_inputs()]
         names = list(output_names) if output_names else [o.name for o in self.session.get_outputs()]
         super().__init__(name or f"onnxruntime:{label}", inputs, names)
@@ -185,8 +188,16 @@ class OnnxRuntimeRunner(Runner):
             raise DataError(f"{self.name}: ONNX Runtime failed to run: {ort_error_line(error)}") from error
         return dict(zip(self.output_names or [], values, strict=True))
 
+    def rows_within(self, budget_bytes: int, inputs: dict[str, np.ndarray]) -> int | None:
+        if self._bytes_per_row is None:
+            self._bytes_per_row = activation_bytes_per_row(self._model, inputs)
+        if self._bytes_per_row <= 0:
+            return None
+        return max(1, int(budget_bytes // self._bytes_per_row))
+
     def _close(self) -> None:
         del self.session
+        self._model = None
 
 
 def _load_proto(model: Any) -> onnx.ModelProto:
@@ -224,6 +235,30 @@ def node_time_shares(model: Any, feeds: dict[str, np.ndarray], runs: int = 5) ->
             spent[node] = spent.get(node, 0.0) + float(event.get("dur", 0))
     total = sum(spent.values()) or 1.0
     return {node: value / total for node, value in spent.items()}
+
+
+PROBE_ROWS = 8
+
+
+def intermediate_values(model: Any, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every node output of ``model`` (a path, bytes or ModelProto) in one run on ``feed``, by name."""
+    proto = model if hasattr(model, "graph") else _load_proto(model)
+    names = list(dict.fromkeys(out for node in proto.graph.node for out in node.output if out))
+    return run_once(with_outputs(proto, names), feed)
+
+
+def activation_bytes_per_row(model: Any, inputs: dict[str, np.ndarray]) -> float:
+    """Bytes of every intermediate tensor per row of batch-first ``inputs``: one run of the graph on its
+    first ``PROBE_ROWS`` rows with every node output exposed (shapes as the data makes them, k-NN and
+    masks included), divided by those rows. 0 when the probe does not run (the real run will say why)."""
+    rows = min(PROBE_ROWS, min(np.shape(v)[0] for v in inputs.values()))
+    probe = {name: np.ascontiguousarray(value[:rows]) for name, value in inputs.items()}
+    try:
+        values = intermediate_values(model, probe)
+    except HepDeployError as error:
+        log.debug("activation size probe failed: %s", error)
+        return 0.0
+    return sum(np.asarray(v).nbytes for v in values.values()) / max(rows, 1)
 
 
 def run_once(model: Any, feeds: dict[str, np.ndarray], threads: int = 1) -> dict[str, np.ndarray]:

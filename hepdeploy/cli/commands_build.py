@@ -83,6 +83,8 @@ def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
     if report.repository is not None:
         console.print(f"Triton model repository: {report.repository.resolve()}")
     console.print(f"summary: {(report.out_dir / 'build-summary.json').resolve()}")
+    if report.peak_rss_mib is not None:
+        console.print(f"peak resident memory of a step: {report.peak_rss_mib / 1024:.2f} GiB (each step's in the summary)")
     if report.rejected:
         console.print(f"rejected by validation (made, not published): {', '.join(report.rejected)}")
     console.print("result: " + ("[red]FAILED[/red]" if report.failed else "[green]passed[/green]"))

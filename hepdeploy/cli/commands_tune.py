@@ -8,7 +8,7 @@ import click
 from hepdeploy.artifacts import read_artifact
 from hepdeploy.cli.options import CalibrationOptions, calibration_options, spec_option
 from hepdeploy.convert import convert_from_spec
-from hepdeploy.errors import BadInputError, ValidationFailedError
+from hepdeploy.errors import BadInputError, ValidationFailedError, ValidationUndecidedError
 from hepdeploy.optimize import resolve_calibration, variant_spec
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.spec import ModelSpec, load_spec
@@ -29,19 +29,25 @@ INTERRUPTED_EXIT = 130
 @calibration_options
 @click.option("--policy", type=click.Choice(["physics", "numerical", "either", "both"]),
               help="What must pass (default: the spec's policy for the variant's precision; numerical without labels).")
-@click.option("--max-evals", type=click.IntRange(min=1), help="Full evaluations allowed (default 2 x groups + 10).")
+@click.option("--confirm-golden", type=click.Path(path_type=Path, dir_okay=False),
+              help="A second reference set the chosen mix is confirmed on (default: the search judges on one half of "
+                   "the reference set, chosen by a seeded split, and the answer is confirmed on the other half).")
+@click.option("--max-evals", type=click.IntRange(min=1),
+              help="Evaluations the search may make (default 2 x layers + 10); the confirmation is extra.")
 @click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Report folder: tune.json, tune.yaml (the spec fragment), pareto.png and the evaluation cache "
                    "(default: OUT's folder / OUT-tune).")
 def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | None, golden: Path | None,
-                 calibration: CalibrationOptions, policy: str | None, max_evals: int | None,
-                 report_dir: Path | None) -> None:
-    """Find the fastest mix of SOURCE's VARIANT that passes: layers kept in high precision where they harm.
+                 confirm_golden: Path | None, calibration: CalibrationOptions, policy: str | None,
+                 max_evals: int | None, report_dir: Path | None) -> None:
+    """Find the cheapest mix of SOURCE's VARIANT that passes: layers kept in FP32 where they harm.
 
     SOURCE is a spec (converted first, its data.reference and data.calibration used) or an ONNX MODEL
-    (with --golden, --calibration and usually --spec). Every candidate is validated on the full
-    reference set; the answer PASSES (never UNDECIDED). Exit 0 with the answer written to OUT, 1 when
-    no mix passes (the best one found is printed), 130 on Ctrl-C (the best passing point so far is printed).
+    (with --golden, --calibration and usually --spec). Mixes are ranked by a cost modelled from the graph
+    (never timed), judged on one half of the reference set, and the chosen one is confirmed on the other
+    half (or on --confirm-golden). Exit 0 with a confirmed answer written to OUT, or when the answer is
+    FP32 (no mix modelled faster than FP32 passes: nothing is written); 1 when the chosen mix FAILs its
+    confirmation, 3 when its confirmation is UNDECIDED; 130 on Ctrl-C.
     """
     report_dir = report_dir or output.parent / f"{output.stem}-tune"
     if not output.parent.is_dir():
@@ -54,6 +60,7 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
         model = source
     if calibration.changes_data_spec and spec is not None:
         spec = spec.model_copy(update={"data": spec.data.model_copy(update=calibration.data_update(spec))})
+    confirmation = load_reference(confirm_golden) if confirm_golden is not None else None
     if golden is not None:
         reference = load_reference(golden)
     elif spec is not None and spec.data.reference:
@@ -73,26 +80,27 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
 
     with ModelOptWorker() as modelopt:
         result = tune_variant(model, vspec, reference, output, report_dir, calibration=arrays, spec=spec,
-                              policy=policy, max_evaluations=max_evals, modelopt=modelopt, on_evaluation=progress)
-    click.echo(f"{variant}: {len(result.evaluations)} evaluations of {len(result.groups)} groups; "
-               f"speed: {result.speed_measure}")
+                              policy=policy, max_evaluations=max_evals, modelopt=modelopt, on_evaluation=progress,
+                              confirmation=confirmation)
+    click.echo(f"{variant}: {len(result.evaluations)} evaluations, {len(result.groups)} layers decided, "
+               f"{result.candidates} mixes modelled faster than FP32; cost model: {result.target} "
+               f"({result.cost_source})")
+    click.echo(f"split: {result.split}")
     if result.stopped:
         click.echo(f"stopped early: {result.stopped}")
     click.echo(f"report: {report_dir}")
-    interrupted = (result.stopped or "").startswith("interrupted")
+    if (result.stopped or "").startswith("interrupted"):
+        click.echo(f"interrupted: nothing was written to {output}")
+        raise SystemExit(INTERRUPTED_EXIT)
     if result.passed:
-        assert result.best is not None
-        click.echo(f"{'best passing point so far' if interrupted else 'answer'}: {describe(result.best)}")
-        if interrupted:
-            click.echo("nothing was written to " + str(output))
-            raise SystemExit(INTERRUPTED_EXIT)
+        click.echo(f"answer: {result.reason}")
         click.echo(f"wrote {output}; spec fragment: {report_dir / 'tune.yaml'}")
         return
-    if interrupted:
-        click.echo("no passing point yet; nothing was written")
-        raise SystemExit(INTERRUPTED_EXIT)
-    best = f"; best found: {describe(result.best)}" if result.best else ""
-    raise ValidationFailedError(f"tune {variant}: no mix passes{best}")
+    if result.answer_is_fp32:
+        click.echo(f"answer: {result.reason}; nothing was written to {output}")
+        return
+    error = ValidationUndecidedError if result.outcome == "UNDECIDED" else ValidationFailedError
+    raise error(f"tune {variant}: {result.reason}")
 
 
 def register(group: click.Group) -> None:

@@ -261,6 +261,11 @@ class KerasBackend:
         return int(model.count_params())
 
 
+# Samples per inference call when a zoo network is evaluated after training: ParticleNet's EdgeConv
+# features (k neighbours x points x channels per jet) take ~2 MB a jet, so 256 jets stay near 0.5 GB.
+PREDICT_CHUNK = 256
+
+
 class TorchBackend:
     """PyTorch training loop (Adam, one-cycle schedule, seeded shuffling), state-dict saving."""
 
@@ -295,8 +300,8 @@ class TorchBackend:
         n = tensors[0].shape[0]
         outs = []
         with torch.no_grad():
-            for start in range(0, n, 1024):
-                outs.append(model(*(t[start : start + 1024] for t in tensors)).numpy())
+            for start in range(0, n, PREDICT_CHUNK):
+                outs.append(model(*(t[start : start + PREDICT_CHUNK] for t in tensors)).numpy())
         return np.concatenate(outs)
 
     @staticmethod

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hepdeploy.metrics import robust_bias_resolution, roc_auc
+from hepdeploy.metrics import relative_residual, robust_bias_resolution, roc_auc
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -24,10 +24,9 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
 
 
 def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict:
-    """Bias (median) and resolution (IQR/1.349) of the relative residual (pred - true) / true."""
-    predictions = np.asarray(predictions, dtype=np.float64).ravel()
-    targets = np.asarray(targets, dtype=np.float64).ravel()
-    relative = (predictions - targets) / np.maximum(np.abs(targets), 1.0)
+    """Bias (median) and resolution (IQR/1.349) of the relative residual (pred - true) / true (events with
+    true 0 left out), as validation takes them (``metrics.relative_residual``)."""
+    relative, _ = relative_residual(np.asarray(predictions).ravel(), np.asarray(targets).ravel())
     bias, resolution = robust_bias_resolution(relative)
     return {"bias": bias, "resolution": resolution}
 

@@ -38,6 +38,8 @@ from hepdeploy.errors import (
     DataError,
     HepDeployError,
     ModelLoadError,
+    NativeCrashError,
+    first_line,
 )
 from hepdeploy.fsutil import check_output_folder, sha256_file
 from hepdeploy.optimize.graph import (
@@ -48,6 +50,7 @@ from hepdeploy.optimize.graph import (
     prune_opset_imports,
     quiet_dependencies,
 )
+from hepdeploy.optimize.keep import keep_in_fp32, precision_groups
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.optimize.simplify import simplify_model
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
@@ -184,23 +187,23 @@ def _make_onnx_variant(
         model = simplified.model
 
     precision = kind.precision
+    label = f"{kind.name} of {parent.path.name}"
     if kind.maker is not None:
         with tempfile.TemporaryDirectory(prefix="hepdeploy-opt-") as folder:
             prepared = Path(folder) / "prepared.onnx"
             onnx.save(name_unnamed_nodes(model), str(prepared))
-            tools = {"modelopt": modelopt} if kind.uses_modelopt else {}
-            with quiet_dependencies():
-                model, parameters = _maker(kind)(prepared, vspec, inputs, arrays, spec, **tools)
+            variant = _LoweredVariant(kind, prepared, inputs, arrays, spec, modelopt, label, sample)
+            try:
+                model, parameters = variant.make(vspec)
+            except NativeCrashError as crash:  # the layers whose lowering crashes ONNX Runtime stay FP32
+                model, parameters = variant.keeping_what_crashes(vspec, crash)
         precision = parameters.pop("precision", precision)
         if calibration_source is not None:  # where the calibration came from (a file, or a glob of ROOT files)
             parameters["calibration_data"] = str(calibration_source)
         steps.append(StepRecord(name=kind.name, tool=kind.tool, tool_version=package_version(kind.tool),
                                 parameters=parameters))
-
-    # Shape hints written by the tools (AutoCast records the sizes of its reference run)
-    # are optional and can be wrong for other sizes; ONNX Runtime and TensorRT infer their own.
-    del model.graph.value_info[:]
-    _check_runs(model, f"{kind.name} of {parent.path.name}", inputs, sample)
+    else:
+        _check_runs(model, label, inputs, sample)
 
     record = VariantRecord(name=kind.name, precision=precision, target=kind.target)
     sidecar = derive_sidecar(parent, record, steps[0])
@@ -210,6 +213,73 @@ def _make_onnx_variant(
     details = {k: v for step in steps for k, v in step.parameters.items() if not isinstance(v, (list, dict))}
     return StepResult(kind.name, "ok", outputs=[artifact.path, artifact.sidecar_path], details=details,
                       variant=kind.name)
+
+
+class _LoweredVariant:
+    """One low-precision variant of a prepared FP32 graph: made by its maker and checked to run, and, when
+    ONNX Runtime crashes natively on it, made again with the layers whose lowering crashes kept in FP32."""
+
+    def __init__(self, kind: VariantKind, prepared: Path, inputs: list[TensorSpec], arrays: dict[str, np.ndarray] | None,
+                 spec: ModelSpec | None, modelopt: ModelOptWorker | None, label: str,
+                 sample: dict[str, np.ndarray]) -> None:
+        self.kind, self.prepared, self.inputs, self.arrays, self.spec = kind, prepared, inputs, arrays, spec
+        self.tools = {"modelopt": modelopt} if kind.uses_modelopt else {}
+        self.label, self.sample = label, sample
+
+    def make(self, vspec: VariantSpec) -> tuple[Any, dict[str, Any]]:
+        with quiet_dependencies():
+            model, parameters = _maker(self.kind)(self.prepared, vspec, self.inputs, self.arrays, self.spec,
+                                                  **self.tools)
+        # Shape hints written by the tools (AutoCast records the sizes of its reference run)
+        # are optional and can be wrong for other sizes; ONNX Runtime and TensorRT infer their own.
+        del model.graph.value_info[:]
+        _check_runs(model, self.label, self.inputs, self.sample)
+        return model, parameters
+
+    def _crashes(self, vspec: VariantSpec, layers: list[str]) -> bool:
+        """Whether ONNX Runtime still crashes with ``layers`` kept (another refusal, such as nothing left
+        to lower, is no crash: the search moves past it and the final make reports it)."""
+        try:
+            self.make(keep_in_fp32(vspec, layers))
+        except NativeCrashError:
+            return True
+        except HepDeployError:
+            return False
+        return False
+
+    def keeping_what_crashes(self, vspec: VariantSpec, crash: NativeCrashError) -> tuple[Any, dict[str, Any]]:
+        """The variant with the fewest layers kept in FP32 that ONNX Runtime runs, found by bisection:
+        the shortest prefix of the layers (graph order) whose keeping stops the crash names the last layer
+        it needs; that layer alone is tried, else the prefix is pruned one layer at a time. The original
+        crash is raised again when keeping every layer still crashes (the crash is not the precision's), or
+        when what runs is no variant any more (nothing left in low precision)."""
+        import onnx
+
+        layers = [group.name for group in precision_groups(onnx.load(str(self.prepared)))]
+        if not layers or self._crashes(vspec, layers):
+            raise crash
+        low, high = 0, len(layers)  # keeping layers[:high] runs; keeping layers[:low] crashes
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self._crashes(vspec, layers[:middle]):
+                low = middle
+            else:
+                high = middle
+        kept = [layers[high - 1]]
+        if self._crashes(vspec, kept):
+            kept = list(layers[:high])
+            for layer in list(kept):
+                trial = [k for k in kept if k != layer]
+                if trial and not self._crashes(vspec, trial):
+                    kept = trial
+        try:
+            model, parameters = self.make(keep_in_fp32(vspec, kept))
+        except HepDeployError as error:  # what runs is no variant any more (e.g. nothing left lowered)
+            raise crash from error
+        log.warning("%s; kept in FP32 so that it runs: %s", first_line(crash), ", ".join(kept))
+        parameters["kept_fp32_after_crash"] = kept
+        parameters["crash"] = first_line(crash)
+        return model, parameters
 
 
 def _check_runs(model: Any, variant: str, inputs: list[TensorSpec], sample: dict[str, np.ndarray]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
 from hepdeploy.optimize.graph import FLOAT, check_batch, precision_summary
+from hepdeploy.optimize.keep import expand_to_groups, nodes_matching
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker, run_job, worker_parameters
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 
@@ -94,6 +95,9 @@ def convert_fp16(
     original = onnx.load(str(model_path))
     check_node_patterns(original, fp32_nodes, "--fp32-node")
     check_op_types(fp32_op_types, "--fp32-op")
+    # A kept compute node keeps its whole layer (``optimize.keep``), handed over as exact names.
+    kept = expand_to_groups(original, nodes_matching(original, fp32_nodes, []))
+    kept_patterns = [f"^{re.escape(name)}$" for name in kept]
     with tempfile.TemporaryDirectory(prefix="hepdeploy-fp16-") as folder:
         # A folder of .npz files, one model run each (AutoCast would split one file by
         # the model's static batch size, which is 1 for a dynamic batch).
@@ -111,7 +115,7 @@ def convert_fp16(
                 "feeds": str(data_path),
                 "kwargs": {
                     "low_precision_type": "fp16",
-                    "nodes_to_exclude": list(fp32_nodes) or None,
+                    "nodes_to_exclude": kept_patterns or None,
                     "op_types_to_exclude": list(fp32_op_types) or None,
                     "keep_io_types": True,
                     "providers": ["cpu"],

@@ -83,10 +83,7 @@ def precision_summary(model: onnx.ModelProto) -> PrecisionSummary:
             summary.dequantize_nodes += 1
             if init_types.get(node.input[0]) in (INT8, UINT8):
                 summary.int8_weights += 1
-    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
-    summary.quantized_compute = sum(
-        1 for node in graph.node if node.op_type in COMPUTE_OPS and any(i in dequantized for i in node.input)
-    )
+    summary.quantized_compute = len(lowered_nodes(model, COMPUTE_OPS))
     summary.fp16_initializers = sum(1 for t in init_types.values() if t == FLOAT16)
     summary.fp32_initializers = sum(1 for t in init_types.values() if t == FLOAT)
     initializers = {init.name for init in graph.initializer}
@@ -95,6 +92,13 @@ def precision_summary(model: onnx.ModelProto) -> PrecisionSummary:
     }
     summary.output_dtypes = {v.name: v.type.tensor_type.elem_type for v in graph.output}
     return summary
+
+
+def lowered_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]:
+    """Names of the nodes of ``op_types`` that a quantizer really lowered: those reading a DequantizeLinear."""
+    dequantized = {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    return [node.name for node in model.graph.node
+            if node.op_type in op_types and any(i in dequantized for i in node.input)]
 
 
 def check_batch(

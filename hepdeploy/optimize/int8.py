@@ -20,7 +20,6 @@ import logging
 import re
 import struct
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
 from hepdeploy.optimize.fp16 import check_node_patterns, check_op_types
 from hepdeploy.optimize.graph import edge_nodes, precision_summary
+from hepdeploy.optimize.keep import expand_to_groups, nodes_matching, restore_fp32_inputs
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker, feed_reader, run_job, worker_parameters
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 
@@ -46,14 +46,6 @@ def make_reader(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], batch_s
     """An ONNX Runtime CalibrationDataReader over validated calibration arrays (rewindable)."""
     batch_size = batch_size or batch_size_for(arrays, CALIBRATION_BATCH)
     return feed_reader(list(calibration_feeds(arrays, inputs, batch_size)))
-
-
-def _nodes_matching(model: onnx.ModelProto, patterns: list[str], op_types: list[str]) -> list[str]:
-    regexes = [re.compile(p) for p in patterns]
-    return [
-        node.name for node in model.graph.node
-        if node.op_type in op_types or any(r.fullmatch(node.name) or r.search(node.name) for r in regexes)
-    ]
 
 
 PREFIX_MARK = ":"
@@ -101,15 +93,18 @@ def _require_qdq(model: onnx.ModelProto, variant: str, original: onnx.ModelProto
     return summary.as_dict()
 
 
-def _load_checked(model_path: Path, variant: VariantSpec) -> tuple[onnx.ModelProto, list[str]]:
-    """The FP32 model, its user exclusions checked, and the edge nodes kept in FP32."""
+def _load_checked(model_path: Path, variant: VariantSpec) -> tuple[onnx.ModelProto, list[str], list[str]]:
+    """The FP32 model, its user exclusions checked; the edge nodes kept in FP32; every node kept in FP32
+    (the user's exclusions and the edges, each compute node among them with its whole layer: ``optimize.keep``)."""
     import onnx
 
     original = onnx.load(str(model_path))
     check_node_patterns(original, variant.exclude_nodes, "--exclude-node")
     check_op_types(variant.exclude_op_types, "--exclude-op")
     check_op_types(variant.quantize_op_types, "--quantize-op")
-    return original, edge_exclusions(original, variant)
+    edges = edge_exclusions(original, variant)
+    named = nodes_matching(original, variant.exclude_nodes, variant.exclude_op_types)
+    return original, edges, expand_to_groups(original, [*named, *edges])
 
 
 def quantize_for_tensorrt(model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],
@@ -118,33 +113,45 @@ def quantize_for_tensorrt(model_path: Path, variant: VariantSpec, inputs: list[T
                           modelopt: ModelOptWorker | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The int8-trt maker: ModelOpt explicit-INT8 PTQ of ``model_path`` (calibrated on the CPU), in
     ``modelopt`` (a build's worker) when given."""
-    return _quantize("int8-trt", functools.partial(_modelopt_ptq, modelopt=modelopt), model_path, variant, inputs,
-                     calibration)
+    return _quantize("int8-trt", model_path, variant, inputs, calibration, modelopt)
 
 
 def quantize_for_cpu(model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],
                      calibration: dict[str, np.ndarray],
                      spec: ModelSpec | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The int8-cpu maker: ONNX Runtime static QDQ quantization, u8 activations, s8 per-channel weights."""
-    return _quantize("int8-cpu", _onnxruntime_qdq, model_path, variant, inputs, calibration)
+    return _quantize("int8-cpu", model_path, variant, inputs, calibration)
 
 
-def _quantize(name: str, quantizer: Callable[..., tuple[onnx.ModelProto, dict[str, Any]]], model_path: Path,
-              variant: VariantSpec, inputs: list[TensorSpec],
-              calibration: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """What both INT8 makers do around their tool: the FP32 model and its exclusions checked first,
-    the result refused unless it holds Q/DQ nodes; the tool's parameters, then the shared ones.
-
-    ``quantizer(model_path, original, edges, variant, inputs, calibration)`` returns the quantized
-    model and its tool's parameters; ``edges`` are the edge nodes kept in FP32.
-    """
-    original, edges = _load_checked(model_path, variant)
-    quantized, parameters = quantizer(model_path, original, edges, variant, inputs, calibration)
+def _quantize(name: str, model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],
+              calibration: dict[str, np.ndarray],
+              modelopt: ModelOptWorker | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """What both INT8 makers do around their tool: the lowered graph (:func:`lowered_graph`), refused
+    unless it holds Q/DQ nodes; the tool's parameters, then the shared ones."""
+    quantized, parameters, original = lowered_graph(name, model_path, variant, inputs, calibration, modelopt)
     summary = _require_qdq(quantized, name, original)
-    return quantized, {**parameters, "edge_nodes_kept_fp32": edges, **summary}
+    return quantized, {**parameters, **summary}
 
 
-def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, edges: list[str], variant: VariantSpec,
+def lowered_graph(name: str, model_path: Path, variant: VariantSpec, inputs: list[TensorSpec],
+                  calibration: dict[str, np.ndarray],
+                  modelopt: ModelOptWorker | None = None) -> tuple[onnx.ModelProto, dict[str, Any], onnx.ModelProto]:
+    """INT8 variant ``name``'s graph: the FP32 model and its exclusions checked, the tool run, then every
+    kept node made to read FP32 (``optimize.keep``); with every layer kept it is the FP32 graph (not yet
+    checked for Q/DQ nodes). Returns it, its parameters, and the FP32 model it was made from.
+
+    The tool is called as ``quantizer(model_path, original, kept, variant, inputs, calibration)`` and
+    returns the quantized model and its parameters; ``kept`` are the exact names it must leave in FP32.
+    """
+    quantizer = functools.partial(_modelopt_ptq, modelopt=modelopt) if name == "int8-trt" else _onnxruntime_qdq
+    original, edges, kept = _load_checked(model_path, variant)
+    quantized, parameters = quantizer(model_path, original, kept, variant, inputs, calibration)
+    restored = restore_fp32_inputs(quantized, original, kept)
+    return quantized, {**parameters, "edge_nodes_kept_fp32": edges, "nodes_kept_fp32": len(kept),
+                       "fp32_inputs_restored": restored}, original
+
+
+def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, kept: list[str], variant: VariantSpec,
                   inputs: list[TensorSpec],
                   calibration: dict[str, np.ndarray],
                   modelopt: ModelOptWorker | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -152,9 +159,8 @@ def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, edges: list[str],
     import onnx
 
     method = "max" if variant.calibration_method == "minmax" else variant.calibration_method
-    # User patterns are expanded here (same rule as int8-cpu) and handed over as exact names.
-    excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, [])) | set(edges))
-    exclude_patterns = [f"^{re.escape(_prefix_safe(name))}$" for name in excluded]
+    # User patterns were expanded (same rule as int8-cpu) and are handed over as exact names.
+    exclude_patterns = [f"^{re.escape(_prefix_safe(name))}$" for name in kept]
     with tempfile.TemporaryDirectory(prefix="hepdeploy-int8trt-") as folder:
         # ModelOpt writes intermediate files next to its input: give it a private folder.
         work = Path(folder)
@@ -225,7 +231,7 @@ def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, edges: list[str],
     }
 
 
-def _onnxruntime_qdq(model_path: Path, original: onnx.ModelProto, edges: list[str], variant: VariantSpec,
+def _onnxruntime_qdq(model_path: Path, original: onnx.ModelProto, kept: list[str], variant: VariantSpec,
                      inputs: list[TensorSpec],
                      calibration: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """int8-cpu's tool: ONNX Runtime ``quantize_static`` in QDQ format, u8 activations, s8 weights."""
@@ -237,7 +243,6 @@ def _onnxruntime_qdq(model_path: Path, original: onnx.ModelProto, edges: list[st
         quantize_static,
     )
 
-    excluded = sorted(set(_nodes_matching(original, variant.exclude_nodes, variant.exclude_op_types)) | set(edges))
     methods = {
         "max": CalibrationMethod.MinMax,
         "minmax": CalibrationMethod.MinMax,
@@ -256,7 +261,7 @@ def _onnxruntime_qdq(model_path: Path, original: onnx.ModelProto, edges: list[st
                 weight_type=QuantType.QInt8,
                 per_channel=variant.per_channel,
                 op_types_to_quantize=list(variant.quantize_op_types) or None,
-                nodes_to_exclude=excluded or None,
+                nodes_to_exclude=kept or None,
                 calibrate_method=methods[variant.calibration_method],
                 calibration_providers=["CPUExecutionProvider"],
                 extra_options={
@@ -279,7 +284,7 @@ def _onnxruntime_qdq(model_path: Path, original: onnx.ModelProto, edges: list[st
         "calibration_method": variant.calibration_method,
         **({"percentile": PERCENTILE} if variant.calibration_method == "percentile" else {}),
         "calibration_samples": sample_count(calibration),
-        "nodes_to_exclude": excluded,
+        "nodes_to_exclude": kept,
     }
 
 

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hepdeploy.errors import DataError
-from hepdeploy.metrics import IQR_TO_SIGMA, roc_curve
+from hepdeploy.metrics import IQR_TO_SIGMA, relative_residual, roc_curve
 from hepdeploy.spec import PhysicsSpec
 from hepdeploy.validate.bootstrap import (
     Kernel,
@@ -490,12 +490,11 @@ def _regression(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.nd
     for k in range(y.shape[1]):
         tag = "" if y.shape[1] == 1 else f"[{k}]"
         true = y[:, k]
-        usable = np.abs(true) > np.finfo(np.float64).tiny
+        rel_ref, usable = relative_residual(p_ref[:, k], true)
+        rel_cand, _ = relative_residual(p_cand[:, k], true)
         if not usable.all():
             result.notes.append(f"target{tag}: {int((~usable).sum())} events with target 0 left out of relative residuals")
         with np.errstate(invalid="ignore", divide="ignore"):
-            rel_ref = (p_ref[:, k] - true) / true
-            rel_cand = (p_cand[:, k] - true) / true
             rel_diff = (p_cand[:, k] - p_ref[:, k]) / np.abs(true)
         for subset in subsets:
             rows = np.nonzero(usable)[0] if subset.rows is None else subset.rows[usable[subset.rows]]

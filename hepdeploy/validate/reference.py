@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hepdeploy.backend.base import Runner
+from hepdeploy.backend.base import ACTIVATION_BUDGET, Runner
+from hepdeploy.backend.onnxrt import activation_bytes_per_row
 from hepdeploy.backend.sources import open_source
 from hepdeploy.data import common_batch_size, load_tensors, read_root_events, save_tensors
 from hepdeploy.environment import versions
@@ -92,6 +93,32 @@ class ReferenceSet:
                 if kind == "variable" and array.dtype.kind in "fc" and not np.isfinite(array).all():
                     raise DataError(f"{where}: variable {name!r} has NaN/Inf values")
         return self
+
+    def take(self, rows: np.ndarray) -> ReferenceSet:
+        """The samples at ``rows`` (a batched set; labels and variables follow their samples)."""
+        n = self.n_samples
+
+        def pick(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: (v[rows] if v.ndim and v.shape[0] == n else v) for k, v in arrays.items()}
+
+        return ReferenceSet(pick(self.inputs), pick(self.outputs), pick(self.labels), dict(self.provenance),
+                            pick(self.variables))
+
+    def split(self, seed: int) -> tuple[ReferenceSet, ReferenceSet]:
+        """Two disjoint halves, each sample drawn into one of them by a seeded permutation (the order of
+        the file does not matter): one to choose on, one to confirm the choice on. A set without a batch
+        axis to split is bad input here."""
+        if not self.batched or self.n_samples < 2:
+            raise BadInputError("the reference set has no batch axis to split into two halves: give a second "
+                                "reference set to confirm on")
+        order = np.random.default_rng(seed).permutation(self.n_samples)
+        half = self.n_samples // 2
+        halves = []
+        for k, rows in enumerate((np.sort(order[:half]), np.sort(order[half:])), start=1):
+            part = self.take(rows)
+            part.provenance["split"] = f"half {k} of 2 (seed {seed})"
+            halves.append(part)
+        return halves[0], halves[1]
 
     def subset(self, stop: int) -> ReferenceSet:
         """The first ``stop`` samples; a set without a common batch axis is returned whole."""
@@ -324,8 +351,12 @@ def make_reference(
     chunk_size: int | None = None,
     max_samples: int | None = None,
     variables: Sequence[str] | None = None,
+    sizing_model: Path | None = None,
 ) -> ReferenceSet:
     """Run the source model on ``data`` and return the reference set.
+
+    ``sizing_model``: an ONNX graph of the same network (the converted artifact); chunks are kept small
+    enough for its intermediate tensors to fit ``ACTIVATION_BUDGET`` (the source runner cannot tell).
 
     ``source``: a Runner, a ModelSpec, or a model path (``.onnx``, ``.yaml`` spec, or a
     TensorRT engine).
@@ -360,6 +391,9 @@ def make_reference(
     if common_batch_size(inputs) is not None:  # labels and variables checked before the (maybe long) run
         ReferenceSet(inputs, {"_": np.zeros(1)}, label_arrays, variables=variable_arrays).check(where)
     chunk = chunk_size or (spec_obj.validation.chunk_size if spec_obj is not None else 4096)
+    if sizing_model is not None and common_batch_size(inputs) is not None:
+        per_row = activation_bytes_per_row(sizing_model, inputs)
+        chunk = min(chunk, max(1, int(ACTIVATION_BUDGET // per_row))) if per_row > 0 else chunk
     outputs = runner.run_chunked(inputs, chunk)
     provenance = {
         **source_info,

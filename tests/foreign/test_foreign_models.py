@@ -177,17 +177,20 @@ def test_a_foreign_model_goes_through_every_stage(foreign: dict[str, Foreign], t
             assert json.loads(out.with_suffix(".json").read_text())["opset"] >= 13  # and the sidecar says so
         _cli("validate", out, "--golden", golden)
 
-    # tune: a passing mix written with the names kept, or "no mix passes" in one line (exit 1).
+    # tune: a confirmed mix written with the names kept, or the answer FP32 in one line (nothing written),
+    # or a chosen mix its confirmation does not pass (exit 1 or 3, one line).
     tuned = tmp_path / "tuned.onnx"
     result = CliRunner().invoke(main, ["tune", str(model.path), "--variant", "int8-cpu", "-o", str(tuned),
                                        "--golden", str(golden), "--calibration", str(model.data)])
     lines = [line for line in result.output.splitlines() if line.startswith(("error", "answer"))]
     if model.int8_refusal:  # the LSTM is kept FP32 as an edge layer: nothing to decide, said in one line
         assert result.exit_code == 2 and "nothing to keep or lower" in result.output.splitlines()[-1]
-    elif result.exit_code == 0:
+    elif result.exit_code == 0 and tuned.exists():
         assert [o.name for o in onnx.load(str(tuned)).graph.output] == [model.output_name], result.output
+    elif result.exit_code == 0:
+        assert lines[-1].startswith("answer: FP32: no mix of int8-cpu"), result.output
     else:
-        assert result.exit_code == 1 and lines[-1].startswith("error: tune int8-cpu: no mix passes"), result.output
+        assert result.exit_code in (1, 3) and lines[-1].startswith("error: tune int8-cpu: chosen on the tuning half")
 
     repo = tmp_path / "repo"
     _cli("triton", "add", repo, model.path, "--name", "served", "--warmup", golden)
@@ -226,10 +229,11 @@ def test_tensor_names_are_kept_and_file_names_escaped(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fp16_of_a_transformer_never_takes_the_process_down(tmp_path: Path) -> None:
+def test_fp16_of_a_transformer_that_crashes_onnx_runtime_is_made_with_the_crashing_layer_kept(tmp_path: Path) -> None:
     # Exported with a dynamic particle count, the TorchScript exporter bakes the sequence length into the
     # attention's Reshape nodes; ONNX Runtime segfaults creating a session on its FP16 (AutoCast) graph here.
-    # Whatever ONNX Runtime does with it, the command ends with its own exit code and one line.
+    # The crash is contained in a child process, and the layers whose FP16 conversion causes it are found by
+    # bisection and kept in FP32: the variant is made, and it passes.
     torch.manual_seed(3)
     path = tmp_path / "transformer_dynamic.onnx"
     torch.onnx.export(_transformer(), (torch.randn(4, 12, 7),), str(path), opset_version=15,
@@ -237,11 +241,22 @@ def test_fp16_of_a_transformer_never_takes_the_process_down(tmp_path: Path) -> N
                       dynamic_axes={"pf_features": {0: "N", 1: "n_pf"}, "softmax": {0: "N"}}, dynamo=False)
     data = tmp_path / "data.npz"
     np.savez(data, pf_features=np.random.default_rng(0).standard_normal((64, 12, 7)).astype(np.float32))
-    result = CliRunner().invoke(main, ["optimize", str(path), "--variant", "fp16", "-o", str(tmp_path / "fp16.onnx"),
+    fp16 = tmp_path / "fp16.onnx"
+    result = CliRunner().invoke(main, ["optimize", str(path), "--variant", "fp16", "-o", str(fp16),
                                        "--calibration", str(data)])
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    if result.exit_code == 0:
-        assert (tmp_path / "fp16.onnx").is_file()
-    else:
-        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: fp16 of transformer_dynamic")
-        assert not (tmp_path / "fp16.onnx").exists()
+    assert result.exit_code == 0, result.output
+    import json
+
+    steps = json.loads(fp16.with_suffix(".json").read_text())["steps"]
+    made = next(step for step in steps if step["name"] == "fp16")["parameters"]
+    import onnxruntime
+
+    if onnxruntime.__version__.startswith("1.31."):  # the version it was found to crash in
+        assert "kept_fp32_after_crash" in made, made
+    if "kept_fp32_after_crash" in made:
+        assert made["kept_fp32_after_crash"] and "ONNX Runtime crashed" in made["crash"]
+        kept = set(made["kept_fp32_after_crash"])
+        assert len(kept) < sum(1 for n in onnx.load(str(path)).graph.node if n.op_type in ("MatMul", "Gemm"))
+    golden = tmp_path / "golden.npz"
+    _cli("reference", path, "--data", data, "-o", golden)
+    _cli("validate", fp16, "--golden", golden)  # exits 0 only on PASS

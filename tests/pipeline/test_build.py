@@ -41,8 +41,18 @@ def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypat
         assert (out / "jet_mlp" / "variants" / f"jet_mlp_{variant}.json").is_file()
     for report in ("report.json", "junit.xml", "report.md", "report.html"):
         assert (out / "jet_mlp" / "reports" / report).is_file()
+    # Every step records its peak resident memory, and the summary the build's largest.
+    assert all("peak_rss_mib" in s["details"] for s in summary["models"][0]["steps"])
+    assert summary["peak_rss_mib"] >= max(s["details"]["peak_rss_mib"] for s in summary["models"][0]["steps"])
+    # The automatic CPU twin: FP32 and the CPU variants that pass, timed side by side; an INT8 one only
+    # when it is measured 1.10x FP32 or faster.
+    twin = steps["twin"]
+    ratios = twin["details"]["throughput_vs_fp32"]
+    assert twin["details"]["chosen"] == ("fp32" if all(r < 1.1 for r in ratios.values()) else
+                                         max(ratios, key=ratios.get))
     # Only variants that passed validation are published, and the repository checks clean.
     repo = out / "model_repository"
+    assert (repo / "jet_mlp_cpu" / "config.pbtxt").is_file()
     assert (repo / "jet_mlp" / "config.pbtxt").is_file()
     assert (repo / "jet_mlp" / "1" / "model.onnx").is_file()
     assert check_repository(repo) == []
