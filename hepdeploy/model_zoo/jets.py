@@ -13,6 +13,7 @@ driven by ``numpy.random.default_rng(seed)``: same seed, identical arrays.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -280,12 +281,14 @@ def high_level_features(jets: Jets) -> np.ndarray:
     t1, t2, t3 = tau(1), tau(2), tau(3)
     width = (frac * dr).sum(1)
     # Energy correlation functions (beta = 1) for C2 and D2, from pair sums.
-    pair = frac[:, :, None] * frac[:, None, :] * np.hypot(
-        jets.part_deta[:, :, None] - jets.part_deta[:, None, :],
-        jets.part_dphi[:, :, None] - jets.part_dphi[:, None, :],
-    )
-    e2 = pair.sum((1, 2)) / 2
-    e3 = _ecf3(jets, frac)
+    def ecf2(rows: slice) -> np.ndarray:
+        eta, phi, z = jets.part_deta[rows], jets.part_dphi[rows], frac[rows]
+        pair = z[:, :, None] * z[:, None, :] * np.hypot(eta[:, :, None] - eta[:, None, :],
+                                                        phi[:, :, None] - phi[:, None, :])
+        return pair.sum((1, 2)) / 2
+
+    e2 = _per_jet_chunks(ecf2, jets.n)
+    e3 = _per_jet_chunks(lambda rows: _ecf3(jets.part_deta[rows], jets.part_dphi[rows], frac[rows]), jets.n)
     charged_mult = (m & (jets.part_charge != 0)).sum(1)
     zlogz = (frac * np.log(np.maximum(frac, 1e-9))).sum(1)
     features = np.stack(
@@ -331,12 +334,22 @@ def _hard_axes(jets: Jets, frac: np.ndarray, n_axes: int) -> tuple[np.ndarray, n
     return axes_eta, axes_phi
 
 
-def _ecf3(jets: Jets, frac: np.ndarray, top: int = 12) -> np.ndarray:
+# Jets per step of the pair and triple sums: n x 64 x 64 doubles for 80,000 jets would be 2.6 GB each.
+FEATURE_CHUNK = 4096
+
+
+def _per_jet_chunks(compute: Callable[[slice], np.ndarray], n: int) -> np.ndarray:
+    """``compute`` over ``FEATURE_CHUNK`` jets at a time, concatenated (every value is per jet: the same
+    numbers as one call over all jets, in bounded memory)."""
+    return np.concatenate([compute(slice(start, start + FEATURE_CHUNK)) for start in range(0, n, FEATURE_CHUNK)])
+
+
+def _ecf3(part_deta: np.ndarray, part_dphi: np.ndarray, frac: np.ndarray, top: int = 12) -> np.ndarray:
     """Three-point energy correlation over the hardest ``top`` particles (beta = 1)."""
     order = np.argsort(-frac, axis=1)[:, :top]
     z = np.take_along_axis(frac, order, axis=1)
-    eta = np.take_along_axis(jets.part_deta, order, axis=1)
-    phi = np.take_along_axis(jets.part_dphi, order, axis=1)
+    eta = np.take_along_axis(part_deta, order, axis=1)
+    phi = np.take_along_axis(part_dphi, order, axis=1)
     d = np.hypot(eta[:, :, None] - eta[:, None, :], phi[:, :, None] - phi[:, None, :])
     triple = (
         z[:, :, None, None]
