@@ -49,14 +49,22 @@ def ort_plain(fp32: Path, calibration: dict[str, Any], output: Path) -> Path:
     return write_artifact(onnx.load(str(raw)), output, sidecar).path
 
 
-def independent(name: str, spec: Any, candidate: Path, events: int) -> str:
-    """The candidate's verdict on a reference set generated here with another seed (same size)."""
+def independent_set(name: str, spec: Any, events: int, seed: int) -> Any:
+    """A reference set of ``events`` generated here with ``seed`` (not the zoo's reference seed)."""
     from hepdeploy.model_zoo import get_network
-    from hepdeploy.validate import validate_candidate
     from hepdeploy.validate.reference import make_reference
 
-    arrays = get_network(name).generate(events, seed=987_654).arrays()
-    reference = make_reference(spec, arrays, labels=spec.data.labels, spec=spec)
+    network = get_network(name)
+    count = events if network.inputs[0].has_batch_axis else network.reference_samples
+    arrays = network.generate(count, seed=seed).arrays()
+    return make_reference(spec, arrays, labels=spec.data.labels, spec=spec)
+
+
+def independent(name: str, spec: Any, candidate: Path, events: int) -> str:
+    """The candidate's verdict on a reference set neither the search nor its confirmation saw."""
+    from hepdeploy.validate import validate_candidate
+
+    reference = independent_set(name, spec, events, seed=987_654)
     return validate_candidate(candidate, reference, spec=spec, name="independent").outcome
 
 
@@ -102,8 +110,11 @@ def main() -> int:
             optimize_artifact(fp32, variant, plain, calibration=calibration, spec=spec)
             print(f"{name}: tuning", file=sys.stderr)
             began = time.time()
+            # A graph network's reference set (whole events of hits and edges) has no batch axis to halve:
+            # its choice is confirmed on a second set, generated here with another seed.
+            second = None if reference.batched else independent_set(name, spec, reference.n_samples, seed=4242)
             tuner = Tuner(source, variant, reference, calibration=calibration, spec=spec, work_dir=work / name / "tune",
-                          modelopt=modelopt)
+                          modelopt=modelopt, confirmation=second)
             result = tuner.run()
             wall = time.time() - began
             write_tune_report(result, variant, args.out / "tune" / name)

@@ -5,7 +5,10 @@ lets its owner reset it (``5`` into ``/proc/PID/clear_refs``), so the peak of on
 without sampling: reset the marks of this process and of its live children, do the step, read them.
 A child that ends within the step (an ONNX Runtime check in a child process) is caught by
 ``getrusage(RUSAGE_CHILDREN)``, whose peak is the largest of every waited-for child so far and so is
-only recorded when the step raised it. Where ``/proc`` is missing (not Linux) only ``getrusage`` is read.
+only recorded when the step raised it; a forked child counts the pages it shared with this process at the
+fork, so its figure is close to this process's size then, not only its own. Where ``/proc`` is missing
+(not Linux) only ``getrusage`` is read. External tools that read this process's ``ru_maxrss`` (``time -v``)
+see the peak since the last step began, not the whole run's: the build's peak is the largest step's.
 """
 from __future__ import annotations
 

@@ -14,9 +14,10 @@ as ``validate``. Four rules make its answer the same on every machine and honest
    timing. The search does not assume that keeping more always harms less (it does not: signed errors
    of two layers can cancel): it evaluates mixes in order of modelled cost, cheapest first, so the first
    one that PASSES is the cheapest passing mix among those it could afford to evaluate (its bound: the
-   evaluation budget, and kept sets of at most ``_max_kept`` layers). Mixes modelled within ``TIE`` of
-   that one (and not merely it with more kept) are evaluated too, and measured speed, where it can be
-   measured here (int8-cpu), may reorder them when it differs by more than ``SPEED_NOISE``. For INT8
+   evaluation budget, and kept sets of at most ``_max_kept`` layers). Where speed can be measured here
+   (int8-cpu), up to ``MAX_TIES`` mixes modelled within ``TIE`` of that one (and not merely it with more
+   kept) are evaluated too, and measured speed may reorder them when it differs by more than
+   ``SPEED_NOISE``; elsewhere the model's order stands. For INT8
    whose spec leaves the calibration method open, the fully lowered variant is judged with each method
    first; the method that harms it least calibrates every mix after it. Layers the quantizer leaves in
    FP32 on its own (ModelOpt skips small GEMMs) are no decision and are not searched.
@@ -69,6 +70,7 @@ TUNABLE_VARIANTS = ("int8-cpu", "int8-trt", "fp16")
 # INT8 calibration methods tried, in this order after the variant's own, when the spec does not fix one.
 CALIBRATION_METHODS = ("max", "percentile", "entropy")
 TIE = 0.05  # mixes whose modelled costs differ by less than this fraction are ties
+MAX_TIES = 3  # near ties evaluated after the first passing mix, where speed is measured here (int8-cpu)
 SPEED_NOISE = 0.10  # measured speeds closer than this do not overturn the modelled order
 TIMING_SECONDS = 0.6  # per candidate, alternating with FP32
 MAX_ENUMERATED = 4096  # kept sets the search orders (all of them up to 12 layers)
@@ -468,15 +470,21 @@ class Tuner:
         if chosen.passed:
             return  # the cheapest mix of all passes; every other one keeps more
         first: Evaluation | None = None
+        ties = 0
         for relative, kept in listed:
             if first is not None:
-                if relative > first.modelled_cost * (1 + TIE):
+                if ties >= self._max_ties() or relative > first.modelled_cost * (1 + TIE):
                     break
                 if kept >= frozenset(first.kept):
                     continue  # the passing mix with more kept: modelled slower, not a different choice
+                ties += 1
             evaluation = self.evaluate(kept, self.method)
             if evaluation.passed and first is None:
                 first = evaluation
+
+    def _max_ties(self) -> int:
+        """Near ties are worth evaluating only where measured speed can order them (int8-cpu here)."""
+        return MAX_TIES if self.variant.name == "int8-cpu" else 0
 
     def _drop_layers_left_fp32(self, full: Evaluation, fulls: list[Evaluation]) -> None:
         """INT8: layers the quantizer left in FP32 in the fully lowered graph are no decision (keeping

@@ -203,6 +203,7 @@ def _make_onnx_variant(
         steps.append(StepRecord(name=kind.name, tool=kind.tool, tool_version=package_version(kind.tool),
                                 parameters=parameters))
     else:
+        del model.graph.value_info[:]  # see _LoweredVariant.make
         _check_runs(model, label, inputs, sample)
 
     record = VariantRecord(name=kind.name, precision=precision, target=kind.target)
@@ -244,7 +245,7 @@ class _LoweredVariant:
         except NativeCrashError:
             return True
         except HepDeployError:
-            return False
+            pass
         return False
 
     def keeping_what_crashes(self, vspec: VariantSpec, crash: NativeCrashError) -> tuple[Any, dict[str, Any]]:
