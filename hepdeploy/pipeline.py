@@ -26,15 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from hepdeploy.artifacts import read_engine_sidecar
+from hepdeploy.artifacts import read_artifact, read_engine_sidecar
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.convert import convert_from_spec, merge_zoo_spec
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, HepDeployError, NativeCrashError, first_line
 from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.graph_bounds import DimBound, graph_dim_bounds, length_problems, minimums, spec_dim_problems
 from hepdeploy.memory import peak_memory
 from hepdeploy.model_zoo import export_network, get_network
+from hepdeploy.ntuple import load_preprocess
 from hepdeploy.optimize import optimize_artifact, resolve_calibration
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.optimize.trt_precheck import precheck_model
@@ -253,6 +255,23 @@ def _convert_step(spec: ModelSpec, output: Path, exporter: str) -> StepResult:
                       details={k: v for k, v in details.items() if v is not None})
 
 
+def _bounds_step(spec: ModelSpec, converted: Path, bounds: dict[str, DimBound], strict: bool) -> StepResult:
+    """The lower bounds the graph puts on its dims, against the sizes the spec and its preprocess.json let
+    through: a problem is a warning line, or fails the build with --strict."""
+    inputs = read_artifact(converted).sidecar.inputs
+    problems = spec_dim_problems(spec.dims, bounds, where=f"spec {spec.name}")
+    preprocess = spec.resolve(spec.data.preprocess.file) if spec.data.preprocess is not None else None
+    if preprocess is not None:
+        problems += length_problems(load_preprocess(preprocess), inputs, bounds, where=preprocess.name)
+    for line in problems:
+        log.warning("%s", line)
+    found = "; ".join(bound.line() for bound in bounds.values())
+    if problems:
+        return StepResult("dim-bounds", "failed" if strict else "ok", "; ".join(problems) + f" [{found}]",
+                          details={"bounds": [b.as_dict() for b in bounds.values()], "problems": problems})
+    return StepResult("dim-bounds", "ok", found, details={"bounds": [b.as_dict() for b in bounds.values()]})
+
+
 def _reference_step(spec: ModelSpec, golden: Path, converted: Path) -> StepResult:
     """The golden set: the SOURCE model run on the spec's reference data (labels kept).
 
@@ -265,7 +284,8 @@ def _reference_step(spec: ModelSpec, golden: Path, converted: Path) -> StepResul
         note = f"source model on {data_path.name}"
     else:
         rows = min(SAMPLED_REFERENCE_ROWS, spec.dim_range("batch").max or SAMPLED_REFERENCE_ROWS)
-        data = sample_inputs(spec.inputs, typical_sizes(spec.inputs, spec, batch=rows), seed=spec.data.seed)
+        sizes = typical_sizes(spec.inputs, spec, batch=rows, bounds=minimums(graph_dim_bounds(converted)))
+        data = sample_inputs(spec.inputs, sizes, seed=spec.data.seed)
         reference = make_reference(spec, data, spec=spec)
         note = "source model on seeded sample inputs (no labels: numerical checks only)"
     save_reference(reference, golden)
@@ -387,6 +407,10 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     converted = build.run("convert", lambda: _convert_step(spec, fp32_path, options.exporter))
     if not converted.ok:
         return
+
+    bounds = graph_dim_bounds(fp32_path)
+    if bounds:
+        build.run("dim-bounds", lambda: _bounds_step(spec, fp32_path, bounds, options.strict))
 
     golden = folder / "golden.npz"
     referenced = build.run("reference", lambda: _reference_step(spec, golden, fp32_path))

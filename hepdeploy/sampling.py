@@ -12,11 +12,13 @@ bake it into the graph).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hepdeploy.errors import SpecError
+from hepdeploy.graph_bounds import bounded_range
 from hepdeploy.spec import DimRange, default_dim_range
 
 if TYPE_CHECKING:
@@ -83,32 +85,36 @@ def sample_inputs(inputs: list[TensorSpec], sizes: dict[str, int], seed: int = 0
     return arrays
 
 
-def dim_range(spec: ModelSpec | None, dim: str) -> DimRange:
-    """The spec's sizes for ``dim``, or the defaults when there is no spec."""
-    return spec.dim_range(dim) if spec is not None else default_dim_range(dim)
+def dim_range(spec: ModelSpec | None, dim: str, bounds: Mapping[str, int] | None = None) -> DimRange:
+    """The spec's sizes for ``dim``, or the defaults when there is no spec, raised to the lower bound the
+    graph puts on the dim (``bounds``: dim -> smallest size it runs at, :mod:`hepdeploy.graph_bounds`)."""
+    base = spec.dim_range(dim) if spec is not None else default_dim_range(dim)
+    return bounded_range(base, (bounds or {}).get(dim))
 
 
-def typical_sizes(inputs: list[TensorSpec], spec: ModelSpec | None, batch: int | None = None) -> dict[str, int]:
-    """Every dynamic dim of ``inputs`` at its typical (``opt``) size; ``batch`` overrides the batch dim."""
+def typical_sizes(inputs: list[TensorSpec], spec: ModelSpec | None, batch: int | None = None,
+                  bounds: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Every dynamic dim of ``inputs`` at its typical (``opt``) size, at least the graph's bound;
+    ``batch`` overrides the batch dim."""
     sizes = {}
     for dim in _dims_of(inputs):
-        rng = dim_range(spec, dim)
+        rng = dim_range(spec, dim, bounds)
         sizes[dim] = rng.opt if rng.opt is not None else rng.min
     if batch is not None and "batch" in sizes:
         sizes["batch"] = batch
     return sizes
 
 
-def _bounds(spec: ModelSpec, dim: str) -> tuple[int, int, int]:
-    rng = spec.dim_range(dim)
+def _bounds(spec: ModelSpec, dim: str, bounds: Mapping[str, int] | None = None) -> tuple[int, int, int]:
+    rng = dim_range(spec, dim, bounds)
     opt = rng.opt if rng.opt is not None else rng.min
     top = rng.max if rng.max is not None else max(opt, rng.min)
     return rng.min, opt, top
 
 
-def _two_values(spec: ModelSpec, dim: str) -> list[int]:
+def _two_values(spec: ModelSpec, dim: str, bounds: Mapping[str, int] | None = None) -> list[int]:
     """Two different sizes >= 2 inside the dimension's range (one when the range allows only one)."""
-    low, opt, top = _bounds(spec, dim)
+    low, opt, top = _bounds(spec, dim, bounds)
     low = max(2, low)
     if top < low:
         return [top]
@@ -119,18 +125,19 @@ def _two_values(spec: ModelSpec, dim: str) -> list[int]:
     return [first]
 
 
-def self_check_sizes(spec: ModelSpec) -> list[dict[str, int]]:
+def self_check_sizes(spec: ModelSpec, bounds: Mapping[str, int] | None = None) -> list[dict[str, int]]:
     """Size combinations for the conversion self-check.
 
     Batch at 1 and at 64 (or the spec's max when smaller); every other dynamic dimension
-    at two values >= 2, so each dimension is exercised at two sizes.
+    at two values >= 2 (and at least the bound the graph puts on it), so each dimension is
+    exercised at two sizes.
     """
     dims = dynamic_dims(spec)
     batch_values = [1, SELF_CHECK_BATCH]
     if "batch" in dims:
         low, _, top = _bounds(spec, "batch")
         batch_values = sorted({max(low, 1), max(low, min(SELF_CHECK_BATCH, top))})
-    others = {dim: _two_values(spec, dim) for dim in dims if dim != "batch"}
+    others = {dim: _two_values(spec, dim, bounds) for dim in dims if dim != "batch"}
     combos: list[dict[str, int]] = []
     lengths = [len(v) for v in others.values()] + ([len(batch_values)] if "batch" in dims else [])
     for k in range(max(lengths, default=1)):

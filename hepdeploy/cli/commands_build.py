@@ -12,6 +12,7 @@ from hepdeploy.cli.options import (
     server_release_option,
     variant_option,
 )
+from hepdeploy.errors import BadInputError
 from hepdeploy.pipeline import (
     DEFAULT_ZOO_SET,
     BuildOptions,
@@ -19,6 +20,7 @@ from hepdeploy.pipeline import (
     load_specs,
     zoo_build_spec,
 )
+from hepdeploy.preprocess_spec import spec_from_preprocess
 from hepdeploy.variants import DEFAULT_VARIANTS
 
 DEFAULT_OUT = Path("hepdeploy-out")
@@ -38,10 +40,14 @@ DEFAULT_OUT = Path("hepdeploy-out")
 @server_release_option
 @budget_option()
 @click.option("--strict", is_flag=True,
-              help="Fail (exit 1) when any variant fails validation, not only a variant the spec serves.")
+              help="Fail (exit 1) when any variant fails validation, not only a variant the spec serves, or when "
+                   "the spec's dims or the preprocess.json's min_length let through sizes the graph cannot run.")
+@click.option("--preprocess", "preprocess_json", type=click.Path(path_type=Path, dir_okay=False),
+              help="A weaver preprocess.json: every .onnx given instead of a SPEC is built with the spec this json "
+                   "makes (its groups, lengths and class labels; the tensors from the model).")
 def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, ...], variants: tuple[str, ...],
                   exporter: str, no_publish: bool, serve_check: bool, require_gpu: bool,
-                  server_release: str | None, budget: str, strict: bool) -> None:
+                  server_release: str | None, budget: str, strict: bool, preprocess_json: Path | None) -> None:
     """Convert, optimize, validate and publish every SPEC.
 
     With no SPEC and no --zoo, builds the embedded default zoo set into ./hepdeploy-out/.
@@ -50,7 +56,12 @@ def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, 
     (triton.variant, triton.cpu_twin.variant) fails, or any with --strict, when a step
     errors, or when the repository check finds a problem. Exit 0 otherwise.
     """
-    model_specs = load_specs(list(specs))
+    models = [path for path in specs if path.suffix.lower() == ".onnx"]
+    if models and preprocess_json is None:
+        raise BadInputError(f"{models[0]}: an ONNX model is built from a spec; give a SPEC.yaml, or --preprocess "
+                            "preprocess.json to make its spec")
+    model_specs = load_specs([path for path in specs if path not in models])
+    model_specs += [spec_from_preprocess(path, preprocess_json).spec for path in models]  # type: ignore[arg-type]
     names = list(zoo_names) or ([] if specs else list(DEFAULT_ZOO_SET))
     model_specs += [zoo_build_spec(name) for name in names]
     options = BuildOptions(out_dir=out_dir, exporter=exporter, variants=list(variants) or None,

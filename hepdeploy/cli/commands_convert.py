@@ -15,6 +15,7 @@ from hepdeploy.convert.common import check_output_path
 from hepdeploy.convert.options import spec_from_options
 from hepdeploy.errors import BadInputError, SpecError
 from hepdeploy.fsutil import check_input_file, check_safe_name
+from hepdeploy.graph_bounds import graph_dim_bounds
 from hepdeploy.spec import FILE_FRAMEWORKS, ModelSpec, infer_batch_axis
 
 
@@ -108,6 +109,7 @@ def model_summary(path: Path) -> dict[str, Any]:
     }
     batched, why = infer_batch_axis([*inputs, *outputs])
     summary["batch_axis"] = {"batched": batched, "why": why}
+    summary["dim_bounds"] = [bound.as_dict() for bound in graph_dim_bounds(model).values()]
     side = sidecar_path_for(path)
     if side.is_file():
         try:
@@ -144,6 +146,9 @@ def inspect_command(model: Path, as_json: bool) -> None:
     console.print(table)
     axis = summary["batch_axis"]
     console.print(f"batch axis: {'the leading dim' if axis['batched'] else 'none'} ({escape(axis['why'])})")
+    for bound in summary["dim_bounds"]:
+        console.print(f"dim bound: {escape(bound['dim'])} >= {bound['min']} ({escape(bound['source'])}): smaller "
+                      "sizes cannot run")
     console.print(f"parameters: {summary['parameters']:,} in {summary['initializers']} initializers; "
                   f"nodes: {summary['nodes']}")
     console.print("ops: " + ", ".join(f"{op} x{n}" for op, n in summary["op_types"].items()))

@@ -6,6 +6,7 @@ stage) attach their own subcommands to ``main.commands['triton']``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from hepdeploy.cli.options import server_release_option, spec_option
 from hepdeploy.errors import BadInputError
 from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE
 from hepdeploy.plan_compat import server_release as release_by_name
+from hepdeploy.preprocess_spec import spec_from_preprocess
 from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.ensemble import plan_ensemble, publish_ensemble
@@ -25,6 +27,8 @@ from hepdeploy.triton.supersonic import (
     write_supersonic_values,
 )
 from hepdeploy.validate.reference import load_data_file
+
+log = logging.getLogger("hepdeploy.triton")
 
 
 @click.group("triton")
@@ -55,7 +59,11 @@ def triton() -> None:
 @click.option("--preprocess", "preprocess_json", type=click.Path(path_type=Path, dir_okay=False),
               help="A weaver preprocess.json: also publish NAME_preprocess (a Python-backend model running its "
                    "rules) and NAME_ensemble (raw per-particle features in, the model's outputs out; its model step "
-                   "is NAME_py with --python-backend). Needs --spec.")
+                   "is NAME_py with --python-backend). Without --spec, the json is the spec: groups, their order "
+                   "and lengths, and the class labels (output_names) come from it, the tensors from the model.")
+@click.option("--strict", is_flag=True,
+              help="Refuse, instead of warning, when the json's min_length lets through batches the graph cannot "
+                   "run (a dim bound, e.g. a k-NN's TopK).")
 @click.option("--convention", type=click.Choice(["cmssw", "weaver"]),
               help="With --preprocess: how NaN/Inf are handled (default: the spec's data.preprocess.convention, "
                    "else cmssw).")
@@ -72,6 +80,7 @@ def add_command(
     python_backend: bool,
     preprocess_json: Path | None,
     convention: str | None,
+    strict: bool,
 ) -> None:
     """Publish MODEL as the next version of a model in REPO (atomically; REPO is created if missing).
 
@@ -79,6 +88,11 @@ def add_command(
     groups (G_raw [batch, C, n] and G_length [batch, 1] per group that is not a mask) and returns the
     model's outputs, preprocessing them in NAME_preprocess.
     """
+    if preprocess_json is not None and spec is None:  # the json is the spec: say where each field came from
+        derived = spec_from_preprocess(model, preprocess_json, name=name)
+        spec = derived.spec
+        for line in derived.lines():
+            log.info("spec from %s: %s", preprocess_json.name, line)
     triton_spec = spec.triton if spec else None
     name = name or (triton_spec.model_name if triton_spec else None) or (spec.name if spec else None) or model.stem
     with_python_twin = python_backend or (triton_spec is not None and triton_spec.python_backend)
@@ -88,12 +102,14 @@ def add_command(
         raise BadInputError("--convention goes with --preprocess")
     ensemble = None
     if preprocess_json is not None:  # every check and config before anything is published
-        if spec is None:
-            raise BadInputError("--preprocess needs --spec (its data mapping and triton block)")
         if platform not in (None, "onnxruntime_onnx"):
             raise BadInputError(f"--preprocess serves an ONNX model, not --platform {platform}")
-        ensemble = plan_ensemble(model, preprocess_json, name=name, spec=spec, triton=triton_spec,
+        ensemble = plan_ensemble(model, preprocess_json, name=name, spec=spec, triton=triton_spec,  # type: ignore[arg-type]
                                  convention=convention, python_backend=with_python_twin, kind=kind)
+        if ensemble.warnings and strict:
+            raise BadInputError(ensemble.warnings[0] + " (--strict)")
+        for line in ensemble.warnings:
+            log.warning("%s", line)
     warmup = None
     if warmup_path is not None:
         warmup = load_data_file(warmup_path)  # a golden set (input/NAME keys), ONNX test data, or plain inputs

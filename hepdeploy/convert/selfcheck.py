@@ -21,6 +21,7 @@ from hepdeploy.compare import (
     compare_outputs,
 )
 from hepdeploy.errors import DataError, DisagreementError, HepDeployError, first_line
+from hepdeploy.graph_bounds import graph_dim_bounds, minimums
 from hepdeploy.sampling import sample_inputs, self_check_sizes
 from hepdeploy.spec import ModelSpec
 
@@ -60,7 +61,11 @@ def self_check(
 ) -> SelfCheckReport:
     """Compare ``candidate`` (in ONNX Runtime CPU) with ``source``; DisagreementError when they differ."""
     seed = spec.data.seed if seed is None else seed
-    sizes = sizes if sizes is not None else self_check_sizes(spec)
+    if sizes is None:
+        import onnx
+
+        graph = onnx.load_from_string(candidate) if isinstance(candidate, bytes) else candidate
+        sizes = self_check_sizes(spec, minimums(graph_dim_bounds(graph)))
     runner = OnnxRuntimeRunner(candidate, providers=["CPUExecutionProvider"], name="converted ONNX")
     tolerance = Tolerances(CONVERSION_ATOL, CONVERSION_RTOL)
     report = SelfCheckReport(sizes=sizes, seed=seed, atol=tolerance.atol, rtol=tolerance.rtol, passed=True,

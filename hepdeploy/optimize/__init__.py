@@ -42,6 +42,7 @@ from hepdeploy.errors import (
     first_line,
 )
 from hepdeploy.fsutil import check_output_folder, sha256_file
+from hepdeploy.graph_bounds import bound_from_error, graph_dim_bounds, minimums
 from hepdeploy.optimize.graph import (
     PER_CHANNEL_OPSET,
     check_batch,
@@ -53,11 +54,13 @@ from hepdeploy.optimize.graph import (
 from hepdeploy.optimize.keep import keep_in_fp32, precision_groups
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.optimize.simplify import simplify_model
+from hepdeploy.sampling import typical_sizes
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.steps import StepResult
 from hepdeploy.variants import VariantKind, variant_kind
 
 log = logging.getLogger(__name__)
+CHECK_ROWS = 8  # rows of the batch a new variant is checked on
 
 
 def variant_spec(variant: VariantSpec | str, spec: ModelSpec | None = None) -> VariantSpec:
@@ -166,9 +169,41 @@ def _make_onnx_variant(
     modelopt: ModelOptWorker | None,
     calibration_source: Path | None = None,
 ) -> StepResult:
+    # Without data, the check batch is sampled: every dim at least the bound the graph puts on it. A run
+    # that still fails with a bound the walk missed is sampled again once at the size the error states.
+    bounds = {} if arrays else minimums(graph_dim_bounds(parent.path))
+    try:
+        return _make_onnx_variant_sampled(parent, kind, vspec, output, inputs, arrays, spec, modelopt,
+                                          calibration_source, bounds)
+    except HepDeployError as error:
+        batch_dims = {t.shape[0] for t in inputs if t.has_batch_axis and t.shape and isinstance(t.shape[0], str)}
+        sizes = {dim: size for dim, size in typical_sizes(inputs, spec, batch=CHECK_ROWS, bounds=bounds).items()
+                 if dim not in batch_dims}  # the rows are not what a graph bound is about
+        learned = None if arrays or isinstance(error, NativeCrashError) else bound_from_error(str(error), sizes)
+        if not learned:
+            raise
+        log.warning("%s of %s: %s; checking again with %s (bounds the graph walk did not find)", kind.name,
+                    parent.path.name, first_line(error), ", ".join(f"{d} >= {n}" for d, n in learned.items()))
+        return _make_onnx_variant_sampled(parent, kind, vspec, output, inputs, arrays, spec, modelopt,
+                                          calibration_source, {**bounds, **learned}, learned)
+
+
+def _make_onnx_variant_sampled(
+    parent: Artifact,
+    kind: VariantKind,
+    vspec: VariantSpec,
+    output: Path,
+    inputs: list[TensorSpec],
+    arrays: dict[str, np.ndarray] | None,
+    spec: ModelSpec | None,
+    modelopt: ModelOptWorker | None,
+    calibration_source: Path | None,
+    bounds: dict[str, int],
+    learned: dict[str, int] | None = None,
+) -> StepResult:
     import onnx
 
-    sample = check_batch(inputs, spec, arrays, count=8, seed=spec.data.seed if spec else 0)
+    sample = check_batch(inputs, spec, arrays, count=CHECK_ROWS, seed=spec.data.seed if spec else 0, bounds=bounds)
     steps: list[StepRecord] = []
     model = load_onnx(parent.path)
     # Old exporters: IR 3 lifted, and quantized variants need per-channel Q/DQ (opset 13).
@@ -206,6 +241,8 @@ def _make_onnx_variant(
         del model.graph.value_info[:]  # see _LoweredVariant.make
         _check_runs(model, label, inputs, sample)
 
+    if learned:  # where the check's sizes came from, for whoever reads the sidecar
+        steps[-1].parameters["dim_bounds_learned"] = learned
     record = VariantRecord(name=kind.name, precision=precision, target=kind.target)
     sidecar = derive_sidecar(parent, record, steps[0])
     sidecar.steps.extend(steps[1:])

@@ -20,6 +20,7 @@ import numpy as np
 
 from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
+from hepdeploy.graph_bounds import graph_dim_bounds, minimums
 from hepdeploy.optimize.graph import FLOAT, check_batch, precision_summary
 from hepdeploy.optimize.keep import expand_to_groups, nodes_matching
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker, run_job, worker_parameters
@@ -72,7 +73,8 @@ def make_fp16(
         reference = {name: value[:n] for name, value in calibration.items()}
         source = "calibration data"
     else:
-        reference = check_batch(inputs, spec, None, count=REFERENCE_SAMPLES, seed=spec.data.seed if spec else 0)
+        reference = check_batch(inputs, spec, None, count=REFERENCE_SAMPLES, seed=spec.data.seed if spec else 0,
+                                bounds=minimums(graph_dim_bounds(prepared)))
         if not all(t.has_batch_axis for t in inputs):
             reference = {name: value[None] for name, value in reference.items()}
         source = "random samples from the tensor specs"

@@ -10,7 +10,7 @@ import contextlib
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,14 +107,16 @@ def check_batch(
     calibration: dict[str, np.ndarray] | None,
     count: int = 8,
     seed: int = 0,
+    bounds: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """A small batch to check a step on: the first calibration samples, else the one sampler's
-    seeded values (:mod:`hepdeploy.sampling`) at the dims' typical sizes with ``count`` rows."""
+    seeded values (:mod:`hepdeploy.sampling`) at the dims' typical sizes with ``count`` rows, each
+    dim at least the lower bound the graph puts on it (``bounds``)."""
     if calibration:
         if all(t.has_batch_axis for t in inputs):
             return {t.name: calibration[t.name][:count] for t in inputs}
         return {t.name: calibration[t.name][0] for t in inputs}
-    return sample_inputs(inputs, typical_sizes(inputs, spec, batch=count), seed)
+    return sample_inputs(inputs, typical_sizes(inputs, spec, batch=count, bounds=bounds), seed)
 
 
 # Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) exist from opset 13.

@@ -24,6 +24,7 @@ derived from that record.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from hepdeploy.backend.cudart import cuda_device
 from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.errors import ConversionError, DependencyMissingError
 from hepdeploy.fsutil import atomic_path, atomic_write_text, sha256_file
+from hepdeploy.graph_bounds import graph_dim_bounds, minimums
 from hepdeploy.plan_compat import PLAN_STEP, PlanMetadata, ProfileRange
 from hepdeploy.sampling import dim_range
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
@@ -52,9 +54,10 @@ def unavailable_reason() -> str | None:
 
 
 def profile_shapes(
-    inputs: list[TensorSpec], spec: ModelSpec | None
+    inputs: list[TensorSpec], spec: ModelSpec | None, bounds: Mapping[str, int] | None = None
 ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """min/opt/max shape of every input from the spec's named dims (defaults without a spec)."""
+    """min/opt/max shape of every input from the spec's named dims (defaults without a spec), each min at
+    least the lower bound the graph puts on the dim (``bounds``)."""
     shapes = {}
     for tensor in inputs:
         low, opt, high = [], [], []
@@ -62,7 +65,7 @@ def profile_shapes(
             if isinstance(dim, int):
                 low.append(dim), opt.append(dim), high.append(dim)
             else:
-                r = dim_range(spec, dim)
+                r = dim_range(spec, dim, bounds)
                 o = r.opt if r.opt is not None else r.min
                 low.append(r.min), opt.append(o), high.append(r.max if r.max is not None else o)
         shapes[tensor.name] = (tuple(low), tuple(opt), tuple(high))
@@ -143,7 +146,7 @@ def build_engine(
     timing_cache = Path(timing_cache) if timing_cache else timing_cache_path(
         output.parent, device.compute_capability, trt.__version__)
     inputs = spec.inputs if spec is not None else parent.sidecar.inputs
-    shapes = profile_shapes(inputs, spec)
+    shapes = profile_shapes(inputs, spec, minimums(graph_dim_bounds(parent.path)))
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -18,6 +18,7 @@ elsewhere the check says "plan not loadable here: <reason>", which is a note, no
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from hepdeploy.errors import (
     first_line,
 )
 from hepdeploy.fsutil import check_safe_name, file_digest, sha256_file
+from hepdeploy.graph_bounds import bound_from_error, graph_dim_bounds, minimums
 from hepdeploy.plan_compat import (
     ConfigTensor,
     PlanMetadata,
@@ -48,6 +50,7 @@ from hepdeploy.plan_compat import (
     ort_tensorrt_problem,
     plan_problems,
 )
+from hepdeploy.spec import TensorSpec
 from hepdeploy.triton.config import (
     CHECKSUM_AGENT,
     WARMUP_FOLDER,
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
 _TRITON_MODEL_SUBFOLDERS = {WARMUP_FOLDER, "initial_state", "configs"}
 # Without preferred sizes, run at most this batch (max_batch_size may be 160000).
 _MAX_RUN_BATCH = 1024
+_SAMPLED_DIM = 8  # a variable dim without warm-up data is sampled at this size, or at the graph's bound
 
 
 @dataclass(frozen=True)
@@ -511,41 +515,71 @@ class _ModelChecker:
             self._run_batches(config, path, runner)
 
     def _run_batches(self, config: model_config_pb2.ModelConfig, path: Path, runner: OnnxRuntimeRunner) -> None:
-        sample, from_warmup = self._sample_inputs(config)
+        """Run a sample at batch 1 and the largest preferred batch; a seeded sample that fails with a dim
+        bound the graph walk missed is sampled once more at the size the error states (noted)."""
+        bounds = minimums(graph_dim_bounds(path))
+        specs = runner.input_specs or []
+        sample, from_warmup = self._sample_inputs(config, specs, bounds)
+        failure = self._run_sample(config, path, runner, sample, from_warmup)
+        learned = None if failure is None or from_warmup else bound_from_error(
+            failure, self._sampled_sizes(config, specs, bounds))
+        if learned:
+            self.note(f"{path.name}: {', '.join(f'{d} >= {n}' for d, n in learned.items())} (found by running it)")
+            sample, _ = self._sample_inputs(config, specs, {**bounds, **learned}, use_warmup=False)
+            failure = self._run_sample(config, path, runner, sample, False)
+        if failure is not None:
+            self.problem(path, failure)
+
+    def _run_sample(self, config: model_config_pb2.ModelConfig, path: Path, runner: OnnxRuntimeRunner,
+                    sample: dict[str, np.ndarray], from_warmup: bool) -> str | None:
+        """Run ``sample`` at each batch the check tries and check the outputs; the failure, if any."""
         batches = [None]
         if config.max_batch_size > 0:
             preferred = list(config.dynamic_batching.preferred_batch_size)
             largest = max(preferred) if preferred else min(config.max_batch_size, _MAX_RUN_BATCH)
             batches = sorted({1, largest})
-        output_names = [t.name for t in config.output]
         for batch in batches:
-            feed = {
-                name: (np.repeat(array, batch, axis=0) if batch is not None else array) for name, array in sample.items()
-            }
+            feed = {name: (np.repeat(a, batch, axis=0) if batch is not None else a) for name, a in sample.items()}
             try:
                 produced = runner.run(feed)
             except DataError as error:
                 where = f"at batch {batch}" if batch is not None else "on a sample"
-                self.problem(path, f"ONNX Runtime run {where} failed: {ort_error_line(error.__cause__ or error)}")
-                return
-            results = [produced[name] for name in output_names]
-            self.report.runs += 1
-            for tensor, result in zip(config.output, results, strict=True):
-                dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
-                want = ([batch] if batch is not None else []) + dims
-                got = list(np.shape(result))
-                if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=False)):
-                    self.problem(path, f"output {tensor.name!r} has shape {got}, the config announces {want}")
-                if from_warmup and np.issubdtype(np.asarray(result).dtype, np.floating):
-                    if not np.all(np.isfinite(result)):
-                        self.problem(path, f"output {tensor.name!r} is not finite on the warm-up sample")
+                return f"ONNX Runtime run {where} failed: {ort_error_line(error.__cause__ or error)}"
+            self._check_outputs(config, path, batch, [produced[t.name] for t in config.output], from_warmup)
+        return None
 
-    def _sample_inputs(self, config: model_config_pb2.ModelConfig) -> tuple[dict[str, np.ndarray], bool]:
-        """One batch element (or one whole sample when unbatched): warm-up data, else seeded."""
+    def _check_outputs(self, config: model_config_pb2.ModelConfig, path: Path, batch: int | None,
+                       results: list[Any], from_warmup: bool) -> None:
+        self.report.runs += 1
+        for tensor, result in zip(config.output, results, strict=True):
+            dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+            want = ([batch] if batch is not None else []) + dims
+            got = list(np.shape(result))
+            if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=False)):
+                self.problem(path, f"output {tensor.name!r} has shape {got}, the config announces {want}")
+            if from_warmup and np.issubdtype(np.asarray(result).dtype, np.floating):
+                if not np.all(np.isfinite(result)):
+                    self.problem(path, f"output {tensor.name!r} is not finite on the warm-up sample")
+
+    @staticmethod
+    def _sampled_sizes(config: model_config_pb2.ModelConfig, model_inputs: list[TensorSpec],
+                       bounds: Mapping[str, int]) -> dict[str, int]:
+        """The size each named dynamic dim of the model is sampled at (config -1 dims)."""
+        sizes: dict[str, int] = {}
+        for tensor in model_inputs:
+            for dim in tensor.shape[1 if config.max_batch_size > 0 else 0:]:
+                if isinstance(dim, str):
+                    sizes[dim] = max(_SAMPLED_DIM, bounds.get(dim, 0))
+        return sizes
+
+    def _sample_inputs(self, config: model_config_pb2.ModelConfig, model_inputs: list[TensorSpec],
+                       bounds: Mapping[str, int], use_warmup: bool = True) -> tuple[dict[str, np.ndarray], bool]:
+        """One batch element (or one whole sample when unbatched): warm-up data, else seeded, every
+        variable dim at least the bound the graph puts on it."""
         from tritonclient.grpc import model_config_pb2 as pb2
 
         warm: dict[str, np.ndarray] = {}
-        for sample in config.model_warmup:
+        for sample in config.model_warmup if use_warmup else []:
             for input_name, entry in sample.inputs.items():
                 path = self.dir / WARMUP_FOLDER / entry.input_data_file
                 if entry.input_data_file and path.is_file() and input_name not in warm:
@@ -553,6 +587,7 @@ class _ModelChecker:
                     data = np.fromfile(path, dtype=dtype)
                     if data.size == math.prod(entry.dims):
                         warm[input_name] = data.reshape(list(entry.dims))
+        named = {t.name: t.shape[1 if config.max_batch_size > 0 else 0:] for t in model_inputs}
         rng = np.random.default_rng(0)
         inputs = {}
         for tensor in config.input:
@@ -561,7 +596,9 @@ class _ModelChecker:
                 array = warm[tensor.name].astype(dtype, copy=False)
             else:
                 dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
-                shape = [8 if d == -1 else d for d in dims]
+                names = named.get(tensor.name, [])
+                shape = [max(_SAMPLED_DIM, bounds.get(names[k], 0) if k < len(names) and isinstance(names[k], str)
+                             else 0) if d == -1 else d for k, d in enumerate(dims)]
                 if np.issubdtype(np.dtype(dtype), np.floating):
                     array = rng.standard_normal(shape).astype(dtype)
                 else:  # zeros are valid indices and valid flags

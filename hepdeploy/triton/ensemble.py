@@ -26,7 +26,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from hepdeploy.artifacts import read_artifact
 from hepdeploy.backend.served_preprocess import ServedPreprocess, served_preprocess
 from hepdeploy.errors import BadInputError, HepDeployError
 from hepdeploy.fsutil import check_safe_name, sha256_file
+from hepdeploy.graph_bounds import graph_dim_bounds, length_problems
 from hepdeploy.ntuple import load_preprocess
 from hepdeploy.spec import ModelSpec, TritonSpec
 from hepdeploy.triton.config import build_model_config, model_config_schema
@@ -269,6 +270,8 @@ class EnsemblePlan:
     model_step: str
     spec: ModelSpec
     triton: TritonSpec
+    # Lines where the json's lengths let batches through that the graph cannot run (its dim bounds).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def preprocess_name(self) -> str:
@@ -331,7 +334,8 @@ def plan_ensemble(onnx_path: Path, preprocess_json: Path, *, name: str, spec: Mo
                             json_sha256=sha256_file(preprocess_json))
     ensemble = ensemble_config(served, model_config, name=ensemble_name(name), preprocess_model=pre.name,
                                model_step=model_step)
-    return EnsemblePlan(name, preprocess_json, served, convention, pre, ensemble, model_step, spec, settings)
+    warnings = length_problems(config, artifact.sidecar.inputs, graph_dim_bounds(onnx_path), where=preprocess_json.name)
+    return EnsemblePlan(name, preprocess_json, served, convention, pre, ensemble, model_step, spec, settings, warnings)
 
 
 def publish_ensemble(repo: Path, plan: EnsemblePlan, *, verdict: Mapping[str, Any] | None = None,
