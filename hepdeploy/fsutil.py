@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hepdeploy.errors import BadInputError, UnsafeNameError
 
+MAX_NAME_LENGTH = 200
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -32,6 +33,8 @@ def check_safe_name(name: str, what: str = "name") -> str:
         raise UnsafeNameError(
             f"{what} {name!r} is not a safe name (letters, digits, '_', '.', '-'; no '/', '..' or spaces)"
         )
+    if len(name) > MAX_NAME_LENGTH:  # a folder or file is made of it, with suffixes: stay well inside 255
+        raise UnsafeNameError(f"{what} is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
     return name
 
 
@@ -65,20 +68,94 @@ def file_name_for(name: str) -> str:
     return escaped
 
 
-def check_output_folder(path: Path) -> Path:
-    """Raise BadInputError when the folder that would hold ``path`` does not exist."""
-    parent = Path(path).expanduser().resolve().parent
+# A file is written as ".NAME.xxxxxxxx.tmp" beside its target, then renamed: NAME must leave room for that.
+_TEMP_NAME_EXTRA = 14
+_NAME_MAX = 255
+
+
+def shown(path: Path | str) -> str:
+    """A path as an error line shows it: as it is, or quoted when it holds a newline or other control
+    character that would break the line."""
+    text = str(path)
+    return repr(text) if any(ord(c) < 32 or ord(c) == 127 for c in text) else text
+
+
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` cannot be reached: a broken or looping link, a parent that is a file, or a missing folder."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return "is a symbolic link that loops"
+        except OSError:
+            return "is a symbolic link to nothing"
+    for parent in path.parents:
+        if parent.is_symlink() and not parent.exists():
+            return f"its parent {shown(parent)} is a broken or looping symbolic link"
+        if parent.exists():
+            return f"its parent {shown(parent)} is a file, not a folder" if not parent.is_dir() else "not found"
+    return "not found"
+
+
+def output_problem(path: Path) -> str | None:
+    """Why a file cannot be written at ``path`` (checked by writing a probe beside it), or None."""
+    path = Path(path).expanduser()
+    if len(path.name.encode()) + _TEMP_NAME_EXTRA > _NAME_MAX:
+        return f"the file name is too long ({len(path.name.encode())} bytes; at most {_NAME_MAX - _TEMP_NAME_EXTRA})"
+    if path.is_dir():
+        return "is a folder"
+    parent = path.absolute().parent
+    if parent.exists() and not parent.is_dir():
+        return f"{shown(parent)} is a file, not a folder"
     if not parent.is_dir():
-        raise BadInputError(f"{path}: output folder {parent} does not exist")
+        reason = _missing_reason(parent)
+        return f"output folder {shown(parent)} does not exist" if reason == "not found" else \
+            f"output folder {shown(parent)}: {reason}"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hepdeploy-probe.", dir=parent)
+    except OSError as error:
+        return f"folder {shown(parent)} is not writable ({error.strerror or type(error).__name__})"
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
+
+
+def check_output_folder(path: Path) -> Path:
+    """Raise BadInputError, naming ``path`` and the reason, unless a file can be written there (its
+    folder exists and takes files, and the name leaves room for the temporary name it is written under)."""
+    problem = output_problem(Path(path))
+    if problem is not None:
+        raise BadInputError(f"{shown(path)}: {problem}")
     return Path(path)
+
+
+def check_output_dir(folder: Path) -> Path:
+    """Raise BadInputError unless ``folder`` is, or can be made as, a folder that takes files."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BadInputError(f"{shown(folder)}: is a file, not a folder")
+    if not folder.exists():
+        check_output_folder(folder)
+        return folder
+    check_output_folder(folder / "probe")
+    return folder
+
+
+def missing(path: Path | str, what: str) -> str:
+    """The one line for a file that is not there: ``PATH: WHAT not found``, or why it cannot be reached
+    (a broken or looping link, a parent that is a file)."""
+    reason = _missing_reason(Path(path))
+    return f"{shown(path)}: {what} cannot be reached: {reason}" if reason.startswith("its parent") else \
+        f"{shown(path)}: {what} {reason}"
 
 
 def check_input_file(path: Path, what: str = "file") -> Path:
     path = Path(path)
     if not path.exists():
-        raise BadInputError(f"{path}: {what} not found")
+        raise BadInputError(missing(path, what))
     if not path.is_file():
-        raise BadInputError(f"{path}: {what} is not a regular file")
+        raise BadInputError(f"{shown(path)}: {what} is not a regular file")
     return path
 
 
@@ -90,9 +167,12 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
     """
     target = Path(target)
     check_output_folder(target)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix if suffix is not None else ".tmp", dir=target.parent
-    )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix if suffix is not None else ".tmp", dir=target.parent
+        )
+    except OSError as error:  # named after the target, never after the temporary file
+        raise BadInputError(f"{shown(target)}: cannot be written ({error.strerror or type(error).__name__})") from error
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp makes the file private (0600); give it the permissions a plain open() would

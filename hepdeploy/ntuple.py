@@ -337,7 +337,7 @@ def _plan_tensor(plan: TensorPlan, chunk: Any, source: RootSource) -> tuple[np.n
         columns = [ak.to_numpy(a) for a in arrays]
         if plan.group is None:
             stacked = columns[0] if len(columns) == 1 and plan.rank == 1 else np.stack(columns, axis=1)
-            return _cast(stacked, plan), None
+            return _cast(stacked, plan, source), None
         if plan.group.flat:
             return group_tensor(plan.group, columns, None, plan.convention), None
         ones = np.ones(len(columns[0]), np.int64)  # one value per event: a particle axis of length 1
@@ -346,34 +346,35 @@ def _plan_tensor(plan: TensorPlan, chunk: Any, source: RootSource) -> tuple[np.n
         return ak.to_numpy(arrays[0]), None  # one fixed-size array branch, as it is
     if "array" in kinds or "scalar" in kinds:
         mixed = ", ".join(f"{b} ({k})" for b, k in zip(plan.branches, kinds))
-        raise DataError(f"{plan.name}: its branches mix kinds ({mixed}); stack scalar or jagged branches only")
+        raise DataError(f"{source.describe()}: {plan.name}: its branches mix kinds ({mixed}); stack scalar or jagged branches only")
     if plan.group is None or plan.group.flat:
-        raise DataError(f"{plan.name}: branch {plan.branches[0]!r} is jagged; give data.inputs.{plan.name}.length "
+        raise DataError(f"{source.describe()}: {plan.name}: branch {plan.branches[0]!r} is jagged; give data.inputs.{plan.name}.length "
                         f"(or a preprocess.json group with a length)")
     counts = ak.to_numpy(ak.num(arrays[0], axis=1)).astype(np.int64)
     for branch, array in zip(plan.branches[1:], arrays[1:]):
         other = ak.to_numpy(ak.num(array, axis=1))
         if not np.array_equal(other, counts):
             entry = int(np.flatnonzero(other != counts)[0])
-            raise DataError(f"{plan.name}: branches {plan.branches[0]!r} and {branch!r} differ in length at event "
+            raise DataError(f"{source.describe()}: {plan.name}: branches {plan.branches[0]!r} and {branch!r} differ in length at event "
                             f"{entry} ({counts[entry]} vs {other[entry]}); one input's branches must share their counts")
     if plan.sort_by is not None:
         key = chunk[plan.sort_by]
         if _branch_kind(key, plan.sort_by, source) != "jagged" or not np.array_equal(
                 ak.to_numpy(ak.num(key, axis=1)), counts):
-            raise DataError(f"{plan.name}: sort_by {plan.sort_by!r} must be a jagged branch with the same counts")
+            raise DataError(f"{source.describe()}: {plan.name}: sort_by {plan.sort_by!r} must be a jagged branch with the same counts")
         order = ak.argsort(key, axis=1, ascending=False, stable=True)
         arrays = [a[order] for a in arrays]
     columns = [ak.to_numpy(ak.flatten(a, axis=1)) for a in arrays]
     return group_tensor(plan.group, columns, counts, plan.convention, _chunk_length(plan)), counts
 
 
-def _cast(values: np.ndarray, plan: TensorPlan) -> np.ndarray:
+def _cast(values: np.ndarray, plan: TensorPlan, source: RootSource) -> np.ndarray:
     """Scalar columns in the input's dtype: integer and boolean branches feed float inputs; floats are not
     truncated into an integer input."""
     target = np.dtype("float32" if plan.dtype == "bfloat16" else plan.dtype)
     if values.dtype.kind == "f" and target.kind in "iub":
-        raise DataError(f"{plan.name}: its branches hold floating-point values but the input is {plan.dtype}")
+        raise DataError(f"{source.describe()}: {plan.name}: its branches hold floating-point values but the input "
+                        f"is {plan.dtype}")
     return values.astype(target, copy=False)
 
 
@@ -404,14 +405,15 @@ def _target(name: str, column: ColumnSource | str, chunk: Any, source: RootSourc
     branches = _column_branches(column)
     for branch in branches:
         if _branch_kind(chunk[branch], branch, source) != "scalar":
-            raise DataError(f"{name}: branch {branch!r} is not one number per event")
+            raise DataError(f"{source.describe()}: {name}: branch {branch!r} is not one number per event")
     values = [ak.to_numpy(chunk[b]) for b in branches]
     if isinstance(column, ColumnSource) and column.branches is not None:
         onehot = np.stack(values, axis=1)
         hot = (onehot != 0).sum(axis=1)
         if np.any(hot != 1):
             bad = int(np.sum(hot != 1))
-            raise DataError(f"{name}: {bad} events do not have exactly one of {', '.join(branches)} set")
+            raise DataError(f"{source.describe()}: {name}: {bad} events do not have exactly one of "
+                            f"{', '.join(branches)} set (labels from one-hot branches)")
         return np.argmax(onehot != 0, axis=1).astype(np.int64)
     value = values[0]
     return value.astype(np.int64) if value.dtype.kind in "iub" else value.astype(np.float32)

@@ -22,7 +22,6 @@ import logging
 import math
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +47,7 @@ from hepdeploy.errors import (
     ServerError,
 )
 from hepdeploy.fsutil import atomic_path, atomic_write_text, check_output_folder
+from hepdeploy.lifetime import work_folder
 
 log = logging.getLogger("hepdeploy.perf")
 
@@ -511,7 +511,7 @@ def _perf_analyzer_level(binary: str | None, url: str, model: str, version: str,
                          clients: int, duration_s: float, event: EventDefinition, timeout_s: float,
                          shared_memory: bool = False) -> PerfLevel:
     executable = find_perf_analyzer(binary)
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-pa-") as folder_text:
+    with work_folder("pa") as folder_text:
         folder = Path(folder_text)
         data_path, csv_path = folder / "input.json", folder / "result.csv"
         data_path.write_text(json.dumps(perf_analyzer_input_data(batches, batched)), encoding="utf-8")

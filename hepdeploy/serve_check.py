@@ -17,7 +17,8 @@ from typing import Any, Literal
 from hepdeploy.artifacts import load_onnx, tensor_specs_of
 from hepdeploy.backend.triton import TritonRunner
 from hepdeploy.errors import DependencyMissingError, HepDeployError, ServerError
-from hepdeploy.triton.layout import MANIFEST_NAME
+from hepdeploy.triton.config import read_model_config
+from hepdeploy.triton.layout import CONFIG_NAME, MANIFEST_NAME
 from hepdeploy.triton.server import ServerBinary, TritonServer, find_tritonserver
 from hepdeploy.validate import load_reference, validate_runner
 
@@ -71,6 +72,15 @@ class ServeCheckReport:
         return {"repository": str(self.repository), "server": self.server, "status": self.status,
                 "reason": self.reason, "ok": self.ok, "log": str(self.log_path) if self.log_path else None,
                 "models": [m.__dict__ for m in self.models]}
+
+
+def _backend(model_dir: Path) -> str | None:
+    """The backend (or platform) a model folder's config names; None when it cannot be read."""
+    try:
+        config = read_model_config(model_dir / CONFIG_NAME)
+    except HepDeployError:
+        return None
+    return config.backend or config.platform or None
 
 
 def _golden_for(name: str, goldens: Mapping[str, Path]) -> Path | None:
@@ -156,8 +166,15 @@ def serve_check(repo: Path, goldens: Mapping[str, Path], timeout_s: float = 300.
                 result.validated, result.passed, result.verdict = True, False, f"FAIL: {error}"
     finally:
         server.stop()
-    if any(m.passed is False for m in report.models):
-        report.status = "failed"
-        report.reason = "served outputs disagree with the golden set for " + ", ".join(
-            m.name for m in report.models if m.passed is False)
+    refused_python = [m.name for m in report.models if not m.loaded and _backend(repo / m.name) == "python"]
+    disagreeing = [m.name for m in report.models if m.passed is False]
+    reasons = []
+    if not any(m.loaded for m in report.models):
+        reasons.append("the server loaded no model" + (f" ({len(report.models)} refused)" if report.models else ""))
+    if refused_python:  # the one backend every server here has: a refusal is the model's fault
+        reasons.append("the server refused Python-backend model(s) " + ", ".join(refused_python))
+    if disagreeing:
+        reasons.append("served outputs disagree with the golden set for " + ", ".join(disagreeing))
+    if reasons:
+        report.status, report.reason = "failed", "; ".join(reasons)
     return report

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from hepdeploy.errors import SpecError, UnsafeNameError, first_line
-from hepdeploy.fsutil import check_safe_name, check_tensor_name
+from hepdeploy.fsutil import check_safe_name, check_tensor_name, missing
 from hepdeploy.plan_compat import ProfileRange, server_release
 from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES
 
@@ -441,7 +441,34 @@ class ModelSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"tensor names must be unique, repeated: {', '.join(dupes)}")
+        batch = self.dims.get("batch")
+        mbs = self.triton.max_batch_size
+        if mbs and batch is not None and batch.max is not None and mbs > batch.max:
+            raise ValueError(f"triton.max_batch_size {mbs} is above dims.batch.max {batch.max}: Triton would send "
+                             f"batches the model was not built or checked for (lower one or raise the other)")
         return self
+
+    def tensor_problems(self, inputs: list[TensorSpec], outputs: list[TensorSpec], where: str) -> list[str]:
+        """How the model's tensors (``inputs``, ``outputs``) differ from the spec's: names, ranks, and dims
+        the spec declares that the model does not have (a fixed size, or a dynamic one where the model is
+        fixed, e.g. the batch axis on the wrong axis). Empty when they agree."""
+        problems = []
+        for role, declared, actual in (("input", self.inputs, inputs), ("output", self.outputs, outputs)):
+            have = {t.name: t for t in actual}
+            missing = [t.name for t in declared if t.name not in have]
+            extra = [name for name in have if name not in {t.name for t in declared}]
+            if missing or extra:
+                problems.append(f"{where}: the spec's {role}s ({', '.join(t.name for t in declared)}) are not the "
+                                f"model's ({', '.join(have)})")
+                continue
+            for tensor in declared:
+                model_shape = have[tensor.name].shape
+                if len(model_shape) != len(tensor.shape) or any(
+                        isinstance(want, str) and isinstance(got, int) or isinstance(want, int) and isinstance(got, int)
+                        and want != got for want, got in zip(tensor.shape, model_shape)):
+                    problems.append(f"{where}: {role} {tensor.name!r} is {list(tensor.shape)} in the spec but "
+                                    f"{list(model_shape)} in the model")
+        return problems
 
     def resolve(self, relative: str | None) -> Path | None:
         """Resolve a path from the spec against the spec's folder."""
@@ -493,12 +520,27 @@ def spec_from_dict(data: Any, where: str = "spec", base_dir: Path | None = None)
     return spec
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: Path | str) -> ModelSpec:
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
+        raise SpecError(missing(path, "spec file"))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         first = first_line(error)
         raise SpecError(f"{path}: not valid YAML: {first}") from error

@@ -50,7 +50,7 @@ import numpy as np
 
 from hepdeploy.artifacts import StepRecord, read_artifact, write_artifact
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
-from hepdeploy.errors import BadInputError, HepDeployError, first_line
+from hepdeploy.errors import BadInputError, DataError, HepDeployError, first_line
 from hepdeploy.fsutil import atomic_path, atomic_write_text, file_digest
 from hepdeploy.optimize import optimize_artifact
 from hepdeploy.optimize.cost import CostModel
@@ -287,6 +287,11 @@ class Tuner:
                                 "to keep or lower (its edge layers stay FP32 anyway)")
         kind = variant_kind(variant.name)
         inputs = spec.inputs if spec is not None else read_artifact(self.fp32_path).sidecar.inputs
+        for where, data in (("reference set", reference), ("confirmation set", confirmation)):
+            lacking = [t.name for t in inputs if data is not None and t.name not in data.inputs]
+            if lacking and data is not None:
+                raise DataError(f"{data.provenance.get('file') or where}: has no input {', '.join(lacking)} of the "
+                                f"model (it has {', '.join(data.inputs)}): a reference set of another model?")
         self.timing_feed = timing_feed(self.tuning, inputs, spec)
         self.cost = CostModel(model, self.timing_feed, [*decided, *always], target=kind.target,
                               low_precision=kind.precision, batched=all(t.has_batch_axis for t in inputs),

@@ -35,6 +35,8 @@ class VariantKind:
     tool: str  # the distribution whose version the sidecar's step records
     maker: str | None  # "module:function"; None: the simplified FP32 graph is the variant
     summary: str
+    # Fewest calibration rows (events) the variant accepts: ranges from fewer are not ranges of the data.
+    min_calibration_rows: int = 0
 
     @property
     def is_engine(self) -> bool:
@@ -58,9 +60,9 @@ REGISTRY: tuple[VariantKind, ...] = (
                 "ModelOpt AutoCast, FP32 inputs/outputs, sensitive nodes kept FP32"),
     VariantKind("int8-trt", "int8", "tensorrt", ".onnx", True, "nvidia-modelopt",
                 "hepdeploy.optimize.int8:quantize_for_tensorrt",
-                "ModelOpt explicit Q/DQ PTQ for TensorRT, per-channel weights"),
+                "ModelOpt explicit Q/DQ PTQ for TensorRT, per-channel weights", min_calibration_rows=16),
     VariantKind("int8-cpu", "int8", "cpu", ".onnx", True, "onnxruntime", "hepdeploy.optimize.int8:quantize_for_cpu",
-                "ONNX Runtime static QDQ, u8 activations / s8 per-channel weights"),
+                "ONNX Runtime static QDQ, u8 activations / s8 per-channel weights", min_calibration_rows=16),
     VariantKind("tensorrt", "fp32", "tensorrt", ".plan", False, "tensorrt", "hepdeploy.optimize.tensorrt:build_engine",
                 "a strongly typed TensorRT engine (GPU only); its precision is its parent graph's"),
 )

@@ -25,7 +25,7 @@ from hepdeploy.errors import (
     SpecError,
     first_line,
 )
-from hepdeploy.fsutil import check_input_file
+from hepdeploy.fsutil import check_input_file, missing, shown
 from hepdeploy.tf_support import import_tensorflow
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def sniff_framework(path: Path) -> str:
     """
     path = Path(path)
     if not path.exists():
-        raise ModelLoadError(f"{path}: model file not found")
+        raise ModelLoadError(missing(path, "model file"))
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return "savedmodel"
@@ -226,7 +226,11 @@ def load_torch_source(spec: ModelSpec) -> Any:
 def load_keras(path: Path) -> Any:
     path = Path(path)
     if not path.exists():
-        raise ModelLoadError(f"{path}: Keras model not found")
+        raise ModelLoadError(missing(path, "Keras model"))
+    if path.suffix == ".keras" and path.is_file() and not zipfile.is_zipfile(path):
+        # Keras says "File not found" for these: say what it is.
+        raise ModelLoadError(f"{shown(path)}: not a .keras archive (a .keras file is a zip archive; this one is "
+                             "truncated or of another kind)")
     import_tensorflow()
     import keras
 

@@ -12,14 +12,12 @@ really runs.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +37,7 @@ from hepdeploy.errors import (
     first_line,
 )
 from hepdeploy.fsutil import check_input_file
+from hepdeploy.lifetime import work_folder
 from hepdeploy.plan_compat import ort_tensorrt_problem
 from hepdeploy.spec import TensorSpec
 
@@ -92,11 +91,8 @@ def create_session(
     optimization: Literal["default", "basic", "none"] = "default",
     optimized_model_path: Path | None = None,
     where: str | None = None,
-    profile: bool = False,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` over a path, serialized bytes or a ModelProto.
-
-    ``profile``: ONNX Runtime's profiler on (``session.end_profiling()`` returns its JSON file).
 
     Threads default to ``$OMP_NUM_THREADS`` when set (ONNX Runtime's own choice otherwise).
     ``optimization="basic"`` with ``optimized_model_path`` writes ORT's provider-independent
@@ -126,9 +122,6 @@ def create_session(
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
-    options.enable_profiling = profile
-    if profile:  # the profile goes to the temporary folder, not the user's working directory
-        options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"hepdeploy-ort-profile-{os.getpid()}")
     wanted = list(providers) if providers else [CPU]
     if any((p if isinstance(p, str) else p[0]) == "TensorrtExecutionProvider" for p in wanted):
         _check_tensorrt_provider(ort.__version__)
@@ -216,27 +209,6 @@ def _tensor_spec(value: Any) -> TensorSpec:
     return TensorSpec.model_construct(name=value.name, dtype=dtype, shape=shape, low=None, high=None, index_of=None)
 
 
-def node_time_shares(model: Any, feeds: dict[str, np.ndarray], runs: int = 5) -> dict[str, float]:
-    """Each node's share of the model's run time on the CPU, from ONNX Runtime's profiler (one thread,
-    ``runs`` runs, graph optimisations off so that nodes keep the names they have in the file)."""
-    session = create_session(model, intra_op_threads=1, inter_op_threads=1, optimization="none", profile=True)
-    for _ in range(runs):
-        session.run(None, feeds)
-    profile = Path(session.end_profiling())
-    try:
-        events = json.loads(profile.read_text(encoding="utf-8"))
-    finally:
-        profile.unlink(missing_ok=True)
-    spent: dict[str, float] = {}
-    for event in events:
-        name = event.get("name", "")
-        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
-            node = name[: -len("_kernel_time")]
-            spent[node] = spent.get(node, 0.0) + float(event.get("dur", 0))
-    total = sum(spent.values()) or 1.0
-    return {node: value / total for node, value in spent.items()}
-
-
 PROBE_ROWS = 8
 
 
@@ -317,7 +289,7 @@ def check_in_child(model: Any, feeds: dict[str, np.ndarray] | None = None, where
     ONNX Runtime refuses is a ModelLoadError with ONNX Runtime's own line. Costs one interpreter
     start with numpy and onnxruntime (~0.3 s).
     """
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-ort-child-") as folder:
+    with work_folder("ort-child") as folder:
         if isinstance(model, (str, Path)):
             path = str(check_input_file(Path(model), "ONNX model"))
         else:
@@ -344,7 +316,7 @@ def optimize_offline(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX Runtime's basic-level (provider-independent) rewrite of ``model``, saved back to ONNX."""
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-ort-") as folder:
+    with work_folder("ort") as folder:
         target = Path(folder) / "optimized.onnx"
         create_session(model, intra_op_threads=1, optimization="basic", optimized_model_path=target,
                        where="offline optimisation")

@@ -17,7 +17,7 @@ from hepdeploy.backend.pytorch import TorchModuleRunner
 from hepdeploy.backend.tf import KerasRunner, SavedModelRunner
 from hepdeploy.backend.trt import TensorRTEngineRunner
 from hepdeploy.errors import ModelLoadError, SpecError
-from hepdeploy.fsutil import check_input_file, sha256_file
+from hepdeploy.fsutil import check_input_file, missing, sha256_file
 from hepdeploy.plan_compat import plan_metadata_of
 from hepdeploy.spec import ModelSpec, load_spec
 
@@ -70,7 +70,7 @@ def artifact_runner(path: Path | str, providers: ProviderList | None = None,
         raise ModelLoadError(f"{path}: not a deployable artifact (.onnx, or a TensorRT .plan/.engine); "
                              "convert the model first or give its spec")
     if not path.exists():
-        raise ModelLoadError(f"{path}: model not found")
+        raise ModelLoadError(missing(path, "model"))
     if path.suffix in ENGINE_SUFFIXES:
         # A version-compatible plan carries its lean runtime as host code, which the runtime must allow.
         metadata = plan_metadata_of(read_engine_sidecar(path))

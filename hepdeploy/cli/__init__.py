@@ -26,6 +26,7 @@ from hepdeploy.cli import (
     commands_zoo,
 )
 from hepdeploy.errors import HepDeployError, first_line
+from hepdeploy.lifetime import sweep_stale_work_folders
 
 log = logging.getLogger("hepdeploy")
 
@@ -39,6 +40,10 @@ class HepDeployGroup(click.Group):
         except HepDeployError as error:
             _report(ctx, error, str(error))
             sys.exit(error.exit_code)
+        except click.UsageError as error:  # one line, like every other error, and where to look
+            where = error.ctx.command_path if error.ctx is not None else "hepdeploy"
+            click.echo(f"error: {error.format_message()} (see: {where} --help)", err=True)
+            sys.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
@@ -82,6 +87,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbosity"] = verbose - quiet
     setup_logging(verbose - quiet)
+    sweep_stale_work_folders()  # what a killed hepdeploy process could not remove
 
 
 def _register_commands() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from hepdeploy.cli.options import spec_option
-from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.fsutil import atomic_write_text, check_output_folder
 from hepdeploy.spec import ColumnSource, ModelSpec
 from hepdeploy.validate.preprocess_parity import check_parity
 
@@ -38,6 +38,8 @@ def check_command(preprocess_json: Path, data: str, tree: str | None, model: Pat
     group, how many values differ and in which variables; with --model, the effect on the outputs.
     Branches are the json's var_names unless --spec maps them.
     Exit 0 (differences are information) unless --fail-on-difference."""
+    if json_path is not None:
+        check_output_folder(json_path)  # before the work, not after it
     label_source = None
     if labels:
         names = [n.strip() for n in labels.split(",") if n.strip()]

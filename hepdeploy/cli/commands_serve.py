@@ -23,11 +23,12 @@ from hepdeploy.cli.options import (
     tritonserver_option,
 )
 from hepdeploy.errors import (
+    BadInputError,
     DependencyMissingError,
     RepositoryError,
     ValidationFailedError,
 )
-from hepdeploy.fsutil import atomic_write_text
+from hepdeploy.fsutil import atomic_write_text, check_output_folder
 from hepdeploy.perf import EventDefinition, PerfReport, run_perf, write_perf_outputs
 from hepdeploy.serve_check import serve_check
 from hepdeploy.spec import ModelSpec
@@ -64,6 +65,8 @@ def serve_command(repo: Path | None, tritonserver_path: Path | None, no_bundled:
                   wheel: Path | None, host: str, http_port: int | None, grpc_port: int | None,
                   metrics_port: int | None, log_file: Path | None, startup_timeout: float) -> None:
     """Start a local Triton server on REPO until Ctrl-C (or only install the bundled server with --install)."""
+    if repo is not None and not repo.is_dir():  # before the server is looked for (or downloaded)
+        raise BadInputError(f"{repo}: {'not a folder' if repo.exists() else 'no such folder'} (a model repository)")
     if install or wheel:
         folder = install_bundled_server(wheel=wheel)
         click.echo(f"bundled server ready in {folder}", err=True)
@@ -111,6 +114,10 @@ def serve_check_command(repo: Path, goldens: tuple[str, ...], tritonserver_path:
     Exit 0 when every loaded model with a golden set agrees, 1 when one disagrees or the server fails,
     2 when no server can run here. Models the server refuses are listed with its own message.
     """
+    if not repo.is_dir():
+        raise BadInputError(f"{repo}: {'not a folder' if repo.exists() else 'no such folder'} (a model repository)")
+    if json_path is not None:
+        check_output_folder(json_path)  # before the server starts, not after it ran
     mapping = {name: Path(path) for name, path in parse_pairs(goldens, "--golden-for", "NAME=FILE").items()}
     binary = find_tritonserver(tritonserver_path, repository=repo) if tritonserver_path else None
     report = serve_check(repo, mapping, timeout_s=timeout, binary=binary)

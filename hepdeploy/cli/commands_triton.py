@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from hepdeploy.cli.options import server_release_option, spec_option
-from hepdeploy.errors import BadInputError
+from hepdeploy.errors import BadInputError, HepDeployError
+from hepdeploy.fsutil import check_output_folder
 from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE
 from hepdeploy.plan_compat import server_release as release_by_name
 from hepdeploy.preprocess_spec import spec_from_preprocess
@@ -129,28 +132,43 @@ def add_command(
         except (OSError, json.JSONDecodeError) as error:
             raise BadInputError(f"{verdict_path}: not a readable JSON verdict ({type(error).__name__})") from error
 
-    results = [
-        publish_model(repo, model, name=name, spec=spec, triton=triton_spec, kind=kind,  # type: ignore[arg-type]
-                      verdict=verdict, warmup_inputs=warmup, platform=platform)
-    ]
+    # Every model of the set (the model, its twins) is checked in full first, then they are published:
+    # a twin that cannot be published never leaves the model published without it.
+    cpu_triton = triton_spec.model_copy(update={"platform": None}) if triton_spec else None
+    models: list[tuple[str, Callable[[bool], Any]]] = [(name, lambda dry: publish_model(
+        repo, model, name=name, spec=spec, triton=triton_spec, kind=kind,  # type: ignore[arg-type]
+        verdict=verdict, warmup_inputs=warmup, platform=platform, dry_run=dry))]
     if cpu_twin is not None:
-        cpu_triton = triton_spec.model_copy(update={"platform": None}) if triton_spec else None
-        results.append(
-            publish_model(repo, cpu_twin, name=f"{name}_cpu", spec=spec, triton=cpu_triton, kind="cpu",
-                          verdict=verdict, warmup_inputs=warmup)
-        )
-    for result in results:
-        click.echo(result.line())
+        models.append((f"{name}_cpu", lambda dry: publish_model(
+            repo, cpu_twin, name=f"{name}_cpu", spec=spec, triton=cpu_triton, kind="cpu", verdict=verdict,
+            warmup_inputs=warmup, dry_run=dry)))
     if with_python_twin:
         # The twin's warm-up comes from --warmup only (not the spec's reference fallback), as before.
-        twin = publish_python_twin(repo, model, name=twin_name(name), spec=spec, triton=triton_spec,
-                                   warmup_inputs=warmup if warmup_path is not None else None)
-        click.echo(twin.line())
-    if ensemble is not None:
-        for result in publish_ensemble(repo, ensemble, verdict=verdict):
+        models.append((twin_name(name), lambda dry: publish_python_twin(
+            repo, model, name=twin_name(name), spec=spec, triton=triton_spec,
+            warmup_inputs=warmup if warmup_path is not None else None, dry_run=dry)))
+    for label, publish in models:
+        try:
+            publish(True)
+        except HepDeployError as error:
+            source = f" (warm-up data: {warmup_path})" if warmup_path is not None and "warm-up" in str(error) else ""
+            raise type(error)(f"{label}: {error}{source}; nothing was published") from error.__cause__
+    published: list[str] = []
+    try:
+        for _, publish in models:
+            result = publish(False)
+            published.append(f"{result.name} v{result.version}")
             click.echo(result.line())
-        click.echo(f"{ensemble.ensemble_name}: send {', '.join(t.name for t in ensemble.ensemble_config.input)}; "
-                   f"steps {ensemble.preprocess_name} ({ensemble.convention}) -> {ensemble.model_step}")
+        if ensemble is not None:
+            for result in publish_ensemble(repo, ensemble, verdict=verdict):
+                published.append(f"{result.name} v{result.version}")
+                click.echo(result.line())
+            click.echo(f"{ensemble.ensemble_name}: send {', '.join(t.name for t in ensemble.ensemble_config.input)}; "
+                       f"steps {ensemble.preprocess_name} ({ensemble.convention}) -> {ensemble.model_step}")
+    except (KeyboardInterrupt, HepDeployError):
+        # Each model's version is swapped in whole; say exactly which made it before the stop.
+        click.echo(f"published before the stop: {', '.join(published) or 'nothing'}", err=True)
+        raise
 
 
 @triton.command("check")
@@ -165,6 +183,8 @@ def check_command(repo: Path, no_run: bool, server_release: str | None) -> None:
     against --server-release) and deserialized only where TensorRT and a GPU of the plan's
     compute capability are present; elsewhere a note says why the plan is not loadable here.
     """
+    if not repo.is_dir():
+        raise BadInputError(f"{repo}: {'not a folder' if repo.exists() else 'no such folder'} (a model repository)")
     environment = CheckEnvironment(release=release_by_name(server_release) if server_release else None)
     report = check_repository_report(repo, run_models=not no_run, environment=environment)
     for note in report.notes:
@@ -196,6 +216,7 @@ def supersonic_command(repo: Path, output: Path, storage: str, claim: str | None
     Then: helm repo add fastml https://fastmachinelearning.org/SuperSONIC/ &&
     helm install sonic fastml/supersonic -n NAMESPACE -f OUTPUT
     """
+    check_output_folder(output)
     low, high = parse_replicas(replicas)
     options = SupersonicOptions(storage=storage, claim=claim, nfs_server=nfs_server, nfs_path=nfs_path,  # type: ignore[arg-type]
                                 gpus=gpus, min_replicas=low, max_replicas=high,

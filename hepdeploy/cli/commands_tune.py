@@ -9,7 +9,8 @@ from hepdeploy.artifacts import read_artifact
 from hepdeploy.cli.options import CalibrationOptions, calibration_options, spec_option
 from hepdeploy.convert import convert_from_spec
 from hepdeploy.errors import BadInputError, ValidationFailedError, ValidationUndecidedError
-from hepdeploy.optimize import resolve_calibration, variant_spec
+from hepdeploy.fsutil import check_output_dir, check_output_folder
+from hepdeploy.optimize import calibration_path, check_calibration_rows, resolve_calibration, variant_spec
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.tune import TUNABLE_VARIANTS, Evaluation, describe, tune_variant
@@ -50,8 +51,8 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
     confirmation, 3 when its confirmation is UNDECIDED; 130 on Ctrl-C.
     """
     report_dir = report_dir or output.parent / f"{output.stem}-tune"
-    if not output.parent.is_dir():
-        raise BadInputError(f"{output}: its folder does not exist")
+    check_output_folder(output)  # both before the search, not after it
+    check_output_dir(report_dir)
     if source.suffix in (".yaml", ".yml"):
         spec = load_spec(source)
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -72,8 +73,7 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
     if inputs is None:
         inputs = read_artifact(model).sidecar.inputs
     arrays = resolve_calibration(calibration.path, inputs, spec, calibration.samples)
-    if arrays is None and variant != "fp16":
-        raise BadInputError(f"{variant}: needs calibration data (--calibration FILE or data.calibration in the spec)")
+    check_calibration_rows(variant, arrays, calibration_path(calibration.path, spec))
 
     def progress(evaluation: Evaluation, done: int, budget: int) -> None:
         click.echo(f"[{done}/{budget}] {evaluation.phase}: {describe(evaluation)}", err=True)

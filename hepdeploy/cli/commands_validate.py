@@ -19,7 +19,8 @@ from hepdeploy.cli.options import (
     spec_option,
     tolerance_options,
 )
-from hepdeploy.errors import ValidationFailedError, ValidationUndecidedError
+from hepdeploy.errors import BadInputError, ValidationFailedError, ValidationUndecidedError
+from hepdeploy.fsutil import check_output_dir, check_output_folder
 from hepdeploy.ntuple import is_root_source
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.validate import (
@@ -78,6 +79,10 @@ def validate_command(candidates: tuple[Path, ...], reference: ReferenceOptions, 
     the raw features of the events (read through --spec's data block) are sent to it and its answers
     compared with the same events preprocessed inline and run through --artifact MODEL.onnx.
     """
+    if report_dir is not None:
+        check_output_dir(report_dir)  # before the work, not after it
+    if save_golden is not None:
+        check_output_folder(save_golden)
     if server.given and reference.data is not None and is_root_source(reference.data):
         unused = [option for option, value in (
             ("--golden", reference.golden), ("--reference", reference.reference_model), ("--labels", reference.labels),
@@ -196,6 +201,13 @@ def _validate_served_ensemble(server: ServerOptions, data: Path, candidates: tup
 def reference_command(model: str, data: Path, output: Path, labels: str | None, chunk_size: int | None,
                       max_samples: int | None, samples_per_set: int | None, variables: tuple[str, ...]) -> None:
     """Run the source MODEL_OR_SPEC on --data and write the reference (golden) set."""
+    if output.suffix == ".npz":
+        check_output_folder(output)  # before the run, not after it
+    else:
+        check_output_dir(output)
+    if output.resolve() == Path(data).resolve():
+        raise BadInputError(f"{output}: the reference set would overwrite its own --data (its labels and "
+                            "variables with it); write it to another file")
     ref = make_reference(model, data, labels=labels, chunk_size=chunk_size, max_samples=max_samples,
                          variables=list(variables) or None)
     if output.suffix == ".npz":

@@ -14,7 +14,6 @@ Every converter self-checks the new graph against its source before anything is 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,8 @@ from hepdeploy.convert.from_onnx import convert_onnx
 from hepdeploy.convert.from_tensorflow import convert_keras, convert_savedmodel
 from hepdeploy.convert.from_torch import convert_torch
 from hepdeploy.errors import ModelLoadError, SpecError
-from hepdeploy.fsutil import atomic_write_text, check_input_file
+from hepdeploy.fsutil import atomic_write_text, check_input_file, missing
+from hepdeploy.lifetime import work_folder
 from hepdeploy.model_zoo import export_network
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def convert_zoo(
     weights are cached there). Fields the user's spec sets explicitly (tensors, dims,
     data, variants, validation, triton, opset) win over the zoo's.
     """
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-zoo-") as tmp:
+    with work_folder("zoo") as tmp:
         folder = Path(work_dir) if work_dir is not None else Path(tmp)
         exported = export_network(spec.source.zoo, folder, flavour=spec.source.zoo_flavour, train=train,
                                   budget=budget)
@@ -113,7 +113,7 @@ def convert_from_spec(spec: ModelSpec, output: Path, exporter: str = "auto") -> 
             check_input_file(path, f"{framework} model")  # type: ignore[arg-type]
         elif not Path(path).exists():  # type: ignore[arg-type]
 
-            raise ModelLoadError(f"{path}: SavedModel folder not found")
+            raise ModelLoadError(missing(path, "SavedModel folder"))
     return _CONVERTERS[framework](spec, Path(output), exporter)
 
 

@@ -16,6 +16,7 @@ from hepdeploy.artifacts import load_onnx, tensor_specs_of
 from hepdeploy.backend.loaders import load_keras, load_state_dict, sniff_framework
 from hepdeploy.backend.sources import source_runner
 from hepdeploy.errors import ModelLoadError, SpecError, first_line
+from hepdeploy.fsutil import missing
 from hepdeploy.sampling import sample_inputs, self_check_sizes, trace_sizes
 from hepdeploy.spec import ModelSpec, TensorSpec, parse_tensor_option, spec_from_dict
 
@@ -95,7 +96,7 @@ def spec_from_options(
     """Build a ModelSpec for ``hepdeploy convert SOURCE`` without a spec file."""
     source = Path(source)
     if not source.exists():
-        raise ModelLoadError(f"{source}: model file not found")
+        raise ModelLoadError(missing(source, "model file"))
     kind = framework or (
         "torch" if factory and source.suffix == ".py" else sniff_framework(source)
     )

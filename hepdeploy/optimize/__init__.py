@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from hepdeploy.artifacts import (
     write_artifact,
 )
 from hepdeploy.backend.onnxrt import check_in_child, run_once
-from hepdeploy.data import check_tensors, load_calibration
+from hepdeploy.data import check_tensors, common_batch_size, load_calibration
 from hepdeploy.environment import package_version
 from hepdeploy.errors import (
     BadInputError,
@@ -43,6 +42,7 @@ from hepdeploy.errors import (
 )
 from hepdeploy.fsutil import check_output_folder, sha256_file
 from hepdeploy.graph_bounds import bound_from_error, graph_dim_bounds, minimums
+from hepdeploy.lifetime import work_folder
 from hepdeploy.optimize.graph import (
     PER_CHANNEL_OPSET,
     check_batch,
@@ -109,6 +109,20 @@ def resolve_calibration(
     )
 
 
+def check_calibration_rows(variant: str, arrays: dict[str, np.ndarray] | None, source: Path | None) -> None:
+    """Refuse a calibration set the variant cannot take: none, or fewer rows than it needs (one line that
+    names the file, what it holds and what is needed)."""
+    kind = variant_kind(variant)
+    if not kind.needs_calibration:
+        return
+    if arrays is None:
+        raise BadInputError(f"{kind.name}: needs calibration data (--calibration FILE or data.calibration in the spec)")
+    rows = common_batch_size(arrays)
+    if rows is not None and rows < kind.min_calibration_rows:
+        raise DataError(f"{source or 'calibration data'}: holds {rows} calibration row(s); {kind.name} needs at "
+                        f"least {kind.min_calibration_rows} to set its INT8 ranges")
+
+
 def optimize_artifact(
     source: Path,
     variant: VariantSpec | str,
@@ -146,9 +160,8 @@ def optimize_artifact(
 
     inputs = spec.inputs if spec is not None else parent.sidecar.inputs
     arrays = resolve_calibration(calibration, inputs, spec, samples)
-    if kind.needs_calibration and arrays is None:
-        raise BadInputError(f"{kind.name}: needs calibration data (--calibration FILE or data.calibration in the spec)")
     source = calibration_path(calibration, spec) if kind.needs_calibration else None
+    check_calibration_rows(kind.name, arrays, source)
     return _make_onnx_variant(parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
 
 
@@ -224,7 +237,7 @@ def _make_onnx_variant_sampled(
     precision = kind.precision
     label = f"{kind.name} of {parent.path.name}"
     if kind.maker is not None:
-        with tempfile.TemporaryDirectory(prefix="hepdeploy-opt-") as folder:
+        with work_folder("opt") as folder:
             prepared = Path(folder) / "prepared.onnx"
             onnx.save(name_unnamed_nodes(model), str(prepared))
             variant = _LoweredVariant(kind, prepared, inputs, arrays, spec, modelopt, label, sample)

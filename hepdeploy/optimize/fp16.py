@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ import numpy as np
 from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
 from hepdeploy.graph_bounds import graph_dim_bounds, minimums
+from hepdeploy.lifetime import work_folder
 from hepdeploy.optimize.graph import FLOAT, check_batch, precision_summary
 from hepdeploy.optimize.keep import expand_to_groups, nodes_matching
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker, run_job, worker_parameters
@@ -100,7 +100,7 @@ def convert_fp16(
     # A kept compute node keeps its whole layer (``optimize.keep``), handed over as exact names.
     kept = expand_to_groups(original, nodes_matching(original, fp32_nodes, []))
     kept_patterns = [f"^{re.escape(name)}$" for name in kept]
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-fp16-") as folder:
+    with work_folder("fp16") as folder:
         # A folder of .npz files, one model run each (AutoCast would split one file by
         # the model's static batch size, which is 1 for a dynamic batch).
         data_path = Path(folder) / "reference"

@@ -19,7 +19,6 @@ import functools
 import logging
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from hepdeploy.data import batch_size_for, calibration_feeds, sample_count
 from hepdeploy.errors import BadInputError, ConversionError
+from hepdeploy.lifetime import work_folder
 from hepdeploy.optimize.fp16 import check_node_patterns, check_op_types
 from hepdeploy.optimize.graph import edge_nodes, precision_summary
 from hepdeploy.optimize.keep import expand_to_groups, nodes_matching, restore_fp32_inputs
@@ -161,7 +161,7 @@ def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, kept: list[str], 
     method = "max" if variant.calibration_method == "minmax" else variant.calibration_method
     # User patterns were expanded (same rule as int8-cpu) and are handed over as exact names.
     exclude_patterns = [f"^{re.escape(_prefix_safe(name))}$" for name in kept]
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-int8trt-") as folder:
+    with work_folder("int8trt") as folder:
         # ModelOpt writes intermediate files next to its input: give it a private folder.
         work = Path(folder)
         work_input = work / "model.onnx"
@@ -249,7 +249,7 @@ def _onnxruntime_qdq(model_path: Path, original: onnx.ModelProto, kept: list[str
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-int8cpu-") as folder:
+    with work_folder("int8cpu") as folder:
         work_output = Path(folder) / "model.int8.onnx"
         try:
             quantize_static(

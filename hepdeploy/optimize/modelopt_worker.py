@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hepdeploy.errors import ConversionError, DependencyMissingError, NativeCrashError
+from hepdeploy.lifetime import die_with_parent
 
 log = logging.getLogger("hepdeploy.optimize.modelopt_worker")
 
@@ -75,8 +76,9 @@ class ModelOptWorker:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "hepdeploy.optimize.modelopt_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
-            # Ctrl-C reaches the parent, which ends the child in close(): no half-written output.
-            start_new_session=True,
+            # Ctrl-C reaches the parent, which ends the child in close(): no half-written output; a parent
+            # killed outright takes the worker with it.
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         self.starts += 1
 

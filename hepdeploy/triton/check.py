@@ -274,6 +274,11 @@ class _ModelChecker:
         versions: list[Path] = []
         bad = 0
         for child in sorted(self.dir.iterdir()):
+            if child.is_symlink() and not child.exists():  # a loop, or a link to nothing: Triton cannot stat it
+                bad += 1
+                self.problem(child, f"{child.name!r} is a symbolic link that leads nowhere (broken or looping): "
+                                    "Triton fails to stat it")
+                continue
             if not child.is_dir() or child.name in _TRITON_MODEL_SUBFOLDERS:
                 continue
             bad += 1
@@ -426,7 +431,11 @@ class _ModelChecker:
         for path in sorted(version_dir.rglob("*")):
             relative = path.relative_to(version_dir).as_posix()
             if path.is_file() and path.name != MANIFEST_NAME and relative not in listed:
-                self.problem(path, "not in the manifest (added after publishing?)")
+                if "__pycache__" in path.parts or path.suffix == ".pyc":
+                    self.problem(path, "stray Python bytecode (a server wrote it into the repository): delete "
+                                       "the __pycache__ folder; it is not part of the published model")
+                else:
+                    self.problem(path, "stray file: not in the manifest (added after publishing?)")
         return manifest
 
     def _check_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:

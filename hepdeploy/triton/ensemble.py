@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from hepdeploy.backend.served_preprocess import ServedPreprocess, served_preproc
 from hepdeploy.errors import BadInputError, HepDeployError
 from hepdeploy.fsutil import check_safe_name, sha256_file
 from hepdeploy.graph_bounds import graph_dim_bounds, length_problems
+from hepdeploy.lifetime import work_folder
 from hepdeploy.ntuple import load_preprocess
 from hepdeploy.spec import ModelSpec, TritonSpec
 from hepdeploy.triton.config import build_model_config, model_config_schema
@@ -74,6 +74,8 @@ import importlib.util
 import json
 import os
 import sys
+
+sys.dont_write_bytecode = True  # nothing written into the model repository
 
 # Where numpy was installed when this file was written; used only when the stub's Python cannot
 # import it (the stub ignores PYTHONPATH). $HEPDEPLOY_SITE_PACKAGES is tried first.
@@ -348,7 +350,7 @@ def publish_ensemble(repo: Path, plan: EnsemblePlan, *, verdict: Mapping[str, An
         verify=verify)]
     # The ensemble holds no weights: no checksum agent; its version folder holds the wiring in words.
     settings = plan.triton.model_copy(update={"checksum_agent": False})
-    with tempfile.TemporaryDirectory(prefix="hepdeploy-ensemble-") as folder:
+    with work_folder("ensemble") as folder:
         wiring = Path(folder) / WIRING_FILENAME
         wiring.write_text(json.dumps(plan.wiring(), indent=2) + "\n", encoding="utf-8")
         results.append(publish_model(

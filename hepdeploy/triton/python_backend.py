@@ -75,6 +75,8 @@ import json
 import os
 import sys
 
+sys.dont_write_bytecode = True  # nothing written into the model repository
+
 ONNX_FILENAME = {onnx_filename!r}
 # Where onnxruntime was installed when this file was written; used only when the stub's Python
 # cannot import it (the stub ignores PYTHONPATH). $HEPDEPLOY_SITE_PACKAGES is tried first.

@@ -49,8 +49,10 @@ from hepdeploy.fsutil import (
     atomic_write_bytes,
     atomic_write_text,
     check_input_file,
+    check_output_dir,
     check_safe_name,
     fsync_dir,
+    missing,
     sha256_file,
 )
 from hepdeploy.plan_compat import PlanMetadata, check_capability_key, plan_metadata_of
@@ -220,17 +222,32 @@ def staging_root(repo: Path) -> Path:
 
 @contextlib.contextmanager
 def _staging(repo: Path) -> Iterator[Path]:
-    """A fresh private staging folder, under an exclusive lock; removes stale leftovers."""
-    root = staging_root(repo)
-    root.mkdir(exist_ok=True)
-    lock_fd = os.open(root, os.O_RDONLY)
+    """A fresh private staging folder, under an exclusive lock on the staging root; removes stale leftovers,
+    and the root itself when it is left empty (still under the lock: a publish that waited for the lock
+    and then finds its root gone starts over on a new one)."""
     try:
+        import fcntl
+    except ImportError:  # not POSIX: publishes are not serialized against each other
+        fcntl = None  # type: ignore[assignment]
+    root = staging_root(repo)
+    for _ in range(10):
+        root.mkdir(exist_ok=True)
         try:
-            import fcntl
-        except ImportError:  # not POSIX: publishes are not serialized against each other
-            fcntl = None  # type: ignore[assignment]
+            lock_fd = os.open(root, os.O_RDONLY)
+        except FileNotFoundError:  # removed by the publish that held it just before: try again
+            continue
         if fcntl is not None:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(lock_fd).st_ino == os.stat(root).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(lock_fd)
+    else:
+        raise RepositoryError(f"{root}: could not take the staging lock (the folder keeps disappearing)")
+    try:
         # Holding the lock, no other publish runs: anything here is left from a killed one.
         for stale in root.iterdir():
             shutil.rmtree(stale, ignore_errors=True)
@@ -239,11 +256,10 @@ def _staging(repo: Path) -> Iterator[Path]:
             yield work
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                root.rmdir()  # only when empty; a waiting publish sees it gone and makes its own
     finally:
         os.close(lock_fd)  # releases the lock
-        if root.name == INNER_STAGING:
-            with contextlib.suppress(OSError):
-                root.rmdir()
 
 
 # -- manifest and README ----------------------------------------------------------------------
@@ -308,7 +324,11 @@ def _tensors_for(model_file: Path, platform: str, spec: ModelSpec | None) -> tup
     """Tensor specs for the config and the sidecar (if any) of the model file."""
     if model_file.suffix.lower() == ".onnx" and model_file.is_file():
         artifact = read_artifact(model_file)
-        return list(artifact.sidecar.inputs), list(artifact.sidecar.outputs), artifact.sidecar
+        inputs, outputs = list(artifact.sidecar.inputs), list(artifact.sidecar.outputs)
+        problems = spec.tensor_problems(inputs, outputs, str(model_file)) if spec is not None else []
+        if problems:  # the config is written from the model's tensors: a spec that says otherwise is wrong
+            raise BadInputError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        return inputs, outputs, artifact.sidecar
     sidecar = read_engine_sidecar(model_file)
     if sidecar is not None:
         return list(sidecar.inputs), list(sidecar.outputs), sidecar
@@ -334,8 +354,13 @@ def publish_model(
     cc_model_files: Mapping[str, Path] | None = None,
     verify: bool = True,
     environment: CheckEnvironment | None = None,
-) -> PublishResult:
+    dry_run: bool = False,
+) -> PublishResult | None:
     """Publish ``model_file`` as the next version of model ``name`` in ``repo``.
+
+    ``dry_run``: every check that needs no staging (names, tensors against the spec, the config, the
+    warm-up data), then return None with nothing written: a set of models is checked this way in full
+    before any of them is published.
 
     ``triton`` defaults to ``spec.triton``. ``config`` replaces the generated config (its
     name must be ``name``), e.g. for a Python-backend twin that also ships ``model.py`` via
@@ -346,14 +371,10 @@ def publish_model(
     (``environment``: the target server and how plans load, as for ``triton check``).
     """
     check_safe_name(name, "Triton model name")
-    repo = Path(repo)
-    if repo.exists() and not repo.is_dir():
-        raise RepositoryError(f"{repo}: not a folder")
-    if not repo.exists() and not repo.parent.is_dir():
-        raise BadInputError(f"{repo}: parent folder {repo.parent} does not exist")
+    repo = check_output_dir(Path(repo))
     model_file = Path(model_file)
     if not model_file.exists():
-        raise BadInputError(f"{model_file}: model file not found")
+        raise BadInputError(missing(model_file, "model file"))
     if not model_file.is_dir():
         check_input_file(model_file, "model file")
     triton = triton or (spec.triton if spec is not None else TritonSpec())
@@ -389,6 +410,8 @@ def publish_model(
         raise BadInputError(f"config name {config.name!r} differs from the model name {name!r}")
     batched = config.max_batch_size > 0
     samples = warmup_samples(inputs, warmup_inputs, batched) if (config.model_warmup and warmup_inputs) else []
+    if dry_run:
+        return None
 
     model_dir = repo / name
     if model_dir.exists() and not model_dir.is_dir():
@@ -403,6 +426,7 @@ def publish_model(
     known = {(p.path.relative_to(model_dir), p.message) for p in check_model(model_dir, run_models=False)} \
         if model_dir.is_dir() else set()
 
+    made_repo = not repo.exists()
     repo.mkdir(exist_ok=True)
     try:
         with _staging(repo) as work:
@@ -473,6 +497,10 @@ def publish_model(
     except OSError as error:  # disk full, permission denied ... while staging
         what = error.strerror or type(error).__name__
         raise RepositoryError(f"{model_dir}: cannot stage the new version ({what}); nothing changed") from error
+    finally:
+        if made_repo and not any(repo.iterdir()):  # "nothing changed" includes no new empty repository
+            with contextlib.suppress(OSError):
+                repo.rmdir()
     return PublishResult(
         name=name,
         version=version,
@@ -527,8 +555,10 @@ def publish_python_twin(
     warmup_inputs: Mapping[str, Any] | None = None,
     verdict: Mapping[str, Any] | None = None,
     verify: bool = True,
-) -> PublishResult:
-    """Publish the Python-backend twin of ``onnx_path`` as the next version of ``name`` in ``repo``.
+    dry_run: bool = False,
+) -> PublishResult | None:
+    """Publish the Python-backend twin of ``onnx_path`` as the next version of ``name`` in ``repo``
+    (``dry_run``: as :func:`publish_model`'s).
 
     ``name`` defaults to ``<model name>_py``. The config is the ONNX model's config (``onnx_config``,
     else built from the artifact's sidecar and ``triton``/``spec.triton`` exactly as ``triton add``
@@ -547,7 +577,7 @@ def publish_python_twin(
     return publish_model(
         Path(repo), artifact.path, name=name, spec=spec, triton=settings, kind="cpu", verdict=verdict,
         warmup_inputs=warmup_inputs, extra_files={MODEL_PY_FILENAME: model_py_text().encode("utf-8")},
-        platform="python", config=config, verify=verify,
+        platform="python", config=config, verify=verify, dry_run=dry_run,
     )
 
 

@@ -48,6 +48,7 @@ from hepdeploy.errors import (
     ServerError,
 )
 from hepdeploy.fsutil import check_safe_name, sha256_file
+from hepdeploy.lifetime import die_with_parent
 
 log = logging.getLogger("hepdeploy.triton.server")
 
@@ -323,15 +324,6 @@ class ModelLoadResult:
     message: str = ""
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    # If the Python process that started the server dies (even by SIGKILL), the server gets SIGTERM.
-    # (Linux ties this to the *thread* that forked: start servers from a thread that outlives them.)
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-
-
 class TritonServer:
     """A ``tritonserver`` process on one repository, started and stopped by this object.
 
@@ -368,6 +360,7 @@ class TritonServer:
         self.load_timeout_s = load_timeout_s
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
+        self._bytecode_before: set[Path] = set()
         self.load_results: dict[str, ModelLoadResult] = {}
 
     # -- addresses
@@ -445,7 +438,9 @@ class TritonServer:
             *self.binary.extra_args,
             *self.extra_args,
         ]
-        env = {**os.environ, **self.binary.env}
+        # No bytecode of a Python-backend model.py in the repository: it would be a stray file there.
+        env = {**os.environ, **self.binary.env, "PYTHONDONTWRITEBYTECODE": "1"}
+        self._bytecode_before = self._bytecode_folders()
         log.info("starting %s on %s (http %d, grpc %d, metrics %d), log %s", self.binary.executable.name,
                  self.host, self.http_port, self.grpc_port, self.metrics_port, self.log_path)
         with open(self.log_path, "ab") as log_file:
@@ -453,7 +448,7 @@ class TritonServer:
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 # Own session: a terminal's Ctrl-C reaches us, and we stop the server in order.
                 start_new_session=True,
-                preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent,
             )
 
     def is_running(self) -> bool:
@@ -492,7 +487,19 @@ class TritonServer:
         # but a SIGKILLed server cannot: end whatever is left of its process group (its session id = pid).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+        self._remove_new_bytecode()
         return process.returncode
+
+    def _bytecode_folders(self) -> set[Path]:
+        with contextlib.suppress(OSError):
+            return set(self.repository.glob("*/*/__pycache__"))
+        return set()
+
+    def _remove_new_bytecode(self) -> None:
+        """The Python-backend stub imports model.py with bytecode writing on (it does not take our environment):
+        the ``__pycache__`` folders it made in the repository are not part of any published model."""
+        for folder in self._bytecode_folders() - self._bytecode_before:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- models
     def model_folders(self) -> list[str]:

@@ -14,6 +14,7 @@ the override over ``values.yaml`` (maps key by key; lists and scalars replace), 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import yaml
 from hepdeploy.errors import BadInputError
 from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE, server_release
+from hepdeploy.triton.check import check_repository
 from hepdeploy.triton.layout import CONFIG_NAME
 
 Storage = Literal["pvc", "nfs", "cvmfs"]
@@ -49,6 +51,12 @@ class SupersonicOptions:
     memory: str = "8G"
 
 
+# RFC 1123 DNS subdomain, as Kubernetes requires of a PersistentVolumeClaim's name.
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# GPUs one pod can ask for: the largest GPU nodes have 8 (16 leaves room for what may come).
+MAX_GPUS_PER_POD = 16
+
+
 def parse_replicas(text: str) -> tuple[int, int]:
     """``"2"`` or ``"1:4"`` -> (min, max)."""
     low, _, high = str(text).partition(":")
@@ -66,6 +74,9 @@ def _repository_mount(repo: Path, options: SupersonicOptions) -> tuple[dict[str,
     if options.storage == "pvc":
         if not options.claim:
             raise BadInputError("--storage pvc needs --claim NAME (the PersistentVolumeClaim holding the repository)")
+        if not _DNS_SUBDOMAIN.fullmatch(options.claim) or len(options.claim) > 253:
+            raise BadInputError(f"--claim {options.claim!r}: not a name Kubernetes takes (RFC 1123: at most 253 "
+                                "lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)")
         return {"enabled": True, "mountPath": MOUNT_PATH, "storageType": "pvc",
                 "pvc": {"claimName": options.claim}}, MOUNT_PATH
     if options.storage == "nfs":
@@ -91,6 +102,13 @@ def supersonic_values(repo: Path, options: SupersonicOptions) -> dict[str, Any]:
         if not any((child / CONFIG_NAME).is_file() for child in repo.iterdir() if child.is_dir()):
             raise BadInputError(f"{repo}: no model folder with a {CONFIG_NAME} (publish with `hepdeploy triton add` "
                                 "or `hepdeploy build` first)")
+    if options.gpus > MAX_GPUS_PER_POD:
+        raise BadInputError(f"--gpus {options.gpus}: no node has that many GPUs for one pod (at most {MAX_GPUS_PER_POD})")
+    if options.storage != "cvmfs":
+        problems = check_repository(repo, run_models=False)
+        if problems:
+            raise BadInputError(f"{repo}: the repository fails `hepdeploy triton check` ({len(problems)} problem(s); "
+                                f"first: {problems[0].line()}): not deployed")
     release = server_release(options.release)
     mount, repository_path = _repository_mount(repo, options)
     args = " \\\n".join([

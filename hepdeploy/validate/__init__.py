@@ -38,7 +38,7 @@ from hepdeploy.compare import (
     resolve_tolerances,
 )
 from hepdeploy.errors import DataError, HepDeployError, ModelLoadError
-from hepdeploy.fsutil import sha256_file
+from hepdeploy.fsutil import missing, sha256_file
 from hepdeploy.ntuple import load_preprocess
 from hepdeploy.validate.localize import Rule, localize
 from hepdeploy.validate.physics import PhysicsResult, physics_checks
@@ -143,8 +143,9 @@ def validate_runner(
     try:
         physics = physics_checks(outputs, reference.outputs, reference.labels,
                                  spec.validation.physics if spec is not None else None, reference.variables)
-    except DataError as error:
-        physics = PhysicsResult("error", notes=[f"physics checks could not run: {error}"])
+    except DataError as error:  # labels or targets that cannot belong to the outputs: bad input, not a note
+        where = reference.provenance.get("file") or "reference set"
+        raise DataError(f"{where}: {error}") from error
     if reference.labels and not physics.ran and not physics.notes:
         physics.notes.append("physics checks did not run")
     why_not = "no labels/targets" if not reference.labels else "physics checks did not run"
@@ -232,7 +233,7 @@ def validate_candidate(
     """
     candidate = Path(candidate)
     if not candidate.exists():
-        raise ModelLoadError(f"{candidate}: candidate model not found")
+        raise ModelLoadError(missing(candidate, "candidate model"))
     sidecar = read_artifact(candidate).sidecar if candidate.suffix == ".onnx" else None
     if sidecar is not None:
         _check_against_sidecar(sidecar, reference, candidate)

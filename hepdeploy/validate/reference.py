@@ -72,6 +72,10 @@ class ReferenceSet:
         for name, array in self.inputs.items():
             if array.size == 0 or (array.ndim > 0 and array.shape[0] == 0):
                 raise DataError(f"{where}: input {name!r} is empty (shape {list(array.shape)})")
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                bad = int((~np.isfinite(array)).sum())
+                raise DataError(f"{where}: input {name!r} has {bad} NaN/Inf values; the inputs of a reference set "
+                                "must be finite (preprocess them as the model's inputs are)")
         for name, array in self.outputs.items():
             if array.dtype.kind in "fc" and not np.isfinite(array).all():
                 bad = int((~np.isfinite(array)).sum())
@@ -375,8 +379,8 @@ def make_reference(
     missing = [n for n in input_names if n not in arrays]
     if missing:
         raise DataError(
-            f"data has no array named {', '.join(missing)} (model inputs: {', '.join(input_names)}; "
-            f"data: {', '.join(sorted(arrays))})"
+            f"{data if not isinstance(data, Mapping) else 'data'}: has no array named {', '.join(missing)} "
+            f"(model inputs: {', '.join(input_names)}; data: {', '.join(sorted(arrays))})"
         )
     inputs = {n: arrays[n] for n in input_names}
     label_arrays = resolve_labels(labels, arrays, spec_obj.data.label_array if spec_obj is not None else None)

@@ -1,0 +1,134 @@
+"""Bad input, second campaign: publishing (triton add, check, supersonic, serve). A model is published
+whole with its twins or not at all, a repository a server could not load does not pass, and nothing
+is left beside the repository."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from hepdeploy.cli import commands_triton, main
+
+
+def run(*args: object) -> tuple[int, list[str]]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, [line for line in result.output.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def jet(zoo_export, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: ANN001
+    exported = zoo_export("jet_mlp")
+    folder = tmp_path_factory.mktemp("bad-input-triton")
+    for path in (exported.spec_path, exported.source_path, exported.reference_path):
+        shutil.copy(path, folder / path.name)
+    spec = folder / exported.spec_path.name
+    model = folder / "jet_mlp.onnx"
+    assert run("convert", folder / exported.source_path.name, "--spec", spec, "-o", model)[0] == 0
+    golden = folder / "golden.npz"
+    assert run("reference", spec, "--data", folder / exported.reference_path.name, "-o", golden)[0] == 0
+    other = folder / "other_names.onnx"  # the same network with a TensorFlow-style input name
+    graph = onnx.load(str(model))
+    for node in graph.graph.node:
+        node.input[:] = ["input_1:0" if name == "input_1" else name for name in node.input]
+    graph.graph.input[0].name = "input_1:0"
+    onnx.save(graph, str(other))
+    return {"folder": folder, "spec": spec, "model": model, "golden": golden, "other": other}
+
+
+def _spec_variant(jet: dict[str, Path], tmp_path: Path, old: str, new: str) -> Path:
+    spec = tmp_path / "variant.yaml"
+    text = jet["spec"].read_text()
+    assert old in text
+    spec.write_text(text.replace(old, new).replace("path: jet_mlp.keras", f"path: {jet['folder'] / 'jet_mlp.keras'}"))
+    return spec
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("name: input_1", "name: features", "the spec's inputs (features) are not the model's (input_1)"),
+    ("  - batch\n  - 16", "  - batch\n  - 17", "input 'input_1' is ['batch', 17] in the spec but ['batch', 16]"),
+    ("  - batch\n  - 16", "  - 16\n  - batch", "input 'input_1' is [16, 'batch'] in the spec"),
+])
+def test_triton_add_refuses_a_spec_whose_tensors_are_not_the_models(jet: dict[str, Path], tmp_path: Path, old: str,
+                                                                      new: str, message: str) -> None:  # item 3
+    repo = tmp_path / "repo"
+    code, lines = run("triton", "add", repo, jet["model"], "--spec", _spec_variant(jet, tmp_path, old, new))
+    assert code == 2 and message in lines[-1], lines
+    assert not repo.exists()
+
+
+def test_a_max_batch_size_above_the_batch_dims_max_is_refused(jet: dict[str, Path], tmp_path: Path) -> None:
+    spec = _spec_variant(jet, tmp_path, "max_batch_size: 4096", "max_batch_size: 100000")  # item 3
+    code, lines = run("triton", "add", tmp_path / "repo", jet["model"], "--spec", spec)
+    assert code == 2 and "triton.max_batch_size 100000 is above dims.batch.max 4096" in lines[-1]
+
+
+def test_a_twin_that_cannot_be_published_leaves_nothing_published(jet: dict[str, Path], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"  # item 9
+    code, lines = run("triton", "add", repo, jet["model"], "--spec", jet["spec"], "--cpu-twin", jet["other"])
+    assert code == 2 and lines[-1].startswith("error: jet_mlp_cpu: ") and "nothing was published" in lines[-1]
+    assert not repo.exists()  # not the model without its twin, and no empty repository either
+    code, lines = run("triton", "add", repo, jet["model"], "--cpu-twin", jet["other"], "--warmup", jet["golden"])
+    assert code == 2 and "warm-up data lacks input 'input_1:0'" in lines[-1] and str(jet["golden"]) in lines[-1]
+    assert not repo.exists()
+
+
+def test_an_interrupt_between_models_says_what_was_published(jet: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # item 10
+    real = commands_triton.publish_python_twin
+
+    def interrupted(*args, dry_run=False, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - Ctrl-C at the twin
+        if not dry_run:
+            raise KeyboardInterrupt
+        return real(*args, dry_run=dry_run, **kwargs)
+
+    monkeypatch.setattr(commands_triton, "publish_python_twin", interrupted)
+    result = CliRunner().invoke(main, ["triton", "add", str(tmp_path / "repo"), str(jet["model"]), "--name", "jet",
+                                       "--cpu-twin", str(jet["model"]), "--python-backend"])
+    assert result.exit_code == 130
+    assert "published before the stop: jet v1, jet_cpu v1" in result.output
+    assert not (tmp_path / "repo" / "jet_py").exists()
+
+
+def test_publishing_leaves_nothing_beside_the_repository(jet: dict[str, Path], tmp_path: Path) -> None:  # item 16
+    repo = tmp_path / "repo"
+    assert run("triton", "add", repo, jet["model"], "--name", "jet")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no .repo.hepdeploy-staging
+    code, lines = run("triton", "add", tmp_path / "fresh", jet["model"], "--name", "n" * 300)
+    assert code == 2 and "Triton model name is 300 characters long; at most 200" in lines[-1]
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_repository_paths_that_are_wrong_are_bad_input(jet: dict[str, Path], tmp_path: Path) -> None:  # items 12, 17
+    code, lines = run("triton", "check", tmp_path / "absent")
+    assert code == 2 and lines == [f"error: {tmp_path / 'absent'}: no such folder (a model repository)"]
+    code, lines = run("triton", "add", "/proc/repo", jet["model"])
+    assert code == 2 and "/proc/repo: folder /proc is not writable" in lines[-1]
+    code, lines = run("triton", "serve", tmp_path / "absent")  # refused before any server is looked for
+    assert code == 2 and lines == [f"error: {tmp_path / 'absent'}: no such folder (a model repository)"]
+
+
+def test_triton_check_finds_a_looping_version_folder(jet: dict[str, Path], tmp_path: Path) -> None:  # item 5
+    repo = tmp_path / "repo"
+    assert run("triton", "add", repo, jet["model"], "--name", "jet")[0] == 0
+    (repo / "jet" / "loopy").symlink_to(repo / "jet" / "2")
+    (repo / "jet" / "2").symlink_to(repo / "jet" / "loopy")
+    code, lines = run("triton", "check", repo)
+    assert code == 1 and any("'2' is a symbolic link that leads nowhere" in line for line in lines), lines
+
+
+def test_supersonic_refuses_values_kubernetes_or_triton_would_refuse(jet: dict[str, Path], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"  # item 7
+    assert run("triton", "add", repo, jet["model"], "--name", "jet")[0] == 0
+    out = tmp_path / "values.yaml"
+    code, lines = run("triton", "supersonic", repo, "-o", out, "--claim", "Bad Claim/../x")
+    assert code == 2 and "--claim 'Bad Claim/../x': not a name Kubernetes takes (RFC 1123" in lines[-1]
+    code, lines = run("triton", "supersonic", repo, "-o", out, "--claim", "models", "--gpus", "1000")
+    assert code == 2 and "--gpus 1000: no node has that many GPUs" in lines[-1]
+    with (repo / "jet" / "1" / "model.onnx").open("ab") as handle:
+        handle.write(b"changed after publishing")
+    code, lines = run("triton", "supersonic", repo, "-o", out, "--claim", "models")
+    assert code == 2 and "the repository fails `hepdeploy triton check`" in lines[-1]
+    assert not out.exists()
