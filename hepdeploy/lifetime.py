@@ -28,7 +28,8 @@ def work_folder(kind: str) -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix=f"hepdeploy-{kind}-{os.getpid()}-")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +46,7 @@ def sweep_stale_work_folders(root: Path | None = None) -> list[Path]:
     with contextlib.suppress(OSError):
         for path in root.iterdir():
             match = _WORK_FOLDER.match(path.name)
-            if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            if match is None or int(match.group(1)) == os.getpid() or process_alive(int(match.group(1))):
                 continue
             shutil.rmtree(path, ignore_errors=True)
             if not path.exists():

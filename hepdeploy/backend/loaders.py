@@ -229,8 +229,8 @@ def load_keras(path: Path) -> Any:
         raise ModelLoadError(missing(path, "Keras model"))
     if path.suffix == ".keras" and path.is_file() and not zipfile.is_zipfile(path):
         # Keras says "File not found" for these: say what it is.
-        raise ModelLoadError(f"{shown(path)}: not a .keras archive (a .keras file is a zip archive; this one is "
-                             "truncated or of another kind)")
+        raise ModelLoadError(f"{shown(path)}: not a readable Keras model (a .keras file is a zip archive; this one "
+                             "is truncated or of another kind)")
     import_tensorflow()
     import keras
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hepdeploy.errors import BadInputError, ServerError
+from hepdeploy.lifetime import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +187,6 @@ class SharedMemoryRegions:
         for region in regions.values():
             self._release(region)
 
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host (one owned by another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def leaked_segments() -> list[str]:

@@ -41,7 +41,7 @@ from hepdeploy.errors import DataError, HepDeployError, ModelLoadError
 from hepdeploy.fsutil import missing, sha256_file
 from hepdeploy.ntuple import load_preprocess
 from hepdeploy.validate.localize import Rule, localize
-from hepdeploy.validate.physics import PhysicsResult, physics_checks
+from hepdeploy.validate.physics import physics_checks
 from hepdeploy.validate.raw_events import inline_reference, preprocess_path
 from hepdeploy.validate.reference import (
     ReferenceSet,

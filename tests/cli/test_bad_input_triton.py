@@ -3,39 +3,12 @@ whole with its twins or not at all, a repository a server could not load does no
 is left beside the repository."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import onnx
 import pytest
 from click.testing import CliRunner
 
 from hepdeploy.cli import commands_triton, main
-
-
-def run(*args: object) -> tuple[int, list[str]]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, [line for line in result.output.splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def jet(zoo_export, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: ANN001
-    exported = zoo_export("jet_mlp")
-    folder = tmp_path_factory.mktemp("bad-input-triton")
-    for path in (exported.spec_path, exported.source_path, exported.reference_path):
-        shutil.copy(path, folder / path.name)
-    spec = folder / exported.spec_path.name
-    model = folder / "jet_mlp.onnx"
-    assert run("convert", folder / exported.source_path.name, "--spec", spec, "-o", model)[0] == 0
-    golden = folder / "golden.npz"
-    assert run("reference", spec, "--data", folder / exported.reference_path.name, "-o", golden)[0] == 0
-    other = folder / "other_names.onnx"  # the same network with a TensorFlow-style input name
-    graph = onnx.load(str(model))
-    for node in graph.graph.node:
-        node.input[:] = ["input_1:0" if name == "input_1" else name for name in node.input]
-    graph.graph.input[0].name = "input_1:0"
-    onnx.save(graph, str(other))
-    return {"folder": folder, "spec": spec, "model": model, "golden": golden, "other": other}
 
 
 def _spec_variant(jet: dict[str, Path], tmp_path: Path, old: str, new: str) -> Path:
@@ -51,7 +24,7 @@ def _spec_variant(jet: dict[str, Path], tmp_path: Path, old: str, new: str) -> P
     ("  - batch\n  - 16", "  - batch\n  - 17", "input 'input_1' is ['batch', 17] in the spec but ['batch', 16]"),
     ("  - batch\n  - 16", "  - 16\n  - batch", "input 'input_1' is [16, 'batch'] in the spec"),
 ])
-def test_triton_add_refuses_a_spec_whose_tensors_are_not_the_models(jet: dict[str, Path], tmp_path: Path, old: str,
+def test_triton_add_refuses_a_spec_whose_tensors_are_not_the_models(run, jet: dict[str, Path], tmp_path: Path, old: str,
                                                                       new: str, message: str) -> None:  # item 3
     repo = tmp_path / "repo"
     code, lines = run("triton", "add", repo, jet["model"], "--spec", _spec_variant(jet, tmp_path, old, new))
@@ -59,13 +32,13 @@ def test_triton_add_refuses_a_spec_whose_tensors_are_not_the_models(jet: dict[st
     assert not repo.exists()
 
 
-def test_a_max_batch_size_above_the_batch_dims_max_is_refused(jet: dict[str, Path], tmp_path: Path) -> None:
+def test_a_max_batch_size_above_the_batch_dims_max_is_refused(run, jet: dict[str, Path], tmp_path: Path) -> None:
     spec = _spec_variant(jet, tmp_path, "max_batch_size: 4096", "max_batch_size: 100000")  # item 3
     code, lines = run("triton", "add", tmp_path / "repo", jet["model"], "--spec", spec)
     assert code == 2 and "triton.max_batch_size 100000 is above dims.batch.max 4096" in lines[-1]
 
 
-def test_a_twin_that_cannot_be_published_leaves_nothing_published(jet: dict[str, Path], tmp_path: Path) -> None:
+def test_a_twin_that_cannot_be_published_leaves_nothing_published(run, jet: dict[str, Path], tmp_path: Path) -> None:
     repo = tmp_path / "repo"  # item 9
     code, lines = run("triton", "add", repo, jet["model"], "--spec", jet["spec"], "--cpu-twin", jet["other"])
     assert code == 2 and lines[-1].startswith("error: jet_mlp_cpu: ") and "nothing was published" in lines[-1]
@@ -92,7 +65,7 @@ def test_an_interrupt_between_models_says_what_was_published(jet: dict[str, Path
     assert not (tmp_path / "repo" / "jet_py").exists()
 
 
-def test_publishing_leaves_nothing_beside_the_repository(jet: dict[str, Path], tmp_path: Path) -> None:  # item 16
+def test_publishing_leaves_nothing_beside_the_repository(run, jet: dict[str, Path], tmp_path: Path) -> None:  # item 16
     repo = tmp_path / "repo"
     assert run("triton", "add", repo, jet["model"], "--name", "jet")[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no .repo.hepdeploy-staging
@@ -101,7 +74,7 @@ def test_publishing_leaves_nothing_beside_the_repository(jet: dict[str, Path], t
     assert not (tmp_path / "fresh").exists()
 
 
-def test_repository_paths_that_are_wrong_are_bad_input(jet: dict[str, Path], tmp_path: Path) -> None:  # items 12, 17
+def test_repository_paths_that_are_wrong_are_bad_input(run, jet: dict[str, Path], tmp_path: Path) -> None:  # items 12, 17
     code, lines = run("triton", "check", tmp_path / "absent")
     assert code == 2 and lines == [f"error: {tmp_path / 'absent'}: no such folder (a model repository)"]
     code, lines = run("triton", "add", "/proc/repo", jet["model"])
@@ -110,7 +83,7 @@ def test_repository_paths_that_are_wrong_are_bad_input(jet: dict[str, Path], tmp
     assert code == 2 and lines == [f"error: {tmp_path / 'absent'}: no such folder (a model repository)"]
 
 
-def test_triton_check_finds_a_looping_version_folder(jet: dict[str, Path], tmp_path: Path) -> None:  # item 5
+def test_triton_check_finds_a_looping_version_folder(run, jet: dict[str, Path], tmp_path: Path) -> None:  # item 5
     repo = tmp_path / "repo"
     assert run("triton", "add", repo, jet["model"], "--name", "jet")[0] == 0
     (repo / "jet" / "loopy").symlink_to(repo / "jet" / "2")
@@ -119,7 +92,7 @@ def test_triton_check_finds_a_looping_version_folder(jet: dict[str, Path], tmp_p
     assert code == 1 and any("'2' is a symbolic link that leads nowhere" in line for line in lines), lines
 
 
-def test_supersonic_refuses_values_kubernetes_or_triton_would_refuse(jet: dict[str, Path], tmp_path: Path) -> None:
+def test_supersonic_refuses_values_kubernetes_or_triton_would_refuse(run, jet: dict[str, Path], tmp_path: Path) -> None:
     repo = tmp_path / "repo"  # item 7
     assert run("triton", "add", repo, jet["model"], "--name", "jet")[0] == 0
     out = tmp_path / "values.yaml"

@@ -81,6 +81,16 @@ def _export(folder: Path, name: str, pf_channels: int = 4, sv_channels: int | No
     return path, data
 
 
+def _hlt_layout(folder: Path) -> tuple[dict, Path, Path]:
+    """The real HLT ParticleNet preprocess.json (copied) and a k-NN model with its groups and channels."""
+    config = json.loads(WEAVER_JSON.read_text())
+    pf, sv = len(config["pf_features"]["var_names"]), len(config["sv_features"]["var_names"])
+    model, _ = _export(folder, "hlt_knn", pf_channels=pf, sv_channels=sv)
+    preprocess = folder / "preprocess.json"
+    shutil.copyfile(WEAVER_JSON, preprocess)
+    return config, model, preprocess
+
+
 def _cli(*args: str | Path, code: int = 0) -> str:
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == code, (args, result.output)
@@ -138,11 +148,7 @@ def test_a_bound_the_walk_misses_is_learned_once_from_the_run(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_preprocess_json_is_the_spec_and_its_min_length_is_checked_against_the_graph(tmp_path: Path) -> None:
-    config = json.loads(WEAVER_JSON.read_text())
-    pf, sv = len(config["pf_features"]["var_names"]), len(config["sv_features"]["var_names"])
-    model, _ = _export(tmp_path, "hlt_knn", pf_channels=pf, sv_channels=sv)
-    preprocess = tmp_path / "preprocess.json"
-    shutil.copyfile(WEAVER_JSON, preprocess)
+    config, model, preprocess = _hlt_layout(tmp_path)
 
     # min_length 16 < 17: refused with --strict, and nothing is published.
     repo = tmp_path / "repo"
@@ -178,11 +184,7 @@ def test_a_preprocess_json_is_the_spec_and_its_min_length_is_checked_against_the
 
 @pytest.mark.slow
 def test_build_on_an_onnx_file_and_its_preprocess_json(tmp_path: Path) -> None:
-    config = json.loads(WEAVER_JSON.read_text())
-    pf, sv = len(config["pf_features"]["var_names"]), len(config["sv_features"]["var_names"])
-    model, _ = _export(tmp_path, "hlt_knn", pf_channels=pf, sv_channels=sv)
-    preprocess = tmp_path / "preprocess.json"
-    shutil.copyfile(WEAVER_JSON, preprocess)
+    config, model, preprocess = _hlt_layout(tmp_path)
     common = ["build", str(model), "--preprocess", str(preprocess), "--variant", "fp32", "--variant", "fp16"]
 
     result = CliRunner().invoke(main, [*common, "-o", str(tmp_path / "strict"), "--strict"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hepdeploy.backend.triton_shm import process_alive
+from hepdeploy.lifetime import process_alive
 
 # Two cores are shared by the test workers, the server and its Python-backend stubs.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

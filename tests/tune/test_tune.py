@@ -17,7 +17,7 @@ from hepdeploy.cli import main
 from hepdeploy.data import save_tensors
 from hepdeploy.pipeline import BuildOptions, build
 from hepdeploy.spec import load_spec
-from hepdeploy.tune import Evaluation, Tuner, pareto_front, tune_variant
+from hepdeploy.tune import Tuner, pareto_front, tune_variant
 from hepdeploy.validate.reference import make_reference
 
 LAYERS = ("first", "second", "third", "head")
