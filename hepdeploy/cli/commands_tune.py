@@ -73,7 +73,7 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
     if inputs is None:
         inputs = read_artifact(model).sidecar.inputs
     arrays = resolve_calibration(calibration.path, inputs, spec, calibration.samples)
-    check_calibration_rows(variant, arrays, calibration_path(calibration.path, spec))
+    check_calibration_rows(variant, arrays, calibration_path(calibration.path, spec), inputs)
 
     def progress(evaluation: Evaluation, done: int, budget: int) -> None:
         click.echo(f"[{done}/{budget}] {evaluation.phase}: {describe(evaluation)}", err=True)

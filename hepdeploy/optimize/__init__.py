@@ -109,16 +109,19 @@ def resolve_calibration(
     )
 
 
-def check_calibration_rows(variant: str, arrays: dict[str, np.ndarray] | None, source: Path | None) -> None:
-    """Refuse a calibration set the variant cannot take: none, or fewer rows than it needs (one line that
-    names the file, what it holds and what is needed)."""
+def check_calibration_rows(variant: str, arrays: dict[str, np.ndarray] | None, source: Path | None,
+                           inputs: list[TensorSpec]) -> None:
+    """Refuse a calibration set the variant cannot take: none, or, for a batched model, fewer rows than it
+    needs (one line that names the file, what it holds and what is needed). A graph network's calibration
+    is whole events, not rows."""
     kind = variant_kind(variant)
     if not kind.needs_calibration:
         return
     if arrays is None:
         raise BadInputError(f"{kind.name}: needs calibration data (--calibration FILE or data.calibration in the spec)")
     rows = common_batch_size(arrays)
-    if rows is not None and rows < kind.min_calibration_rows:
+    batched = all(t.has_batch_axis for t in inputs)
+    if batched and rows is not None and rows < kind.min_calibration_rows:
         raise DataError(f"{source or 'calibration data'}: holds {rows} calibration row(s); {kind.name} needs at "
                         f"least {kind.min_calibration_rows} to set its INT8 ranges")
 
@@ -161,7 +164,7 @@ def optimize_artifact(
     inputs = spec.inputs if spec is not None else parent.sidecar.inputs
     arrays = resolve_calibration(calibration, inputs, spec, samples)
     source = calibration_path(calibration, spec) if kind.needs_calibration else None
-    check_calibration_rows(kind.name, arrays, source)
+    check_calibration_rows(kind.name, arrays, source, inputs)
     return _make_onnx_variant(parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
 
 

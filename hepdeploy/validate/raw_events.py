@@ -43,7 +43,7 @@ from hepdeploy.ntuple import (
     read_events,
 )
 from hepdeploy.spec import DataSpec, ModelSpec, TensorSpec
-from hepdeploy.validate.reference import ReferenceSet, resolve_labels
+from hepdeploy.validate.reference import RAW_INPUTS, ReferenceSet, resolve_labels
 from hepdeploy.weaver import IDENTITY, InputGroup, PreprocessConfig
 
 
@@ -136,6 +136,7 @@ def inline_reference(source: Path | str, artifact: Path, spec: ModelSpec, conven
     variables = {n: np.asarray(full[n]) for n in dict.fromkeys([*spec.data.variable_names, *bins]) if n in full}
     provenance = {
         "framework": "onnx", "path": str(artifact), "runner": described, "data": str(source), "n_samples": total,
+        "inputs": RAW_INPUTS,  # raw features: NaN/Inf are data the served preprocessing handles
         "inline_preprocessing": {"preprocess_json": str(json_path), "convention": convention,
                                  "request_size": request_size},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions(),

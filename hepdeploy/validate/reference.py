@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hepdeploy.validate.reference")
 
 REFERENCE_FORMAT = 1
+# provenance["inputs"] of a set of raw features for a served preprocessing (NaN/Inf are data there).
+RAW_INPUTS = "raw"
 _INPUT, _OUTPUT, _LABEL, _VARIABLE, _PROVENANCE = "input/", "output/", "label/", "variable/", "__provenance__"
 
 
@@ -72,7 +74,8 @@ class ReferenceSet:
         for name, array in self.inputs.items():
             if array.size == 0 or (array.ndim > 0 and array.shape[0] == 0):
                 raise DataError(f"{where}: input {name!r} is empty (shape {list(array.shape)})")
-            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raw = self.provenance.get("inputs") == RAW_INPUTS
+            if not raw and array.dtype.kind in "fc" and not np.isfinite(array).all():
                 bad = int((~np.isfinite(array)).sum())
                 raise DataError(f"{where}: input {name!r} has {bad} NaN/Inf values; the inputs of a reference set "
                                 "must be finite (preprocess them as the model's inputs are)")
