@@ -11,6 +11,7 @@ is deterministic for the same inputs, data, seed and tool versions.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import Callable
@@ -165,13 +166,35 @@ def optimize_artifact(
     arrays = resolve_calibration(calibration, inputs, spec, samples)
     source = calibration_path(calibration, spec) if kind.needs_calibration else None
     check_calibration_rows(kind.name, arrays, source, inputs)
-    return _make_onnx_variant(parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
+    make = functools.partial(_make_onnx_variant, parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
+    return _learning_bounds(make, parent, kind, inputs, arrays, spec)
 
 
 def _maker(kind: VariantKind) -> Callable[..., Any]:
     """The registry's ``module:function`` maker of a variant."""
     module_name, _, function = (kind.maker or "").partition(":")
     return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+
+
+def _learning_bounds(make: Callable[[dict[str, int], dict[str, int] | None], StepResult], parent: Artifact,
+                     kind: VariantKind, inputs: list[TensorSpec], arrays: dict[str, np.ndarray] | None,
+                     spec: ModelSpec | None) -> StepResult:
+    """``make(bounds, learned)`` with the check batch's dims at least the bounds the graph puts on them (when
+    it is sampled, without data); a run that still fails with a bound the walk missed is made once more
+    with the size the error states (``learned``, recorded in the sidecar)."""
+    bounds = {} if arrays else minimums(graph_dim_bounds(parent.path))
+    try:
+        return make(bounds, None)
+    except HepDeployError as error:
+        batch_dims = {t.shape[0] for t in inputs if t.has_batch_axis and t.shape and isinstance(t.shape[0], str)}
+        sizes = {dim: size for dim, size in typical_sizes(inputs, spec, batch=CHECK_ROWS, bounds=bounds).items()
+                 if dim not in batch_dims}  # the rows are not what a graph bound is about
+        learned = None if arrays or isinstance(error, NativeCrashError) else bound_from_error(str(error), sizes)
+        if not learned:
+            raise
+        log.warning("%s of %s: %s; checking again with %s (bounds the graph walk did not find)", kind.name,
+                    parent.path.name, first_line(error), ", ".join(f"{d} >= {n}" for d, n in learned.items()))
+        return make({**bounds, **learned}, learned)
 
 
 def _make_onnx_variant(
@@ -183,39 +206,9 @@ def _make_onnx_variant(
     arrays: dict[str, np.ndarray] | None,
     spec: ModelSpec | None,
     modelopt: ModelOptWorker | None,
-    calibration_source: Path | None = None,
-) -> StepResult:
-    # Without data, the check batch is sampled: every dim at least the bound the graph puts on it. A run
-    # that still fails with a bound the walk missed is sampled again once at the size the error states.
-    bounds = {} if arrays else minimums(graph_dim_bounds(parent.path))
-    try:
-        return _make_onnx_variant_sampled(parent, kind, vspec, output, inputs, arrays, spec, modelopt,
-                                          calibration_source, bounds)
-    except HepDeployError as error:
-        batch_dims = {t.shape[0] for t in inputs if t.has_batch_axis and t.shape and isinstance(t.shape[0], str)}
-        sizes = {dim: size for dim, size in typical_sizes(inputs, spec, batch=CHECK_ROWS, bounds=bounds).items()
-                 if dim not in batch_dims}  # the rows are not what a graph bound is about
-        learned = None if arrays or isinstance(error, NativeCrashError) else bound_from_error(str(error), sizes)
-        if not learned:
-            raise
-        log.warning("%s of %s: %s; checking again with %s (bounds the graph walk did not find)", kind.name,
-                    parent.path.name, first_line(error), ", ".join(f"{d} >= {n}" for d, n in learned.items()))
-        return _make_onnx_variant_sampled(parent, kind, vspec, output, inputs, arrays, spec, modelopt,
-                                          calibration_source, {**bounds, **learned}, learned)
-
-
-def _make_onnx_variant_sampled(
-    parent: Artifact,
-    kind: VariantKind,
-    vspec: VariantSpec,
-    output: Path,
-    inputs: list[TensorSpec],
-    arrays: dict[str, np.ndarray] | None,
-    spec: ModelSpec | None,
-    modelopt: ModelOptWorker | None,
     calibration_source: Path | None,
     bounds: dict[str, int],
-    learned: dict[str, int] | None = None,
+    learned: dict[str, int] | None,
 ) -> StepResult:
     import onnx
 

@@ -597,6 +597,7 @@ class _ModelChecker:
                     if data.size == math.prod(entry.dims):
                         warm[input_name] = data.reshape(list(entry.dims))
         named = {t.name: t.shape[1 if config.max_batch_size > 0 else 0:] for t in model_inputs}
+        sizes = self._sampled_sizes(config, model_inputs, bounds)
         rng = np.random.default_rng(0)
         inputs = {}
         for tensor in config.input:
@@ -606,8 +607,8 @@ class _ModelChecker:
             else:
                 dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
                 names = named.get(tensor.name, [])
-                shape = [max(_SAMPLED_DIM, bounds.get(names[k], 0) if k < len(names) and isinstance(names[k], str)
-                             else 0) if d == -1 else d for k, d in enumerate(dims)]
+                shape = [d if d != -1 else sizes.get(names[k], _SAMPLED_DIM) if k < len(names)
+                         and isinstance(names[k], str) else _SAMPLED_DIM for k, d in enumerate(dims)]
                 if np.issubdtype(np.dtype(dtype), np.floating):
                     array = rng.standard_normal(shape).astype(dtype)
                 else:  # zeros are valid indices and valid flags
