@@ -20,7 +20,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,9 @@ from hepdeploy.serve_check import serve_check
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
-from hepdeploy.triton.ensemble import plan_ensemble, publish_ensemble
-from hepdeploy.triton.repository import PublishResult, publish_spec
+from hepdeploy.triton.ensemble import ensemble_requests, plan_ensemble
+from hepdeploy.triton.plan import ModelRequest, plan_publication, spec_publication
+from hepdeploy.triton.repository import publish
 from hepdeploy.tune import describe, throughput_ratio, timing_feed, tune_variant
 from hepdeploy.validate import (
     ReferenceSet,
@@ -508,15 +509,17 @@ def _tensorrt_checks(build: ModelBuild, spec: ModelSpec, options: BuildOptions, 
 
 def _publish_step(repository: Path, spec: ModelSpec, variants: dict[str, Path], verdicts: dict[str, dict[str, Any]],
                   warmup: dict[str, np.ndarray]) -> StepResult:
-    results = publish_spec(repository, spec, variants, verdicts=verdicts, warmup_inputs=warmup)
+    """The spec's models, twins and preprocessing ensemble: one publication plan, swapped in together."""
+    request = spec_publication(spec, variants, verdicts=verdicts, warmup_inputs=warmup)
     if spec.data.preprocess is not None:
-        results += _publish_ensemble(repository, spec, variants, verdicts)
+        request = replace(request, extra=_ensemble_requests(spec, variants, verdicts))
+    results = publish(repository, plan_publication(request))
     return StepResult("publish", "ok", ", ".join(f"{r.name} v{r.version}" for r in results),
                       outputs=[r.version_dir for r in results])
 
 
-def _publish_ensemble(repository: Path, spec: ModelSpec, variants: dict[str, Path],
-                      verdicts: dict[str, dict[str, Any]]) -> list[PublishResult]:
+def _ensemble_requests(spec: ModelSpec, variants: dict[str, Path],
+                       verdicts: dict[str, dict[str, Any]]) -> list[ModelRequest]:
     """A spec with data.preprocess also publishes its preprocessing ensemble (raw features in), whose tensors
     are checked against the served variant's ONNX file (its FP32 graph when the served one is a plan)."""
     served = spec.triton.variant if spec.triton.variant in variants else "fp32"
@@ -527,7 +530,7 @@ def _publish_ensemble(repository: Path, spec: ModelSpec, variants: dict[str, Pat
     plan = plan_ensemble(variants[onnx_variant], spec.resolve(spec.data.preprocess.file),  # type: ignore[arg-type,union-attr]
                          name=spec.triton.model_name or spec.name, spec=spec, triton=spec.triton,
                          python_backend=spec.triton.python_backend)
-    return publish_ensemble(repository, plan, verdict=verdicts.get(served))
+    return ensemble_requests(plan, verdict=verdicts.get(served))
 
 
 def zoo_build_spec(name: str) -> ModelSpec:

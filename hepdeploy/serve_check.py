@@ -7,7 +7,6 @@ Above both the triton stage (which writes and serves repositories) and the valid
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from hepdeploy.artifacts import load_onnx, tensor_specs_of
 from hepdeploy.backend.triton import TritonRunner
 from hepdeploy.errors import DependencyMissingError, HepDeployError, ServerError
 from hepdeploy.triton.config import read_model_config
-from hepdeploy.triton.layout import CONFIG_NAME, MANIFEST_NAME
+from hepdeploy.triton.layout import CONFIG_NAME, Manifest, newest_manifest, version_folders
 from hepdeploy.triton.server import ServerBinary, TritonServer, find_tritonserver
 from hepdeploy.validate import load_reference, validate_runner
 
@@ -83,29 +82,35 @@ def _backend(model_dir: Path) -> str | None:
     return config.backend or config.platform or None
 
 
-def _golden_for(name: str, goldens: Mapping[str, Path]) -> Path | None:
-    """The golden set of a served model: by its name, else by the name of the model it twins."""
-    if name in goldens:
-        return Path(goldens[name])
-    for suffix in ("_py", "_cpu", "_cpu_py"):
-        if name.endswith(suffix) and name[: -len(suffix)] in goldens:
-            return Path(goldens[name[: -len(suffix)]])
-    return None
+def _served_manifest(model_dir: Path) -> Manifest | None:
+    """The newest version's manifest (None: none, or unreadable: the model is then judged as it is)."""
+    try:
+        return newest_manifest(model_dir)
+    except HepDeployError:
+        return None
+
+
+def _golden_for(repo: Path, name: str, goldens: Mapping[str, Path]) -> Path | None:
+    """The golden set of a served model: by its name, else that of the model it is the twin of (its
+    manifest says which; a twin of a twin leads back to the model)."""
+    seen: set[str] = set()
+    while name not in goldens:
+        manifest = _served_manifest(repo / name)
+        if manifest is None or manifest.twin_of is None or manifest.twin_of in seen:
+            return None
+        seen.add(name)
+        name = manifest.twin_of
+    return Path(goldens[name])
 
 
 def _served_artifact_info(model_dir: Path) -> tuple[Any, str]:
     """(expected tensor specs or None, precision) from the newest version's ONNX file and manifest."""
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
+    versions = version_folders(model_dir)
     if not versions:
         return None, "fp32"
-    version_dir = model_dir / str(versions[0])
-    precision = "fp32"
-    manifest = version_dir / MANIFEST_NAME
-    if manifest.is_file():
-        with contextlib.suppress(ValueError, OSError, AttributeError, TypeError):
-            variant = (json.loads(manifest.read_text(encoding="utf-8")).get("source") or {}).get("variant") or {}
-            precision = variant.get("precision") or "fp32"
-    onnx_file = version_dir / "model.onnx"
+    manifest = _served_manifest(model_dir)
+    precision = manifest.precision if manifest is not None else "fp32"
+    onnx_file = model_dir / str(versions[-1]) / "model.onnx"
     if onnx_file.is_file():
         with contextlib.suppress(HepDeployError):
             return tensor_specs_of(load_onnx(onnx_file, load_weights=False)), precision
@@ -117,7 +122,7 @@ def serve_check(repo: Path, goldens: Mapping[str, Path], timeout_s: float = 300.
     """Start a local server on ``repo``, validate every model it loads against its golden set, stop it.
 
     ``goldens`` maps model names to reference sets (``.npz`` from ``hepdeploy reference``); a twin
-    (``NAME_py``, ``NAME_cpu``) uses its base model's golden set. Models the server refuses are listed
+    (its manifest's ``twin_of``: ``NAME_py``, ``NAME_cpu``) uses the golden set of the model it twins. Models the server refuses are listed
     with the server's own message. ``status`` is ``skipped`` (with the reason and the container command
     lines) when no server can run here, ``failed`` when the server would not start.
     """
@@ -147,7 +152,7 @@ def serve_check(repo: Path, goldens: Mapping[str, Path], timeout_s: float = 300.
                 continue
             result = ServedModelResult(name, True)
             report.models.append(result)
-            golden = _golden_for(name, goldens)
+            golden = _golden_for(repo, name, goldens)
             if golden is None:
                 result.verdict = "no golden set for this model"
                 continue

@@ -24,6 +24,7 @@ from pydantic import (
 from hepdeploy.errors import SpecError, UnsafeNameError, first_line
 from hepdeploy.fsutil import check_safe_name, check_tensor_name, missing
 from hepdeploy.plan_compat import ProfileRange, server_release
+from hepdeploy.platforms import USER_PLATFORMS
 from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES
 
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
@@ -369,7 +370,7 @@ class PerfSpec(_Strict):
 class TritonSpec(_Strict):
     model_name: str | None = None
     variant: VariantName = "fp32"
-    platform: Literal["onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch", "tensorflow_savedmodel"] | None = None
+    platform: str | None = None  # one of the platform registry's user choices (hepdeploy.platforms)
     max_batch_size: int | None = Field(None, ge=0)
     dynamic_batching: DynamicBatching | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)
@@ -392,6 +393,14 @@ class TritonSpec(_Strict):
     @classmethod
     def _safe(cls, value: str | None) -> str | None:
         return None if value is None else check_safe_name(value, "Triton model name")
+
+    @field_validator("platform")
+    @classmethod
+    def _known_platform(cls, value: str | None) -> str | None:
+        if value is not None and value not in USER_PLATFORMS:
+            raise ValueError(f"Triton platform {value!r} is not one a model file is published as "
+                             f"(one of {', '.join(USER_PLATFORMS)})")
+        return value
 
     @field_validator("server_release")
     @classmethod

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -18,12 +16,13 @@ from hepdeploy.errors import BadInputError, HepDeployError
 from hepdeploy.fsutil import check_output_folder
 from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE
 from hepdeploy.plan_compat import server_release as release_by_name
+from hepdeploy.platforms import USER_PLATFORMS
 from hepdeploy.preprocess_spec import spec_from_preprocess
 from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
-from hepdeploy.triton.ensemble import plan_ensemble, publish_ensemble
-from hepdeploy.triton.python_backend import twin_name
-from hepdeploy.triton.repository import publish_model, publish_python_twin
+from hepdeploy.triton.ensemble import ensemble_requests, plan_ensemble
+from hepdeploy.triton.plan import ModelRequest, PublicationRequest, plan_publication
+from hepdeploy.triton.repository import publish
 from hepdeploy.triton.supersonic import (
     SupersonicOptions,
     parse_replicas,
@@ -46,8 +45,7 @@ def triton() -> None:
 @click.option("--name", help="Triton model name (default: the spec's triton.model_name, its name, or the file stem).")
 @click.option("--cpu-twin", "cpu_twin", type=click.Path(path_type=Path, dir_okay=False),
               help="Also publish this model (e.g. the int8-cpu variant) as NAME_cpu for CPU servers.")
-@click.option("--platform", type=click.Choice(
-    ["onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch", "tensorflow_savedmodel"]),
+@click.option("--platform", type=click.Choice(USER_PLATFORMS),
     help="Triton platform (default: from the file suffix).")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="Instance kind of MODEL itself.")
@@ -132,43 +130,25 @@ def add_command(
         except (OSError, json.JSONDecodeError) as error:
             raise BadInputError(f"{verdict_path}: not a readable JSON verdict ({type(error).__name__})") from error
 
-    # Every model of the set (the model, its twins) is checked in full first, then they are published:
-    # a twin that cannot be published never leaves the model published without it.
-    cpu_triton = triton_spec.model_copy(update={"platform": None}) if triton_spec else None
-    models: list[tuple[str, Callable[[bool], Any]]] = [(name, lambda dry: publish_model(
-        repo, model, name=name, spec=spec, triton=triton_spec, kind=kind,  # type: ignore[arg-type]
-        verdict=verdict, warmup_inputs=warmup, platform=platform, dry_run=dry))]
-    if cpu_twin is not None:
-        models.append((f"{name}_cpu", lambda dry: publish_model(
-            repo, cpu_twin, name=f"{name}_cpu", spec=spec, triton=cpu_triton, kind="cpu", verdict=verdict,
-            warmup_inputs=warmup, dry_run=dry)))
-    if with_python_twin:
+    # Every model of the set (the model, its twins, its preprocessing and ensemble) is planned and checked in
+    # full, then all are published together: a twin that cannot be published never leaves the model without it.
+    request = PublicationRequest(
+        ModelRequest(model, name, spec=spec, triton=triton_spec, kind=kind, platform=platform,  # type: ignore[arg-type]
+                     verdict=verdict, warmup_inputs=warmup),
+        cpu_twin=cpu_twin, cpu_twin_verdict=verdict,
         # The twin's warm-up comes from --warmup only (not the spec's reference fallback), as before.
-        models.append((twin_name(name), lambda dry: publish_python_twin(
-            repo, model, name=twin_name(name), spec=spec, triton=triton_spec,
-            warmup_inputs=warmup if warmup_path is not None else None, dry_run=dry)))
-    for label, publish in models:
-        try:
-            publish(True)
-        except HepDeployError as error:
-            source = f" (warm-up data: {warmup_path})" if warmup_path is not None and "warm-up" in str(error) else ""
-            raise type(error)(f"{label}: {error}{source}; nothing was published") from error.__cause__
-    published: list[str] = []
+        python_twin=model if with_python_twin else None, python_twin_warmup=warmup_path is not None,
+        extra=ensemble_requests(ensemble, verdict=verdict) if ensemble is not None else ())
     try:
-        for _, publish in models:
-            result = publish(False)
-            published.append(f"{result.name} v{result.version}")
-            click.echo(result.line())
-        if ensemble is not None:
-            for result in publish_ensemble(repo, ensemble, verdict=verdict):
-                published.append(f"{result.name} v{result.version}")
-                click.echo(result.line())
-            click.echo(f"{ensemble.ensemble_name}: send {', '.join(t.name for t in ensemble.ensemble_config.input)}; "
-                       f"steps {ensemble.preprocess_name} ({ensemble.convention}) -> {ensemble.model_step}")
-    except (KeyboardInterrupt, HepDeployError):
-        # Each model's version is swapped in whole; say exactly which made it before the stop.
-        click.echo(f"published before the stop: {', '.join(published) or 'nothing'}", err=True)
-        raise
+        plans = plan_publication(request)
+    except HepDeployError as error:
+        source = f" (warm-up data: {warmup_path})" if warmup_path is not None and "warm-up" in str(error) else ""
+        raise type(error)(f"{error}{source}; nothing was published") from error.__cause__
+    for result in publish(repo, plans):
+        click.echo(result.line())
+    if ensemble is not None:
+        click.echo(f"{ensemble.ensemble_name}: send {', '.join(t.name for t in ensemble.ensemble_config.input)}; "
+                   f"steps {ensemble.preprocess_name} ({ensemble.convention}) -> {ensemble.model_step}")
 
 
 @triton.command("check")

@@ -17,6 +17,7 @@ elsewhere the check says "plan not loadable here: <reason>", which is a note, no
 """
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from hepdeploy.errors import (
 )
 from hepdeploy.fsutil import check_safe_name, file_digest, sha256_file
 from hepdeploy.graph_bounds import bound_from_error, graph_dim_bounds, minimums
+from hepdeploy.platforms import PLATFORMS
 from hepdeploy.plan_compat import (
     ConfigTensor,
     PlanMetadata,
@@ -107,10 +109,18 @@ class CheckReport:
     models: list[str] = field(default_factory=list)
     versions: int = 0
     runs: int = 0
+    # Models staged by the same publish (not yet in ``repo``): an ensemble's steps are looked up here first.
+    staged: Path | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def model_folder(self, name: str) -> Path:
+        """Where the model ``name`` is: staged by the same publish, else in the repository."""
+        if self.staged is not None and (self.staged / name).is_dir():
+            return self.staged / name
+        return self.repo / name
 
     def summary(self) -> str:
         return (
@@ -160,8 +170,6 @@ class _ModelChecker:
             self.problem(config_path, "config sets neither platform nor backend")
             return self.problems
         self._check_batching(config, config_path)
-        if platform == "ensemble":
-            self._check_ensemble(config, config_path)
         self._check_warmup(config)
         self._check_labels(config)
         self._check_checksums(config)
@@ -172,7 +180,7 @@ class _ModelChecker:
             self._check_version(config, platform, version_dir, served=int(version_dir.name) in served)
         return self.problems
 
-    def _check_ensemble(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+    def check_ensemble(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
         """Every step's model is in the repository with the tensors its maps name; every step input is
         an ensemble input or an earlier step's output; every ensemble output is made by a step."""
         available = {t.name for t in config.input}
@@ -180,7 +188,7 @@ class _ModelChecker:
         if not steps:
             self.problem(path, "ensemble has no steps")
         for index, step in enumerate(steps, 1):
-            step_config_path = self.report.repo / step.model_name / CONFIG_NAME
+            step_config_path = self.report.model_folder(step.model_name) / CONFIG_NAME
             try:
                 step_config = read_model_config(step_config_path)
             except RepositoryError:
@@ -307,37 +315,31 @@ class _ModelChecker:
     ) -> None:
         """Files of every version; tensors and runs only for versions the version_policy serves."""
         manifest = self._check_manifest(version_dir)
-        wanted = model_filename(config)
+        entry = PLATFORMS.get(platform)
         if not served:
+            wanted = model_filename(config)
             if wanted and not (version_dir / wanted).exists() and platform != "python":
                 self.problem(version_dir / wanted, f"model file {wanted} for platform {platform} is missing")
             self.note(f"version {version_dir.name} is not served under the version_policy; tensors not compared")
             return
-        if platform == "python":
-            if not (version_dir / "model.py").is_file():
-                self.problem(version_dir / "model.py", "Python-backend model file model.py is missing")
-            for onnx_file in sorted(version_dir.glob("*.onnx")):
-                self._check_onnx(config, onnx_file)
-            return
-        if platform == "tensorrt_plan":
-            self._check_plans(config, version_dir, manifest)
-            return
-        if wanted is None:
+        if entry is None or entry.checker is None:
             self.note(f"platform {platform!r}: model file not checked")
             return
+        module_name, _, function = entry.checker.partition(":")
+        getattr(importlib.import_module(module_name), function)(self, config, version_dir, manifest)
+
+    def model_file(self, config: model_config_pb2.ModelConfig, version_dir: Path, platform: str) -> Path | None:
+        """The version's model file; None (and a problem) when it is missing."""
+        wanted = model_filename(config)
+        if wanted is None:
+            return None
         path = version_dir / wanted
         if not path.exists():
             self.problem(path, f"model file {wanted} for platform {platform} is missing")
-            return
-        if platform == "onnxruntime_onnx":
-            self._check_ort_tensorrt(config, path)
-            self._check_onnx(config, path)
-        elif platform == "pytorch_libtorch":
-            self._check_torchscript(path)
-        elif platform == "tensorflow_savedmodel" and not (path / "saved_model.pb").is_file():
-            self.problem(path, "not a SavedModel folder (no saved_model.pb)")
+            return None
+        return path
 
-    def _check_ort_tensorrt(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+    def check_ort_tensorrt(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
         """ONNX Runtime's TensorRT execution provider against the target server's versions."""
         accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
         release = self.environment.release
@@ -349,7 +351,7 @@ class _ModelChecker:
 
     # -- TensorRT plans ------------------------------------------------------------------------
 
-    def _check_plans(self, config: model_config_pb2.ModelConfig, version_dir: Path,
+    def check_plans(self, config: model_config_pb2.ModelConfig, version_dir: Path,
                      manifest: dict[str, Any] | None) -> None:
         """Every plan of the version: files, recorded metadata against config and server, then loading."""
         plans: dict[str, str | None] = {}  # file name -> its cc_model_filenames key (None: the default file)
@@ -625,6 +627,53 @@ class _ModelChecker:
             self.problem(path, f"not a loadable TorchScript file: {first_line(error)}")
             return
         self.note(f"{path.name}: TorchScript loads; tensors not compared (TorchScript has no I/O signature)")
+
+
+# -- what one served version of each platform must hold (the platform registry names these) ----------
+
+
+def check_onnx_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+                       manifest: dict[str, Any] | None) -> None:
+    """The ONNX file: loadable, its tensors as the config says, and it runs (ONNX Runtime)."""
+    path = checker.model_file(config, version_dir, "onnxruntime_onnx")
+    if path is not None:
+        checker.check_ort_tensorrt(config, path)
+        checker._check_onnx(config, path)
+
+
+def check_plan_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+                       manifest: dict[str, Any] | None) -> None:
+    """Every plan: files, recorded metadata against config and server, then loading where it can."""
+    checker.check_plans(config, version_dir, manifest)
+
+
+def check_torchscript_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+                              manifest: dict[str, Any] | None) -> None:
+    path = checker.model_file(config, version_dir, "pytorch_libtorch")
+    if path is not None:
+        checker._check_torchscript(path)
+
+
+def check_savedmodel_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+                             manifest: dict[str, Any] | None) -> None:
+    path = checker.model_file(config, version_dir, "tensorflow_savedmodel")
+    if path is not None and not (path / "saved_model.pb").is_file():
+        checker.problem(path, "not a SavedModel folder (no saved_model.pb)")
+
+
+def check_python_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+                         manifest: dict[str, Any] | None) -> None:
+    """model.py is there; an ONNX file beside it (a twin's) is checked as an ONNX model."""
+    if not (version_dir / "model.py").is_file():
+        checker.problem(version_dir / "model.py", "Python-backend model file model.py is missing")
+    for onnx_file in sorted(version_dir.glob("*.onnx")):
+        checker._check_onnx(config, onnx_file)
+
+
+def check_ensemble_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+                           manifest: dict[str, Any] | None) -> None:
+    """The steps' models and their tensors (an ensemble's version folder holds no model)."""
+    checker.check_ensemble(config, checker.dir / CONFIG_NAME)
 
 
 def _served_versions(config: model_config_pb2.ModelConfig, present: list[int]) -> set[int]:

@@ -10,15 +10,17 @@ and comparing messages, that the text still means exactly the message.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hepdeploy.artifacts import Artifact, Sidecar, read_artifact
-from hepdeploy.errors import RepositoryError, SpecError
+from hepdeploy.errors import BadInputError, RepositoryError, SpecError
 from hepdeploy.fsutil import check_safe_name, file_digest, file_name_for
 from hepdeploy.plan_compat import PlanMetadata, check_capability_key
+from hepdeploy.platforms import DEFAULT_PLATFORM, PLATFORMS, TritonPlatform, platform_of_config, triton_platform
 from hepdeploy.spec import TensorSpec, TritonSpec, infer_batch_axis
 
 if TYPE_CHECKING:
@@ -26,17 +28,6 @@ if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
 
 Kind = Literal["gpu", "cpu"]
-PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch", "tensorflow_savedmodel", "python")
-
-# What Triton looks for in a version folder when default_model_filename is not set.
-DEFAULT_MODEL_FILENAMES = {
-    "onnxruntime_onnx": "model.onnx",
-    "tensorrt_plan": "model.plan",
-    "pytorch_libtorch": "model.pt",
-    "tensorflow_savedmodel": "model.savedmodel",
-    "python": "model.py",
-}
-
 # numpy dtype name <-> Triton DataType enum name.
 _DTYPE_TO_TRITON = {
     "float32": "TYPE_FP32",
@@ -248,6 +239,50 @@ def _version_policy(config: Any, policy: str | Mapping[str, Any]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class VersionFiles:
+    """What a version folder holds besides tensors: the model file's name when it is not the platform's
+    default, TensorRT plans per compute capability (``"8.0"`` -> file name) and the default plan's
+    recorded metadata (its engine profile sets max_batch_size and fixed dims)."""
+
+    model_filename: str | None = None
+    cc_model_filenames: Mapping[str, str] = field(default_factory=dict)
+    plan: PlanMetadata | None = None
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    """Everything a platform's filler may read while a config is built."""
+
+    name: str
+    platform: TritonPlatform
+    kind: Kind
+    triton: TritonSpec
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    files: VersionFiles
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    @property
+    def max_batch_size(self) -> int:
+        """From the spec, else 64 (or the engine profile's max batch) when every tensor has a free batch axis."""
+        triton, name = self.triton, self.name
+        plan = self.files.plan if self.platform.name == "tensorrt_plan" else None
+        profile_max = plan.max_batch() if plan is not None else None
+        if triton.max_batch_size is None:
+            if not default_batched([*self.inputs, *self.outputs]):
+                return 0
+            preferred = triton.dynamic_batching.preferred_batch_size if triton.dynamic_batching else []
+            return profile_max if profile_max is not None else max([*preferred, 64])
+        if profile_max is not None and triton.max_batch_size > profile_max:
+            raise SpecError(f"model {name!r}: triton.max_batch_size {triton.max_batch_size} exceeds the TensorRT "
+                            f"engine profile's max batch {profile_max} (raise dims.batch.max and rebuild the plan)")
+        return triton.max_batch_size
+
+
 def build_model_config(
     artifact_or_specs: Any,
     triton: TritonSpec,
@@ -256,138 +291,156 @@ def build_model_config(
     platform: str | None = None,
     kind: Kind = "gpu",
     warmup_inputs: Mapping[str, np.ndarray] | None = None,
-    default_model_filename: str | None = None,
-    cc_model_filenames: Mapping[str, str] | None = None,
-    plan: PlanMetadata | None = None,
+    files: VersionFiles | None = None,
 ) -> model_config_pb2.ModelConfig:
     """The ModelConfig for one model from its tensor specs and the spec's ``triton:`` block.
 
-    ``kind='cpu'`` makes the CPU-fallback twin: KIND_CPU instances, ONNX Runtime thread
-    settings from ``triton.cpu_twin``, no GPU accelerator. Warm-up files themselves are
-    written by the repository module; this only references ``warmup/<input name>``.
-    For a ``tensorrt_plan`` with its recorded ``plan`` metadata, max_batch_size is the
-    engine profile's max batch and input dims fixed by the profile are written as numbers:
-    Triton's TensorRT backend refuses a config that asks for more than the engine takes.
+    What every platform shares is set here; what one platform has of its own, its registry entry's
+    filler sets (``hepdeploy.platforms``). ``kind='cpu'`` makes a CPU model: KIND_CPU instances (ONNX
+    Runtime thread settings from ``triton.cpu_twin``), no GPU accelerator. Warm-up files themselves are
+    written by the publisher; this only references ``warmup/<input name>``.
     """
-    pb2 = model_config_schema()
     check_safe_name(name, "Triton model name")
-    platform = platform or triton.platform or "onnxruntime_onnx"
-    if platform not in PLATFORMS:
-        raise SpecError(f"Triton platform {platform!r} is not supported (one of {', '.join(PLATFORMS)})")
-    if kind == "cpu" and platform == "tensorrt_plan":
-        raise SpecError(f"model {name!r}: a TensorRT plan runs on GPUs only; a CPU twin needs an ONNX variant")
+    try:
+        entry = triton_platform(platform or triton.platform or DEFAULT_PLATFORM)
+    except BadInputError as error:
+        raise SpecError(str(error)) from error
+    if kind == "cpu" and not entry.runs_on_cpu:
+        raise SpecError(f"model {name!r}: a {entry.name} model runs on GPUs only; a CPU twin needs an ONNX variant")
     inputs, outputs = tensor_specs_from(artifact_or_specs)
     if not inputs or not outputs:
         raise SpecError(f"model {name!r}: needs at least one input and one output")
-    tensors = [*inputs, *outputs]
-
-    # -- batching ---------------------------------------------------------------------------
-    profile_max = plan.max_batch() if (plan is not None and platform == "tensorrt_plan") else None
-    if triton.max_batch_size is None:
-        max_batch = 0
-        if default_batched(tensors):
-            preferred = triton.dynamic_batching.preferred_batch_size if triton.dynamic_batching else []
-            max_batch = profile_max if profile_max is not None else max([*preferred, 64])
-    else:
-        max_batch = triton.max_batch_size
-        if profile_max is not None and max_batch > profile_max:
-            raise SpecError(f"model {name!r}: triton.max_batch_size {max_batch} exceeds the TensorRT engine "
-                            f"profile's max batch {profile_max} (raise dims.batch.max and rebuild the plan)")
-    if max_batch > 0 and not has_free_batch_axis(tensors):
-        fixed = [f"{t.name}{t.shape}" for t in tensors if not (t.shape and isinstance(t.shape[0], str))]
-        raise SpecError(
-            f"model {name!r}: triton.max_batch_size {max_batch} needs a free batch axis as the first dimension "
-            f"of every input and output, but these have none: {', '.join(fixed)}; use max_batch_size: 0"
-        )
-    batched = max_batch > 0
-
-    config = pb2.ModelConfig()
+    request = ConfigRequest(name, entry, kind, triton, inputs, outputs, files or VersionFiles())
+    config = model_config_schema().ModelConfig()
     config.name = name
-    if platform == "python":
-        config.backend = "python"
-    else:
-        config.platform = platform
-    config.max_batch_size = max_batch
+    setattr(config, entry.config_field, entry.name)
+    config.max_batch_size = _checked_max_batch(request)
     for spec in inputs:
-        _fill_tensor(config.input.add(), spec, batched)
-    if profile_max is not None and plan is not None:
-        _dims_from_profile(config, plan, batched)
-    if plan is not None and platform == "tensorrt_plan":
-        for message in config.input:  # inputs whose values set output shapes: Triton must know
-            message.is_shape_tensor = message.name in plan.shape_input_values
+        _fill_tensor(config.input.add(), spec, request.batched)
     for spec in outputs:
-        _fill_tensor(config.output.add(), spec, batched)
-
-    if triton.dynamic_batching is not None or batched:
-        # Without a batch axis Triton still accepts a dynamic batcher as a plain request queue,
-        # but no preferred batch size (each must be <= max_batch_size, here 0).
-        settings = triton.dynamic_batching
-        preferred = list(settings.preferred_batch_size) if settings else []
-        too_big = [p for p in preferred if p > max_batch or p < 1]
-        if too_big:
-            raise SpecError(
-                f"model {name!r}: preferred_batch_size {too_big} must be between 1 and max_batch_size {max_batch}"
-            )
-        config.dynamic_batching.SetInParent()
-        config.dynamic_batching.preferred_batch_size.extend(preferred)
-        config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_microseconds if settings else 100
-
-    # -- instances ---------------------------------------------------------------------------
-    twin = triton.cpu_twin
-    if kind == "cpu":
-        group = config.instance_group.add()
-        group.kind = pb2.ModelInstanceGroup.Kind.Value("KIND_CPU")
-        group.count = twin.instances if twin else 1
-    else:
-        for wanted in triton.instance_group or []:
-            group = config.instance_group.add()
-            group.kind = pb2.ModelInstanceGroup.Kind.Value(wanted.kind)
-            group.count = wanted.count
-            group.gpus.extend(wanted.gpus)
-        if not triton.instance_group:
-            group = config.instance_group.add()
-            group.kind = pb2.ModelInstanceGroup.Kind.Value("KIND_GPU")
-            group.count = 1
-
-    # -- platform specifics ------------------------------------------------------------------
-    if platform == "onnxruntime_onnx":
-        if kind == "gpu" and triton.tensorrt_accelerator:
-            accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
-            accelerator.name = "tensorrt"
-            accelerator.parameters["precision_mode"] = triton.tensorrt_accelerator
-        if kind == "cpu":
-            intra = twin.intra_op_threads if twin else 1
-            inter = twin.inter_op_threads if twin else 1
-            config.parameters[ORT_INTRA_OP_THREADS].string_value = str(intra)
-            if inter > 0:
-                config.parameters[ORT_INTER_OP_THREADS].string_value = str(inter)
-            if inter > 1:  # several inter-op threads only help in ORT's parallel execution mode
-                config.parameters[ORT_EXECUTION_MODE].string_value = "1"
-        if triton.optimization.graph_level is not None:
-            config.optimization.graph.level = triton.optimization.graph_level
-    if default_model_filename and default_model_filename != DEFAULT_MODEL_FILENAMES.get(platform):
-        config.default_model_filename = default_model_filename
-    if cc_model_filenames:
-        if platform != "tensorrt_plan":
-            raise SpecError("cc_model_filenames is only meaningful for tensorrt_plan models")
-        for capability, filename in sorted(cc_model_filenames.items()):
-            config.cc_model_filenames[check_capability_key(capability)] = filename
-
+        _fill_tensor(config.output.add(), spec, request.batched)
+    _fill_dynamic_batching(config, request)
+    _fill_instances(config, request)
+    if entry.filler is not None:
+        _resolve(entry.filler)(config, request)
+    _fill_files(config, request)
     _version_policy(config, triton.version_policy)
     if triton.labels:
         _label_output(config, outputs, triton.labels, name)
-
-    # -- warm-up from golden inputs ---------------------------------------------------------
     if triton.warmup and warmup_inputs:
-        warmup = config.model_warmup.add()
-        warmup.name = "golden_sample"
-        warmup.batch_size = 1
-        for sample in warmup_samples(inputs, warmup_inputs, batched):
-            entry = warmup.inputs[sample.name]
-            entry.data_type = pb2.DataType.Value(triton_dtype(sample.dtype))
-            entry.dims.extend(sample.dims)
-            entry.input_data_file = sample.file_name
+        _fill_warmup(config, inputs, warmup_inputs, request.batched)
     return config
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    """A registry's ``module:function``."""
+    module_name, _, function = target.partition(":")
+    return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+
+
+def _checked_max_batch(request: ConfigRequest) -> int:
+    max_batch = request.max_batch_size
+    tensors = [*request.inputs, *request.outputs]
+    if max_batch > 0 and not has_free_batch_axis(tensors):
+        fixed = [f"{t.name}{t.shape}" for t in tensors if not (t.shape and isinstance(t.shape[0], str))]
+        raise SpecError(
+            f"model {request.name!r}: triton.max_batch_size {max_batch} needs a free batch axis as the first "
+            f"dimension of every input and output, but these have none: {', '.join(fixed)}; use max_batch_size: 0"
+        )
+    return max_batch
+
+
+def _fill_dynamic_batching(config: Any, request: ConfigRequest) -> None:
+    settings = request.triton.dynamic_batching
+    if settings is None and not request.batched:
+        return
+    # Without a batch axis Triton still accepts a dynamic batcher as a plain request queue,
+    # but no preferred batch size (each must be <= max_batch_size, here 0).
+    preferred = list(settings.preferred_batch_size) if settings else []
+    too_big = [p for p in preferred if p > config.max_batch_size or p < 1]
+    if too_big:
+        raise SpecError(f"model {request.name!r}: preferred_batch_size {too_big} must be between 1 and "
+                        f"max_batch_size {config.max_batch_size}")
+    config.dynamic_batching.SetInParent()
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_microseconds if settings else 100
+
+
+def _fill_instances(config: Any, request: ConfigRequest) -> None:
+    kinds = model_config_schema().ModelInstanceGroup.Kind
+    twin = request.triton.cpu_twin
+    if request.kind == "cpu":
+        group = config.instance_group.add()
+        group.kind = kinds.Value("KIND_CPU")
+        group.count = twin.instances if twin else 1
+        return
+    for wanted in request.triton.instance_group or []:
+        group = config.instance_group.add()
+        group.kind = kinds.Value(wanted.kind)
+        group.count = wanted.count
+        group.gpus.extend(wanted.gpus)
+    if not request.triton.instance_group:
+        group = config.instance_group.add()
+        group.kind = kinds.Value("KIND_GPU")
+        group.count = 1
+
+
+def _fill_files(config: Any, request: ConfigRequest) -> None:
+    files = request.files
+    if files.model_filename and files.model_filename != request.platform.default_filename:
+        config.default_model_filename = files.model_filename
+    if files.cc_model_filenames:
+        if request.platform.name != "tensorrt_plan":
+            raise SpecError("cc_model_filenames is only meaningful for tensorrt_plan models")
+        for capability, filename in sorted(files.cc_model_filenames.items()):
+            config.cc_model_filenames[check_capability_key(capability)] = filename
+
+
+def _fill_warmup(config: Any, inputs: Sequence[TensorSpec], warmup_inputs: Mapping[str, np.ndarray],
+                 batched: bool) -> None:
+    """A warm-up from golden inputs: one row of each (the files are written by the publisher)."""
+    pb2 = model_config_schema()
+    warmup = config.model_warmup.add()
+    warmup.name = "golden_sample"
+    warmup.batch_size = 1
+    for sample in warmup_samples(inputs, warmup_inputs, batched):
+        entry = warmup.inputs[sample.name]
+        entry.data_type = pb2.DataType.Value(triton_dtype(sample.dtype))
+        entry.dims.extend(sample.dims)
+        entry.input_data_file = sample.file_name
+
+
+# -- the platforms' own fields (their registry entries name these) ---------------------------
+
+
+def fill_onnxruntime(config: Any, request: ConfigRequest) -> None:
+    """ONNX Runtime: the TensorRT execution provider on GPUs, thread counts on CPUs, the graph level."""
+    triton, twin = request.triton, request.triton.cpu_twin
+    if request.kind == "gpu" and triton.tensorrt_accelerator:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
+        accelerator.name = "tensorrt"
+        accelerator.parameters["precision_mode"] = triton.tensorrt_accelerator
+    if request.kind == "cpu":
+        intra = twin.intra_op_threads if twin else 1
+        inter = twin.inter_op_threads if twin else 1
+        config.parameters[ORT_INTRA_OP_THREADS].string_value = str(intra)
+        if inter > 0:
+            config.parameters[ORT_INTER_OP_THREADS].string_value = str(inter)
+        if inter > 1:  # several inter-op threads only help in ORT's parallel execution mode
+            config.parameters[ORT_EXECUTION_MODE].string_value = "1"
+    if triton.optimization.graph_level is not None:
+        config.optimization.graph.level = triton.optimization.graph_level
+
+
+def fill_tensorrt(config: Any, request: ConfigRequest) -> None:
+    """A TensorRT plan with its recorded metadata: dims the engine profile fixes are numbers (Triton's
+    TensorRT backend refuses a config that asks for more than the engine takes), shape tensors are marked."""
+    plan = request.files.plan
+    if plan is None:
+        return
+    _dims_from_profile(config, plan, request.batched)
+    for message in config.input:  # inputs whose values set output shapes: Triton must know
+        message.is_shape_tensor = message.name in plan.shape_input_values
 
 
 # -- text format ---------------------------------------------------------------------------------
@@ -446,19 +499,12 @@ def read_model_config(path: Path) -> model_config_pb2.ModelConfig:
 
 def config_platform(config: model_config_pb2.ModelConfig) -> str:
     """Platform name, with backend-only configs mapped to their platform (onnxruntime -> onnxruntime_onnx)."""
-    if config.platform:
-        return config.platform
-    return {
-        "onnxruntime": "onnxruntime_onnx",
-        "tensorrt": "tensorrt_plan",
-        "pytorch": "pytorch_libtorch",
-        "tensorflow": "tensorflow_savedmodel",
-        "python": "python",
-    }.get(config.backend, config.backend)
+    return platform_of_config(config.platform, config.backend)
 
 
 def model_filename(config: model_config_pb2.ModelConfig) -> str | None:
-    return config.default_model_filename or DEFAULT_MODEL_FILENAMES.get(config_platform(config))
+    entry = PLATFORMS.get(config_platform(config))
+    return config.default_model_filename or (entry.default_filename if entry is not None else None)
 
 
 def perf_analyzer_command(

@@ -35,12 +35,11 @@ from hepdeploy.backend.served_preprocess import ServedPreprocess, served_preproc
 from hepdeploy.errors import BadInputError, HepDeployError
 from hepdeploy.fsutil import check_safe_name, sha256_file
 from hepdeploy.graph_bounds import graph_dim_bounds, length_problems
-from hepdeploy.lifetime import work_folder
 from hepdeploy.ntuple import load_preprocess
 from hepdeploy.spec import ModelSpec, TritonSpec
 from hepdeploy.triton.config import build_model_config, model_config_schema
-from hepdeploy.triton.python_backend import TENSOR_IO_SOURCE, environment_site_packages, twin_name
-from hepdeploy.triton.repository import PublishResult, publish_model
+from hepdeploy.triton.plan import ModelRequest, twin_name
+from hepdeploy.triton.python_backend import TENSOR_IO_SOURCE, environment_site_packages
 from hepdeploy.weaver import CONVENTIONS
 
 if TYPE_CHECKING:
@@ -324,7 +323,7 @@ def plan_ensemble(onnx_path: Path, preprocess_json: Path, *, name: str, spec: Mo
         raise BadInputError(f"{onnx_path}: {error}") from error
     if model_config.max_batch_size <= 0:
         raise BadInputError(f"{onnx_path}: a preprocessing ensemble needs a batched model (max_batch_size > 0)")
-    model_step = twin_name(name) if python_backend else name
+    model_step = twin_name(name, "python_twin") if python_backend else name
     inner = [g.name for g in served.groups]
     names = [t.raw_name for t in served.raw_groups] + [g.length_name for g in served.raw_groups if not g.flat] \
         + inner + [t.name for t in model_config.output]
@@ -340,21 +339,16 @@ def plan_ensemble(onnx_path: Path, preprocess_json: Path, *, name: str, spec: Mo
     return EnsemblePlan(name, preprocess_json, served, convention, pre, ensemble, model_step, spec, settings, warnings)
 
 
-def publish_ensemble(repo: Path, plan: EnsemblePlan, *, verdict: Mapping[str, Any] | None = None,
-                     verify: bool = True) -> list[PublishResult]:
-    """Publish ``<name>_preprocess`` and then ``<name>_ensemble`` (each staged and renamed in one step)."""
-    results = [publish_model(
-        Path(repo), plan.preprocess_json, name=plan.preprocess_name, spec=plan.spec, triton=plan.triton, kind="cpu",
-        verdict=verdict, platform="python", config=plan.preprocess_config, model_filename=PREPROCESS_JSON,
-        extra_files={MODEL_PY_FILENAME: preprocess_model_py().encode("utf-8"), RULES_FILENAME: weaver_rules_bytes()},
-        verify=verify)]
+def ensemble_requests(plan: EnsemblePlan, *, verdict: Mapping[str, Any] | None = None) -> list[ModelRequest]:
+    """``<name>_preprocess`` and then ``<name>_ensemble``, to be published with the model they feed (one
+    publication plan: the ensemble's steps are found among the models staged with it)."""
+    preprocess = ModelRequest(
+        plan.preprocess_json, plan.preprocess_name, spec=plan.spec, triton=plan.triton, kind="cpu", verdict=verdict,
+        platform="python", role="preprocess", config=plan.preprocess_config, model_filename=PREPROCESS_JSON,
+        extra_files={MODEL_PY_FILENAME: preprocess_model_py().encode("utf-8"), RULES_FILENAME: weaver_rules_bytes()})
     # The ensemble holds no weights: no checksum agent; its version folder holds the wiring in words.
-    settings = plan.triton.model_copy(update={"checksum_agent": False})
-    with work_folder("ensemble") as folder:
-        wiring = Path(folder) / WIRING_FILENAME
-        wiring.write_text(json.dumps(plan.wiring(), indent=2) + "\n", encoding="utf-8")
-        results.append(publish_model(
-            Path(repo), wiring, name=plan.ensemble_name, spec=plan.spec, triton=settings, kind="cpu",
-            verdict=verdict, platform="ensemble", config=plan.ensemble_config, model_filename=WIRING_FILENAME,
-            verify=verify))
-    return results
+    ensemble = ModelRequest(
+        (json.dumps(plan.wiring(), indent=2) + "\n").encode("utf-8"), plan.ensemble_name, spec=plan.spec,
+        triton=plan.triton.model_copy(update={"checksum_agent": False}), kind="cpu", verdict=verdict,
+        platform="ensemble", role="ensemble", config=plan.ensemble_config, model_filename=WIRING_FILENAME)
+    return [preprocess, ensemble]

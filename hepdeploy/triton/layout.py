@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hepdeploy.errors import RepositoryError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hepdeploy.errors import RepositoryError, first_line
 
 CONFIG_NAME = "config.pbtxt"
 README_NAME = "README.md"
 MANIFEST_NAME = "hepdeploy-manifest.json"
-MANIFEST_SCHEMA = 1
+# 2: typed, with each model's role and twin_of. A schema-1 manifest reads as role "model", twin of nothing.
+MANIFEST_SCHEMA = 2
 # A staging folder inside the repository (only where the parent cannot hold one): Triton would
 # try to load it as a model, so the check reports a leftover.
 INNER_STAGING = ".hepdeploy-staging"
@@ -41,3 +44,65 @@ def read_manifest(version_dir: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         raise RepositoryError(f"{path}: manifest has no 'files' table")
     return data
+
+
+# What a published model is for. A twin serves the same tensors as the model it is the twin of (and is
+# validated against that model's golden set): on CPU servers (cpu_twin) or in Triton's Python backend
+# (python_twin). A preprocess model and an ensemble take raw features instead.
+Role = Literal["model", "cpu_twin", "python_twin", "preprocess", "ensemble"]
+
+
+class ManifestSource(BaseModel):
+    """Where the published file came from: the artifact's path, variant, sha256 and the steps that made it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str
+    variant: dict[str, Any] | None = None
+    sha256: str | None = None
+    steps: list[str] = Field(default_factory=list)
+
+
+class Manifest(BaseModel):
+    """``hepdeploy-manifest.json`` of one version folder."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    manifest_schema: int = Field(alias="schema")
+    model: str
+    version: int
+    platform: str
+    kind: str
+    role: Role = "model"
+    twin_of: str | None = None
+    files: dict[str, str]
+    hepdeploy_version: str
+    published_at: str
+    source: ManifestSource
+    verdict: dict[str, Any] | None = None
+    plans: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def precision(self) -> str:
+        """The served variant's precision (fp32 when the source was not a hepdeploy variant)."""
+        return str((self.source.variant or {}).get("precision") or "fp32")
+
+    def text(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2, exclude_none=False) + "\n"
+
+
+def typed_manifest(version_dir: Path) -> Manifest | None:
+    """The version's manifest as a :class:`Manifest`; None when the version has none (not published by us)."""
+    data = read_manifest(version_dir)
+    if data is None:
+        return None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        raise RepositoryError(f"{version_dir / MANIFEST_NAME}: not a hepdeploy manifest ({first_line(error)})") from error
+
+
+def newest_manifest(model_dir: Path) -> Manifest | None:
+    """The manifest of the newest version of a model folder (None: no version, or not published by us)."""
+    versions = version_folders(model_dir)
+    return typed_manifest(model_dir / str(versions[-1])) if versions else None

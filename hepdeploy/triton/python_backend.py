@@ -14,27 +14,16 @@ from __future__ import annotations
 
 import site
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hepdeploy import __version__
-from hepdeploy.errors import SpecError
-from hepdeploy.fsutil import check_input_file, check_safe_name
-from hepdeploy.spec import TensorSpec, TritonSpec
-from hepdeploy.triton.config import (
-    WARMUP_FOLDER,
-    build_model_config,
-    config_to_pbtxt,
-    numpy_dtype_of,
-    tensor_specs_from,
-    warmup_samples,
-)
+from hepdeploy.fsutil import check_safe_name
+from hepdeploy.spec import TensorSpec
+from hepdeploy.triton.config import numpy_dtype_of
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
 
-PYTHON_TWIN_SUFFIX = "_py"
 ONNX_FILENAME = "model.onnx"
 MODEL_PY_FILENAME = "model.py"
 
@@ -217,54 +206,6 @@ def python_backend_config(onnx_config: model_config_pb2.ModelConfig, name: str |
     group.kind = pb2.ModelInstanceGroup.Kind.Value("KIND_CPU")
     group.count = max(1, count)
     return config
-
-
-def twin_name(model_name: str) -> str:
-    return check_safe_name(f"{model_name}{PYTHON_TWIN_SUFFIX}", "Triton model name")
-
-
-def write_python_backend_files(
-    onnx_path: Path | str,
-    specs: Any,
-    max_batch_size: int | None = None,
-    *,
-    name: str | None = None,
-    triton: TritonSpec | None = None,
-    onnx_config: model_config_pb2.ModelConfig | None = None,
-    warmup_inputs: Mapping[str, Any] | None = None,
-) -> dict[str, bytes]:
-    """The files of a Python-backend twin, as ``{relative path: bytes}``.
-
-    ``config.pbtxt`` belongs in the model folder; ``model.py`` and ``model.onnx`` in the version folder.
-    The config is derived from ``onnx_config`` when given (the ONNX model's own config), else built
-    from ``specs`` (an Artifact, Sidecar, ModelSpec or (inputs, outputs)) and ``triton`` with the
-    triton stage's config builder, with ``max_batch_size`` overriding the spec's.
-    """
-    onnx_path = check_input_file(Path(onnx_path), "ONNX model")
-    if onnx_config is None:
-        inputs, outputs = tensor_specs_from(specs)
-        settings = (triton or TritonSpec()).model_copy(deep=True)
-        if max_batch_size is not None:
-            settings.max_batch_size = max_batch_size
-        base_name = name or getattr(getattr(specs, "sidecar", None), "model_name", None) or onnx_path.stem
-        onnx_config = build_model_config((inputs, outputs), settings, name=check_safe_name(base_name, "model name"),
-                                         platform="onnxruntime_onnx", kind="cpu", warmup_inputs=warmup_inputs)
-        if name is None:
-            name = twin_name(base_name)
-    elif max_batch_size is not None and max_batch_size != onnx_config.max_batch_size:
-        raise SpecError(f"max_batch_size {max_batch_size} differs from the ONNX config's {onnx_config.max_batch_size}; "
-                        "the twin must batch as the ONNX model does")
-    config = python_backend_config(onnx_config, name or twin_name(onnx_config.name))
-    files = {
-        "config.pbtxt": config_to_pbtxt(config).encode("utf-8"),
-        MODEL_PY_FILENAME: model_py_text().encode("utf-8"),
-        ONNX_FILENAME: onnx_path.read_bytes(),
-    }
-    if config.model_warmup and warmup_inputs:
-        inputs, _ = tensor_specs_of_config(config)
-        for sample in warmup_samples(inputs, warmup_inputs, config.max_batch_size > 0):
-            files[f"{WARMUP_FOLDER}/{sample.file_name}"] = sample.data
-    return files
 
 
 def same_interface(a: model_config_pb2.ModelConfig, b: model_config_pb2.ModelConfig) -> list[str]:

@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +49,7 @@ from hepdeploy.errors import (
 )
 from hepdeploy.fsutil import check_safe_name, sha256_file
 from hepdeploy.lifetime import die_with_parent
+from hepdeploy.platforms import USER_PLATFORMS, backend_of
 
 log = logging.getLogger("hepdeploy.triton.server")
 
@@ -60,11 +61,6 @@ PYTRITON_WHEEL_SHA256 = "21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e1
 # The NGC image matching the bundled server's Triton version (24.10 = Triton 2.51).
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 BUNDLED_BACKENDS = frozenset({"python"})
-ALL_PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch", "tensorflow_savedmodel", "python")
-_PLATFORM_BACKEND = {
-    "onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch",
-    "tensorflow_savedmodel": "tensorflow", "tensorflow_graphdef": "tensorflow",
-}
 
 
 class BundledServerUnavailable(DependencyMissingError):
@@ -93,14 +89,14 @@ class ServerBinary:
     def can_load(self, platform_or_backend: str) -> bool:
         if self.backends is None:
             return True
-        return _PLATFORM_BACKEND.get(platform_or_backend, platform_or_backend) in self.backends
+        return backend_of(platform_or_backend) in self.backends
 
     def describe(self) -> str:
         what = {"explicit": "given", "path": "found on PATH", "bundled": "bundled with nvidia-pytriton"}[self.origin]
         text = f"tritonserver {self.version or ''} ({what}: {self.executable})".replace("  ", " ")
         if self.backends is not None:
             text += (f"; loads backend(s) {', '.join(sorted(self.backends))} only (platforms "
-                     f"{', '.join(p for p in ALL_PLATFORMS if not self.can_load(p))} are refused)")
+                     f"{', '.join(p for p in USER_PLATFORMS if not self.can_load(p))} are refused)")
         return text
 
 
@@ -599,13 +595,3 @@ def _log_errors(text: str) -> dict[str, str]:
             if match:
                 found.setdefault(match.group(1), match.group(2).strip())
     return found
-
-
-@contextlib.contextmanager
-def running_server(repository: Path, **kwargs: Any) -> Iterator[TritonServer]:
-    server = TritonServer(repository, **kwargs)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()

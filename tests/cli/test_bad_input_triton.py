@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hepdeploy.cli import commands_triton, main
+from hepdeploy.cli import main
+from hepdeploy.triton import repository
 
 
 def _spec_variant(jet: dict[str, Path], tmp_path: Path, old: str, new: str) -> Path:
@@ -48,21 +49,28 @@ def test_a_twin_that_cannot_be_published_leaves_nothing_published(run, jet: dict
     assert not repo.exists()
 
 
-def test_an_interrupt_between_models_says_what_was_published(jet: dict[str, Path], tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # item 10
-    real = commands_triton.publish_python_twin
+def test_an_interrupt_between_models_takes_back_the_ones_already_in(jet: dict[str, Path], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # item 10
+    """The model, its CPU twin and its Python twin are swapped in together: Ctrl-C before the last swap takes
+    back the two already made, so a server never sees the model without its twins."""
+    real, swaps = repository._commit, []
 
-    def interrupted(*args, dry_run=False, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - Ctrl-C at the twin
-        if not dry_run:
+    def interrupted(*args):  # noqa: ANN002, ANN202 - Ctrl-C at the third swap
+        swaps.append(args[1].name)
+        if len(swaps) == 3:
             raise KeyboardInterrupt
-        return real(*args, dry_run=dry_run, **kwargs)
+        return real(*args)
 
-    monkeypatch.setattr(commands_triton, "publish_python_twin", interrupted)
-    result = CliRunner().invoke(main, ["triton", "add", str(tmp_path / "repo"), str(jet["model"]), "--name", "jet",
+    repo = tmp_path / "repo"
+    assert CliRunner().invoke(main, ["triton", "add", str(repo), str(jet["model"]), "--name", "jet"]).exit_code == 0
+    before = (repo / "jet" / "config.pbtxt").read_text()
+    monkeypatch.setattr(repository, "_commit", interrupted)
+    result = CliRunner().invoke(main, ["triton", "add", str(repo), str(jet["model"]), "--name", "jet",
                                        "--cpu-twin", str(jet["model"]), "--python-backend"])
-    assert result.exit_code == 130
-    assert "published before the stop: jet v1, jet_cpu v1" in result.output
-    assert not (tmp_path / "repo" / "jet_py").exists()
+    assert result.exit_code == 130 and swaps == ["jet", "jet_cpu", "jet_py"]
+    assert sorted(p.name for p in repo.iterdir()) == ["jet"]  # jet_cpu taken back, jet_py never swapped in
+    assert sorted(p.name for p in (repo / "jet").iterdir() if p.name.isdigit()) == ["1"]  # version 2 taken back
+    assert (repo / "jet" / "config.pbtxt").read_text() == before
 
 
 def test_publishing_leaves_nothing_beside_the_repository(run, jet: dict[str, Path], tmp_path: Path) -> None:  # item 16

@@ -82,6 +82,7 @@ def _write_refused_model(repo: Path, artifact: Path) -> str:
 @pytest.fixture(scope="session")
 def serve_repository(zoo_export, tmp_path_factory) -> ServeRepository:
     from hepdeploy.triton.repository import publish_model, publish_python_twin
+    from hepdeploy.triton.plan import ModelRequest
 
     work = tmp_path_factory.mktemp("serve-models")
     repo = work / "model_repository"
@@ -90,9 +91,9 @@ def serve_repository(zoo_export, tmp_path_factory) -> ServeRepository:
         warmup = {k: v[:1] for k, v in model.inputs.items()}
         publish_python_twin(repo, model.artifact, spec=model.spec, warmup_inputs=warmup)
     # The ONNX Runtime model itself, as `triton add` / `build` publish it: the bundled server must refuse it.
-    publish_model(repo, models["jet_mlp"].artifact, name="jet_mlp", spec=models["jet_mlp"].spec, kind="cpu")
+    publish_model(repo, ModelRequest(models["jet_mlp"].artifact, name="jet_mlp", spec=models["jet_mlp"].spec, kind="cpu"))
     wrong = _perturbed_copy(models["jet_mlp"].artifact, work / "jet_mlp_wrong.onnx")
-    publish_python_twin(repo, wrong, name="jet_mlp_wrong_py", spec=models["jet_mlp"].spec)
+    publish_python_twin(repo, wrong, model_name="jet_mlp_wrong", spec=models["jet_mlp"].spec)
     refused = _write_refused_model(repo, models["jet_mlp"].artifact)
     return ServeRepository(repo, models, "jet_mlp_wrong_py", refused)
 

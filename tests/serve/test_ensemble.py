@@ -426,8 +426,9 @@ def test_channels_last_and_a_fixed_length_are_served_as_the_inline_path_reads_th
     import yaml
 
     from hepdeploy.convert.from_torch import convert_torch_model
-    from hepdeploy.triton.ensemble import plan_ensemble, publish_ensemble
-    from hepdeploy.triton.repository import publish_model
+    from hepdeploy.triton.ensemble import ensemble_requests, plan_ensemble
+    from hepdeploy.triton.plan import ModelRequest, PublicationRequest, plan_publication
+    from hepdeploy.triton.repository import publish
 
     class ChannelsLast(torch.nn.Module):
         def __init__(self) -> None:
@@ -453,8 +454,9 @@ def test_channels_last_and_a_fixed_length_are_served_as_the_inline_path_reads_th
     assert [(g.name, g.layout, g.fixed_length) for g in plan.served.groups] == [
         ("pf_features", "channels_last", 6), ("pf_mask", "channels_first", 6), ("jet_features", "channels_first", None)]
     assert plan.convention == "weaver" and plan.model_step == "pncl"
-    publish_model(repo, onnx, name="pncl", spec=spec, triton=spec.triton)  # the ensemble's step must be there
-    publish_ensemble(repo, plan)
+    # One publish: the ensemble's steps are checked among the models staged with it.
+    request = PublicationRequest(ModelRequest(onnx, "pncl", spec=spec), extra=ensemble_requests(plan))
+    assert [r.name for r in publish(repo, plan_publication(request))] == ["pncl", "pncl_preprocess", "pncl_ensemble"]
     padded = _served_in_process_equals_inline(repo, "pncl", spec, onnx, work.events, monkeypatch)
     assert padded == {6}
 

@@ -26,40 +26,28 @@ def _tiny_artifact(tmp_path):
     return write_artifact(model, tmp_path / "tiny.onnx", sidecar)
 
 
-def test_python_backend_files_have_the_onnx_configs_interface(tmp_path):
+def test_python_twin_plan_has_the_onnx_configs_interface(tmp_path):
     from hepdeploy.spec import DynamicBatching, TritonSpec
-    from hepdeploy.triton.config import build_model_config, parse_model_config
-    from hepdeploy.triton.python_backend import (
-        same_interface,
-        write_python_backend_files,
-    )
+    from hepdeploy.triton.config import build_model_config
+    from hepdeploy.triton.plan import ModelRequest, plan_model, python_twin_request
+    from hepdeploy.triton.python_backend import same_interface
 
     artifact = _tiny_artifact(tmp_path)
     triton = TritonSpec(max_batch_size=32, dynamic_batching=DynamicBatching(preferred_batch_size=[8, 16]))
-    files = write_python_backend_files(artifact.path, artifact, triton=triton,
-                                       warmup_inputs={"x": np.ones((2, 4), np.float32)})
-    config = parse_model_config(files["config.pbtxt"].decode())
+    main = ModelRequest(artifact.path, "tiny", triton=triton, warmup_inputs={"x": np.ones((2, 4), np.float32)})
+    plan = plan_model(python_twin_request(main, artifact.path))
+    config = plan.config
     onnx_config = build_model_config(artifact, triton, name="tiny", platform="onnxruntime_onnx", kind="gpu")
     assert config.name == "tiny_py" and config.backend == "python" and not config.platform
+    assert (plan.role, plan.twin_of) == ("python_twin", "tiny")
     assert same_interface(config, onnx_config) == []
     assert [g.kind for g in config.instance_group] == [2]  # KIND_CPU: the twin runs ONNX Runtime on the CPU
-    assert not config.HasField("optimization")
-    assert files["model.onnx"] == artifact.path.read_bytes()
-    assert files["warmup/x"] == np.ones(4, np.float32).tobytes()
-    ast.parse(files["model.py"].decode())  # valid Python
-    assert "class TritonPythonModel" in files["model.py"].decode()
-
-
-def test_a_twin_cannot_batch_differently_from_its_onnx_model(tmp_path):
-    from hepdeploy.errors import SpecError
-    from hepdeploy.spec import TritonSpec
-    from hepdeploy.triton.config import build_model_config
-    from hepdeploy.triton.python_backend import write_python_backend_files
-
-    artifact = _tiny_artifact(tmp_path)
-    onnx_config = build_model_config(artifact, TritonSpec(max_batch_size=32), name="tiny")
-    with pytest.raises(SpecError, match="max_batch_size"):
-        write_python_backend_files(artifact.path, artifact, 16, onnx_config=onnx_config)
+    assert not config.HasField("optimization") and not config.default_model_filename
+    assert plan.files["model.onnx"] == artifact.path
+    assert [(s.file_name, s.data) for s in plan.warmup] == [("x", np.ones(4, np.float32).tobytes())]
+    model_py = plan.files["model.py"]
+    ast.parse(model_py.decode())  # valid Python
+    assert "class TritonPythonModel" in model_py.decode()
 
 
 def test_triton_add_python_backend_publishes_both_models(tmp_path):

@@ -12,14 +12,14 @@ from hepdeploy.cli import main
 from hepdeploy.triton.check import check_repository, check_repository_report
 from hepdeploy.triton.config import config_to_pbtxt, read_model_config
 from hepdeploy.triton.repository import INNER_STAGING, MANIFEST_NAME, publish_model
+from hepdeploy.triton.plan import ModelRequest
 
 
 @pytest.fixture()
 def good_repo(tmp_path, models, facile_spec, facile_golden, interaction_spec, interaction_golden) -> Path:
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile", spec=facile_spec, warmup_inputs=facile_golden)
-    publish_model(repo, models["interaction"], name="interaction_network", spec=interaction_spec,
-                  warmup_inputs=interaction_golden)
+    publish_model(repo, ModelRequest(models["facile"], name="facile", spec=facile_spec, warmup_inputs=facile_golden))
+    publish_model(repo, ModelRequest(models["interaction"], name="interaction_network", spec=interaction_spec, warmup_inputs=interaction_golden))
     assert check_repository(repo) == []
     return repo
 
@@ -185,8 +185,8 @@ def test_versions_not_served_are_not_compared(tmp_path, models, interaction_spec
     # version 1 is the interaction network, version 2 a FACILE-shaped model under the same name:
     # with the default version_policy (latest 1) Triton serves only version 2 with the new config.
     repo = tmp_path / "repo"
-    publish_model(repo, models["interaction"], name="net", spec=interaction_spec)
-    publish_model(repo, models["facile"], name="net", spec=facile_spec)
+    publish_model(repo, ModelRequest(models["interaction"], name="net", spec=interaction_spec))
+    publish_model(repo, ModelRequest(models["facile"], name="net", spec=facile_spec))
     report = check_repository_report(repo)
     assert report.ok, [p.line() for p in report.problems]
     assert any("version 1 is not served" in n for n in report.notes)

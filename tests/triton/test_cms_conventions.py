@@ -17,6 +17,7 @@ from hepdeploy.spec import spec_from_dict
 from hepdeploy.triton.check import check_repository
 from hepdeploy.triton.config import read_model_config
 from hepdeploy.triton.repository import publish_model, publish_python_twin
+from hepdeploy.triton.plan import ModelRequest
 
 FLAVOURS = ["b", "c", "uds"]
 
@@ -41,7 +42,7 @@ def _spec(**triton: object):  # noqa: ANN202
 
 def test_labels_are_written_and_named_by_the_classification_output(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    publish_model(repo, _classifier(tmp_path / "t.onnx"), name="tagger", spec=_spec(labels=FLAVOURS))
+    publish_model(repo, ModelRequest(_classifier(tmp_path / "t.onnx"), name="tagger", spec=_spec(labels=FLAVOURS)))
     config = read_model_config(repo / "tagger" / "config.pbtxt")
     assert config.output[0].label_filename == "labels.txt"
     assert (repo / "tagger" / "labels.txt").read_text().splitlines() == FLAVOURS
@@ -49,7 +50,7 @@ def test_labels_are_written_and_named_by_the_classification_output(tmp_path: Pat
     (repo / "tagger" / "labels.txt").write_text("b\nc\n")
     assert any("2 labels for output 'probs' with 3 classes" in p.message for p in check_repository(repo))
     with pytest.raises(SpecError, match="no output has 4 classes"):
-        publish_model(tmp_path / "other", tmp_path / "t.onnx", name="tagger", spec=_spec(labels=[*FLAVOURS, "g"]))
+        publish_model(tmp_path / "other", ModelRequest(tmp_path / "t.onnx", name="tagger", spec=_spec(labels=[*FLAVOURS, "g"])))
 
 
 def test_the_zoo_classifiers_fill_their_labels() -> None:
@@ -61,8 +62,8 @@ def test_the_zoo_classifiers_fill_their_labels() -> None:
 def test_the_checksum_agent_covers_every_version_and_catches_a_changed_file(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     first = _classifier(tmp_path / "t.onnx")
-    publish_model(repo, first, name="tagger", spec=_spec())
-    publish_model(repo, _classifier(tmp_path / "t2.onnx", seed=1), name="tagger", spec=_spec())
+    publish_model(repo, ModelRequest(first, name="tagger", spec=_spec()))
+    publish_model(repo, ModelRequest(_classifier(tmp_path / "t2.onnx", seed=1), name="tagger", spec=_spec()))
     config = read_model_config(repo / "tagger" / "config.pbtxt")
     (agent,) = config.model_repository_agents.agents
     # Every file one folder down, as cmsTritonConfigTool lists them: models, manifests (and warm-up files).
@@ -76,9 +77,9 @@ def test_the_checksum_agent_covers_every_version_and_catches_a_changed_file(tmp_
     messages = [p.message for p in check_repository(repo, run_models=False)]
     assert "MD5 differs from the checksum agent's (Triton would refuse to load it)" in messages
     # Off by choice; and never on a Python-backend twin (it targets minimal servers without repository agents).
-    publish_model(repo, first, name="plain", spec=_spec(checksum_agent=False))
+    publish_model(repo, ModelRequest(first, name="plain", spec=_spec(checksum_agent=False)))
     assert not read_model_config(repo / "plain" / "config.pbtxt").model_repository_agents.agents
-    publish_python_twin(repo, first, name="tagger_py", spec=_spec())
+    publish_python_twin(repo, first, model_name="tagger", spec=_spec())
     assert not read_model_config(repo / "tagger_py" / "config.pbtxt").model_repository_agents.agents
 
 

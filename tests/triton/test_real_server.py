@@ -24,8 +24,8 @@ def test_server_loads_published_twins_and_runs_their_warmup(
     from hepdeploy.triton.server import TritonServer
 
     repo = tmp_path / "repo"
-    publish_python_twin(repo, models["facile"], name="facile_py", spec=facile_spec, warmup_inputs=facile_golden)
-    publish_python_twin(repo, models["interaction"], name="in_py", spec=interaction_spec,
+    publish_python_twin(repo, models["facile"], model_name="facile", spec=facile_spec, warmup_inputs=facile_golden)
+    publish_python_twin(repo, models["interaction"], model_name="in", spec=interaction_spec,
                         warmup_inputs=interaction_golden)
     assert "max_batch_size: 0" in (repo / "in_py" / "config.pbtxt").read_text()
     (repo / "facile_py" / "warmup" / "input").write_bytes(b"\0" * 12)  # broken on purpose

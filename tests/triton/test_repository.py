@@ -19,23 +19,24 @@ from hepdeploy.fsutil import sha256_file
 from hepdeploy.triton import repository
 from hepdeploy.triton.check import check_repository
 from hepdeploy.triton.config import read_model_config
+from hepdeploy.triton.layout import newest_manifest
+from hepdeploy.triton.plan import ModelRequest, PublicationRequest, plan_publication, spec_publication
 from hepdeploy.triton.repository import (
     MANIFEST_NAME,
+    publish,
     publish_model,
-    publish_twins,
     staging_root,
 )
 
 
 def test_publish_adds_versions_and_never_touches_old_ones(tmp_path, models, facile_spec, facile_golden, snapshot):
     repo = tmp_path / "model_repository"
-    first = publish_model(repo, models["facile"], name="facile", spec=facile_spec, warmup_inputs=facile_golden,
-                          verdict={"passed": True, "variant": "fp32"})
+    first = publish_model(repo, ModelRequest(models["facile"], name="facile", spec=facile_spec, warmup_inputs=facile_golden, verdict={"passed": True, "variant": "fp32"}))
     assert (first.version, first.version_dir) == (1, repo / "facile" / "1")
     before = snapshot(repo / "facile" / "1")
     inode = os.stat(repo / "facile" / "1" / "model.onnx").st_ino
 
-    second = publish_model(repo, models["facile_other"], name="facile", spec=facile_spec, warmup_inputs=facile_golden)
+    second = publish_model(repo, ModelRequest(models["facile_other"], name="facile", spec=facile_spec, warmup_inputs=facile_golden))
     assert second.version == 2 and not second.config_changed
     assert snapshot(repo / "facile" / "1") == before  # same bytes ...
     assert os.stat(repo / "facile" / "1" / "model.onnx").st_ino == inode  # ... same file, not a copy
@@ -55,9 +56,15 @@ def test_publish_adds_versions_and_never_touches_old_ones(tmp_path, models, faci
 
 def test_gpu_and_cpu_twins(tmp_path, models, facile_spec, facile_golden):
     repo = tmp_path / "repo"
-    results = publish_twins(repo, models["facile"], models["facile_other"], name="facile", spec=facile_spec,
-                            warmup_inputs=facile_golden, verdicts={"gpu": {"passed": True}, "cpu": {"passed": True}})
+    request = PublicationRequest(
+        ModelRequest(models["facile"], "facile", spec=facile_spec, warmup_inputs=facile_golden,
+                     verdict={"passed": True}),
+        cpu_twin=models["facile_other"], cpu_twin_verdict={"passed": True, "variant": "int8-cpu"})
+    results = publish(repo, plan_publication(request))
     assert [r.name for r in results] == ["facile", "facile_cpu"]
+    twin = newest_manifest(repo / "facile_cpu")
+    assert (twin.role, twin.twin_of, twin.verdict["variant"]) == ("cpu_twin", "facile", "int8-cpu")
+    assert (newest_manifest(repo / "facile").role, newest_manifest(repo / "facile").twin_of) == ("model", None)
     gpu = read_model_config(repo / "facile" / "config.pbtxt")
     cpu = read_model_config(repo / "facile_cpu" / "config.pbtxt")
     assert gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU
@@ -69,8 +76,7 @@ def test_gpu_and_cpu_twins(tmp_path, models, facile_spec, facile_golden):
 
 def test_interaction_network_publishes_without_batch_axis(tmp_path, models, interaction_spec, interaction_golden):
     repo = tmp_path / "repo"
-    publish_model(repo, models["interaction"], name="interaction_network", spec=interaction_spec,
-                  warmup_inputs=interaction_golden)
+    publish_model(repo, ModelRequest(models["interaction"], name="interaction_network", spec=interaction_spec, warmup_inputs=interaction_golden))
     text = (repo / "interaction_network" / "config.pbtxt").read_text()
     assert "max_batch_size: 0" in text
     readme = (repo / "interaction_network" / "README.md").read_text()
@@ -81,10 +87,10 @@ def test_interaction_network_publishes_without_batch_axis(tmp_path, models, inte
 @pytest.mark.parametrize("bad", ["a/b", "..", "my model", "../escape"])
 def test_unsafe_names_leave_repository_untouched(tmp_path, models, bad, snapshot):
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile")
+    publish_model(repo, ModelRequest(models["facile"], name="facile"))
     before = snapshot(tmp_path)
     with pytest.raises(UnsafeNameError):
-        publish_model(repo, models["facile"], name=bad)
+        publish_model(repo, ModelRequest(models["facile"], name=bad))
     assert snapshot(tmp_path) == before
 
 
@@ -93,24 +99,24 @@ def test_max_batch_on_model_without_batch_axis(tmp_path, models, interaction_spe
     repo.mkdir()
     settings = interaction_spec.triton.model_copy(update={"max_batch_size": 16})
     with pytest.raises(SpecError, match="free batch axis"):
-        publish_model(repo, models["interaction"], name="in", spec=interaction_spec, triton=settings)
+        publish_model(repo, ModelRequest(models["interaction"], name="in", spec=interaction_spec, triton=settings))
     assert snapshot(repo) == {}
 
 
 def test_preferred_batch_above_max(tmp_path, models, facile_spec):
     settings = facile_spec.triton.model_copy(update={"max_batch_size": 1000})
     with pytest.raises(SpecError, match="preferred_batch_size"):
-        publish_model(tmp_path / "repo", models["facile"], name="facile", triton=settings)
+        publish_model(tmp_path / "repo", ModelRequest(models["facile"], name="facile", triton=settings))
     assert list(tmp_path.iterdir()) == []  # not even the repository folder was created
 
 
 def test_broken_existing_config_is_left_untouched_and_reported(tmp_path, models, snapshot):
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile")
+    publish_model(repo, ModelRequest(models["facile"], name="facile"))
     (repo / "facile" / "config.pbtxt").write_text("name: 'facile'\nmax_batch_size: {\n")
     before = snapshot(repo)
     with pytest.raises(RepositoryError, match="not a valid model config.*nothing changed"):
-        publish_model(repo, models["facile"], name="facile")
+        publish_model(repo, ModelRequest(models["facile"], name="facile"))
     assert snapshot(repo) == before
     problems = check_repository(repo)
     assert len(problems) == 1 and "not a valid model config" in problems[0].message
@@ -118,7 +124,7 @@ def test_broken_existing_config_is_left_untouched_and_reported(tmp_path, models,
 
 def test_disk_full_while_staging_changes_nothing(tmp_path, models, monkeypatch, snapshot):
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile")
+    publish_model(repo, ModelRequest(models["facile"], name="facile"))
     before = snapshot(tmp_path)
 
     def copy_until_disk_full(src: Path, dst: Path) -> None:  # the copy writes half, then the disk is full
@@ -128,7 +134,7 @@ def test_disk_full_while_staging_changes_nothing(tmp_path, models, monkeypatch, 
 
     monkeypatch.setattr(repository, "_copy_file", copy_until_disk_full)
     with pytest.raises(RepositoryError, match="No space left on device.*nothing changed"):
-        publish_model(repo, models["facile_other"], name="facile")
+        publish_model(repo, ModelRequest(models["facile_other"], name="facile"))
     staging = staging_root(repo)
     assert snapshot(tmp_path) == {**before, staging.name: "dir"} or snapshot(tmp_path) == before
     assert not any(staging.iterdir()) if staging.exists() else True
@@ -137,7 +143,7 @@ def test_disk_full_while_staging_changes_nothing(tmp_path, models, monkeypatch, 
 
 def test_permission_denied_at_commit_changes_nothing(tmp_path, models, monkeypatch, snapshot):
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile")
+    publish_model(repo, ModelRequest(models["facile"], name="facile"))
     before = snapshot(repo)
 
     def refuse(a: Path, b: Path) -> bool:
@@ -145,16 +151,16 @@ def test_permission_denied_at_commit_changes_nothing(tmp_path, models, monkeypat
 
     monkeypatch.setattr(repository, "_exchange", refuse)
     with pytest.raises(RepositoryError, match="Permission denied.*nothing changed"):
-        publish_model(repo, models["facile_other"], name="facile")
+        publish_model(repo, ModelRequest(models["facile_other"], name="facile"))
     assert snapshot(repo) == before
 
 
 def test_fallback_commit_by_renames(tmp_path, models, facile_spec, facile_golden, monkeypatch, snapshot):
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile", spec=facile_spec, warmup_inputs=facile_golden)
+    publish_model(repo, ModelRequest(models["facile"], name="facile", spec=facile_spec, warmup_inputs=facile_golden))
     before = snapshot(repo / "facile" / "1")
     monkeypatch.setattr(repository, "_exchange", lambda a, b: False)  # a file system without RENAME_EXCHANGE
-    result = publish_model(repo, models["facile_other"], name="facile", spec=facile_spec, warmup_inputs=facile_golden)
+    result = publish_model(repo, ModelRequest(models["facile_other"], name="facile", spec=facile_spec, warmup_inputs=facile_golden))
     assert result.version == 2 and snapshot(repo / "facile" / "1") == before
     assert check_repository(repo) == []
 
@@ -166,8 +172,7 @@ def test_python_backend_twin_with_extra_files(tmp_path, models, facile_spec):
     config.ClearField("platform")
     config.backend = "python"
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile_py", platform="python", config=config,
-                  extra_files={"model.py": b"class TritonPythonModel:\n    pass\n"})
+    publish_model(repo, ModelRequest(models["facile"], name="facile_py", platform="python", config=config, extra_files={"model.py": b"class TritonPythonModel:\n    pass\n"}))
     version = repo / "facile_py" / "1"
     assert sorted(p.name for p in version.iterdir()) == [MANIFEST_NAME, "model.onnx", "model.py"]
     assert check_repository(repo) == []
@@ -178,17 +183,17 @@ def test_python_backend_twin_with_extra_files(tmp_path, models, facile_spec):
 
 def test_missing_model_file_and_plan_without_spec(tmp_path):
     with pytest.raises(BadInputError, match="not found"):
-        publish_model(tmp_path / "repo", tmp_path / "nope.onnx", name="x")
+        publish_model(tmp_path / "repo", ModelRequest(tmp_path / "nope.onnx", name="x"))
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"not really an engine")
     with pytest.raises(BadInputError, match="needs --spec"):
-        publish_model(tmp_path / "repo", plan, name="x", verify=False)
+        publish_model(tmp_path / "repo", ModelRequest(plan, name="x"), verify=False)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_copy_leaves_repository_exactly_as_it_was(tmp_path, models, build_mlp, snapshot):
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile")
+    publish_model(repo, ModelRequest(models["facile"], name="facile"))
     big = build_mlp(tmp_path / "big.onnx", seed=5, hidden=40000)  # ~7.5 MB: several 1 MiB copy chunks
     before = snapshot(repo)
 
@@ -196,7 +201,8 @@ def test_sigkill_mid_copy_leaves_repository_exactly_as_it_was(tmp_path, models, 
         f"""
         from pathlib import Path
         from hepdeploy.triton.repository import publish_model
-        publish_model(Path({str(repo)!r}), Path({str(big)!r}), name="facile")
+        from hepdeploy.triton.plan import ModelRequest
+        publish_model(Path({str(repo)!r}), ModelRequest(Path({str(big)!r}), name="facile"))
         """
     )
     env = {**os.environ, "HEPDEPLOY_TEST_SLOW_COPY": "0.5", "OMP_NUM_THREADS": "1"}
@@ -220,14 +226,14 @@ def test_sigkill_mid_copy_leaves_repository_exactly_as_it_was(tmp_path, models, 
     assert snapshot(repo) == before  # tree and bytes unchanged
     assert check_repository(repo) == []
     # the next publish clears the killed one's leftovers and takes version 2
-    assert publish_model(repo, models["facile_other"], name="facile").version == 2
+    assert publish_model(repo, ModelRequest(models["facile_other"], name="facile")).version == 2
     assert not staging.exists()  # the leftovers cleared, and the staging folder removed once empty
     assert np.array_equal(sorted(os.listdir(repo / "facile")), sorted(["1", "2", "README.md", "config.pbtxt"]))
 
 
 def test_published_files_are_world_readable(tmp_path, models, facile_spec, facile_golden):
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile", spec=facile_spec, warmup_inputs=facile_golden)
+    publish_model(repo, ModelRequest(models["facile"], name="facile", spec=facile_spec, warmup_inputs=facile_golden))
     for path in [repo / "facile" / "config.pbtxt", repo / "facile" / "warmup" / "input",
                  repo / "facile" / "1" / MANIFEST_NAME, repo / "facile" / "README.md"]:
         assert path.stat().st_mode & 0o444 == 0o444, path  # a server running as another user can read it
@@ -237,10 +243,10 @@ def test_published_files_are_world_readable(tmp_path, models, facile_spec, facil
 def test_sigkill_at_any_moment_gives_old_or_complete_new_model(tmp_path, models, build_mlp, snapshot):
     """Kill publishes at spread-out moments: the repository is either untouched or has the full new version."""
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile")
+    publish_model(repo, ModelRequest(models["facile"], name="facile"))
     big = build_mlp(tmp_path / "big.onnx", seed=6, hidden=12000)  # ~2.3 MB: three slowed copy chunks
-    script = f"from pathlib import Path\nfrom hepdeploy.triton.repository import publish_model\n" \
-             f"publish_model(Path({str(repo)!r}), Path({str(big)!r}), name='facile')\n"
+    script = f"from pathlib import Path\nfrom hepdeploy.triton.plan import ModelRequest\nfrom hepdeploy.triton.repository import publish_model\n" \
+             f"publish_model(Path({str(repo)!r}), ModelRequest(Path({str(big)!r}), name='facile'))\n"
     env = {**os.environ, "HEPDEPLOY_TEST_SLOW_COPY": "0.1", "OMP_NUM_THREADS": "1"}
     outcomes = set()
     for delay in (0.2, 0.5, 0.8, 1.1, 1.6, 3.0):
@@ -269,7 +275,7 @@ def test_torchscript_model(tmp_path, facile_spec):
     path = tmp_path / "facile.pt"
     scripted.save(str(path))
     repo = tmp_path / "repo"
-    publish_model(repo, path, name="facile_pt", spec=facile_spec)
+    publish_model(repo, ModelRequest(path, name="facile_pt", spec=facile_spec))
     config = read_model_config(repo / "facile_pt" / "config.pbtxt")
     assert config.platform == "pytorch_libtorch" and (repo / "facile_pt" / "1" / "model.pt").is_file()
     assert check_repository(repo) == []
@@ -280,28 +286,27 @@ def test_torchscript_model(tmp_path, facile_spec):
 
 def test_existing_problems_do_not_block_but_new_ones_do(tmp_path, models, interaction_spec, facile_spec):
     repo = tmp_path / "repo"
-    publish_model(repo, models["facile"], name="facile", spec=facile_spec)
+    publish_model(repo, ModelRequest(models["facile"], name="facile", spec=facile_spec))
     (repo / "facile" / "old").mkdir()  # a stray folder someone left: reported, but not ours to fix
     (repo / "facile" / "old" / "x").write_text("x")
-    assert publish_model(repo, models["facile_other"], name="facile", spec=facile_spec).version == 2
+    assert publish_model(repo, ModelRequest(models["facile_other"], name="facile", spec=facile_spec)).version == 2
     # a config the model cannot run with is a NEW problem: refused, nothing changed
     settings = facile_spec.triton.model_copy(update={"version_policy": "all"})
     with pytest.raises(RepositoryError, match="failed its check before publishing"):
-        publish_model(repo, models["interaction"], name="facile", spec=interaction_spec, triton=settings.model_copy(
-            update={"max_batch_size": 0, "dynamic_batching": None}))
+        publish_model(repo, ModelRequest(models["interaction"], name="facile", spec=interaction_spec, triton=settings.model_copy(
+            update={"max_batch_size": 0, "dynamic_batching": None})))
     assert sorted(p.name for p in (repo / "facile").iterdir() if p.name.isdigit()) == ["1", "2"]
 
 
 def test_publish_spec_serves_the_spec_variants(tmp_path, models, facile_spec, facile_golden):
-    from hepdeploy.triton.repository import publish_spec
-
     spec = facile_spec.model_copy(deep=True)
     spec.triton.variant = "fp16"  # not built here: falls back to fp32, with a warning
     spec.triton.python_backend = True
     variants = {"fp32": models["facile"], "int8-cpu": models["facile_other"]}
     verdicts = {"fp32": {"passed": True, "variant": "fp32"}, "int8-cpu": {"passed": True, "variant": "int8-cpu"}}
     repo = tmp_path / "repo"
-    results = publish_spec(repo, spec, variants, verdicts=verdicts, warmup_inputs=facile_golden)
+    results = publish(repo, plan_publication(spec_publication(spec, variants, verdicts=verdicts,
+                                                              warmup_inputs=facile_golden)))
     assert [r.name for r in results] == ["facile", "facile_cpu", "facile_py"]
     gpu_manifest = json.loads((repo / "facile" / "1" / MANIFEST_NAME).read_text())
     assert gpu_manifest["files"]["model.onnx"] == sha256_file(models["facile"])  # the fp32 fallback
@@ -309,6 +314,8 @@ def test_publish_spec_serves_the_spec_variants(tmp_path, models, facile_spec, fa
     assert cpu_manifest["verdict"]["variant"] == "int8-cpu"
     assert cpu_manifest["files"]["model.onnx"] == sha256_file(models["facile_other"])
     assert read_model_config(repo / "facile_py" / "config.pbtxt").backend == "python"
+    assert [(m.role, m.twin_of) for m in map(newest_manifest, (repo / "facile_cpu", repo / "facile_py"))] == [
+        ("cpu_twin", "facile"), ("python_twin", "facile")]
     assert check_repository(repo) == []
 
 
@@ -319,7 +326,7 @@ def test_savedmodel_folder_is_copied_whole(tmp_path, facile_spec):
     (saved / "saved_model.pb").write_bytes(b"graph")
     (saved / "variables" / "variables.index").write_bytes(b"index")
     repo = tmp_path / "repo"
-    result = publish_model(repo, saved, name="facile_tf", spec=facile_spec)
+    result = publish_model(repo, ModelRequest(saved, name="facile_tf", spec=facile_spec))
     assert read_model_config(repo / "facile_tf" / "config.pbtxt").platform == "tensorflow_savedmodel"
     assert sorted(result.files) == ["model.savedmodel/saved_model.pb", "model.savedmodel/variables/variables.index"]
     assert check_repository(repo) == []

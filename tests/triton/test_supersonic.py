@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from hepdeploy.cli import main
 from hepdeploy.triton.repository import publish_model
+from hepdeploy.triton.plan import ModelRequest
 from hepdeploy.triton.supersonic import helm_merge
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -29,7 +30,7 @@ def _chart() -> Path:
 @pytest.fixture()
 def repo(tmp_path: Path, models, facile_spec) -> Path:  # noqa: ANN001
     repo = tmp_path / "model_repository"
-    publish_model(repo, models["facile"], name="facile", spec=facile_spec)
+    publish_model(repo, ModelRequest(models["facile"], name="facile", spec=facile_spec))
     return repo
 
 

@@ -34,6 +34,7 @@ from hepdeploy.triton.check import (
 )
 from hepdeploy.triton.config import read_model_config
 from hepdeploy.triton.repository import publish_model
+from hepdeploy.triton.plan import ModelRequest
 
 ABSENT = PlanLoader(reason="tensorrt is not importable (ModuleNotFoundError: No module named 'tensorrt')")
 
@@ -80,8 +81,7 @@ def _publish(tmp_path: Path, spec, loader: PlanLoader, verify: bool = True, **pl
     repo = tmp_path / "repo"
     main_plan = next(iter(plans_by_cc.values()))
     cc_files = {cc.replace("_", "."): p for cc, p in plans_by_cc.items()}
-    result = publish_model(repo, main_plan, name="facile_trt", spec=spec, triton=_triton_without_batch(spec),
-                           cc_model_files=cc_files, verify=verify, environment=CheckEnvironment(plan_loader=loader))
+    result = publish_model(repo, ModelRequest(main_plan, name="facile_trt", spec=spec, triton=_triton_without_batch(spec), cc_model_files=cc_files), verify=verify, environment=CheckEnvironment(plan_loader=loader))
     return repo, result
 
 
@@ -165,10 +165,9 @@ def test_config_batch_and_dims_come_from_the_profile(tmp_path, facile_spec):
     repo = tmp_path / "repo"
     # An explicit max_batch_size above the profile is refused before anything is written.
     with pytest.raises(SpecError, match="exceeds the TensorRT engine profile's max batch 512"):
-        publish_model(repo, plan, name="m", spec=facile_spec, environment=CheckEnvironment(plan_loader=ABSENT))
+        publish_model(repo, ModelRequest(plan, name="m", spec=facile_spec), environment=CheckEnvironment(plan_loader=ABSENT))
     triton = facile_spec.triton.model_copy(update={"max_batch_size": None, "dynamic_batching": None})
-    publish_model(repo, plan, name="m", spec=facile_spec, triton=triton,
-                  environment=CheckEnvironment(plan_loader=ABSENT))
+    publish_model(repo, ModelRequest(plan, name="m", spec=facile_spec, triton=triton), environment=CheckEnvironment(plan_loader=ABSENT))
     config_path = repo / "m" / "config.pbtxt"
     assert read_model_config(config_path).max_batch_size == 512
     assert check_repository(repo, environment=CheckEnvironment(plan_loader=ABSENT)) == []
@@ -183,8 +182,7 @@ def test_profile_min_batch_above_one_and_wrong_dims_are_reported(tmp_path, facil
     repo = tmp_path / "repo"
     triton = facile_spec.triton.model_copy(update={"max_batch_size": None, "dynamic_batching": None})
     with pytest.raises(Exception, match="min batch is 8"):
-        publish_model(repo, plan, name="m", spec=facile_spec, triton=triton,
-                      environment=CheckEnvironment(plan_loader=ABSENT))
+        publish_model(repo, ModelRequest(plan, name="m", spec=facile_spec, triton=triton), environment=CheckEnvironment(plan_loader=ABSENT))
 
 
 # -- findings 6 and 9: target server, version-compatible plans, cc keys -------------------------------
@@ -236,11 +234,9 @@ def test_tensorrt_extra_matches_the_documented_server_image():
 def test_cc_keys_are_validated_and_matched_to_the_plan(tmp_path, facile_spec):
     plan80 = write_plan(tmp_path / "a.plan", "8.0")
     with pytest.raises(SpecError, match="look like '8.0'"):
-        publish_model(tmp_path / "repo", plan80, name="m", spec=facile_spec, triton=_triton_without_batch(facile_spec),
-                      cc_model_files={"80": plan80}, environment=CheckEnvironment(plan_loader=ABSENT))
+        publish_model(tmp_path / "repo", ModelRequest(plan80, name="m", spec=facile_spec, triton=_triton_without_batch(facile_spec), cc_model_files={"80": plan80}), environment=CheckEnvironment(plan_loader=ABSENT))
     with pytest.raises(BadInputError, match="built on compute capability 8.0"):
-        publish_model(tmp_path / "repo", plan80, name="m", spec=facile_spec, triton=_triton_without_batch(facile_spec),
-                      cc_model_files={"9.0": plan80}, environment=CheckEnvironment(plan_loader=ABSENT))
+        publish_model(tmp_path / "repo", ModelRequest(plan80, name="m", spec=facile_spec, triton=_triton_without_batch(facile_spec), cc_model_files={"9.0": plan80}), environment=CheckEnvironment(plan_loader=ABSENT))
     assert not (tmp_path / "repo" / "m").exists()
     # A hand-edited config is caught by the check: the key's form, and a plan listed under another capability.
     repo, _ = _publish(tmp_path, facile_spec, ABSENT, **{"8_0": plan80})
@@ -277,6 +273,6 @@ def test_a_batch_shaped_input_is_compared_through_its_reshape(tmp_path):
     sidecar.steps[0].parameters["profiles"] = [{"input": {"min": [1], "opt": [256], "max": [1024]}}]
     side.write_text(sidecar.model_dump_json())
     repo = tmp_path / "repo"
-    publish_model(repo, plan, name="m", spec=spec, environment=CheckEnvironment(plan_loader=ABSENT))
+    publish_model(repo, ModelRequest(plan, name="m", spec=spec), environment=CheckEnvironment(plan_loader=ABSENT))
     assert read_model_config(repo / "m" / "config.pbtxt").max_batch_size == 1024
     assert check_repository(repo, environment=CheckEnvironment(plan_loader=ABSENT)) == []

@@ -8,7 +8,8 @@ from tritonclient.grpc import model_config_pb2 as pb2
 from hepdeploy.data import load_tensors
 from hepdeploy.spec import CpuTwin
 from hepdeploy.triton.check import check_repository_report
-from hepdeploy.triton.repository import publish_twins
+from hepdeploy.triton.plan import ModelRequest, PublicationRequest, plan_publication
+from hepdeploy.triton.repository import publish
 
 
 @pytest.mark.slow
@@ -21,8 +22,10 @@ def test_zoo_network_repository_passes_check(network, zoo_export, tmp_path):
     warmup = {t.name: reference[t.name] for t in export.spec.inputs}
     triton = export.spec.triton.model_copy(update={"cpu_twin": CpuTwin(variant="fp32", intra_op_threads=1)})
     repo = tmp_path / "model_repository"
-    results = publish_twins(repo, artifact.path, artifact.path, name=network, spec=export.spec, triton=triton,
-                            warmup_inputs=warmup, verdicts={"gpu": {"passed": True}, "cpu": {"passed": True}})
+    request = PublicationRequest(ModelRequest(artifact.path, network, spec=export.spec, triton=triton,
+                                              warmup_inputs=warmup, verdict={"passed": True}),
+                                 cpu_twin=artifact.path, cpu_twin_verdict={"passed": True})
+    results = publish(repo, plan_publication(request))
     assert [r.name for r in results] == [network, f"{network}_cpu"]
 
     report = check_repository_report(repo)
