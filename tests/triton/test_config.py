@@ -9,6 +9,7 @@ from tritonclient.grpc import model_config_pb2 as pb2
 from hepdeploy.errors import RepositoryError, SpecError, UnsafeNameError
 from hepdeploy.spec import TritonSpec
 from hepdeploy.triton.config import (
+    VersionFiles,
     build_model_config,
     config_to_pbtxt,
     parse_model_config,
@@ -110,7 +111,7 @@ def test_unsafe_model_names(models, bad):
 def test_tensorrt_plan_with_compute_capabilities(facile_spec):
     config = build_model_config(
         facile_spec, facile_spec.triton, name="facile_trt", platform="tensorrt_plan",
-        cc_model_filenames={"8.0": "model_sm80.plan", "9.0": "model_sm90.plan"},
+        files=VersionFiles(cc_model_filenames={"8.0": "model_sm80.plan", "9.0": "model_sm90.plan"}),
     )
     _roundtrip(config)
     assert config.platform == "tensorrt_plan"
