@@ -151,3 +151,35 @@ def test_import_placement(rule: str) -> None:
                     and id(node) not in inside and id(node) not in guarded:
                 wrong.append(f"{where} ({', '.join(sorted(HEAVY & set(roots)))})")
     assert not wrong, f"{rule}: " + ", ".join(wrong)
+
+
+# Functions allowed past the size rule (at most 80 lines, at most 8 parameters; cli/ aside, where a
+# click command takes one parameter per option), each with its reason.
+SIZE_EXCEPTIONS: dict[str, str] = {}
+MAX_LINES, MAX_PARAMETERS = 80, 8
+
+
+def _function_sizes() -> list[tuple[str, int, int]]:
+    """(module.function, lines, parameters) of every function outside cli/ (self and cls not counted)."""
+    found = []
+    for name, (path, tree) in _modules().items():
+        if ".cli" in name or name.endswith("__main__"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args
+                named = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+                count = len(named) + bool(arguments.vararg) + bool(arguments.kwarg)
+                if named and named[0].arg in ("self", "cls"):
+                    count -= 1
+                found.append((f"{name}.{node.name}", node.end_lineno - node.lineno + 1, count))  # type: ignore[operator]
+    return found
+
+
+def test_functions_are_short_and_take_few_parameters() -> None:
+    too_big = [f"{where}: {lines} lines, {count} parameters" for where, lines, count in _function_sizes()
+               if (lines > MAX_LINES or count > MAX_PARAMETERS) and where not in SIZE_EXCEPTIONS]
+    assert not too_big, "split these (or add them to SIZE_EXCEPTIONS with the reason): " + "; ".join(too_big)
+    unused = set(SIZE_EXCEPTIONS) - {where for where, lines, count in _function_sizes()
+                                     if lines > MAX_LINES or count > MAX_PARAMETERS}
+    assert not unused, f"exceptions that are no longer needed: {sorted(unused)}"

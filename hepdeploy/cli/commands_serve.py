@@ -1,7 +1,7 @@
 """Serving commands: ``hepdeploy triton serve``, ``hepdeploy triton serve-check`` and ``hepdeploy perf``.
 
 ``hepdeploy validate --server`` lives in commands_validate.py (library: validate.validate_served),
-``hepdeploy triton add --python-backend`` in commands_triton.py (library: triton.repository.publish_python_twin).
+``hepdeploy triton add --python-backend`` in commands_triton.py (library: triton.plan.plan_publication).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from hepdeploy.perf import EventDefinition, PerfReport, run_perf, write_perf_out
 from hepdeploy.serve_check import serve_check
 from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.server import (
+    ServerAddress,
     TritonServer,
     bundled_server,
     find_tritonserver,
@@ -77,8 +78,8 @@ def serve_command(repo: Path | None, tritonserver_path: Path | None, no_bundled:
         raise click.UsageError("give a model repository folder (or --install to only install the server)")
     binary = find_tritonserver(tritonserver_path, allow_bundled=not no_bundled, repository=repo)
     click.echo(f"server: {binary.describe()}", err=True)
-    server = TritonServer(repo, binary=binary, host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, log_path=log_file, startup_timeout_s=startup_timeout)
+    address = ServerAddress(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    server = TritonServer(repo, binary=binary, address=address, log_path=log_file, startup_timeout_s=startup_timeout)
     try:
         server.start()
         click.echo(f"ready: grpc {server.grpc_url}  http {server.http_url}  metrics {server.metrics_url}  "

@@ -320,6 +320,16 @@ class ModelLoadResult:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where a started server listens; a port left None is picked free at start."""
+
+    host: str = "127.0.0.1"
+    http_port: int | None = None
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+
+
 class TritonServer:
     """A ``tritonserver`` process on one repository, started and stopped by this object.
 
@@ -332,10 +342,7 @@ class TritonServer:
         self,
         repository: Path | str,
         binary: ServerBinary | None = None,
-        host: str = "127.0.0.1",
-        http_port: int | None = None,
-        grpc_port: int | None = None,
-        metrics_port: int | None = None,
+        address: ServerAddress | None = None,
         log_path: Path | None = None,
         load: Literal["all"] | Sequence[str] | None = "all",
         startup_timeout_s: float = 60.0,
@@ -346,8 +353,9 @@ class TritonServer:
         if not self.repository.is_dir():
             raise BadInputError(f"{repository}: model repository folder not found")
         self.binary = binary
-        self.host = host
-        self._ports = (http_port, grpc_port, metrics_port)
+        address = address or ServerAddress()
+        self.host = address.host
+        self._ports = (address.http_port, address.grpc_port, address.metrics_port)
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._own_log_dir: Path | None = None
         self.log_path = Path(log_path) if log_path else None
