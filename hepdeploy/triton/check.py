@@ -65,6 +65,7 @@ from hepdeploy.triton.layout import (
     CONFIG_NAME,
     INNER_STAGING,
     MANIFEST_NAME,
+    Manifest,
     read_manifest,
 )
 
@@ -129,7 +130,7 @@ class CheckReport:
         )
 
 
-class _ModelChecker:
+class ModelChecker:
     """Checks one model folder; collects problems and notes."""
 
     def __init__(self, model_dir: Path, report: CheckReport, run_models: bool,
@@ -423,6 +424,10 @@ class _ModelChecker:
             return None
         if manifest is None:
             return None  # not written by hepdeploy: nothing to compare against
+        try:
+            Manifest.model_validate(manifest)
+        except ValueError as error:  # pydantic's ValidationError
+            self.problem(version_dir / MANIFEST_NAME, f"manifest does not follow hepdeploy's schema ({first_line(error)})")
         listed = manifest["files"]
         for relative, digest in sorted(listed.items()):
             path = version_dir / relative
@@ -440,7 +445,7 @@ class _ModelChecker:
                     self.problem(path, "stray file: not in the manifest (added after publishing?)")
         return manifest
 
-    def _check_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
+    def check_onnx(self, config: model_config_pb2.ModelConfig, path: Path) -> None:
         try:
             model = load_onnx(path, load_weights=False)
         except HepDeployError as error:
@@ -618,7 +623,7 @@ class _ModelChecker:
             inputs[tensor.name] = array[np.newaxis] if config.max_batch_size > 0 else array
         return inputs, len(warm) == len(config.input) and bool(warm)
 
-    def _check_torchscript(self, path: Path) -> None:
+    def check_torchscript(self, path: Path) -> None:
         import torch
 
         try:
@@ -632,45 +637,45 @@ class _ModelChecker:
 # -- what one served version of each platform must hold (the platform registry names these) ----------
 
 
-def check_onnx_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+def check_onnx_version(checker: ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
                        manifest: dict[str, Any] | None) -> None:
     """The ONNX file: loadable, its tensors as the config says, and it runs (ONNX Runtime)."""
     path = checker.model_file(config, version_dir, "onnxruntime_onnx")
     if path is not None:
         checker.check_ort_tensorrt(config, path)
-        checker._check_onnx(config, path)
+        checker.check_onnx(config, path)
 
 
-def check_plan_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+def check_plan_version(checker: ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
                        manifest: dict[str, Any] | None) -> None:
     """Every plan: files, recorded metadata against config and server, then loading where it can."""
     checker.check_plans(config, version_dir, manifest)
 
 
-def check_torchscript_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+def check_torchscript_version(checker: ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
                               manifest: dict[str, Any] | None) -> None:
     path = checker.model_file(config, version_dir, "pytorch_libtorch")
     if path is not None:
-        checker._check_torchscript(path)
+        checker.check_torchscript(path)
 
 
-def check_savedmodel_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+def check_savedmodel_version(checker: ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
                              manifest: dict[str, Any] | None) -> None:
     path = checker.model_file(config, version_dir, "tensorflow_savedmodel")
     if path is not None and not (path / "saved_model.pb").is_file():
         checker.problem(path, "not a SavedModel folder (no saved_model.pb)")
 
 
-def check_python_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+def check_python_version(checker: ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
                          manifest: dict[str, Any] | None) -> None:
     """model.py is there; an ONNX file beside it (a twin's) is checked as an ONNX model."""
     if not (version_dir / "model.py").is_file():
         checker.problem(version_dir / "model.py", "Python-backend model file model.py is missing")
     for onnx_file in sorted(version_dir.glob("*.onnx")):
-        checker._check_onnx(config, onnx_file)
+        checker.check_onnx(config, onnx_file)
 
 
-def check_ensemble_version(checker: _ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
+def check_ensemble_version(checker: ModelChecker, config: model_config_pb2.ModelConfig, version_dir: Path,
                            manifest: dict[str, Any] | None) -> None:
     """The steps' models and their tensors (an ensemble's version folder holds no model)."""
     checker.check_ensemble(config, checker.dir / CONFIG_NAME)
@@ -701,7 +706,7 @@ def check_model(model_dir: Path, *, run_models: bool = True, report: CheckReport
                 environment: CheckEnvironment | None = None) -> list[Problem]:
     """Problems of one model folder (its folder name is the model name)."""
     report = report if report is not None else CheckReport(repo=Path(model_dir).parent)
-    return _ModelChecker(Path(model_dir), report, run_models, environment).check()
+    return ModelChecker(Path(model_dir), report, run_models, environment).check()
 
 
 def check_repository_report(repo: Path, *, run_models: bool = True,

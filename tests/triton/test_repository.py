@@ -333,3 +333,20 @@ def test_savedmodel_folder_is_copied_whole(tmp_path, facile_spec):
     (repo / "facile_tf" / "1" / "model.savedmodel" / "saved_model.pb").unlink()
     messages = [p.message for p in check_repository(repo)]
     assert any("not a SavedModel folder" in m for m in messages) and any("listed in the manifest" in m for m in messages)
+
+
+def test_a_twin_finds_its_golden_set_through_its_manifest_not_its_name(tmp_path, models, facile_spec):
+    from hepdeploy.serve_check import _golden_for
+
+    repo = tmp_path / "repo"
+    request = PublicationRequest(ModelRequest(models["facile"], "facile", spec=facile_spec),
+                                 cpu_twin=models["facile_other"], python_twin=models["facile"])
+    publish(repo, plan_publication(request))
+    publish_model(repo, ModelRequest(models["facile_other"], "other_py", spec=facile_spec))  # a name, not a twin
+    goldens = {"facile": tmp_path / "facile.npz", "other": tmp_path / "other.npz"}
+    assert [_golden_for(repo, n, goldens) for n in ("facile", "facile_cpu", "facile_py")] == [goldens["facile"]] * 3
+    assert _golden_for(repo, "other_py", goldens) is None  # its manifest says it twins nothing
+    manifest = json.loads((repo / "facile_py" / "1" / MANIFEST_NAME).read_text())
+    del manifest["role"], manifest["twin_of"]  # as a schema-1 manifest (published before roles) reads
+    (repo / "facile_py" / "1" / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert _golden_for(repo, "facile_py", goldens) is None
