@@ -39,10 +39,19 @@ def main() -> int:
     args = parser.parse_args()
 
     from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+    from hepdeploy.backend.triton import ServerTarget
     from hepdeploy.backend.triton_shm import leaked_segments
     from hepdeploy.convert import convert_from_spec
     from hepdeploy.model_zoo import export_network
-    from hepdeploy.perf import BREAKDOWN_HEADERS, BREAKDOWN_KEYS, EventDefinition, measure_inline, plot_levels, run_perf
+    from hepdeploy.perf import (
+        BREAKDOWN_HEADERS,
+        BREAKDOWN_KEYS,
+        EventDefinition,
+        PerfSettings,
+        measure_inline,
+        plot_levels,
+        run_perf,
+    )
     from hepdeploy.spec import CpuTwin
     from hepdeploy.triton.repository import publish_python_twin
     from hepdeploy.triton.server import TritonServer, find_tritonserver
@@ -75,9 +84,9 @@ def main() -> int:
             event = EventDefinition.from_spec(spec)
             for memory, label in (("off", "gRPC"), ("on", "shared memory")):
                 print(f"{name}: served ({label}), {clients} clients", file=sys.stderr)
-                served = run_perf(server.grpc_url, f"{name}_py", inputs, concurrency=clients,
-                                  duration_s=args.duration, warmup_s=args.warmup, event=event,
-                                  expected=(spec.inputs, spec.outputs), timeout_s=120, shared_memory=memory)
+                served = run_perf(ServerTarget(server.grpc_url, timeout_s=120, shared_memory=memory), f"{name}_py",
+                                  inputs, settings=PerfSettings(tuple(clients), args.duration, args.warmup, event),
+                                  expected=(spec.inputs, spec.outputs))
                 served.model = f"{name} served ({label}, Triton python backend)"
                 reports.append(served)
             print(f"{name}: inline, {clients} clients", file=sys.stderr)

@@ -6,6 +6,10 @@ golden inputs), waits for the answers, and sends the next. After a warm-up, even
 fixed duration. Reported per level: events/s, inferences/s (rows/s), requests/s and the event
 latency's p50/p95/p99. Results go to a table, JSON and a PNG plot (events/s vs clients).
 
+``run_perf(target, model, inputs, settings=...)`` takes the server as a
+:class:`~hepdeploy.backend.triton.ServerTarget` (address, per-call timeout, shared memory, compression)
+and the load as :class:`PerfSettings` (concurrency levels, seconds, the event, the engine).
+
 ``engine="perf_analyzer"`` runs NVIDIA's ``perf_analyzer`` binary instead (when installed), with
 ``--shape`` for every variable dim and ``--input-data`` holding real golden inputs, and parses its CSV.
 
@@ -25,7 +29,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,13 +37,12 @@ import numpy as np
 
 from hepdeploy.backend.triton import (
     NUMPY_TO_TRITON,
-    Compression,
+    ServerTarget,
     TritonRunner,
-    check_compression,
     output_nbytes,
     triton_error_line,
 )
-from hepdeploy.backend.triton_shm import SharedMemoryMode, SharedMemoryRegions, layout, shared_memory_wanted
+from hepdeploy.backend.triton_shm import SharedMemoryRegions, layout
 from hepdeploy.errors import (
     BadInputError,
     DataError,
@@ -134,6 +137,51 @@ def _us(value: float | None) -> str:
     return f"{value:>9.1f}" if value is not None and math.isfinite(value) else f"{'-':>9}"
 
 
+@dataclass(frozen=True)
+class PerfSettings:
+    """How the load is applied: the levels of simultaneous clients, the measured and warm-up seconds of each
+    level, what one event is, and what drives the clients (asynchronous gRPC clients in this process, or
+    NVIDIA's ``perf_analyzer`` binary, found on PATH unless ``perf_analyzer`` names it)."""
+
+    concurrency: tuple[int, ...] = (1, 2, 4)
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    event: EventDefinition = field(default_factory=EventDefinition)
+    engine: Engine = "client"
+    perf_analyzer: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "concurrency", tuple(self.concurrency))
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            raise BadInputError("concurrency levels must be positive integers")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise BadInputError("duration must be > 0 s and warm-up >= 0 s")
+        if self.engine not in ("client", "perf_analyzer"):
+            raise BadInputError(f"engine {self.engine!r}: use client or perf_analyzer")
+
+
+@dataclass
+class ServedLoad:
+    """The served model as the server describes it, and the distinct requests cut for it from the golden inputs."""
+
+    model: str
+    version: str
+    batched: bool
+    input_dtypes: dict[str, str]
+    input_shapes: dict[str, list[int]]
+    outputs: list[tuple[str, str, list[int]]]
+    batches: list[dict[str, np.ndarray]]
+
+
+@dataclass
+class PreparedRequests:
+    """The request inputs of every distinct batch (made once, reused by every client) and the requested
+    outputs of each request slot in flight."""
+
+    inputs: list[list[Any]]
+    slot_outputs: list[list[Any]]
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -226,17 +274,16 @@ def server_breakdown(before: Mapping[str, int] | None, after: Mapping[str, int] 
 # --------------------------------------------------------------------------- async gRPC clients
 
 
-def _prepare_requests(batches: list[dict[str, np.ndarray]], dtypes: Mapping[str, str],
-                      served_outputs: Sequence[tuple[str, str, list[int]]], slots: int,
-                      regions: SharedMemoryRegions | None, batched: bool) -> tuple[list[list[Any]], list[list[Any]]]:
-    """The request inputs of every distinct batch (made once; clients reuse them) and the requested
-    outputs of each of ``slots`` requests in flight.
+def _prepare_requests(served: ServedLoad, slots: int, regions: SharedMemoryRegions | None) -> PreparedRequests:
+    """The request inputs of every distinct batch of ``served`` and the requested outputs of each of ``slots``
+    requests in flight.
 
     With ``regions`` (shared memory) every batch's tensors are written once into one input region, as
     perf_analyzer does, and each slot gets its own part of the output region, sized for the largest
     batch; outputs whose size is not known before the answer come back in the answer."""
     import tritonclient.grpc.aio as grpc_aio
 
+    batches, dtypes = served.batches, served.input_dtypes
     arrays = [(name, array.astype(dtypes[name], copy=False)) for batch in batches for name, array in batch.items()]
     offsets: list[int] = []
     region = None
@@ -254,32 +301,33 @@ def _prepare_requests(batches: list[dict[str, np.ndarray]], dtypes: Mapping[str,
         tensors.append(tensor)
     per_batch = len(batches[0]) if batches else 0
     prepared = [tensors[k:k + per_batch] for k in range(0, len(tensors), per_batch)] if per_batch else [[]]
-    plain = [grpc_aio.InferRequestedOutput(name) for name, _, _ in served_outputs]
+    plain = [grpc_aio.InferRequestedOutput(name) for name, _, _ in served.outputs]
     # The batch dim of a batched model's outputs is the largest request's rows; other dynamic dims are unknown.
-    rows = max((next(iter(b.values())).shape[0] for b in batches if b), default=0) if batched else 0
-    sizes = [output_nbytes(dtype, shape, rows or None) for _, dtype, shape in served_outputs]
+    rows = max((next(iter(b.values())).shape[0] for b in batches if b), default=0) if served.batched else 0
+    sizes = [output_nbytes(dtype, shape, rows or None) for _, dtype, shape in served.outputs]
     if regions is None or not sizes or any(size is None for size in sizes):
-        return prepared, [plain] * slots
+        return PreparedRequests(prepared, [plain] * slots)
     slot_offsets, slot_size = layout(sizes)  # type: ignore[arg-type]
     outputs_region = regions.region("output", slot_size * slots)
     per_slot = []
     for slot in range(slots):
         requested = []
-        for (name, _, _), size, offset in zip(served_outputs, sizes, slot_offsets):
+        for (name, _, _), size, offset in zip(served.outputs, sizes, slot_offsets):
             output = grpc_aio.InferRequestedOutput(name)
             output.set_shared_memory(outputs_region.name, size, slot * slot_size + offset)
             requested.append(output)
         per_slot.append(requested)
-    return prepared, per_slot
+    return PreparedRequests(prepared, per_slot)
 
 
-async def _measure_level_async(url: str, model: str, version: str, prepared: list[list[Any]],
-                               slot_outputs: list[list[Any]], clients: int, duration_s: float, warmup_s: float,
-                               timeout_s: float, event: EventDefinition, compression: Compression | None) -> PerfLevel:
+async def _measure_level_async(target: ServerTarget, served: ServedLoad, requests: PreparedRequests, clients: int,
+                               settings: PerfSettings) -> PerfLevel:
     import tritonclient.grpc.aio as grpc_aio
 
-    options = {"compression_algorithm": compression} if compression else {}
-    connections = [grpc_aio.InferenceServerClient(url) for _ in range(clients)]
+    options = {"compression_algorithm": target.compression} if target.compression else {}
+    connections = [grpc_aio.InferenceServerClient(target.url) for _ in range(clients)]
+    event, model, timeout_s = settings.event, served.model, target.timeout_s
+    warmup_s, duration_s = settings.warmup_s, settings.duration_s
     start = time.monotonic()
     measure_from = start + warmup_s
     measure_to = measure_from + duration_s
@@ -291,8 +339,9 @@ async def _measure_level_async(url: str, model: str, version: str, prepared: lis
             sent = time.monotonic()
             calls = []
             for slot in range(event.requests_per_event):
-                calls.append(connection.infer(model, prepared[turn % len(prepared)], model_version=version,
-                                              outputs=slot_outputs[index * event.requests_per_event + slot],
+                calls.append(connection.infer(model, requests.inputs[turn % len(requests.inputs)],
+                                              model_version=served.version,
+                                              outputs=requests.slot_outputs[index * event.requests_per_event + slot],
                                               client_timeout=timeout_s, **options))
                 turn += 1
             await asyncio.gather(*calls)
@@ -307,7 +356,7 @@ async def _measure_level_async(url: str, model: str, version: str, prepared: lis
         raise ServerError(f"{model}: perf level with {clients} client(s) did not finish within "
                           f"{warmup_s + duration_s + timeout_s:.0f} s") from error
     except Exception as error:  # InferenceServerException, grpc errors
-        raise ServerError(f"{model} at {url}: inference failed during perf with {clients} client(s): "
+        raise ServerError(f"{model} at {target.url}: inference failed during perf with {clients} client(s): "
                           f"{triton_error_line(error)}") from error
     finally:
         for connection in connections:
@@ -318,84 +367,79 @@ async def _measure_level_async(url: str, model: str, version: str, prepared: lis
     return _level(clients, duration_s, latencies, event)
 
 
-def run_perf(
-    url: str,
-    model: str,
-    inputs: Mapping[str, np.ndarray],
-    *,
-    version: str = "",
-    concurrency: Sequence[int] = (1, 2, 4),
-    duration_s: float = 5.0,
-    warmup_s: float = 1.0,
-    event: EventDefinition | None = None,
-    timeout_s: float = 30.0,
-    expected: Any = None,
-    engine: Engine = "client",
-    perf_analyzer: str | None = None,
-    progress: Callable[[str], None] | None = None,
-    shared_memory: SharedMemoryMode = "auto",
-    compression: Compression | None = None,
-) -> PerfReport:
-    """Measure ``model`` at ``url`` for every concurrency level; see the module docstring.
+def run_perf(target: ServerTarget, model: str, inputs: Mapping[str, np.ndarray], *, version: str = "",
+             settings: PerfSettings | None = None, expected: Any = None,
+             progress: Callable[[str], None] | None = None) -> PerfReport:
+    """Measure ``model`` on the server ``target`` at every concurrency level of ``settings``; see the module docstring.
 
-    ``shared_memory``: tensors travel through Triton's system shared memory (auto: for a server on a
-    loopback address), registered once and reused by every request of every level; ``compression``:
-    gRPC compression (gzip, deflate) for a remote server."""
-    use_shm = shared_memory_wanted(shared_memory, url)
-    compression = check_compression(compression, "grpc")
-    event = event or EventDefinition()
-    if not concurrency or any(c < 1 for c in concurrency):
-        raise BadInputError("concurrency levels must be positive integers")
-    if duration_s <= 0 or warmup_s < 0:
-        raise BadInputError("duration must be > 0 s and warm-up >= 0 s")
-    with TritonRunner(url, model, version, timeout_s=timeout_s, expected=expected) as probe:
-        probe.check_metadata()  # names, dtypes, dims and max_batch_size from the server itself
+    Tensors travel as ``target`` says: through Triton's system shared memory (auto: for a server on a
+    loopback address), registered once and reused by every request of every level, and with gRPC
+    compression (gzip, deflate) for a remote server. ``expected``: the (inputs, outputs) tensor specs
+    the served model must have."""
+    settings = settings or PerfSettings()
+    if target.protocol != "grpc":
+        raise BadInputError("perf measures over gRPC (its asynchronous clients and perf_analyzer here speak gRPC)")
+    served, event = _probe(target, model, version, inputs, settings.event, expected)
+    settings = replace(settings, event=event)
+    report = PerfReport(model=model, target=target.url, engine=settings.engine, event=event,
+                        transport=target.transport)
+    with contextlib.ExitStack() as stack:
+        regions = None
+        if target.uses_shared_memory and settings.engine == "client":
+            import tritonclient.grpc as grpc_client
+
+            client = grpc_client.InferenceServerClient(target.url)
+            stack.callback(client.close)
+            regions = stack.enter_context(SharedMemoryRegions(client, target.timeout_s, grpc=True))
+        for clients in settings.concurrency:
+            if progress:
+                progress(f"{model}: {clients} client(s), {settings.warmup_s:g} s warm-up + {settings.duration_s:g} s")
+            level = _measure_level(target, served, clients, settings, regions)
+            if level.events == 0:
+                report.notes.append(f"{clients} client(s): no event completed inside the {settings.duration_s:g} s "
+                                    "window")
+            report.levels.append(level)
+            log.info("%s: %d client(s): %.1f events/s, p50 %.2f ms", model, clients, level.events_per_s,
+                     level.latency_ms_p50)
+    return report
+
+
+def _probe(target: ServerTarget, model: str, version: str, inputs: Mapping[str, np.ndarray], event: EventDefinition,
+           expected: Any) -> tuple[ServedLoad, EventDefinition]:
+    """The served model from the server itself (names, dtypes, dims, max_batch_size, checked against
+    ``expected``), its requests cut from ``inputs``, and the event as sent (an unbatched model takes its
+    inputs whole)."""
+    with TritonRunner(target, model, version, expected=expected) as probe:
+        probe.check_metadata()
         batched = probe.max_batch_size > 0
         if batched and event.batch_per_request > probe.max_batch_size:
             raise BadInputError(f"{model}: {event.batch_per_request} rows per request exceed the served "
                                 f"max_batch_size {probe.max_batch_size}")
         dtypes = {name: dtype for name, dtype, _ in probe.served_inputs}
-        missing = [n for n in dtypes if n not in inputs]
-        if missing:
-            raise DataError(f"the golden set has no input(s) {', '.join(missing)} that {model} takes")
+        absent = [n for n in dtypes if n not in inputs]
+        if absent:
+            raise DataError(f"the golden set has no input(s) {', '.join(absent)} that {model} takes")
         batches = request_batches({n: inputs[n] for n in dtypes}, event.batch_per_request, batched)
         if not batched and event.batch_per_request != 1:
             event = EventDefinition(int(next(iter(batches[0].values())).shape[0]) if batches[0] else 1,
                                     event.requests_per_event)
-        served_outputs = list(probe.served_outputs)
-        served_shapes = {name: shape for name, _, shape in probe.served_inputs}
-    report = PerfReport(model=model, target=url, engine=engine, event=event,
-                        transport="grpc" + ("+shm" if use_shm else "") + (f"+{compression}" if compression else ""))
-    with contextlib.ExitStack() as stack:
-        regions = None
-        if use_shm and engine == "client":
-            import tritonclient.grpc as grpc_client
+        served = ServedLoad(model, version, batched, dtypes, {name: shape for name, _, shape in probe.served_inputs},
+                            list(probe.served_outputs), batches)
+    return served, event
 
-            client = grpc_client.InferenceServerClient(url)
-            stack.callback(client.close)
-            regions = stack.enter_context(SharedMemoryRegions(client, timeout_s, grpc=True))
-        for clients in concurrency:
-            if progress:
-                progress(f"{model}: {clients} client(s), {warmup_s:g} s warm-up + {duration_s:g} s")
-            if engine == "perf_analyzer":
-                level = _perf_analyzer_level(perf_analyzer, url, model, version, batches, served_shapes, batched,
-                                             clients, duration_s, event, timeout_s, use_shm)
-            else:
-                prepared, slot_outputs = _prepare_requests(batches, dtypes, served_outputs,
-                                                           clients * event.requests_per_event, regions, batched)
-                before = server_statistics(url, model, version)
-                level = asyncio.run(_measure_level_async(url, model, version, prepared, slot_outputs, clients,
-                                                         duration_s, warmup_s, timeout_s, event, compression))
-                # The statistics span the warm-up too; a request's client share is only defined for one
-                # request per event.
-                level.server = server_breakdown(before, server_statistics(url, model, version),
-                                                level.latency_ms_mean if event.requests_per_event == 1 else None)
-            if level.events == 0:
-                report.notes.append(f"{clients} client(s): no event completed inside the {duration_s:g} s window")
-            report.levels.append(level)
-            log.info("%s: %d client(s): %.1f events/s, p50 %.2f ms", model, clients, level.events_per_s,
-                     level.latency_ms_p50)
-    return report
+
+def _measure_level(target: ServerTarget, served: ServedLoad, clients: int, settings: PerfSettings,
+                   regions: SharedMemoryRegions | None) -> PerfLevel:
+    """One concurrency level, by the settings' engine; the client engine adds the server's time split."""
+    if settings.engine == "perf_analyzer":
+        return _perf_analyzer_level(target, served, clients, settings)
+    requests = _prepare_requests(served, clients * settings.event.requests_per_event, regions)
+    before = server_statistics(target.url, served.model, served.version)
+    level = asyncio.run(_measure_level_async(target, served, requests, clients, settings))
+    # The statistics span the warm-up too; a request's client share is only defined for one request per event.
+    level.server = server_breakdown(before, server_statistics(target.url, served.model, served.version),
+                                    level.latency_ms_mean if settings.event.requests_per_event == 1 else None)
+    return level
 
 
 # --------------------------------------------------------------------------- inline baseline
@@ -467,22 +511,25 @@ def perf_analyzer_input_data(batches: list[dict[str, np.ndarray]], batched: bool
     return {"data": entries}
 
 
-def perf_analyzer_command(binary: str, url: str, model: str, version: str, shapes: Mapping[str, list[int]],
-                          sample: Mapping[str, np.ndarray], batched: bool, batch: int, clients: int,
-                          duration_s: float, input_data: Path, csv_path: Path) -> list[str]:
-    """The perf_analyzer command line: --shape for every variable dim, real data, one concurrency level."""
-    command = [binary, "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
+def perf_analyzer_command(binary: str, target: ServerTarget, served: ServedLoad, clients: int, settings: PerfSettings,
+                          input_data: Path, csv_path: Path) -> list[str]:
+    """The perf_analyzer command line for one concurrency level: ``--shape`` for every variable dim (from the
+    first request's sample), real data from ``input_data``, system shared memory as ``target`` says."""
+    command = [binary, "-m", served.model, "-u", target.url, "-i", "grpc", "--input-data", str(input_data),
                "--concurrency-range", f"{clients}:{clients}", "--measurement-mode", "time_windows",
-               "--measurement-interval", str(max(100, int(duration_s * 1000))), "-f", str(csv_path)]
-    if version:
-        command += ["-x", version]
-    if batched:
-        command += ["-b", str(batch)]
-    for name, dims in shapes.items():
-        served = dims[1:] if batched else dims
-        if any(d < 0 for d in served):
-            actual = list(np.shape(sample[name]))[1:] if batched else list(np.shape(sample[name]))
+               "--measurement-interval", str(max(100, int(settings.duration_s * 1000))), "-f", str(csv_path)]
+    if served.version:
+        command += ["-x", served.version]
+    if served.batched:
+        command += ["-b", str(settings.event.batch_per_request)]
+    sample = served.batches[0]
+    for name, dims in served.input_shapes.items():
+        variable = dims[1:] if served.batched else dims
+        if any(d < 0 for d in variable):
+            actual = list(np.shape(sample[name]))[1:] if served.batched else list(np.shape(sample[name]))
             command += ["--shape", f"{name}:{','.join(str(d) for d in actual)}"]
+    if target.uses_shared_memory:
+        command.append("--shared-memory=system")
     return command
 
 
@@ -506,29 +553,24 @@ def parse_perf_analyzer_csv(text: str, clients: int, duration_s: float, event: E
                      requests_per_s, latency[50], latency[95], latency[99], mean)
 
 
-def _perf_analyzer_level(binary: str | None, url: str, model: str, version: str,
-                         batches: list[dict[str, np.ndarray]], shapes: Mapping[str, list[int]], batched: bool,
-                         clients: int, duration_s: float, event: EventDefinition, timeout_s: float,
-                         shared_memory: bool = False) -> PerfLevel:
-    executable = find_perf_analyzer(binary)
+def _perf_analyzer_level(target: ServerTarget, served: ServedLoad, clients: int, settings: PerfSettings) -> PerfLevel:
+    executable = find_perf_analyzer(settings.perf_analyzer)
     with work_folder("pa") as folder_text:
         folder = Path(folder_text)
         data_path, csv_path = folder / "input.json", folder / "result.csv"
-        data_path.write_text(json.dumps(perf_analyzer_input_data(batches, batched)), encoding="utf-8")
-        command = perf_analyzer_command(executable, url, model, version, shapes, batches[0], batched,
-                                        event.batch_per_request, clients, duration_s, data_path, csv_path)
-        if shared_memory:
-            command.append("--shared-memory=system")
+        data_path.write_text(json.dumps(perf_analyzer_input_data(served.batches, served.batched)), encoding="utf-8")
+        command = perf_analyzer_command(executable, target, served, clients, settings, data_path, csv_path)
         log.info("running %s", " ".join(command))
         try:
             done = subprocess.run(command, capture_output=True, text=True, check=False,
-                                  timeout=duration_s * 10 + timeout_s + 60)
+                                  timeout=settings.duration_s * 10 + target.timeout_s + 60)
         except subprocess.TimeoutExpired as error:
             raise ServerError(f"perf_analyzer did not finish for {clients} client(s)") from error
         if done.returncode != 0 or not csv_path.is_file():
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ServerError(f"perf_analyzer failed (exit {done.returncode}): {last[0]}")
-        return parse_perf_analyzer_csv(csv_path.read_text(encoding="utf-8"), clients, duration_s, event)
+        return parse_perf_analyzer_csv(csv_path.read_text(encoding="utf-8"), clients, settings.duration_s,
+                                       settings.event)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hepdeploy.artifacts import load_onnx, tensor_specs_of
-from hepdeploy.backend.triton import TritonRunner
+from hepdeploy.backend.triton import ServerTarget, TritonRunner
 from hepdeploy.errors import DependencyMissingError, HepDeployError, ServerError
+from hepdeploy.judgement import Judgement
 from hepdeploy.triton.config import read_model_config
 from hepdeploy.triton.layout import CONFIG_NAME, Manifest, newest_manifest, version_folders
 from hepdeploy.triton.server import ServerBinary, TritonServer, find_tritonserver
@@ -163,9 +164,10 @@ def serve_check(repo: Path, goldens: Mapping[str, Path], timeout_s: float = 300.
             expected, precision = _served_artifact_info(repo / name)
             try:
                 reference = load_reference(golden)
-                with TritonRunner(server.grpc_url, name, timeout_s=min(60.0, remaining), expected=expected) as runner:
+                target = ServerTarget(server.grpc_url, timeout_s=min(60.0, remaining))
+                with TritonRunner(target, name, expected=expected) as runner:
                     verdict = validate_runner(runner, reference, name=name, candidate=f"{server.grpc_url}/{name}",
-                                              precision=precision, spec=spec)
+                                              spec=spec, judgement=Judgement(precision=precision))
                 result.validated, result.passed, result.verdict = True, bool(verdict.passed), verdict.verdict
             except HepDeployError as error:
                 result.validated, result.passed, result.verdict = True, False, f"FAIL: {error}"

@@ -52,6 +52,7 @@ from hepdeploy.artifacts import StepRecord, read_artifact, write_artifact
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.errors import BadInputError, DataError, HepDeployError, first_line
 from hepdeploy.fsutil import atomic_path, atomic_write_text, file_digest
+from hepdeploy.judgement import Judgement
 from hepdeploy.optimize import optimize_artifact
 from hepdeploy.optimize.cost import CostModel
 from hepdeploy.optimize.graph import lowered_nodes, name_unnamed_nodes
@@ -419,7 +420,7 @@ class Tuner:
             optimize_artifact(self.fp32_path, self._candidate_spec(kept, method), candidate,
                               calibration=self.calibration, spec=self.spec, modelopt=self.modelopt)
             label = f"{self.variant.name} keeping {len(kept)}" + (f", {method}" if method else "")
-            report = validate_candidate(candidate, self.tuning, spec=self.spec, policy=self.policy, name=label)
+            report = validate_candidate(candidate, self.tuning, spec=self.spec, judgement=Judgement(policy=self.policy), name=label)
         except HepDeployError as error:  # a candidate the tools refuse is a point that does not pass
             return Evaluation(kept_list, method, "ERROR", math.inf, first_line(error), relative, None, "search",
                               seconds=round(time.perf_counter() - started, 2))
@@ -546,7 +547,7 @@ class Tuner:
             confirmation = Evaluation(**{**stored, "phase": "confirm", "cached": True})
         else:
             started = time.perf_counter()
-            report = validate_candidate(Path(best.path), self.confirming, spec=self.spec, policy=self.policy,
+            report = validate_candidate(Path(best.path), self.confirming, spec=self.spec, judgement=Judgement(policy=self.policy),
                                         name=f"{self.variant.name} keeping {len(best.kept)} (confirmation)")
             self._reports[f"confirm:{best.path}"] = report
             confirmation = Evaluation(list(best.kept), best.calibration_method, report.outcome, harm_of(report),
@@ -565,7 +566,7 @@ class Tuner:
         """The validation report of an evaluation: this search's, or made again for one from the cache."""
         report = self._reports.get(f"{evaluation.phase}:{evaluation.path}")
         if report is None and evaluation.path is not None and Path(evaluation.path).is_file():
-            report = validate_candidate(Path(evaluation.path), reference, spec=self.spec, policy=self.policy,
+            report = validate_candidate(Path(evaluation.path), reference, spec=self.spec, judgement=Judgement(policy=self.policy),
                                         name=f"{self.variant.name} keeping {len(evaluation.kept)}")
         return report
 

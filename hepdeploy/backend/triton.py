@@ -6,12 +6,17 @@ the artifact's tensor specs (names, dtypes, fixed dims, batch axis), so a wrong 
 right name is refused before any number is compared. A reference set is split into requests no
 larger than the model's ``max_batch_size``. Every call has a timeout: a dead or hung server gives a
 clear :class:`~hepdeploy.errors.ServerError` within it, never a hang.
+
+The server and how to reach it travel as one :class:`ServerTarget` (address, protocol, timeout, shared
+memory, compression), the bundle the CLI's server options build and validation, perf and the serve
+check take.
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -31,6 +36,7 @@ from hepdeploy.spec import TensorSpec
 log = logging.getLogger(__name__)
 
 Protocol = Literal["grpc", "http"]
+PROTOCOLS: tuple[str, ...] = ("grpc", "http")
 Compression = Literal["gzip", "deflate"]
 
 TRITON_TO_NUMPY = {
@@ -73,40 +79,69 @@ def triton_error_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class TritonRunner(Runner):
-    """Runs inputs through ``model`` on a Triton server at ``url`` (``HOST:PORT``).
+@dataclass(frozen=True)
+class ServerTarget:
+    """A live Triton server and how every call to it is made; checked when made (bad input otherwise).
 
-    ``expected``: the artifact's (inputs, outputs) tensor specs; checked against the served model
-    on first use (:meth:`check_metadata`). ``max_request_batch`` caps request size below the
-    model's ``max_batch_size``. ``timeout_s`` bounds every network call. ``shared_memory``: tensors go
-    through Triton's system shared memory (auto: when ``url`` is a loopback address; see
+    ``url``: ``HOST:PORT`` (a ``grpc://``/``http://`` prefix is dropped); ``protocol``: gRPC or HTTP;
+    ``timeout_s``: bounds every network call; ``shared_memory``: tensors go through Triton's system shared
+    memory (auto: when ``url`` is a loopback address; ``on`` refuses a remote one; see
     :mod:`hepdeploy.backend.triton_shm`); ``compression``: gRPC request/response compression for a remote
     server (``gzip`` or ``deflate``).
     """
 
+    url: str
+    protocol: Protocol = "grpc"
+    timeout_s: float = 30.0
+    shared_memory: SharedMemoryMode = "auto"
+    compression: Compression | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", parse_server_url(self.url))
+        if self.protocol not in PROTOCOLS:
+            raise BadInputError(f"protocol {self.protocol!r}: use grpc or http")
+        if not self.timeout_s > 0:
+            raise BadInputError(f"timeout {self.timeout_s!r} s: must be > 0")
+        object.__setattr__(self, "timeout_s", float(self.timeout_s))
+        object.__setattr__(self, "compression", check_compression(self.compression, self.protocol))
+        shared_memory_wanted(self.shared_memory, self.url)  # an unknown mode, or `on` for a remote server
+
+    @property
+    def uses_shared_memory(self) -> bool:
+        return shared_memory_wanted(self.shared_memory, self.url)
+
+    @property
+    def transport(self) -> str:
+        """``grpc``, ``grpc+shm``, ``grpc+gzip`` ...: how the tensors travel."""
+        return self.protocol + ("+shm" if self.uses_shared_memory else "") + (
+            f"+{self.compression}" if self.compression else "")
+
+
+class TritonRunner(Runner):
+    """Runs inputs through ``model`` on the Triton server ``target`` (its address, protocol, per-call timeout,
+    shared memory and compression: :class:`ServerTarget`).
+
+    ``expected``: the artifact's (inputs, outputs) tensor specs; checked against the served model
+    on first use (:meth:`check_metadata`). ``max_request_batch`` caps request size below the
+    model's ``max_batch_size``.
+    """
+
     def __init__(
         self,
-        url: str,
+        target: ServerTarget,
         model: str,
         version: str = "",
         *,
-        protocol: Protocol = "grpc",
-        timeout_s: float = 30.0,
         expected: tuple[Sequence[TensorSpec], Sequence[TensorSpec]] | None = None,
         max_request_batch: int | None = None,
         name: str | None = None,
-        shared_memory: SharedMemoryMode = "auto",
-        compression: Compression | None = None,
     ) -> None:
-        self.url = parse_server_url(url)
+        self.target = target
         self.model, parsed_version = parse_model_ref(model) if ":" in model else (model, "")
         self.version = str(version or parsed_version)
-        self.protocol = protocol
-        self.timeout_s = float(timeout_s)
         self.expected = expected
         self.max_request_batch = max_request_batch
-        self.uses_shared_memory = shared_memory_wanted(shared_memory, self.url)
-        self.compression = check_compression(compression, protocol)
+        self.uses_shared_memory = target.uses_shared_memory
         self._regions: SharedMemoryRegions | None = None
         super().__init__(name or f"triton:{self.protocol}://{self.url}/{self.model}" + (
             f":{self.version}" if self.version else ""))
@@ -117,22 +152,36 @@ class TritonRunner(Runner):
         self.served_outputs: list[tuple[str, str, list[int]]] = []
         self.requests_sent = 0
 
+    @property
+    def url(self) -> str:
+        return self.target.url
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.target.protocol
+
+    @property
+    def timeout_s(self) -> float:
+        return self.target.timeout_s
+
+    @property
+    def compression(self) -> Compression | None:
+        return self.target.compression
+
     # -- connection ---------------------------------------------------------------------------
     def _connect(self) -> Any:
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
 
             return client_module.InferenceServerClient(self.url)
-        if self.protocol == "http":
-            try:
-                import tritonclient.http as client_module
-            except (ImportError, RuntimeError) as error:
-                raise DependencyMissingError(
-                    "the HTTP protocol needs tritonclient's http support: pip install 'tritonclient[http]' "
-                    "(or use the default gRPC protocol)") from error
-            return client_module.InferenceServerClient(
-                self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s)
-        raise BadInputError(f"protocol {self.protocol!r}: use grpc or http")
+        try:
+            import tritonclient.http as client_module
+        except (ImportError, RuntimeError) as error:
+            raise DependencyMissingError(
+                "the HTTP protocol needs tritonclient's http support: pip install 'tritonclient[http]' "
+                "(or use the default gRPC protocol)") from error
+        return client_module.InferenceServerClient(
+            self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s)
 
     def _module(self) -> Any:
         if self.protocol == "grpc":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from hepdeploy.backend.triton import ServerTarget
 from hepdeploy.cli.options import (
     ServerOptions,
     golden_option,
@@ -29,7 +30,7 @@ from hepdeploy.errors import (
     ValidationFailedError,
 )
 from hepdeploy.fsutil import atomic_write_text, check_output_folder
-from hepdeploy.perf import EventDefinition, PerfReport, run_perf, write_perf_outputs
+from hepdeploy.perf import EventDefinition, PerfReport, PerfSettings, run_perf, write_perf_outputs
 from hepdeploy.serve_check import serve_check
 from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.server import (
@@ -160,27 +161,25 @@ def perf_command(server: ServerOptions, repo: Path | None, golden: Path, spec: M
         raise click.UsageError("give exactly one of --server HOST:PORT or --repo REPOSITORY")
     levels = parse_int_list(concurrency, "--concurrency")
     name, version = server.model_ref()
-    event = EventDefinition.from_spec(spec, batch, requests_per_event)
+    settings = PerfSettings(tuple(levels), duration, warmup, EventDefinition.from_spec(spec, batch, requests_per_event),
+                            engine, perf_analyzer_path)  # type: ignore[arg-type]
     inputs = load_data_file(golden)
     expected = (spec.inputs, spec.outputs) if spec is not None else None
 
     def progress(text: str) -> None:
         click.echo(text, err=True)
 
-    def measure(url: str) -> PerfReport:
-        return run_perf(url, name, inputs, version=version, concurrency=levels, duration_s=duration,
-                        warmup_s=warmup, event=event, timeout_s=server.timeout_s, expected=expected,
-                        engine=engine, perf_analyzer=perf_analyzer_path, progress=progress,  # type: ignore[arg-type]
-                        shared_memory=server.shared_memory, compression=server.compression)  # type: ignore[arg-type]
+    def measure(target: ServerTarget) -> PerfReport:
+        return run_perf(target, name, inputs, version=version, settings=settings, expected=expected, progress=progress)
 
     if repo is not None:
         with TritonServer(repo, load=[name]) as local:
             errors = local.model_load_errors()
             if name in errors:
                 raise RepositoryError(f"the server did not load {name}: {errors[name]}")
-            report = measure(local.grpc_url)
+            report = measure(server.target(local.grpc_url))
     else:
-        report = measure(server.url)  # type: ignore[arg-type]
+        report = measure(server.target())
     click.echo(report.table())
     for path in write_perf_outputs(report, json_path, plot_path):
         click.echo(f"wrote {path}", err=True)

@@ -13,17 +13,18 @@ import click
 from hepdeploy.cli.options import (
     ReferenceOptions,
     ServerOptions,
-    ToleranceOptions,
+    judgement_options,
     reference_options,
     server_options,
     spec_option,
-    tolerance_options,
 )
 from hepdeploy.errors import BadInputError, ValidationFailedError, ValidationUndecidedError
 from hepdeploy.fsutil import check_output_dir, check_output_folder
+from hepdeploy.judgement import Judgement
 from hepdeploy.ntuple import is_root_source
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.validate import (
+    Localization,
     VariantReport,
     console_table,
     make_reference,
@@ -53,22 +54,21 @@ def _providers(text: str | None) -> list[str] | None:
 @click.argument("candidates", nargs=-1, type=click.Path(path_type=Path))
 @reference_options
 @spec_option("Spec whose validation block (tolerances, policy, physics) applies.")
-@tolerance_options
+@judgement_options
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Write JSON, JUnit XML, Markdown, HTML here.")
 @click.option("--localize", is_flag=True, help="Find the first node whose output loses precision (ONNX).")
 @click.option("--localize-rule", type=click.Choice(["sqnr", "tolerance"]), default="sqnr", show_default=True,
               help="Judge intermediate tensors by signal-to-noise ratio (scale-free) or by the outputs' atol/rtol.")
 @click.option("--fp32-model", type=click.Path(path_type=Path), help="FP32 ONNX model to localise against.")
-@click.option("--chunk-size", type=click.IntRange(min=1), help="Samples per inference call.")
 @click.option("--providers", metavar="LIST", help="ONNX Runtime providers, e.g. cuda,cpu (default cpu).")
 @click.option("--save-golden", type=click.Path(path_type=Path), help="With --reference: also save the reference.")
 @server_options()
 @click.option("--artifact", type=click.Path(path_type=Path, dir_okay=False),
               help="With --server: the artifact (.onnx + sidecar) whose tensors the served model must have.")
 def validate_command(candidates: tuple[Path, ...], reference: ReferenceOptions, spec: ModelSpec | None,
-                     tolerances: ToleranceOptions, report_dir: Path | None, localize: bool, localize_rule: str,
-                     fp32_model: Path | None, chunk_size: int | None, providers: str | None,
-                     save_golden: Path | None, server: ServerOptions, artifact: Path | None) -> None:
+                     judgement: Judgement, report_dir: Path | None, localize: bool, localize_rule: str,
+                     fp32_model: Path | None, providers: str | None, save_golden: Path | None,
+                     server: ServerOptions, artifact: Path | None) -> None:
     """Check CANDIDATE models against a reference set: exit 0 agree, 1 disagree, 2 bad input, 3 undecided.
 
     Undecided: a physics change whose interval straddles its allowance, or a metric resting on
@@ -89,14 +89,14 @@ def validate_command(candidates: tuple[Path, ...], reference: ReferenceOptions, 
             ("--localize", localize), ("--fp32-model", fp32_model), ("--providers", providers),
             ("--save-golden", save_golden)) if value]
         _validate_served_ensemble(server, reference.data, candidates, unused, artifact=artifact, spec=spec,
-                                  tolerances=tolerances, chunk_size=chunk_size, report_dir=report_dir)
+                                  judgement=judgement, report_dir=report_dir)
         return
     if server.given:
         unused = [option for option, value in (
             ("--reference", reference.reference_model), ("--data", reference.data), ("--localize", localize),
             ("--fp32-model", fp32_model), ("--providers", providers), ("--save-golden", save_golden)) if value]
         _validate_served(server, reference.golden, candidates, unused, artifact=artifact, spec=spec,
-                         tolerances=tolerances, chunk_size=chunk_size, report_dir=report_dir)
+                         judgement=judgement, report_dir=report_dir)
         return
     if server.model is not None or artifact is not None:
         raise click.UsageError("--model and --artifact go with --server HOST:PORT")
@@ -104,14 +104,13 @@ def validate_command(candidates: tuple[Path, ...], reference: ReferenceOptions, 
         raise click.UsageError("give at least one CANDIDATE model")
     if spec is None and reference.reference_model and Path(reference.reference_model).suffix in (".yaml", ".yml"):
         spec = load_spec(Path(reference.reference_model))
-    golden = reference.load(spec, chunk_size)
+    golden = reference.load(spec, judgement.chunk_size)
     if save_golden is not None:
         save_reference(golden, save_golden)
+    localization = Localization(localize_rule, fp32_model) if localize else None  # type: ignore[arg-type]
     reports = [
-        validate_candidate(path, golden, spec=spec, precision=tolerances.precision, atol=tolerances.atol,
-                           rtol=tolerances.rtol, policy=tolerances.policy, localize=localize, chunk_size=chunk_size,
-                           fp32_model=fp32_model, providers=_providers(providers),
-                           localize_rule=localize_rule)  # type: ignore[arg-type]
+        validate_candidate(path, golden, spec=spec, judgement=judgement, localization=localization,
+                           providers=_providers(providers))
         for path in candidates
     ]
     _show(reports, report_dir)
@@ -140,8 +139,8 @@ def _show(reports: list[VariantReport], report_dir: Path | None) -> None:
 
 
 def _validate_served(server: ServerOptions, golden: Path | None, candidates: tuple[Path, ...], unused: list[str], *,
-                     artifact: Path | None, spec: ModelSpec | None, tolerances: ToleranceOptions,
-                     chunk_size: int | None, report_dir: Path | None) -> None:
+                     artifact: Path | None, spec: ModelSpec | None, judgement: Judgement,
+                     report_dir: Path | None) -> None:
     """``validate --server``: the served model is the one candidate; same table, reports and exit codes."""
     if server.model is None or golden is None:
         raise click.UsageError("--server needs --model NAME[:VERSION] and --golden FILE")
@@ -149,12 +148,7 @@ def _validate_served(server: ServerOptions, golden: Path | None, candidates: tup
         raise click.UsageError("with --server, give no CANDIDATE files (the server's model is the candidate)")
     if unused:
         raise click.UsageError(f"{', '.join(unused)} do not apply with --server")
-    report = validate_served(
-        server.url, server.model, golden, protocol=server.protocol, timeout_s=server.timeout_s,  # type: ignore[arg-type]
-        shared_memory=server.shared_memory, compression=server.compression,  # type: ignore[arg-type]
-        spec=spec, artifact=artifact, precision=tolerances.precision, atol=tolerances.atol, rtol=tolerances.rtol,
-        policy=tolerances.policy, chunk_size=chunk_size,
-    )
+    report = validate_served(server.target(), server.model, golden, spec=spec, artifact=artifact, judgement=judgement)
     _show([report], report_dir)
     if report.outcome == "FAIL":
         raise ValidationFailedError(f"the served model {server.model} disagrees with the golden set: {report.verdict}")
@@ -163,8 +157,8 @@ def _validate_served(server: ServerOptions, golden: Path | None, candidates: tup
 
 
 def _validate_served_ensemble(server: ServerOptions, data: Path, candidates: tuple[Path, ...], unused: list[str], *,
-                              artifact: Path | None, spec: ModelSpec | None, tolerances: ToleranceOptions,
-                              chunk_size: int | None, report_dir: Path | None) -> None:
+                              artifact: Path | None, spec: ModelSpec | None, judgement: Judgement,
+                              report_dir: Path | None) -> None:
     """``validate --server --data EVENTS.root``: a preprocessing ensemble against the inline path."""
     if server.model is None or spec is None or artifact is None:
         raise click.UsageError("--server with --data EVENTS.root validates a preprocessing ensemble: give --model "
@@ -173,12 +167,8 @@ def _validate_served_ensemble(server: ServerOptions, data: Path, candidates: tup
         raise click.UsageError("with --server, give no CANDIDATE files (the server's model is the candidate)")
     if unused:
         raise click.UsageError(f"{', '.join(unused)} do not apply with --server and ROOT --data")
-    report = validate_served_ensemble(
-        server.url, server.model, data, spec=spec, artifact=artifact, protocol=server.protocol,  # type: ignore[arg-type]
-        timeout_s=server.timeout_s, shared_memory=server.shared_memory, compression=server.compression,  # type: ignore[arg-type]
-        precision=tolerances.precision, atol=tolerances.atol, rtol=tolerances.rtol, policy=tolerances.policy,
-        chunk_size=chunk_size,
-    )
+    report = validate_served_ensemble(server.target(), server.model, data, spec=spec, artifact=artifact,
+                                      judgement=judgement)
     _show([report], report_dir)
     if report.outcome == "FAIL":
         raise ValidationFailedError(f"the served ensemble {server.model} disagrees with the inline path: {report.verdict}")

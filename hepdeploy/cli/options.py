@@ -1,13 +1,13 @@
 """Option families shared by the commands: one name, one meaning, parsed once into typed objects.
 
 A family bundles some options, their parsing and checks, and hands the command one object
-(``spec: ModelSpec | None``, ``tolerances: ToleranceOptions``, ``server: ServerOptions`` ...).
+(``spec: ModelSpec | None``, ``judgement: Judgement``, ``server: ServerOptions`` ...).
 The names mean the same everywhere:
 
 - ``--spec FILE``: the model spec (YAML), loaded and checked.
 - ``--golden FILE``: a reference set (``.npz`` from ``hepdeploy reference``, or an ONNX
   ``test_data_set`` folder); ``--golden-for NAME=FILE`` gives one per served model.
-- ``--atol/--rtol [NAME:]VALUE``, ``--precision``, ``--policy``: how outputs are judged.
+- ``--atol/--rtol [NAME:]VALUE``, ``--precision``, ``--policy``, ``--chunk-size``: how outputs are judged.
 - ``--server HOST:PORT``, ``--model NAME[:VERSION]``, ``--protocol``, ``--timeout SECONDS``
   (each call to the server).
 - ``--calibration FILE``, ``--samples``, ``--seed``, ``--root-tree``, ``--root-branch INPUT=BRANCH[,BRANCH...]``.
@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 
 import click
 
-from hepdeploy.backend.triton import Protocol, parse_model_ref
-from hepdeploy.compare import ToleranceOverrides, parse_tolerance_values
+from hepdeploy.backend.triton import Compression, Protocol, ServerTarget, parse_model_ref
+from hepdeploy.backend.triton_shm import SharedMemoryMode
 from hepdeploy.convert import EXPORTERS
 from hepdeploy.errors import BadInputError
+from hepdeploy.judgement import POLICIES, Judgement
 from hepdeploy.model_zoo.base import BUDGETS
 from hepdeploy.plan_compat import server_release
 from hepdeploy.spec import ModelSpec, load_spec
@@ -154,45 +155,43 @@ def golden_option(required: bool = False, help: str = "Reference set: .npz from 
 # ------------------------------------------------------------------------------ families
 
 
-@dataclass
-class ToleranceOptions:
-    """How a candidate's outputs are judged: per-output atol/rtol overrides, precision, policy."""
-
-    atol: ToleranceOverrides
-    rtol: ToleranceOverrides
-    precision: str | None
-    policy: str | None
-
-
-def tolerance_options(f: F) -> F:
-    """``--atol/--rtol [NAME:]VALUE`` (repeatable), ``--precision``, ``--policy`` -> ``tolerances``."""
+def judgement_options(f: F) -> F:
+    """``--atol/--rtol [NAME:]VALUE`` (repeatable), ``--precision``, ``--policy``, ``--chunk-size`` -> ``judgement``."""
     return option_family(
-        "tolerances",
-        lambda atol, rtol, precision, policy: ToleranceOptions(
-            parse_tolerance_values(atol, "--atol"), parse_tolerance_values(rtol, "--rtol"), precision, policy),
+        "judgement",
+        lambda atol, rtol, precision, policy, chunk_size: Judgement.parse(
+            precision=precision, atol=atol, rtol=rtol, policy=policy, chunk_size=chunk_size),
         click.Option(["--atol"], multiple=True, metavar="[NAME:]VALUE", help="Absolute tolerance, for all or one output."),
         click.Option(["--rtol"], multiple=True, metavar="[NAME:]VALUE", help="Relative tolerance, for all or one output."),
         click.Option(["--precision"], type=click.Choice(["fp32", "fp16", "int8"]),
                      help="Tolerance defaults to use (default: the candidate sidecar's precision)."),
-        click.Option(["--policy"], type=click.Choice(["numerical", "physics", "either", "both"]),
+        click.Option(["--policy"], type=click.Choice(POLICIES),
                      help="What must pass (default: numerical for fp32; physics for fp16/int8 when labels exist)."),
+        click.Option(["--chunk-size"], type=click.IntRange(min=1), help="Samples per inference call."),
     )(f)
 
 
 @dataclass
 class ServerOptions:
-    """A live Triton server and one model on it."""
+    """A live Triton server and one model on it; :meth:`target` makes the server part the library takes."""
 
     url: str | None
     model: str | None
     protocol: Protocol
     timeout_s: float
-    shared_memory: str = "auto"
-    compression: str | None = None
+    shared_memory: SharedMemoryMode = "auto"
+    compression: Compression | None = None
 
     @property
     def given(self) -> bool:
         return self.url is not None
+
+    def target(self, url: str | None = None) -> ServerTarget:
+        """The server to talk to, with these options: ``--server``, or ``url`` (a server the command started)."""
+        address = url or self.url
+        if address is None:
+            raise click.UsageError("give the server: --server HOST:PORT")
+        return ServerTarget(address, self.protocol, self.timeout_s, self.shared_memory, self.compression)
 
     def model_ref(self) -> tuple[str, str]:
         """(name, version) of ``--model``, checked."""
@@ -218,9 +217,10 @@ def server_options(protocols: bool = True, model_required: bool = False) -> Call
         options.insert(2, click.Option(["--protocol"], type=click.Choice(["grpc", "http"]), default="grpc",
                                        show_default=True, help="gRPC, or HTTP (needs tritonclient[http])."))
 
-    def build(url: str | None, model: str | None, timeout_s: float, shared_memory: str, compression: str,
+    def build(url: str | None, model: str | None, timeout_s: float, shared_memory: SharedMemoryMode, compression: str,
               protocol: Protocol = "grpc") -> ServerOptions:
-        return ServerOptions(url, model, protocol, timeout_s, shared_memory, None if compression == "none" else compression)
+        return ServerOptions(url, model, protocol, timeout_s, shared_memory,
+                             None if compression == "none" else compression)  # type: ignore[arg-type]
 
     return option_family("server", build, *options)
 

@@ -479,20 +479,21 @@ def server(repo, triton_binary):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name,convention", [("pn", "cmssw"), ("pnw", "weaver")])
 def test_the_served_ensemble_equals_preprocessing_and_model_inline(work, server, name, convention):
-    from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.backend.triton import ServerTarget, TritonRunner
+    from hepdeploy.judgement import Judgement
     from hepdeploy.validate import validate_served_ensemble
     from hepdeploy.validate.raw_events import inline_reference
 
     spec = load_spec(work.spec_path)
-    report = validate_served_ensemble(server.grpc_url, f"{name}_ensemble", work.events, spec=spec, artifact=work.onnx,
-                                      atol="1e-6", rtol="0")
+    report = validate_served_ensemble(ServerTarget(server.grpc_url), f"{name}_ensemble", work.events, spec=spec,
+                                      artifact=work.onnx, judgement=Judgement.parse(atol="1e-6", rtol="0"))
     [scores] = report.numerical
     assert report.outcome == "PASS" and scores.passed and scores.max_abs_error <= 1e-6, report.verdict
     assert report.n_samples == 160
     assert any(f"({convention})" in note for note in report.notes), report.notes
 
     # The served preprocess model alone, against the plain numpy computation (NaN pads, over-length events).
-    with TritonRunner(server.grpc_url, f"{name}_preprocess") as runner:
+    with TritonRunner(ServerTarget(server.grpc_url), f"{name}_preprocess") as runner:
         for kind in RAW_REQUESTS:
             produced = runner.run(_raw_request(kind))
             expected = _plain_outputs(_raw_request(kind), convention)
@@ -502,7 +503,7 @@ def test_the_served_ensemble_equals_preprocessing_and_model_inline(work, server,
 
     # The events exercise the conventions: the other convention's inline scores differ from the served ones.
     other = inline_reference(work.events, work.onnx, spec, "weaver" if convention == "cmssw" else "cmssw", MAX_BATCH)
-    with TritonRunner(server.grpc_url, f"{name}_ensemble") as runner:
+    with TritonRunner(ServerTarget(server.grpc_url), f"{name}_ensemble") as runner:
         served = runner.run_chunked(other.inputs, MAX_BATCH)["scores"]
     assert np.abs(served - other.outputs["scores"]).max() > 1e-3
 

@@ -48,40 +48,42 @@ def test_perf_at_1_2_and_4_clients_returns_positive_throughput(triton_server, se
 
 
 def test_perf_sends_facile_events_of_the_specs_request_batch(triton_server, serve_repository):
-    from hepdeploy.perf import EventDefinition, run_perf
+    from hepdeploy.backend.triton import ServerTarget
+    from hepdeploy.perf import EventDefinition, PerfSettings, run_perf
 
     model = serve_repository.models["facile"]
     event = EventDefinition.from_spec(model.spec, batch=4000)  # 16000 in the spec; smaller keeps the test short
     assert event.requests_per_event == 1
-    report = run_perf(triton_server.grpc_url, "facile_py", model.inputs, concurrency=(2,), duration_s=0.8,
-                      warmup_s=0.2, event=event, expected=(model.spec.inputs, model.spec.outputs))
+    target = ServerTarget(triton_server.grpc_url)
+    report = run_perf(target, "facile_py", model.inputs, settings=PerfSettings((2,), 0.8, 0.2, event),
+                      expected=(model.spec.inputs, model.spec.outputs))
     level = report.levels[0]
     assert level.events > 0 and level.inferences == level.events * 4000
 
     # An event of two requests (e.g. two sub-detectors) counts once, with both requests' rows.
     two = EventDefinition(batch_per_request=1000, requests_per_event=2)
-    level = run_perf(triton_server.grpc_url, "facile_py", model.inputs, concurrency=(1,), duration_s=0.5,
-                     warmup_s=0.1, event=two).levels[0]
+    level = run_perf(target, "facile_py", model.inputs, settings=PerfSettings((1,), 0.5, 0.1, two)).levels[0]
     assert level.events > 0 and level.requests == 2 * level.events and level.inferences == 2000 * level.events
 
 
 def test_killing_the_server_mid_run_gives_a_clear_error_not_a_hang(triton_binary, serve_repository, tmp_path):
-    from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.backend.triton import ServerTarget, TritonRunner
     from hepdeploy.errors import ServerError
-    from hepdeploy.perf import run_perf
+    from hepdeploy.perf import PerfSettings, run_perf
     from hepdeploy.triton.server import TritonServer
 
     model = serve_repository.models["jet_mlp"]
     with TritonServer(serve_repository.path, binary=triton_binary, load=["jet_mlp_py"], startup_timeout_s=180) as server:
-        runner = TritonRunner(server.grpc_url, "jet_mlp_py", timeout_s=10)
+        target = ServerTarget(server.grpc_url, timeout_s=10)
+        runner = TritonRunner(target, "jet_mlp_py")
         runner.run({k: v[:8] for k, v in model.inputs.items()})
         killer = threading.Timer(1.5, os.kill, args=(server.pid, signal.SIGKILL))
         killer.start()
         started = time.monotonic()
         try:
             with pytest.raises(ServerError) as perf_error:
-                run_perf(server.grpc_url, "jet_mlp_py", model.inputs, concurrency=(2,), duration_s=120,
-                         warmup_s=0.1, timeout_s=10)
+                run_perf(target, "jet_mlp_py", model.inputs,
+                         settings=PerfSettings(concurrency=(2,), duration_s=120, warmup_s=0.1))
         finally:
             # Wait for the kill rather than cancel it: on a loaded machine perf may give up first, and
             # the checks below are about a server that is really gone.
@@ -118,7 +120,7 @@ def test_serve_check_validates_loadable_models_and_lists_the_refused_ones(triton
 
 
 def test_triton_serve_command_starts_and_stops_cleanly_on_ctrl_c(triton_binary, serve_repository, tmp_path):
-    from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.backend.triton import ServerTarget, TritonRunner
 
     command = [sys.executable, "-m", "hepdeploy", "triton", "serve", str(serve_repository.path)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -135,7 +137,7 @@ def test_triton_serve_command_starts_and_stops_cleanly_on_ctrl_c(triton_binary, 
         grpc_url = ready_line.split()[2]
         assert grpc_url.startswith("127.0.0.1:")
         server_pid = int(ready_line.split("(pid ")[1].split(",")[0])
-        with TritonRunner(grpc_url, "jet_mlp_py", timeout_s=30) as runner:
+        with TritonRunner(ServerTarget(grpc_url, timeout_s=30), "jet_mlp_py") as runner:
             inputs = serve_repository.models["jet_mlp"].inputs
             assert runner.run({k: v[:4] for k, v in inputs.items()})["output"].shape == (4, 5)
         process.send_signal(signal.SIGINT)

@@ -129,19 +129,30 @@ def test_request_batches_cycle_golden_rows_up_to_the_request_batch():
 
 
 def test_perf_analyzer_command_and_csv_parsing(tmp_path):
+    from hepdeploy.backend.triton import ServerTarget
     from hepdeploy.perf import (
         EventDefinition,
+        PerfSettings,
+        ServedLoad,
         parse_perf_analyzer_csv,
         perf_analyzer_command,
         perf_analyzer_input_data,
     )
 
     sample = {"x": np.zeros((16, 5, 3), np.float32)}
-    command = perf_analyzer_command("perf_analyzer", "127.0.0.1:8001", "gnn", "2", {"x": [-1, -1, 3]}, sample,
-                                    True, 16, 4, 2.0, tmp_path / "in.json", tmp_path / "out.csv")
+    served = ServedLoad("gnn", "2", True, {"x": "float32"}, {"x": [-1, -1, 3]}, [], [sample])
+    settings = PerfSettings(duration_s=2.0, event=EventDefinition(batch_per_request=16))
+    files = (tmp_path / "in.json", tmp_path / "out.csv")
+    command = perf_analyzer_command("perf_analyzer", ServerTarget("127.0.0.1:8001"), served, 4, settings, *files)
     text = " ".join(command)
     assert "--shape x:5,3" in text and "-b 16" in text and "--concurrency-range 4:4" in text and "-x 2" in text
     assert "--input-data " + str(tmp_path / "in.json") in text
+    assert "--measurement-interval 2000" in text and "-u 127.0.0.1:8001" in text
+    # A server on this host gets its tensors through system shared memory unless told otherwise.
+    assert command[-1] == "--shared-memory=system"
+    plain = perf_analyzer_command("perf_analyzer", ServerTarget("127.0.0.1:8001", shared_memory="off"), served, 4,
+                                  settings, *files)
+    assert "--shared-memory=system" not in plain
     data = perf_analyzer_input_data([sample], True)
     assert data["data"][0]["x"]["shape"] == [5, 3] and len(data["data"]) == 16
     csv_text = io.StringIO()
@@ -163,7 +174,7 @@ def test_perf_refuses_bad_concurrency(tmp_path):
 
 
 def test_shared_memory_is_for_loopback_servers_only():
-    from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.backend.triton import ServerTarget, TritonRunner
     from hepdeploy.backend.triton_shm import is_loopback, shared_memory_wanted
     from hepdeploy.errors import BadInputError
 
@@ -171,10 +182,10 @@ def test_shared_memory_is_for_loopback_servers_only():
     assert not is_loopback("10.0.0.5:8001") and not is_loopback("triton.example.org:8001")
     assert shared_memory_wanted("auto", "127.0.0.1:8001") and not shared_memory_wanted("off", "127.0.0.1:8001")
     # A remote address never tries it: auto says no, on is refused in one line, before any connection.
-    runner = TritonRunner("192.0.2.1:8001", "model", shared_memory="auto")
+    runner = TritonRunner(ServerTarget("192.0.2.1:8001", shared_memory="auto"), "model")
     assert not runner.uses_shared_memory and runner.shared_memory_regions is None
     runner.close()
     with pytest.raises(BadInputError, match="not a loopback address"):
-        TritonRunner("192.0.2.1:8001", "model", shared_memory="on")
+        ServerTarget("192.0.2.1:8001", shared_memory="on")
     with pytest.raises(BadInputError, match="gRPC option"):
-        TritonRunner("192.0.2.1:8001", "model", protocol="http", compression="gzip")
+        ServerTarget("192.0.2.1:8001", protocol="http", compression="gzip")

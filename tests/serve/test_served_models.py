@@ -31,15 +31,17 @@ def test_twin_config_has_the_onnx_models_names_dims_and_batching(serve_repositor
 
 @pytest.mark.parametrize("name", ["facile", "jet_mlp"])
 def test_validation_through_the_server_passes_against_the_golden_set(triton_server, serve_repository, name):
-    from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.backend.triton import ServerTarget, TritonRunner
+    from hepdeploy.judgement import Judgement
     from hepdeploy.validate import load_reference, validate_runner
 
     model = serve_repository.models[name]
     reference = load_reference(model.golden)
     expected = (model.spec.inputs, model.spec.outputs)
-    with TritonRunner(triton_server.grpc_url, f"{name}_py", timeout_s=60, expected=expected,
+    with TritonRunner(ServerTarget(triton_server.grpc_url, timeout_s=60), f"{name}_py", expected=expected,
                       max_request_batch=512) as runner:
-        report = validate_runner(runner, reference, name=f"{name}_py", precision="fp32", spec=model.spec)
+        report = validate_runner(runner, reference, name=f"{name}_py", spec=model.spec,
+                                 judgement=Judgement(precision="fp32"))
         # 2000 golden rows in requests of at most 512: the reference set really was split.
         assert runner.requests_sent >= 4
     assert report.passed, report.verdict
@@ -64,21 +66,22 @@ def test_validate_cli_with_server_passes_and_a_perturbed_twin_fails(triton_serve
 
 
 def test_http_protocol_gives_the_same_answers(triton_server, serve_repository):
-    from hepdeploy.backend.triton import TritonRunner
+    from hepdeploy.backend.triton import ServerTarget, TritonRunner
 
     model = serve_repository.models["facile"]
     sample = {k: v[:300] for k, v in model.inputs.items()}
-    with TritonRunner(triton_server.grpc_url, "facile_py") as grpc_runner, \
-            TritonRunner(triton_server.http_url, "facile_py", protocol="http") as http_runner:
+    with TritonRunner(ServerTarget(triton_server.grpc_url), "facile_py") as grpc_runner, \
+            TritonRunner(ServerTarget(triton_server.http_url, protocol="http"), "facile_py") as http_runner:
         np.testing.assert_array_equal(grpc_runner.run(sample)["output"], http_runner.run(sample)["output"])
 
 
 def test_metadata_is_checked_against_the_artifact_before_any_inference(triton_server, serve_repository):
-    from hepdeploy.backend.triton import ServedModelMismatchError, TritonRunner
+    from hepdeploy.backend.triton import ServedModelMismatchError, ServerTarget, TritonRunner
 
     facile = serve_repository.models["facile"].spec
     jet = serve_repository.models["jet_mlp"]
-    with TritonRunner(triton_server.grpc_url, "jet_mlp_py", expected=(facile.inputs, facile.outputs)) as runner:
+    with TritonRunner(ServerTarget(triton_server.grpc_url), "jet_mlp_py", expected=(facile.inputs, facile.outputs)) \
+            as runner:
         with pytest.raises(ServedModelMismatchError, match="input"):
             runner.run(jet.inputs)
         assert runner.requests_sent == 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hepdeploy.backend.triton import TritonRunner
+from hepdeploy.backend.triton import ServerTarget, TritonRunner
 from hepdeploy.backend.triton_shm import REGION_PREFIX, SharedMemoryRegions, leaked_segments
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -59,10 +59,10 @@ def test_shared_memory_answers_equal_the_grpc_path_on_every_zoo_model(zoo_server
     assert len(models) == 5
     for model, (spec, inputs) in models.items():
         expected = (spec.inputs, spec.outputs)
-        with TritonRunner(server.grpc_url, model, shared_memory="off", expected=expected) as plain:
+        with TritonRunner(ServerTarget(server.grpc_url, shared_memory="off"), model, expected=expected) as plain:
             want = plain.run(inputs)
         # Requests of at most 64 rows: several requests reuse the same two regions.
-        with TritonRunner(server.grpc_url, model, shared_memory="auto", expected=expected,
+        with TritonRunner(ServerTarget(server.grpc_url, shared_memory="auto"), model, expected=expected,
                           max_request_batch=64) as shared:
             got = shared.run(inputs)
             regions = shared.shared_memory_regions
@@ -84,7 +84,7 @@ def test_ctrl_c_mid_run_unregisters_and_unlinks_the_regions(zoo_server) -> None:
     server, models = zoo_server
     spec, inputs = models["facile_py"]
     with pytest.raises(KeyboardInterrupt):
-        with TritonRunner(server.grpc_url, "facile_py", shared_memory="on") as runner:
+        with TritonRunner(ServerTarget(server.grpc_url, shared_memory="on"), "facile_py") as runner:
             runner.run(inputs)
             assert len(leaked_segments()) == 2
             raise KeyboardInterrupt
@@ -112,12 +112,13 @@ def test_perf_over_shared_memory_reports_its_transport_and_leaves_nothing(zoo_se
 def test_perf_over_shared_memory_on_a_graph_model_with_a_dynamic_output(zoo_server) -> None:
     # The interaction network has no batch axis and an edge count known only from the answer: its inputs go
     # through shared memory, its scores come back in the answer.
-    from hepdeploy.perf import run_perf
+    from hepdeploy.perf import PerfSettings, run_perf
 
     server, models = zoo_server
     spec, inputs = models["interaction_network_py"]
-    report = run_perf(server.grpc_url, "interaction_network_py", inputs, concurrency=[1, 2], duration_s=0.5,
-                      warmup_s=0.2, expected=(spec.inputs, spec.outputs), shared_memory="on", timeout_s=120)
+    report = run_perf(ServerTarget(server.grpc_url, timeout_s=120, shared_memory="on"), "interaction_network_py",
+                      inputs, settings=PerfSettings(concurrency=(1, 2), duration_s=0.5, warmup_s=0.2),
+                      expected=(spec.inputs, spec.outputs))
     assert report.transport == "grpc+shm" and all(level.events > 0 for level in report.levels)
     assert _registered(server.grpc_url) == [] and leaked_segments() == []
 
@@ -125,8 +126,8 @@ def test_perf_over_shared_memory_on_a_graph_model_with_a_dynamic_output(zoo_serv
 CLIENT = """
 import sys, time
 import numpy as np
-from hepdeploy.backend.triton import TritonRunner
-runner = TritonRunner(sys.argv[1], "jet_mlp_py", shared_memory="on")
+from hepdeploy.backend.triton import ServerTarget, TritonRunner
+runner = TritonRunner(ServerTarget(sys.argv[1], shared_memory="on"), "jet_mlp_py")
 runner.run({"input_1": np.zeros((16, 16), np.float32)})
 print("registered", flush=True)
 time.sleep(600)

@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from hepdeploy.validate import validate_candidate, validate_runner, write_reports
+from hepdeploy.judgement import Judgement
+from hepdeploy.validate import Localization, validate_candidate, validate_runner, write_reports
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +54,8 @@ def test_fp32_passes_against_its_keras_source(facile_case) -> None:
 def test_changed_weight_fails_and_is_localised(jet_case, tmp_path: Path) -> None:
     changed = tmp_path / "changed.onnx"
     weight, blamable = _scaled_weight_copy(jet_case.fp32, changed)
-    report = validate_candidate(changed, jet_case.reference, spec=jet_case.zoo.spec, localize=True,
-                                fp32_model=jet_case.fp32)
+    report = validate_candidate(changed, jet_case.reference, spec=jet_case.zoo.spec,
+                                localization=Localization(fp32_model=jet_case.fp32))
     assert not report.passed
     assert not report.numerical[0].passed
     loc = report.localization
@@ -66,8 +67,9 @@ def test_changed_weight_fails_and_is_localised(jet_case, tmp_path: Path) -> None
 
 def test_fp16_passes_at_fp16_tolerances_and_fails_at_fp32(jet_case) -> None:
     fp16 = jet_case.variant("fp16")
-    at16 = validate_candidate(fp16, jet_case.reference, spec=jet_case.zoo.spec, policy="numerical")
-    at32 = validate_candidate(fp16, jet_case.reference, spec=jet_case.zoo.spec, policy="numerical", precision="fp32")
+    at16 = validate_candidate(fp16, jet_case.reference, spec=jet_case.zoo.spec, judgement=Judgement(policy="numerical"))
+    at32 = validate_candidate(fp16, jet_case.reference, spec=jet_case.zoo.spec,
+                              judgement=Judgement(precision="fp32", policy="numerical"))
     assert at16.precision == "fp16" and at16.passed, at16.verdict
     assert not at32.passed
     assert at32.numerical[0].max_abs_error > 1e-5
@@ -85,15 +87,15 @@ def test_nan_in_one_output_fails_under_every_policy(jet_case, tmp_path: Path) ->
     broken = tmp_path / "nan.onnx"
     onnx.save(model, str(broken))
     for policy in ("numerical", "physics", "either"):
-        report = validate_candidate(broken, jet_case.reference, spec=jet_case.zoo.spec, precision="int8",
-                                    policy=policy)
+        report = validate_candidate(broken, jet_case.reference, spec=jet_case.zoo.spec,
+                                    judgement=Judgement(precision="int8", policy=policy))
         assert not report.passed
         assert "NaN/Inf values where the reference is finite" in report.verdict
 
 
 def test_int8_physics_reports_auc_changes(jet_case) -> None:
     int8 = jet_case.variant("int8-cpu")
-    report = validate_candidate(int8, jet_case.reference, spec=jet_case.zoo.spec, localize=True)
+    report = validate_candidate(int8, jet_case.reference, spec=jet_case.zoo.spec, localization=Localization())
     assert report.precision == "int8" and report.policy == "physics"
     aucs = [c for c in report.physics.checks if c.metric.startswith("auc[") and c.bin is None]
     assert len(aucs) == 5
@@ -134,8 +136,8 @@ def test_reports_for_real_variants(jet_case, tmp_path: Path, monkeypatch: pytest
     reports = [
         validate_candidate(jet_case.fp32, jet_case.reference, spec=jet_case.zoo.spec),
         validate_candidate(jet_case.variant("int8-cpu"), jet_case.reference, spec=jet_case.zoo.spec),
-        validate_candidate(changed, jet_case.reference, spec=jet_case.zoo.spec, localize=True,
-                           fp32_model=jet_case.fp32),
+        validate_candidate(changed, jet_case.reference, spec=jet_case.zoo.spec,
+                           localization=Localization(fp32_model=jet_case.fp32)),
     ]
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")
@@ -174,8 +176,8 @@ def test_graph_model_without_batch_axis(tracking_case, tmp_path: Path) -> None:
     """Interaction network: one graph per call (hits and edges), per-edge labels, edge metrics."""
     ref = tracking_case.reference
     assert not ref.batched and ref.labels["labels"].shape[0] == ref.inputs["edge_attr"].shape[0]
-    report = validate_candidate(tracking_case.fp32, ref, spec=tracking_case.zoo.spec, chunk_size=100, localize=True,
-                                fp32_model=tracking_case.fp32)
+    report = validate_candidate(tracking_case.fp32, ref, spec=tracking_case.zoo.spec,
+                                judgement=Judgement(chunk_size=100), localization=Localization(fp32_model=tracking_case.fp32))
     assert report.passed, report.verdict
     metrics = {c.metric: c for c in report.physics.checks}
     assert {"edge_auc", "edge_efficiency@0.5", "edge_purity@0.5"} <= set(metrics)
