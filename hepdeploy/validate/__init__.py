@@ -40,7 +40,7 @@ from hepdeploy.compare import (
 from hepdeploy.errors import DataError, HepDeployError, ModelLoadError
 from hepdeploy.fsutil import missing, sha256_file
 from hepdeploy.ntuple import load_preprocess
-from hepdeploy.validate.localize import Rule, localize
+from hepdeploy.validate.localize import LocalizeCriterion, Rule, localize
 from hepdeploy.validate.physics import physics_checks
 from hepdeploy.validate.raw_events import inline_reference, preprocess_path
 from hepdeploy.validate.reference import (
@@ -416,5 +416,5 @@ def _localize_into(report: VariantReport, candidate: Path, reference: ReferenceS
         return
     # Under the tolerance rule, intermediate tensors are held to the first output's tolerance.
     tol = next(iter(report.tolerances.values()))
-    report.localization = localize(candidate, fp32, reference.inputs, precision=report.precision, rule=rule,
-                                   atol=tol.atol, rtol=tol.rtol)
+    report.localization = localize(candidate, fp32, reference.inputs, precision=report.precision,
+                                   criterion=LocalizeCriterion(rule, atol=tol.atol, rtol=tol.rtol))
