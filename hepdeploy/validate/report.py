@@ -353,7 +353,7 @@ def report_markdown(reports: list[VariantReport]) -> str:
         lines.append("")
         if r.physics.ran:
             lines += [f"Physics ({r.physics.task}, output `{r.physics.output}`, labels `{r.physics.labels}`; "
-                      f"change = candidate - reference with its 95 % interval{_bootstrap_text(r)}):", ""]
+                      f"{_change_text(r)} with its 95 % interval{_bootstrap_text(r)}):", ""]
             for bin_name, checks in _by_bin(r.physics.checks).items():
                 if bin_name is not None:
                     lines += [f"Bin {bin_name}:", ""]
@@ -374,6 +374,12 @@ def report_markdown(reports: list[VariantReport]) -> str:
 
 
 # ---------------------------------------------------------------------------- plots + HTML
+
+
+def _change_text(report: VariantReport) -> str:
+    """What the change column holds: the difference, and the ratio for metrics judged relative to the reference."""
+    relative = any(check.relative for check in report.physics.checks)
+    return "change = candidate - reference" + ("; relative change = candidate / reference - 1" if relative else "")
 
 
 def _bootstrap_text(report: VariantReport) -> str:
@@ -537,7 +543,7 @@ def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], repo
         parts.append("</table>")
         if r.physics.ran:
             parts.append(f"<p>Physics: {esc(r.physics.task)} on output <code>{esc(str(r.physics.output))}</code>"
-                         f" with labels <code>{esc(str(r.physics.labels))}</code>; change = candidate - reference "
+                         f" with labels <code>{esc(str(r.physics.labels))}</code>; {esc(_change_text(r))} "
                          f"with its 95 % interval{esc(_bootstrap_text(r))}.</p>")
             for bin_name, checks in _by_bin(r.physics.checks).items():
                 if bin_name is not None:
