@@ -1,8 +1,9 @@
 """Physics agreement: the metrics an analysis was tuned on, as allowed degradation, with intervals.
 
 A candidate is judged against the reference model on the same events with the same labels:
-ROC AUC and signal efficiency at a fixed background efficiency per class (one-vs-rest) and
-argmax agreement for classifiers; bias and resolution (IQR/1.349 of the relative residual)
+ROC AUC and signal efficiency at a fixed background efficiency per class (one-vs-rest),
+argmax agreement and, when the spec asks for it, background rejection at a fixed signal
+efficiency for classifiers; bias and resolution (IQR/1.349 of the relative residual)
 for regressions; efficiency, purity and AUC for edge classifiers (interaction networks). Each
 metric is computed inclusively and in every bin of the spec's binning variables.
 
