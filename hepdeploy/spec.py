@@ -284,7 +284,11 @@ class BootstrapSpec(_Strict):
 
 
 class PhysicsSpec(_Strict):
-    """Allowed degradation of physics metrics versus the reference model."""
+    """Allowed degradation of physics metrics versus the reference model.
+
+    Every judged metric of hepdeploy.validate.metric_registry names the field here that holds its
+    allowance; a new metric adds its allowance (and working point, if it has one) here.
+    """
 
     # "auto" infers the task from the labels (integer classes, binary per-edge flags, float
     # targets); "none" turns physics checks off.
@@ -298,6 +302,11 @@ class PhysicsSpec(_Strict):
     min_argmax_agreement: float = Field(0.95, ge=0, le=1)
     max_bias_change: float = Field(0.01, ge=0)
     max_resolution_change: float = Field(0.01, ge=0, description="absolute change of IQR/1.349 resolution")
+    signal_efficiency: float = Field(0.5, gt=0, lt=1, description="background rejection: its working point")
+    # Opt-in: a good tagger's rejection needs a large reference set (the background passing its cut
+    # must reach min_background_beyond_cut), so it is checked only when this is set.
+    max_background_rejection_drop: float | None = Field(
+        None, ge=0, description="relative drop of 1/background efficiency at signal_efficiency (unset: not checked)")
     # Every metric is also judged per bin of these per-event variables; the worst bin decides.
     bins: dict[str, list[float]] = Field(default_factory=dict, description="variable -> bin edges (ascending)")
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)

@@ -374,7 +374,3 @@ def jet_images(jets: Jets, pixels: int = 224, half_width: float = 1.0) -> np.nda
     rows = np.broadcast_to(np.arange(n)[:, None], ix.shape)
     np.add.at(image, (rows[inside], ix[inside], iy[inside]), frac[inside])
     return np.repeat(image[:, :, :, None], 3, axis=3)
-
-
-def log_safe(x: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(x, 1e-3))

@@ -122,11 +122,6 @@ def _selector(group_of_row: np.ndarray, columns: np.ndarray, n_groups: int, n_ro
                              shape=(n_groups, n_rows))
 
 
-def _tie_starts(sorted_values: np.ndarray) -> np.ndarray:
-    """Start index of every run of equal values in a sorted array."""
-    return np.r_[0, np.nonzero(np.diff(sorted_values))[0] + 1]
-
-
 class RocKernel(Kernel):
     """ROC AUC and the signal efficiency at fixed background efficiencies, one-vs-rest.
 

@@ -19,7 +19,7 @@ from hepdeploy.errors import DataError, ModelLoadError
 from hepdeploy.fsutil import missing
 from hepdeploy.judgement import Judgement
 from hepdeploy.validate.ancestry import find_fp32_model
-from hepdeploy.validate.localize import Rule, localize
+from hepdeploy.validate.localize import LocalizeCriterion, Rule, localize
 from hepdeploy.validate.physics import physics_checks
 from hepdeploy.validate.reference import ReferenceSet
 from hepdeploy.validate.report import MAX_PLOT_VALUES, VariantReport
@@ -192,4 +192,4 @@ def _localize_into(report: VariantReport, candidate: Path, reference: ReferenceS
     # Under the tolerance rule, intermediate tensors are held to the first output's tolerance.
     tol = next(iter(report.tolerances.values()))
     report.localization = localize(candidate, fp32, reference.inputs, precision=report.precision,
-                                   rule=localization.rule, atol=tol.atol, rtol=tol.rtol)
+                                   criterion=LocalizeCriterion(localization.rule, atol=tol.atol, rtol=tol.rtol))

@@ -120,30 +120,44 @@ class LocalizationReport:
         }
 
 
+@dataclass(frozen=True)
+class LocalizeCriterion:
+    """How a tensor is judged: the rule, and the SQNR floor and atol/rtol that override the precision's defaults."""
+
+    rule: Rule = "sqnr"
+    min_sqnr_db: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+
+    def resolved(self, precision: str) -> tuple[float, float, float]:
+        """(SQNR floor, atol, rtol) for a candidate of ``precision``: the overrides, else its defaults."""
+        if self.rule not in ("sqnr", "tolerance"):
+            raise DataError(f"unknown localization rule {self.rule!r} (sqnr or tolerance)")
+        key = precision_key(precision)
+        floor = MIN_SQNR_DB[key] if self.min_sqnr_db is None else float(self.min_sqnr_db)
+        atol = PRECISION_DEFAULTS[key].atol if self.atol is None else float(self.atol)
+        rtol = PRECISION_DEFAULTS[key].rtol if self.rtol is None else float(self.rtol)
+        return floor, atol, rtol
+
+
 def localize(
     candidate: Any,
     fp32_model: Any,
     inputs: dict[str, np.ndarray],
     *,
     precision: str = "fp32",
-    rule: Rule = "sqnr",
-    min_sqnr_db: float | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
+    criterion: LocalizeCriterion | None = None,
     max_samples: int = DEFAULT_LOCALIZE_SAMPLES,
 ) -> LocalizationReport:
     """Compare every intermediate tensor of ``candidate`` (path or ModelProto) with ``fp32_model``.
 
-    ``precision`` (the candidate's) picks the SQNR floor and the default atol/rtol; ``min_sqnr_db``,
-    ``atol`` and ``rtol`` override them. A tensor whose FP32 value is all zeros has no SQNR; it is
+    ``precision`` (the candidate's) picks the SQNR floor and the default atol/rtol; ``criterion``
+    names the rule and may override them. A tensor whose FP32 value is all zeros has no SQNR; it is
     judged by atol/rtol under either rule.
     """
-    if rule not in ("sqnr", "tolerance"):
-        raise DataError(f"unknown localization rule {rule!r} (sqnr or tolerance)")
-    key = precision_key(precision)
-    floor = MIN_SQNR_DB[key] if min_sqnr_db is None else float(min_sqnr_db)
-    atol = PRECISION_DEFAULTS[key].atol if atol is None else float(atol)
-    rtol = PRECISION_DEFAULTS[key].rtol if rtol is None else float(rtol)
+    criterion = criterion or LocalizeCriterion()
+    rule = criterion.rule
+    floor, atol, rtol = criterion.resolved(precision)
     cand_model = candidate if hasattr(candidate, "graph") else load_onnx(Path(candidate))
     ref_model = fp32_model if hasattr(fp32_model, "graph") else load_onnx(Path(fp32_model))
     n = next(iter(inputs.values())).shape[0] if inputs else 0

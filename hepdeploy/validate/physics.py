@@ -1,8 +1,9 @@
 """Physics agreement: the metrics an analysis was tuned on, as allowed degradation, with intervals.
 
 A candidate is judged against the reference model on the same events with the same labels:
-ROC AUC and signal efficiency at a fixed background efficiency per class (one-vs-rest) and
-argmax agreement for classifiers; bias and resolution (IQR/1.349 of the relative residual)
+ROC AUC and signal efficiency at a fixed background efficiency per class (one-vs-rest),
+argmax agreement and, when the spec asks for it, background rejection at a fixed signal
+efficiency for classifiers; bias and resolution (IQR/1.349 of the relative residual)
 for regressions; efficiency, purity and AUC for edge classifiers (interaction networks). Each
 metric is computed inclusively and in every bin of the spec's binning variables.
 
@@ -25,7 +26,9 @@ inside (an intersection-union test needs no correction): a candidate outside som
 is called PASS in at most 2.5 % of reference sets. The candidate's physics verdict is FAIL if
 any check fails, else UNDECIDED if any is undecided, else PASS; so a redrawn reference set
 moves a verdict from or to UNDECIDED, and from PASS to FAIL only with these small probabilities.
-The scalar definitions of the metrics are in :mod:`hepdeploy.metrics`.
+The metrics themselves (kernel, scalar definition, direction, floor, allowance) are entries of
+:mod:`hepdeploy.validate.metric_registry`; this module builds the views they read, per task, and
+judges what they compute.
 """
 from __future__ import annotations
 
@@ -38,24 +41,24 @@ from typing import Any, Literal
 import numpy as np
 
 from hepdeploy.errors import DataError
-from hepdeploy.metrics import IQR_TO_SIGMA, relative_residual, roc_curve
+from hepdeploy.metrics import relative_residual, roc_curve
 from hepdeploy.spec import PhysicsSpec
-from hepdeploy.validate.bootstrap import (
-    Kernel,
-    QuantileKernel,
-    RatioKernel,
-    Resampling,
-    RocKernel,
-    evaluate,
-    resample,
+from hepdeploy.validate.bootstrap import Kernel, Resampling, RocKernel, evaluate, resample
+from hepdeploy.validate.metric_registry import metrics_for
+from hepdeploy.validate.physics_metric import (
+    DecisionsView,
+    Kind,
+    PhysicsMetric,
+    ScoresView,
+    Subset,
+    TargetView,
+    View,
+    ViewKind,
 )
 
 log = logging.getLogger(__name__)
 
 Outcome = Literal["PASS", "FAIL", "UNDECIDED", "INFO"]
-# How a metric is judged: the allowed drop (AUC, efficiency), increase (resolution) or absolute
-# change (bias) relative to the reference, or a floor on the candidate's own value (agreement).
-Kind = Literal["drop", "increase", "abs", "level", "info"]
 # Where the ROC band is drawn (background efficiencies) and from how many replicas.
 ROC_BAND_GRID = np.logspace(-3, 0, 31)
 ROC_BAND_REPLICAS = 100
@@ -67,8 +70,9 @@ ROC_BAND_REPLICAS = 100
 class PhysicsCheck:
     """One physics metric of the candidate next to the reference model's, its interval and outcome.
 
-    ``interval`` is the 95 % interval of the change (candidate - reference) for metrics judged
-    against the reference, and of the candidate's value for ``level`` metrics; ``half_width``
+    ``interval`` is the 95 % interval of the change (candidate - reference, or candidate /
+    reference - 1 when ``relative``) for metrics judged against the reference, and of the
+    candidate's value for ``level`` metrics; ``half_width``
     (its half width) is the smallest change this reference set can resolve for this metric;
     ``simultaneous`` is the wider interval that holds together with every other check's, the
     one a FAIL rests on.
@@ -88,11 +92,15 @@ class PhysicsCheck:
     simultaneous: tuple[float, float] | None = None
     n_events: int = 0
     reason: str = ""
+    relative: bool = False  # the change is judged relative to the reference's value
 
     @property
     def change(self) -> float | None:
         if self.reference is None:
             return None
+        if self.relative:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return float(np.float64(self.candidate) / np.float64(self.reference) - 1.0)
         return self.candidate - self.reference
 
     @property
@@ -117,7 +125,7 @@ class PhysicsCheck:
         text = f"{self.reference:.4f} -> {self.candidate:.4f} ({self.change:+.4f}"
         if self.interval is not None:
             text += f" [{self.interval[0]:+.4f}, {self.interval[1]:+.4f}]"
-        return text + ")"
+        return text + (" relative)" if self.relative else ")")
 
     def summary(self) -> str:
         reason = f"; {self.reason}" if self.reason else ""
@@ -132,7 +140,7 @@ class PhysicsCheck:
             "interval": None if self.interval is None else [_num(self.interval[0]), _num(self.interval[1])],
             "half_width": _num(self.half_width),
             "simultaneous": None if self.simultaneous is None else [_num(v) for v in self.simultaneous],
-            "n_events": self.n_events, "reason": self.reason,
+            "n_events": self.n_events, "reason": self.reason, "relative": self.relative,
         }
 
 
@@ -203,37 +211,36 @@ class _Planned:
 class _Plan:
     """The checks of one candidate and the kernels that compute them, evaluated in one bootstrap pass."""
 
-    def __init__(self, output: str, n_rows: int) -> None:
+    def __init__(self, output: str, n_rows: int, spec: PhysicsSpec) -> None:
         self.output = output
         self.n_rows = n_rows
+        self.spec = spec
         self.kernels: list[Kernel] = []
+        self._index: dict[int, int] = {}  # id(kernel) -> its index: metrics sharing a kernel evaluate it once
         self.planned: list[_Planned] = []
 
-    def kernel(self, kernel: Kernel) -> int:
-        self.kernels.append(kernel)
-        return len(self.kernels) - 1
+    def _kernel(self, kernel: Kernel) -> int:
+        if id(kernel) not in self._index:
+            self._index[id(kernel)] = len(self.kernels)
+            self.kernels.append(kernel)
+        return self._index[id(kernel)]
 
-    def add(self, metric: str, kind: Kind, limit: float | None, rule: str, reference: tuple[int, int] | None,
-            candidate: tuple[int, int], subset: _Subset, floor: str = "") -> None:
-        check = PhysicsCheck(metric, self.output, None, math.nan, limit, rule, kind=kind, bin=subset.label,
-                             n_events=subset.n_events)
-        self.planned.append(_Planned(check, reference, candidate, floor))
+    def add_metrics(self, view_kind: ViewKind, view: View) -> None:
+        """Plan every registered metric of ``view_kind`` that the spec asks for on ``view``."""
+        for metric in metrics_for(view_kind):
+            if metric.planned(self.spec):
+                self.add(metric, view)
 
-
-@dataclass
-class _Subset:
-    """The rows of all events or of one bin, and how many bootstrap units (events) they hold."""
-
-    label: str | None
-    rows: np.ndarray | None  # None: every row
-    n_events: int
-
-    def take(self, array: np.ndarray) -> np.ndarray:
-        return array if self.rows is None else array[self.rows]
-
-
-def _floor(have: int, need: int, what: str) -> str:
-    return "" if have >= need else f"not enough events (have {have} {what}, need {need})"
+    def add(self, metric: PhysicsMetric, view: View) -> None:
+        spec = self.spec
+        kernels = metric.kernel(view, spec)
+        reference = None if kernels.reference is None else (self._kernel(kernels.reference.kernel),
+                                                            kernels.reference.row)
+        candidate = (self._kernel(kernels.candidate.kernel), kernels.candidate.row)
+        check = PhysicsCheck(metric.title(view, spec), self.output, None, math.nan, metric.limit(spec),
+                             metric.rule(spec), kind=metric.kind, bin=view.subset.label,
+                             n_events=view.subset.n_events, relative=metric.judged == "relative_change")
+        self.planned.append(_Planned(check, reference, candidate, metric.floor(view, spec)))
 
 
 def physics_checks(
@@ -268,13 +275,13 @@ def physics_checks(
     result = PhysicsResult(task, output=output, labels=label_name)
     events = _events_of(variables, truth.shape[0])
     subsets = _subsets(physics, variables, events, truth.shape[0], result)
-    plan = _Plan(output, truth.shape[0])
+    plan = _Plan(output, truth.shape[0], physics)
     if task == "classification":
-        _classification(plan, result, cand, ref, truth, physics, subsets)
+        _classification(plan, result, cand, ref, truth, subsets)
     elif task == "edge_classification":
-        _edge_classification(plan, result, cand, ref, truth, physics, subsets)
+        _edge_classification(plan, result, cand, ref, truth, subsets)
     elif task == "regression":
-        _regression(plan, result, cand, ref, truth, physics, subsets)
+        _regression(plan, result, cand, ref, truth, subsets)
     else:
         result.notes.append(f"could not infer the physics task from labels {label_name!r}: only numerical checks ran")
         return result
@@ -304,14 +311,14 @@ def _events_of(variables: dict[str, np.ndarray], n_rows: int) -> np.ndarray | No
 
 
 def _subsets(physics: Any, variables: dict[str, np.ndarray], events: np.ndarray | None, n_rows: int,
-             result: PhysicsResult) -> list[_Subset]:
+             result: PhysicsResult) -> list[Subset]:
     """All events, then every bin of every binning variable."""
     def count(rows: np.ndarray | None) -> int:
         if events is None:
             return n_rows if rows is None else len(rows)
         return int(np.unique(events if rows is None else events[rows]).size)
 
-    subsets = [_Subset(None, None, count(None))]
+    subsets = [Subset(None, None, count(None))]
     for name, edges in physics.bins.items():
         if name not in variables:
             raise DataError(f"validation.physics.bins names variable {name!r}, which the reference set does not hold "
@@ -326,7 +333,7 @@ def _subsets(physics: Any, variables: dict[str, np.ndarray], events: np.ndarray 
             last = k == len(edges) - 2
             inside = (value >= low) & ((value <= high) if last else (value < high))
             rows = np.nonzero(inside)[0]
-            subsets.append(_Subset(f"{name} [{low:g}, {high:g}{']' if last else ')'}", rows, count(rows)))
+            subsets.append(Subset(f"{name} [{low:g}, {high:g}{']' if last else ')'}", rows, count(rows)))
     return subsets
 
 
@@ -387,7 +394,8 @@ def _roc_curves(s_ref: np.ndarray, s_cand: np.ndarray, is_signal: np.ndarray) ->
 
 
 def _classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray,
-                    spec: Any, subsets: list[_Subset]) -> None:
+                    subsets: list[Subset]) -> None:
+    """Per subset: every class against the rest ("class" metrics), then the decisions ("decisions" metrics)."""
     if truth.ndim == 2 and truth.shape == ref.shape and truth.shape[1] > 1:
         truth = truth.argmax(axis=1)
     truth = truth.reshape(-1).astype(np.int64)
@@ -395,11 +403,9 @@ def _classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: n
     binary = p_ref.ndim == 1
     n_classes = 2 if binary else p_ref.shape[1]
     classes = [1] if binary else list(range(n_classes))
-    names = list(spec.class_names)
+    names = list(plan.spec.class_names)
     if truth.min() < 0 or truth.max() >= n_classes:
         raise DataError(f"labels hold classes {truth.min()}..{truth.max()} but the output has {n_classes} classes")
-    bkg = spec.background_efficiency
-    allowed = spec.max_signal_efficiency_drop
     pick_ref = (p_ref > 0.5) if binary else p_ref.argmax(axis=1)
     pick_cand = (p_cand > 0.5) if binary else p_cand.argmax(axis=1)
     for subset in subsets:
@@ -407,80 +413,42 @@ def _classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: n
         for c in classes:
             label = names[c] if c < len(names) else f"class {c}"
             is_signal = y == c
-            n_sig, n_bkg = int(is_signal.sum()), int((~is_signal).sum())
-            if n_sig == 0 or n_bkg == 0:
+            if is_signal.all() or not is_signal.any():
                 where = "" if subset.label is None else f" in {subset.label}"
                 result.notes.append(f"{label}: no signal or no background events{where}, AUC not defined")
                 continue
-            s_ref = subset.take(p_ref if binary else p_ref[:, c])
-            s_cand = subset.take(p_cand if binary else p_cand[:, c])
-            k_ref = plan.kernel(RocKernel(s_ref, is_signal, (bkg,), rows=subset.rows, n_rows=plan.n_rows))
-            k_cand = plan.kernel(RocKernel(s_cand, is_signal, (bkg,), rows=subset.rows, n_rows=plan.n_rows))
-            need = spec.min_signal_events
-            auc_floor = _floor(n_sig, need, "signal events") or _floor(n_bkg, need, "background events")
-            plan.add(f"auc[{label}]", "drop", spec.max_auc_drop, f"drop <= {spec.max_auc_drop:g}",
-                     (k_ref, 0), (k_cand, 0), subset, auc_floor)
-            beyond = int(math.floor(n_bkg * bkg))
-            eff_floor = _floor(n_sig, need, "signal events") or _floor(
-                beyond, spec.min_background_beyond_cut, f"background events beyond the {bkg:g} cut")
-            plan.add(f"signal_efficiency@{bkg:g}bkg[{label}]", "drop", allowed, f"drop <= {allowed:g}",
-                     (k_ref, 1), (k_cand, 1), subset, eff_floor)
+            view = ScoresView(subset=subset, n_rows=plan.n_rows, label=label, signal=is_signal,
+                              reference=subset.take(p_ref if binary else p_ref[:, c]),
+                              candidate=subset.take(p_cand if binary else p_cand[:, c]))
+            plan.add_metrics("class", view)
             if subset.label is None:
-                result.curves[label] = _roc_curves(s_ref, s_cand, is_signal)
-        agree = subset.take(pick_ref == pick_cand)
-        correct = [subset.take(pick_ref == truth), subset.take(pick_cand == truth)]
-        k = plan.kernel(RatioKernel(("agreement", "accuracy_ref", "accuracy_cand"), np.stack([agree, *correct]),
-                                    np.ones((3, len(agree))), rows=subset.rows, n_rows=plan.n_rows))
-        plan.add("argmax_agreement", "level", spec.min_argmax_agreement, f">= {spec.min_argmax_agreement:g}", None,
-                 (k, 0), subset, _floor(len(agree), spec.min_events, "events"))
-        plan.add("accuracy", "info", None, "info", (k, 1), (k, 2), subset)
+                result.curves[label] = _roc_curves(view.reference, view.candidate, is_signal)
+        plan.add_metrics("decisions", DecisionsView(
+            subset=subset, n_rows=plan.n_rows, agree=subset.take(pick_ref == pick_cand),
+            correct_reference=subset.take(pick_ref == truth), correct_candidate=subset.take(pick_cand == truth)))
 
 
 def _edge_classification(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray,
-                         spec: Any, subsets: list[_Subset]) -> None:
+                         subsets: list[Subset]) -> None:
+    """Per subset: the true edges against the false ones ("edges" metrics)."""
     y_all = truth.reshape(-1).astype(bool)
     s_ref_all, s_cand_all = _as_probabilities(ref.reshape(-1), cand.reshape(-1), result)
-    threshold = spec.threshold
-    allowed = spec.max_signal_efficiency_drop
-    need = spec.min_signal_events
     for subset in subsets:
-        y, s_ref, s_cand = subset.take(y_all), subset.take(s_ref_all), subset.take(s_cand_all)
-        if y.all() or not y.any():
+        view = ScoresView(subset=subset, n_rows=plan.n_rows, label="edges", signal=subset.take(y_all),
+                          reference=subset.take(s_ref_all), candidate=subset.take(s_cand_all))
+        if view.signal.all() or not view.signal.any():
             result.notes.append("edge labels are all true or all false"
                                 + ("" if subset.label is None else f" in {subset.label}")
                                 + ": AUC, efficiency and purity not defined")
             continue
-        k_ref = plan.kernel(RocKernel(s_ref, y, (), rows=subset.rows, n_rows=plan.n_rows))
-        k_cand = plan.kernel(RocKernel(s_cand, y, (), rows=subset.rows, n_rows=plan.n_rows))
-        n_true, n_false = int(y.sum()), int((~y).sum())
-        plan.add("edge_auc", "drop", spec.max_auc_drop, f"drop <= {spec.max_auc_drop:g}", (k_ref, 0), (k_cand, 0),
-                 subset, _floor(n_true, need, "true edges") or _floor(n_false, need, "false edges"))
-        chosen_ref, chosen_cand = s_ref > threshold, s_cand > threshold
-        k = plan.kernel(RatioKernel(
-            ("efficiency_ref", "efficiency_cand", "purity_ref", "purity_cand"),
-            np.stack([chosen_ref & y, chosen_cand & y, chosen_ref & y, chosen_cand & y]),
-            np.stack([y, y, chosen_ref, chosen_cand]), rows=subset.rows, n_rows=plan.n_rows))
-        plan.add(f"edge_efficiency@{threshold:g}", "drop", allowed, f"drop <= {allowed:g}", (k, 0), (k, 1), subset,
-                 _floor(n_true, need, "true edges"))
-        plan.add(f"edge_purity@{threshold:g}", "drop", allowed, f"drop <= {allowed:g}", (k, 2), (k, 3), subset,
-                 _floor(int(min(chosen_ref.sum(), chosen_cand.sum())), need, "selected edges"))
+        plan.add_metrics("edges", view)
         if subset.label is None:
-            result.curves["edges"] = _roc_curves(s_ref, s_cand, y)
+            result.curves["edges"] = _roc_curves(view.reference, view.candidate, view.signal)
 
 
-class _ResidualKernel(QuantileKernel):
-    """Bias (median) and resolution (IQR/1.349) of a residual distribution."""
-
-    def __init__(self, residual: np.ndarray, rows: np.ndarray | None, n_rows: int) -> None:
-        super().__init__(("bias", "resolution"), residual, (0.25, 0.5, 0.75), rows=rows, n_rows=n_rows)
-
-    def __call__(self, weights: np.ndarray) -> np.ndarray:
-        q25, q50, q75 = super().__call__(weights)
-        return np.stack([q50, (q75 - q25) / IQR_TO_SIGMA])
-
-
-def _regression(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray, spec: Any,
-                subsets: list[_Subset]) -> None:
+def _regression(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.ndarray, truth: np.ndarray,
+                subsets: list[Subset]) -> None:
+    """Per target and subset: the relative residuals where the target is not 0 ("target" metrics)."""
     n = truth.shape[0]
     y = truth.reshape(n, -1).astype(np.float64)
     p_ref = ref.reshape(n, -1).astype(np.float64)
@@ -498,16 +466,9 @@ def _regression(plan: _Plan, result: PhysicsResult, cand: np.ndarray, ref: np.nd
             rel_diff = (p_cand[:, k] - p_ref[:, k]) / np.abs(true)
         for subset in subsets:
             rows = np.nonzero(usable)[0] if subset.rows is None else subset.rows[usable[subset.rows]]
-            kernels = [plan.kernel(_ResidualKernel(values[rows], rows, plan.n_rows))
-                       for values in (rel_ref, rel_cand, rel_diff)]
-            part = _Subset(subset.label, rows, len(rows))
-            floor = _floor(len(rows), spec.min_events, "events")
-            plan.add(f"bias{tag}", "abs", spec.max_bias_change, f"|change| <= {spec.max_bias_change:g}",
-                     (kernels[0], 0), (kernels[1], 0), part, floor)
-            plan.add(f"resolution{tag}", "increase", spec.max_resolution_change,
-                     f"increase <= {spec.max_resolution_change:g}", (kernels[0], 1), (kernels[1], 1), part, floor)
-            plan.add(f"bias_vs_reference{tag}", "info", None, "info", None, (kernels[2], 0), part)
-            plan.add(f"resolution_vs_reference{tag}", "info", None, "info", None, (kernels[2], 1), part)
+            plan.add_metrics("target", TargetView(
+                subset=Subset(subset.label, rows, len(rows)), n_rows=plan.n_rows, tag=tag, reference=rel_ref[rows],
+                candidate=rel_cand[rows], versus_reference=rel_diff[rows]))
         result.residuals[f"target{tag}"] = {"reference": rel_ref[usable], "candidate": rel_cand[usable]}
 
 
@@ -529,9 +490,8 @@ def _judge(plan: _Plan, values: list[tuple[np.ndarray, np.ndarray | None]], conf
         ref_point, ref_reps = value_of(planned.reference)
         cand_point, cand_reps = value_of(planned.candidate)
         check.reference, check.candidate = ref_point, float(cand_point)  # type: ignore[arg-type]
-        # The judged quantity: the change for metrics relative to the reference, else the value.
-        estimate = check.candidate - (ref_point if ref_point is not None else 0.0)
-        reps = None if cand_reps is None else cand_reps - (ref_reps if ref_reps is not None else 0.0)
+        estimate = float(_judged(check, ref_point, check.candidate))
+        reps = None if cand_reps is None else _judged(check, ref_reps, cand_reps)
         spread = float(np.nanstd(reps, ddof=1)) if reps is not None and np.isfinite(reps).sum() > 1 else math.nan
         estimates.append(estimate)
         spreads.append(spread)
@@ -568,6 +528,17 @@ def _judge(plan: _Plan, values: list[tuple[np.ndarray, np.ndarray | None]], conf
 
 
 _NORMAL_95 = 1.959963984540054
+
+
+def _judged(check: PhysicsCheck, reference: Any, candidate: Any) -> Any:
+    """The judged quantity (of the sample, or per replica): the change from the reference (absolute or
+    relative) for metrics judged against it, else the candidate's value. Not finite: NaN (undefined)."""
+    if reference is None:
+        change = candidate
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            change = (np.divide(candidate, reference) - 1.0) if check.relative else np.subtract(candidate, reference)
+    return np.where(np.isfinite(change), change, np.nan)
 
 
 def _quantile(values: np.ndarray, q: float) -> float:

@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ import numpy as np
 
 from hepdeploy.backend.base import ACTIVATION_BUDGET, Runner
 from hepdeploy.backend.onnxrt import activation_bytes_per_row
-from hepdeploy.backend.sources import open_source
+from hepdeploy.backend.sources import OpenedSource, open_source
 from hepdeploy.data import common_batch_size, load_tensors, read_root_events, save_tensors
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, DataError
@@ -60,10 +61,6 @@ class ReferenceSet:
     def batched(self) -> bool:
         """True when every input shares one first dimension (the batch axis) that can be split."""
         return common_batch_size(self.inputs) is not None
-
-    @property
-    def has_labels(self) -> bool:
-        return bool(self.labels)
 
     def check(self, where: str = "reference") -> ReferenceSet:
         """Raise DataError unless the set is usable: non-empty, finite outputs, labels of the right length."""
@@ -373,8 +370,17 @@ def make_reference(
     checks bin in).
     """
     opened = open_source(source)
+    # A runner handed in belongs to the caller; one opened here is closed here.
+    with nullcontext() if isinstance(source, Runner) else opened.runner:
+        return _run_reference(opened, data, spec or opened.spec, labels=labels, chunk_size=chunk_size,
+                              max_samples=max_samples, variables=variables, sizing_model=sizing_model)
+
+
+def _run_reference(opened: OpenedSource, data: Mapping[str, np.ndarray] | Path | str, spec_obj: ModelSpec | None, *,
+                   labels: str | Path | Mapping[str, np.ndarray] | np.ndarray | None, chunk_size: int | None,
+                   max_samples: int | None, variables: Sequence[str] | None,
+                   sizing_model: Path | None) -> ReferenceSet:
     runner, source_info = opened.runner, opened.provenance
-    spec_obj = spec or opened.spec
     arrays = load_data_file(data, spec_obj)
     if not arrays:
         raise DataError(f"{data}: the data set is empty")

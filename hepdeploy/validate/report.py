@@ -353,7 +353,7 @@ def report_markdown(reports: list[VariantReport]) -> str:
         lines.append("")
         if r.physics.ran:
             lines += [f"Physics ({r.physics.task}, output `{r.physics.output}`, labels `{r.physics.labels}`; "
-                      f"change = candidate - reference with its 95 % interval{_bootstrap_text(r)}):", ""]
+                      f"{_change_text(r)} with its 95 % interval{_bootstrap_text(r)}):", ""]
             for bin_name, checks in _by_bin(r.physics.checks).items():
                 if bin_name is not None:
                     lines += [f"Bin {bin_name}:", ""]
@@ -374,6 +374,12 @@ def report_markdown(reports: list[VariantReport]) -> str:
 
 
 # ---------------------------------------------------------------------------- plots + HTML
+
+
+def _change_text(report: VariantReport) -> str:
+    """What the change column holds: the difference, and the ratio for metrics judged relative to the reference."""
+    relative = any(check.relative for check in report.physics.checks)
+    return "change = candidate - reference" + ("; relative change = candidate / reference - 1" if relative else "")
 
 
 def _bootstrap_text(report: VariantReport) -> str:
@@ -403,78 +409,96 @@ def write_plots(reports: list[VariantReport], folder: Path) -> dict[str, list[Pa
         for output, (ref, cand) in report.plot_values.items():
             if ref.size == 0 or ref.dtype.kind not in "fiub":
                 continue
-            fig, (ax_dist, ax_res) = plt.subplots(1, 2, figsize=(10, 3.6))
-            finite = np.isfinite(ref) & np.isfinite(cand)
-            r, c = ref[finite].astype(np.float64), cand[finite].astype(np.float64)
-            low, high = (float(r.min()), float(r.max())) if r.size else (0.0, 1.0)
-            bins = np.linspace(low, high if high > low else low + 1.0, 60)
-            ax_dist.hist(r, bins=bins, histtype="step", linewidth=2.0, label="reference")
-            ax_dist.hist(c, bins=bins, histtype="step", linewidth=1.2, linestyle="--", label=report.variant)
-            ax_dist.set_yscale("log")
-            ax_dist.set_xlabel(f"{output} value")
-            ax_dist.set_ylabel("entries")
-            ax_dist.set_title(f"{output}: distribution")
-            ax_dist.legend()
-            residual = c - r
-            tol = report.tolerances.get(output)
-            ax_res.hist(residual, bins=60, histtype="stepfilled", alpha=0.7)
-            if tol is not None:
-                # The atol lines only where they do not squeeze the histogram into one bin.
-                reach = float(np.abs(residual).max()) if residual.size else 0.0
-                if 0 < tol.atol <= 3 * reach:
-                    ax_res.axvline(tol.atol, color="red", linestyle=":", label=f"atol={tol.atol:g}")
-                    ax_res.axvline(-tol.atol, color="red", linestyle=":")
-                    ax_res.legend()
-                else:
-                    ax_res.text(0.98, 0.95, f"atol={tol.atol:g} (off scale)", transform=ax_res.transAxes,
-                                ha="right", va="top", color="red")
-            ax_res.set_yscale("log")
-            ax_res.set_xlabel(f"{report.variant} - reference")
-            ax_res.set_ylabel("entries")
-            ax_res.set_title(f"{output}: residual ({int((~finite).sum())} non-finite)")
-            fig.tight_layout()
+            fig = _plot_output(plt, report, output, ref, cand)
             paths.append(_save_figure(fig, folder / f"{stem}_{file_name_for(output)}_outputs.png"))
             plt.close(fig)
         if report.physics.curves:
-            fig, ax = plt.subplots(figsize=(6, 5))
-            for k, (label, curve) in enumerate(report.physics.curves.items()):
-                colour = f"C{k % 10}"
-                ax.plot(curve["tpr_ref"], np.maximum(curve["fpr_ref"], 1e-6), color=colour, linewidth=2.0,
-                        label=f"{label} reference")
-                ax.plot(curve["tpr_cand"], np.maximum(curve["fpr_cand"], 1e-6), color=colour, linewidth=1.2,
-                        linestyle="--", label=f"{label} {report.variant}")
-                if "band_fpr" in curve:  # the candidate's pointwise 95 % bootstrap band
-                    ax.fill_betweenx(curve["band_fpr"], curve["band_cand_low"], curve["band_cand_high"],
-                                     color=colour, alpha=0.2, linewidth=0)
-            ax.set_yscale("log")
-            ax.set_ylim(1e-4, 1.0)
-            ax.set_xlabel("signal efficiency")
-            ax.set_ylabel("background efficiency (mistag)")
-            ax.set_title(f"ROC: reference (solid) vs {report.variant} (dashed, 95 % band)")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
+            fig = _plot_roc(plt, report)
             paths.append(_save_figure(fig, folder / f"{stem}_roc.png"))
             plt.close(fig)
         if report.physics.residuals:
-            n = len(report.physics.residuals)
-            fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
-            for ax, (label, values) in zip(axes[0], report.physics.residuals.items(), strict=True):
-                ref_res, cand_res = values["reference"], values["candidate"]
-                both = np.r_[ref_res, cand_res]
-                both = both[np.isfinite(both)]
-                lo, hi = np.percentile(both, [0.5, 99.5]) if both.size else (-1.0, 1.0)
-                bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 60)
-                ax.hist(ref_res, bins=bins, histtype="step", linewidth=2.0, label="reference")
-                ax.hist(cand_res, bins=bins, histtype="step", linestyle="--", label=report.variant)
-                ax.set_xlabel(f"(prediction - true) / true, {label}")
-                ax.set_ylabel("events")
-                ax.legend()
-            fig.tight_layout()
+            fig = _plot_regression(plt, report)
             paths.append(_save_figure(fig, folder / f"{stem}_regression.png"))
             plt.close(fig)
         result[report.variant] = paths
     return result
+
+
+def _plot_output(plt: Any, report: VariantReport, output: str, ref: np.ndarray, cand: np.ndarray) -> Any:
+    """One output: the distributions of both models (left) and the residual with the atol lines (right)."""
+    fig, (ax_dist, ax_res) = plt.subplots(1, 2, figsize=(10, 3.6))
+    finite = np.isfinite(ref) & np.isfinite(cand)
+    r, c = ref[finite].astype(np.float64), cand[finite].astype(np.float64)
+    low, high = (float(r.min()), float(r.max())) if r.size else (0.0, 1.0)
+    bins = np.linspace(low, high if high > low else low + 1.0, 60)
+    ax_dist.hist(r, bins=bins, histtype="step", linewidth=2.0, label="reference")
+    ax_dist.hist(c, bins=bins, histtype="step", linewidth=1.2, linestyle="--", label=report.variant)
+    ax_dist.set_yscale("log")
+    ax_dist.set_xlabel(f"{output} value")
+    ax_dist.set_ylabel("entries")
+    ax_dist.set_title(f"{output}: distribution")
+    ax_dist.legend()
+    residual = c - r
+    tol = report.tolerances.get(output)
+    ax_res.hist(residual, bins=60, histtype="stepfilled", alpha=0.7)
+    if tol is not None:
+        # The atol lines only where they do not squeeze the histogram into one bin.
+        reach = float(np.abs(residual).max()) if residual.size else 0.0
+        if 0 < tol.atol <= 3 * reach:
+            ax_res.axvline(tol.atol, color="red", linestyle=":", label=f"atol={tol.atol:g}")
+            ax_res.axvline(-tol.atol, color="red", linestyle=":")
+            ax_res.legend()
+        else:
+            ax_res.text(0.98, 0.95, f"atol={tol.atol:g} (off scale)", transform=ax_res.transAxes,
+                        ha="right", va="top", color="red")
+    ax_res.set_yscale("log")
+    ax_res.set_xlabel(f"{report.variant} - reference")
+    ax_res.set_ylabel("entries")
+    ax_res.set_title(f"{output}: residual ({int((~finite).sum())} non-finite)")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_roc(plt: Any, report: VariantReport) -> Any:
+    """The ROC curves of both models per class, the candidate's with its 95 % bootstrap band."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for k, (label, curve) in enumerate(report.physics.curves.items()):
+        colour = f"C{k % 10}"
+        ax.plot(curve["tpr_ref"], np.maximum(curve["fpr_ref"], 1e-6), color=colour, linewidth=2.0,
+                label=f"{label} reference")
+        ax.plot(curve["tpr_cand"], np.maximum(curve["fpr_cand"], 1e-6), color=colour, linewidth=1.2,
+                linestyle="--", label=f"{label} {report.variant}")
+        if "band_fpr" in curve:  # the candidate's pointwise 95 % bootstrap band
+            ax.fill_betweenx(curve["band_fpr"], curve["band_cand_low"], curve["band_cand_high"],
+                             color=colour, alpha=0.2, linewidth=0)
+    ax.set_yscale("log")
+    ax.set_ylim(1e-4, 1.0)
+    ax.set_xlabel("signal efficiency")
+    ax.set_ylabel("background efficiency (mistag)")
+    ax.set_title(f"ROC: reference (solid) vs {report.variant} (dashed, 95 % band)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_regression(plt: Any, report: VariantReport) -> Any:
+    """The relative residuals of both models, one panel per regression target."""
+    n = len(report.physics.residuals)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
+    for ax, (label, values) in zip(axes[0], report.physics.residuals.items(), strict=True):
+        ref_res, cand_res = values["reference"], values["candidate"]
+        both = np.r_[ref_res, cand_res]
+        both = both[np.isfinite(both)]
+        lo, hi = np.percentile(both, [0.5, 99.5]) if both.size else (-1.0, 1.0)
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 60)
+        ax.hist(ref_res, bins=bins, histtype="step", linewidth=2.0, label="reference")
+        ax.hist(cand_res, bins=bins, histtype="step", linestyle="--", label=report.variant)
+        ax.set_xlabel(f"(prediction - true) / true, {label}")
+        ax.set_ylabel("events")
+        ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
@@ -519,7 +543,7 @@ def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], repo
         parts.append("</table>")
         if r.physics.ran:
             parts.append(f"<p>Physics: {esc(r.physics.task)} on output <code>{esc(str(r.physics.output))}</code>"
-                         f" with labels <code>{esc(str(r.physics.labels))}</code>; change = candidate - reference "
+                         f" with labels <code>{esc(str(r.physics.labels))}</code>; {esc(_change_text(r))} "
                          f"with its 95 % interval{esc(_bootstrap_text(r))}.</p>")
             for bin_name, checks in _by_bin(r.physics.checks).items():
                 if bin_name is not None:

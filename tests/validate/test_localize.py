@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hepdeploy.compare import sqnr_db
 from hepdeploy.errors import DataError
-from hepdeploy.validate.localize import MIN_SQNR_DB, LocalizationReport, localize
+from hepdeploy.validate.localize import MIN_SQNR_DB, LocalizationReport, LocalizeCriterion, localize
 
 N_FEATURES = 4
 
@@ -148,8 +148,8 @@ def test_sqnr_shape_mismatch_is_a_data_error() -> None:
 def test_sqnr_blames_the_real_loss_where_tolerance_blames_the_large_scale_tensor(two_scales) -> None:
     candidate = _two_scale_candidate(two_scales)
     # An absolute tolerance that suits the ~1e-3 outputs (as the first output's atol would).
-    by_sqnr = localize(candidate, two_scales, _inputs(), rule="sqnr", atol=1e-5, rtol=0.0)
-    by_tol = localize(candidate, two_scales, _inputs(), rule="tolerance", atol=1e-5, rtol=0.0)
+    by_sqnr = localize(candidate, two_scales, _inputs(), criterion=LocalizeCriterion(rule="sqnr", atol=1e-5, rtol=0.0))
+    by_tol = localize(candidate, two_scales, _inputs(), criterion=LocalizeCriterion(rule="tolerance", atol=1e-5, rtol=0.0))
 
     norm, shrink = _row(by_sqnr, "norm"), _row(by_sqnr, "shrink")
     # The large tensor moved by ~1e-3 absolute, far beyond atol, yet keeps ~120 dB ...
@@ -176,7 +176,7 @@ def test_the_precision_picks_the_sqnr_floor(two_scales) -> None:
         assert report.min_sqnr_db == MIN_SQNR_DB[precision]
         assert report.first_divergent_node == blamed, (precision, report.summary())
     # An explicit floor overrides the precision's: above ~120 dB even "norm" has lost precision.
-    strict = localize(candidate, two_scales, _inputs(), precision="int8", min_sqnr_db=130.0)
+    strict = localize(candidate, two_scales, _inputs(), precision="int8", criterion=LocalizeCriterion(min_sqnr_db=130.0))
     assert strict.first_divergent_node == "norm"
 
 
@@ -184,7 +184,7 @@ def test_the_precision_picks_the_sqnr_floor(two_scales) -> None:
 def test_identical_candidate_has_no_divergent_node(two_scales, rule: str) -> None:
     copy = onnx.ModelProto()
     copy.CopyFrom(two_scales)
-    report = localize(copy, two_scales, _inputs(), rule=rule)
+    report = localize(copy, two_scales, _inputs(), criterion=LocalizeCriterion(rule=rule))
     assert report.first_divergent_node is None and report.first_divergent_tensor is None
     assert report.largest_drop_node is None and report.largest_drop_db in (None, 0.0)
     assert [t.node for t in report.tensors] == ["norm", "shrink", "bias"]
@@ -211,7 +211,7 @@ def _zeros_model() -> onnx.ModelProto:
 def test_an_all_zero_fp32_tensor_is_judged_by_atol(rule: str) -> None:
     model = _zeros_model()
     tiny = _edited(model, zero=np.full(N_FEATURES, 1e-9))  # |d| ~ 1e-9 <= atol
-    report = localize(tiny, model, _inputs(), rule=rule, atol=1e-5, rtol=0.0)
+    report = localize(tiny, model, _inputs(), criterion=LocalizeCriterion(rule=rule, atol=1e-5, rtol=0.0))
     zero = _row(report, "zero")
     # sqnr_db itself would say -inf here (no signal, some noise): localize must not.
     assert sqnr_db(np.full(4, 1e-9), np.zeros(4)) == -math.inf
@@ -219,7 +219,7 @@ def test_an_all_zero_fp32_tensor_is_judged_by_atol(rule: str) -> None:
     assert report.first_divergent_node is None, report.summary()
 
     big = _edited(model, zero=np.full(N_FEATURES, 1e-2))  # |d| ~ 1e-2 > atol
-    report = localize(big, model, _inputs(), rule=rule, atol=1e-5, rtol=0.0)
+    report = localize(big, model, _inputs(), criterion=LocalizeCriterion(rule=rule, atol=1e-5, rtol=0.0))
     assert _row(report, "zero").sqnr_db is None and _row(report, "zero").exceeds
     assert report.first_divergent_node == "zero"
 
@@ -229,7 +229,7 @@ def test_a_zero_tensor_with_nans_the_candidate_reproduces_is_judged_by_atol() ->
     tiny = _edited(model, zero=np.full(N_FEATURES, 1e-9))
     inputs = _inputs()
     inputs["x"][0, 0] = np.nan  # the FP32 "zero" tensor is NaN there and 0 elsewhere; so is ~the candidate's
-    report = localize(tiny, model, inputs, atol=1e-5, rtol=0.0)
+    report = localize(tiny, model, inputs, criterion=LocalizeCriterion(atol=1e-5, rtol=0.0))
     zero = _row(report, "zero")
     assert zero.sqnr_db is None and not zero.exceeds, zero
     assert report.first_divergent_node is None, report.summary()
@@ -245,7 +245,7 @@ def test_largest_drop_names_the_node_where_sqnr_falls_most() -> None:
     ])
     candidate = _edited(model, early=_init(model, "early") * (1 + 1e-6), loss=_init(model, "loss") * 1.2,
                         worse=_init(model, "worse") * 2.0)
-    report = localize(candidate, model, _inputs(), min_sqnr_db=130.0)
+    report = localize(candidate, model, _inputs(), criterion=LocalizeCriterion(min_sqnr_db=130.0))
     sqnr = {t.node: t.sqnr_db for t in report.tensors}
     assert sqnr["early"] == pytest.approx(120.0, abs=2.0)
     assert sqnr["loss"] == pytest.approx(_sqnr_of_relative_change(0.2), abs=1.0)
@@ -266,7 +266,7 @@ def _nan_candidate(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def test_nan_in_the_candidate_is_divergent_under_both_rules(two_scales) -> None:
     for rule in ("sqnr", "tolerance"):
-        report = localize(_nan_candidate(two_scales), two_scales, _inputs(), rule=rule)
+        report = localize(_nan_candidate(two_scales), two_scales, _inputs(), criterion=LocalizeCriterion(rule=rule))
         assert report.first_divergent_node == "shrink", rule
         assert _row(report, "shrink").sqnr_db == -math.inf
         assert "NaN" in _row(report, "shrink").note
@@ -315,7 +315,7 @@ def test_an_activation_wrapped_in_qdq_is_compared_as_the_dequantized_tensor(two_
 
 def test_an_unknown_rule_is_a_data_error(two_scales) -> None:
     with pytest.raises(DataError, match="unknown localization rule"):
-        localize(two_scales, two_scales, _inputs(), rule="atol")  # type: ignore[arg-type]
+        localize(two_scales, two_scales, _inputs(), criterion=LocalizeCriterion(rule="atol"))  # type: ignore[arg-type]
 
 
 def test_a_real_loss_outranks_the_first_rounding_in_a_graph_that_rounds_everywhere() -> None:

@@ -37,6 +37,21 @@ def test_make_save_load_roundtrip(tiny_onnx: Path, tiny_data: Path, tmp_path: Pa
     assert back.provenance["sha256"] == prov["sha256"]
 
 
+def test_the_runner_opened_for_a_reference_is_closed_and_a_given_one_is_not(
+        tiny_onnx: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hepdeploy.validate.reference as reference_module
+    from hepdeploy.backend.sources import artifact_runner, open_source
+
+    opened = []
+    monkeypatch.setattr(reference_module, "open_source", lambda source: opened.append(open_source(source)) or opened[-1])
+    make_reference(tiny_onnx, tiny_data)
+    assert opened[0].runner.closed
+    with artifact_runner(tiny_onnx) as given:
+        make_reference(given, tiny_data)
+        assert not given.closed
+        assert set(given.run({"x": np.zeros((2, 8), np.float32)})) == {"prob", "energy"}
+
+
 def test_chunking_does_not_change_outputs(tiny_onnx: Path, tiny_data: Path) -> None:
     whole = make_reference(tiny_onnx, tiny_data, chunk_size=10_000)
     chunked = make_reference(tiny_onnx, tiny_data, chunk_size=7)
