@@ -1,5 +1,5 @@
 """The registries are complete: every Triton platform has a checker (and its filler, where it names one,
-resolves), every variant an importable maker. A registry entry that names a function that does not
+resolves), every variant an importable maker, every physics metric a kernel. A registry entry that names a function that does not
 exist would otherwise fail only when a user first asks for that platform or variant."""
 from __future__ import annotations
 
@@ -52,3 +52,13 @@ def test_every_variant_has_an_importable_maker(kind) -> None:  # noqa: ANN001
         assert kind.name == "fp32"  # the simplified FP32 graph is the variant itself
     else:
         assert _resolve(kind.maker).__module__.startswith("hepdeploy.optimize")
+
+
+def test_every_physics_metric_has_a_kernel_and_a_scalar() -> None:
+    from hepdeploy.spec import PhysicsSpec
+    from hepdeploy.validate.metric_registry import PHYSICS_METRICS
+
+    assert len({m.name for m in PHYSICS_METRICS}) == len(PHYSICS_METRICS)
+    for metric in PHYSICS_METRICS:
+        assert callable(metric.kernel) and callable(metric.scalar) and callable(metric.title), metric.name
+        assert metric.allowance is None or metric.allowance in PhysicsSpec.model_fields, metric.name
