@@ -30,6 +30,7 @@ from hepdeploy.backend.sources import artifact_runner
 from hepdeploy.backend.triton import Compression, Protocol, TritonRunner, parse_model_ref
 from hepdeploy.backend.triton_shm import SharedMemoryMode
 from hepdeploy.compare import (
+    DEFAULT_POLICY,
     PRECISION_DEFAULTS,
     ToleranceOverrides,
     compare_with_tolerances,
@@ -64,9 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hepdeploy.validate")
 
 POLICIES = ("numerical", "physics", "either", "both")
-# Default pass policy per precision (spec.validation.policy overrides): FP32 must agree
-# numerically; FP16 and INT8 are judged by physics when labels exist.
-DEFAULT_POLICY = {"fp32": "numerical", "fp16": "physics", "int8": "physics"}
 
 __all__ = [
     "DEFAULT_POLICY", "POLICIES", "PRECISION_DEFAULTS", "ReferenceSet", "VariantReport", "console_table",
