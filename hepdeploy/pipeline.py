@@ -63,7 +63,7 @@ from hepdeploy.validate import (
 )
 from hepdeploy.validate.reference import make_reference, save_reference
 from hepdeploy.validate.report import write_reports
-from hepdeploy.variants import variant_kind
+from hepdeploy.variants import BASELINE, variant_kind
 
 log = logging.getLogger(__name__)
 
@@ -379,21 +379,21 @@ def _twin_step(spec: ModelSpec, passing: dict[str, Path], reference: ReferenceSe
     (alternating runs, one thread each, on the spec's typical batch); the fastest serves, and an INT8
     variant only when it is measured at least ``TWIN_MARGIN`` faster than FP32."""
     candidates = {v: p for v, p in passing.items()
-                  if variant_kind(v).target in ("cpu", "any") and p.suffix == ".onnx" and v != "fp32"}
-    if "fp32" not in passing:
+                  if variant_kind(v).target in ("cpu", "any") and p.suffix == ".onnx" and v != BASELINE}
+    if BASELINE not in passing:
         if not candidates:
             return StepResult("twin", "skipped", "no CPU variant passed validation: no CPU twin")
         chosen = min(candidates)
         return StepResult("twin", "ok", f"{chosen} (FP32 did not pass; not timed)", details={"chosen": chosen})
     feed = timing_feed(reference, spec.inputs, spec)
     ratios: dict[str, float] = {}
-    with OnnxRuntimeRunner(passing["fp32"], intra_op_threads=1, inter_op_threads=1) as baseline:
+    with OnnxRuntimeRunner(passing[BASELINE], intra_op_threads=1, inter_op_threads=1) as baseline:
         for variant, path in sorted(candidates.items()):
             ratios[variant] = round(throughput_ratio(baseline, path, feed, seconds=TWIN_TIMING_SECONDS), 3)
     faster = {v: r for v, r in ratios.items() if r >= 1.0 + TWIN_MARGIN}
-    chosen = max(faster, key=lambda v: faster[v]) if faster else "fp32"
+    chosen = max(faster, key=lambda v: faster[v]) if faster else BASELINE
     measured = ", ".join(f"{v} {r:.2f}x fp32" for v, r in ratios.items()) or "no other CPU variant passed"
-    why = (f"{chosen}: measured {ratios[chosen]:.2f}x fp32" if chosen != "fp32" else
+    why = (f"{chosen}: measured {ratios[chosen]:.2f}x fp32" if chosen != BASELINE else
            f"fp32: no CPU variant that passes is measured {1 + TWIN_MARGIN:.2f}x fp32 or faster")
     return StepResult("twin", "ok", f"{why} ({measured}; one thread, alternating runs, batch "
                       f"{next(iter(feed.values())).shape[0] if feed else '-'})",

@@ -3,9 +3,9 @@
 The spec (which names and which options it accepts), the CLI (its choices, and which of its
 options apply), the optimize stage (how to make one), tune (which variants it searches, whose
 speed it can time here) and the build (file names, what needs calibration) all read this table;
-adding a variant is one entry here plus its maker. Nothing outside this table tells variants
-apart by their names. The maker is named as ``module:function`` and
-resolved by the optimize stage only, so this module stays below every stage.
+adding a variant is one entry here plus its maker; code elsewhere asks the entry (``kind.tunable``,
+``kind.speed``, ``kind.applies(option)``), not the name. The maker is named as ``module:function``
+and resolved by the optimize stage only, so this module stays below every stage.
 
 A maker of an ONNX variant is called as ``maker(prepared_onnx_path, variant_spec, inputs,
 calibration_arrays_or_None, model_spec_or_None)`` (plus ``modelopt=worker`` for a kind
