@@ -79,7 +79,7 @@ def main() -> int:
     from hepdeploy.model_zoo import export_network
     from hepdeploy.optimize import optimize_artifact, resolve_calibration
     from hepdeploy.optimize.modelopt_worker import ModelOptWorker
-    from hepdeploy.tune import Tuner, throughput_ratio, timing_feed, write_tune_report
+    from hepdeploy.tune import TuneData, Tuner, TuneSettings, throughput_ratio, timing_feed, write_tune_report
     from hepdeploy.validate import validate_candidate
     from hepdeploy.validate.reference import make_reference
 
@@ -113,8 +113,8 @@ def main() -> int:
             # A graph network's reference set (whole events of hits and edges) has no batch axis to halve:
             # its choice is confirmed on a second set, generated here with another seed.
             second = None if reference.batched else independent_set(name, spec, reference.n_samples, seed=4242)
-            tuner = Tuner(source, variant, reference, calibration=calibration, spec=spec, work_dir=work / name / "tune",
-                          modelopt=modelopt, confirmation=second)
+            tuner = Tuner(source, variant, TuneData(reference, calibration, second), spec=spec,
+                          work_dir=work / name / "tune", settings=TuneSettings(modelopt=modelopt))
             result = tuner.run()
             wall = time.time() - began
             write_tune_report(result, variant, args.out / "tune" / name)

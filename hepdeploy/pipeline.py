@@ -55,7 +55,7 @@ from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.ensemble import ensemble_requests, plan_ensemble
 from hepdeploy.triton.plan import ModelRequest, plan_publication, spec_publication
 from hepdeploy.triton.repository import publish
-from hepdeploy.tune import describe, throughput_ratio, timing_feed, tune_variant
+from hepdeploy.tune import TuneData, TuneSettings, describe, throughput_ratio, timing_feed, tune_variant
 from hepdeploy.validate import (
     ReferenceSet,
     VariantReport,
@@ -64,7 +64,7 @@ from hepdeploy.validate import (
 )
 from hepdeploy.validate.reference import make_reference, save_reference
 from hepdeploy.validate.report import write_reports
-from hepdeploy.variants import variant_kind
+from hepdeploy.variants import BASELINE, variant_kind
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,7 @@ def _write_traceback(error: BaseException, log_dir: Path, step: str) -> Path:
 def variant_file(folder: Path, name: str, variant: str, tuned: bool = False) -> Path:
     """Where a build keeps a model's variant (file name and suffix from the variant registry); ``tuned``:
     the mix ``tune`` found for it."""
-    path = folder / "variants" / variant_kind(variant).filename(name)
-    return path.with_name(f"{path.stem}_tuned{path.suffix}") if tuned else path
+    return folder / "variants" / variant_kind(variant).filename(name, tuned=tuned)
 
 
 def _zoo_spec(name: str, folder: Path, budget: str) -> StepResult:
@@ -326,16 +325,29 @@ def _wanted_variants(spec: ModelSpec, options: BuildOptions) -> list[str]:
     return options.variants or [v.name for v in spec.variants]
 
 
-def _tune_step(variant: str, fp32_path: Path, reference: ReferenceSet, spec: ModelSpec, calibration: Path | None,
-               folder: Path, modelopt: ModelOptWorker | None, reports: list[VariantReport], strict: bool) -> StepResult:
+@dataclass(frozen=True)
+class _TuneContext:
+    """What the tune step of one model's build works from."""
+
+    spec: ModelSpec
+    folder: Path  # the model's build folder
+    fp32_path: Path
+    reference: ReferenceSet
+    calibration: Path | None
+    modelopt: ModelOptWorker | None
+    strict: bool
+
+
+def _tune_step(variant: str, context: _TuneContext, reports: list[VariantReport]) -> StepResult:
     """``tune: true``: the cheapest mix of a failed variant that passes, confirmed on data it was not chosen
     on, is published in its place; when the answer is FP32 the step is ok and says so (nothing published
     for the variant)."""
-    vspec = spec.variant(variant)
-    arrays = resolve_calibration(calibration, spec.inputs, spec)
+    spec, folder, strict = context.spec, context.folder, context.strict
+    arrays = resolve_calibration(context.calibration, spec.inputs, spec)
     output = variant_file(folder, spec.name, variant, tuned=True)
-    result = tune_variant(fp32_path, vspec, reference, output, folder / "reports" / f"tune-{variant}",
-                          calibration=arrays, spec=spec, modelopt=modelopt)
+    result = tune_variant(context.fp32_path, spec.variant(variant), TuneData(context.reference, arrays), output,
+                          folder / "reports" / f"tune-{variant}", spec=spec,
+                          settings=TuneSettings(modelopt=context.modelopt))
     best = result.best
     details: dict[str, Any] = {"evaluations": len(result.evaluations), "groups": len(result.groups),
                                "outcome": result.outcome, "target": result.target, "cost_model": result.cost_source,
@@ -368,21 +380,21 @@ def _twin_step(spec: ModelSpec, passing: dict[str, Path], reference: ReferenceSe
     (alternating runs, one thread each, on the spec's typical batch); the fastest serves, and an INT8
     variant only when it is measured at least ``TWIN_MARGIN`` faster than FP32."""
     candidates = {v: p for v, p in passing.items()
-                  if variant_kind(v).target in ("cpu", "any") and p.suffix == ".onnx" and v != "fp32"}
-    if "fp32" not in passing:
+                  if variant_kind(v).target in ("cpu", "any") and p.suffix == ".onnx" and v != BASELINE}
+    if BASELINE not in passing:
         if not candidates:
             return StepResult("twin", "skipped", "no CPU variant passed validation: no CPU twin")
         chosen = min(candidates)
         return StepResult("twin", "ok", f"{chosen} (FP32 did not pass; not timed)", details={"chosen": chosen})
     feed = timing_feed(reference, spec.inputs, spec)
     ratios: dict[str, float] = {}
-    with OnnxRuntimeRunner(passing["fp32"], intra_op_threads=1, inter_op_threads=1) as baseline:
+    with OnnxRuntimeRunner(passing[BASELINE], intra_op_threads=1, inter_op_threads=1) as baseline:
         for variant, path in sorted(candidates.items()):
             ratios[variant] = round(throughput_ratio(baseline, path, feed, seconds=TWIN_TIMING_SECONDS), 3)
     faster = {v: r for v, r in ratios.items() if r >= 1.0 + TWIN_MARGIN}
-    chosen = max(faster, key=lambda v: faster[v]) if faster else "fp32"
+    chosen = max(faster, key=lambda v: faster[v]) if faster else BASELINE
     measured = ", ".join(f"{v} {r:.2f}x fp32" for v, r in ratios.items()) or "no other CPU variant passed"
-    why = (f"{chosen}: measured {ratios[chosen]:.2f}x fp32" if chosen != "fp32" else
+    why = (f"{chosen}: measured {ratios[chosen]:.2f}x fp32" if chosen != BASELINE else
            f"fp32: no CPU variant that passes is measured {1 + TWIN_MARGIN:.2f}x fp32 or faster")
     return StepResult("twin", "ok", f"{why} ({measured}; one thread, alternating runs, batch "
                       f"{next(iter(feed.values())).shape[0] if feed else '-'})",
@@ -427,7 +439,7 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
             variant=variant)
         if step.ok:
             made[variant] = output
-    _tensorrt_checks(build, spec, options, fp32_path, made, plan_wanted="tensorrt" in wanted)
+    _tensorrt_checks(build, spec, options, fp32_path, made, plan_wanted=any(variant_kind(v).is_engine for v in wanted))
 
     if not referenced.ok:
         build.add(StepResult("validate", "skipped", "no golden set: nothing was validated or published"))
@@ -441,8 +453,9 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         step = build.run(f"validate:{variant}", lambda v=variant, p=path: _validate_step(
             v, p, reference, spec, reports, options.strict), variant=variant)
         if not step.ok and spec.variant(variant).tune:
-            step = build.run(f"tune:{variant}", lambda v=variant: _tune_step(
-                v, fp32_path, reference, spec, calibration, folder, modelopt, reports, options.strict), variant=variant)
+            context = _TuneContext(spec, folder, fp32_path, reference, calibration, modelopt, options.strict)
+            step = build.run(f"tune:{variant}", lambda v=variant, c=context: _tune_step(v, c, reports),
+                             variant=variant)
             path = step.outputs[0] if step.ok and step.outputs else None
         published = step.ok and path is not None
         verdicts[variant] = {"passed": published, "outcome": step.details.get("outcome"), "verdict": step.reason}

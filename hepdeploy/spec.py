@@ -6,6 +6,7 @@ read their own blocks (variants, tolerances, validation, triton) from the same o
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +22,13 @@ from pydantic import (
     model_validator,
 )
 
-from hepdeploy.errors import SpecError, UnsafeNameError, first_line
+from hepdeploy.errors import BadInputError, SpecError, UnsafeNameError, first_line
 from hepdeploy.fsutil import check_safe_name, check_tensor_name, missing
 from hepdeploy.plan_compat import ProfileRange, server_release
 from hepdeploy.platforms import USER_PLATFORMS
-from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES
+from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES, variant_kind
+
+_log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
 # Frameworks a model file can be in; a spec's source may also name a zoo network.
@@ -33,6 +36,9 @@ FILE_FRAMEWORKS = ("torch", "torchscript", "exported_program", "keras", "savedmo
 Framework = Literal[(*FILE_FRAMEWORKS, "zoo")]  # type: ignore[valid-type]
 VariantName = Literal[VARIANT_NAMES]  # type: ignore[valid-type]  # the registry's names
 Dim = int | str
+# Old variant keys still read (example specs, tune.yaml fragments written before one vocabulary) -> the key.
+DEPRECATED_KEEP_KEYS = {"fp32_nodes": "keep_nodes", "fp32_op_types": "keep_op_types",
+                        "exclude_nodes": "keep_nodes", "exclude_op_types": "keep_op_types"}
 
 
 class _Strict(BaseModel):
@@ -239,14 +245,15 @@ class DataSpec(_Strict):
 
 
 class VariantSpec(_Strict):
-    """One optimized variant and its options (the optimize stage gives them meaning)."""
+    """One optimized variant and its options (the optimize stage gives them meaning). An option the variant
+    registry does not list for the variant (``workspace_mib`` on int8-cpu) is refused."""
 
     name: VariantName
-    fp32_nodes: list[str] = Field(default_factory=list)
-    fp32_op_types: list[str] = Field(default_factory=list)
+    # Kept in high precision (FP32; int8-trt's layers left unquantized are its high_precision_dtype): nodes
+    # whose name a regex matches, and every node of these op types. One pair of keys for every variant.
+    keep_nodes: list[str] = Field(default_factory=list)
+    keep_op_types: list[str] = Field(default_factory=list)
     calibration_method: Literal["max", "entropy", "percentile", "minmax"] = "max"
-    exclude_nodes: list[str] = Field(default_factory=list)
-    exclude_op_types: list[str] = Field(default_factory=list)
     # INT8: quantize only these op types (empty: the quantizer's own default set).
     quantize_op_types: list[str] = Field(default_factory=list)
     per_channel: bool = True
@@ -264,6 +271,28 @@ class VariantSpec(_Strict):
     # build: when this variant fails validation, search for the fastest mix that passes (hepdeploy tune)
     # and publish it instead.
     tune: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_keep_keys(cls, data: Any) -> Any:
+        """fp16's ``fp32_nodes``/``fp32_op_types`` and INT8's ``exclude_nodes``/``exclude_op_types`` (the two
+        old words for what ``keep_nodes``/``keep_op_types`` now say) still load, with a warning."""
+        if not isinstance(data, dict) or not any(old in data for old in DEPRECATED_KEEP_KEYS):
+            return data
+        data = dict(data)
+        for old, new in DEPRECATED_KEEP_KEYS.items():
+            if old in data:
+                _log.warning("variant %s: %r is deprecated, write %r", data.get("name", "?"), old, new)
+                data[new] = [*data.get(new, []), *data.pop(old)]
+        return data
+
+    @model_validator(mode="after")
+    def _options_apply(self) -> VariantSpec:
+        try:
+            variant_kind(self.name).check_options(sorted(self.model_fields_set))
+        except BadInputError as error:  # a spec's problem: reported with its key path, as a SpecError
+            raise ValueError(str(error)) from error
+        return self
 
 
 class Tolerance(_Strict):

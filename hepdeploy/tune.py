@@ -15,7 +15,7 @@ as ``validate``. Four rules make its answer the same on every machine and honest
    of two layers can cancel): it evaluates mixes in order of modelled cost, cheapest first, so the first
    one that PASSES is the cheapest passing mix among those it could afford to evaluate (its bound: the
    evaluation budget, and kept sets of at most ``_max_kept`` layers). Where speed can be measured here
-   (int8-cpu), up to ``MAX_TIES`` mixes modelled within ``TIE`` of that one (and not merely it with more
+   (a variant the registry times: int8-cpu), up to ``MAX_TIES`` mixes modelled within ``TIE`` of that one (and not merely it with more
    kept) are evaluated too, and measured speed may reorder them when it differs by more than
    ``SPEED_NOISE``; elsewhere the model's order stands. For INT8
    whose spec leaves the calibration method open, the fully lowered variant is judged with each method
@@ -63,11 +63,10 @@ from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.validate import validate_candidate
 from hepdeploy.validate.reference import ReferenceSet
 from hepdeploy.validate.report import VariantReport
-from hepdeploy.variants import variant_kind
+from hepdeploy.variants import BASELINE, TUNABLE_VARIANTS, variant_kind
 
 log = logging.getLogger(__name__)
 
-TUNABLE_VARIANTS = ("int8-cpu", "int8-trt", "fp16")
 # INT8 calibration methods tried, in this order after the variant's own, when the spec does not fix one.
 CALIBRATION_METHODS = ("max", "percentile", "entropy")
 TIE = 0.05  # mixes whose modelled costs differ by less than this fraction are ties
@@ -97,6 +96,28 @@ def timing_feed(reference: ReferenceSet, inputs: list[TensorSpec], spec: ModelSp
 
 def default_max_evaluations(groups: int) -> int:
     return 2 * groups + 10
+
+
+@dataclass(frozen=True)
+class TuneData:
+    """What a search judges and calibrates on."""
+
+    reference: ReferenceSet
+    calibration: dict[str, np.ndarray] | None = None
+    # A second set the answer is confirmed on; without it the search judges on one half of ``reference``
+    # and confirms on the other.
+    confirmation: ReferenceSet | None = None
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How a search runs: what must pass, how many evaluations it may make, the ModelOpt worker it shares
+    (a build's), and whom it tells about each evaluation (``on_evaluation(evaluation, done, budget)``)."""
+
+    policy: str | None = None
+    max_evaluations: int | None = None
+    modelopt: ModelOptWorker | None = None
+    on_evaluation: Callable[[Evaluation, int, int], None] | None = None
 
 
 @dataclass
@@ -172,8 +193,7 @@ class TuneResult:
         entry = variant.model_dump(exclude_defaults=True)
         best = self.best if self.best is not None and self.best.passed else None
         kept = [f"^{re.escape(name)}$" for name in (best.kept if best else [])]
-        key = "fp32_nodes" if variant.name == "fp16" else "exclude_nodes"
-        entry[key] = [*entry.get(key, []), *kept]
+        entry["keep_nodes"] = [*entry.get("keep_nodes", []), *kept]
         if best is not None and best.calibration_method not in (None, variant.calibration_method):
             entry["calibration_method"] = best.calibration_method
         entry.pop("tune", None)
@@ -236,18 +256,18 @@ def _allowance_use(kind: str, limit: float, interval: tuple[float | None, float 
 def decision_groups(model: Any, variant: VariantSpec) -> tuple[list[PrecisionGroup], list[PrecisionGroup]]:
     """(the layers the search decides on, the layers the variant keeps in FP32 anyway), in graph order.
 
-    Kept anyway: layers whose compute node the variant excludes by name or op type, does not quantize
-    (``quantize_op_types``), or keeps as an edge (INT8's ``keep_edges_fp32``)."""
+    Kept anyway: layers whose compute node the variant keeps by name or op type (``keep_nodes``,
+    ``keep_op_types``), does not quantize (``quantize_op_types``), or keeps as an edge (``keep_edges_fp32``),
+    each where the variant has that option."""
     groups = precision_groups(model)
-    fp16 = variant.name == "fp16"
-    patterns = variant.fp32_nodes if fp16 else variant.exclude_nodes
-    op_types = variant.fp32_op_types if fp16 else variant.exclude_op_types
-    always = set(nodes_matching(model, patterns, op_types))
-    if not fp16:
+    kind = variant_kind(variant.name)
+    always = set(nodes_matching(model, variant.keep_nodes, variant.keep_op_types))
+    if kind.applies("keep_edges_fp32"):
         always |= set(edge_exclusions(model, variant))
+    only = variant.quantize_op_types if kind.applies("quantize_op_types") else []
     decided, kept = [], []
     for group in groups:
-        lowered = (fp16 or not variant.quantize_op_types or group.op_type in variant.quantize_op_types)
+        lowered = not only or group.op_type in only
         (decided if lowered and group.name not in always else kept).append(group)
     return decided, kept
 
@@ -255,21 +275,21 @@ def decision_groups(model: Any, variant: VariantSpec) -> tuple[list[PrecisionGro
 class Tuner:
     """One search; see the module docstring. ``work_dir`` holds the evaluation cache."""
 
-    def __init__(self, fp32_path: Path, variant: VariantSpec, reference: ReferenceSet, *,
-                 calibration: dict[str, np.ndarray] | None, spec: ModelSpec | None, work_dir: Path,
-                 policy: str | None = None, max_evaluations: int | None = None,
-                 modelopt: ModelOptWorker | None = None, on_evaluation: Callable[[Evaluation, int, int], None] | None = None,
-                 confirmation: ReferenceSet | None = None) -> None:
-        if variant.name not in TUNABLE_VARIANTS:
+    def __init__(self, fp32_path: Path, variant: VariantSpec, data: TuneData, *, spec: ModelSpec | None,
+                 work_dir: Path, settings: TuneSettings | None = None) -> None:
+        self.kind = variant_kind(variant.name)
+        if not self.kind.tunable:
             raise BadInputError(f"tune: variant {variant.name!r} has no precision to tune "
                                 f"(use one of {', '.join(TUNABLE_VARIANTS)})")
+        settings = settings or TuneSettings()
+        reference, confirmation = data.reference, data.confirmation
         self.variant = variant
-        self.calibration = calibration
+        self.calibration = data.calibration
         self.spec = spec
-        self.policy = policy
+        self.policy = settings.policy
         self.work_dir = Path(work_dir)
-        self.modelopt = modelopt
-        self.on_evaluation = on_evaluation
+        self.modelopt = settings.modelopt
+        self.on_evaluation = settings.on_evaluation
         seed = spec.data.seed if spec is not None else 0
         if confirmation is not None:
             self.tuning, self.confirming = reference, confirmation
@@ -286,13 +306,13 @@ class Tuner:
         if not decided:
             raise BadInputError(f"tune: no {'/'.join(GROUP_OP_TYPES)} node that {variant.name} would lower: nothing "
                                 "to keep or lower (its edge layers stay FP32 anyway)")
-        kind = variant_kind(variant.name)
+        kind = self.kind
         inputs = spec.inputs if spec is not None else read_artifact(self.fp32_path).sidecar.inputs
-        for where, data in (("reference set", reference), ("confirmation set", confirmation)):
-            lacking = [t.name for t in inputs if data is not None and t.name not in data.inputs]
-            if lacking and data is not None:
-                raise DataError(f"{data.provenance.get('file') or where}: has no input {', '.join(lacking)} of the "
-                                f"model (it has {', '.join(data.inputs)}): a reference set of another model?")
+        for where, given in (("reference set", reference), ("confirmation set", confirmation)):
+            lacking = [t.name for t in inputs if given is not None and t.name not in given.inputs]
+            if lacking and given is not None:
+                raise DataError(f"{given.provenance.get('file') or where}: has no input {', '.join(lacking)} of the "
+                                f"model (it has {', '.join(given.inputs)}): a reference set of another model?")
         self.timing_feed = timing_feed(self.tuning, inputs, spec)
         self.cost = CostModel(model, self.timing_feed, [*decided, *always], target=kind.target,
                               low_precision=kind.precision, batched=all(t.has_batch_axis for t in inputs),
@@ -300,7 +320,7 @@ class Tuner:
         self.groups = [Group(g.name, g.op_type, list(g.nodes), self.cost.share(g.name)) for g in decided]
         self.methods = self._methods()
         self.method = self.methods[0]  # the calibration method mixes are made with (chosen on the full mix)
-        self.max_evaluations = max_evaluations or default_max_evaluations(len(self.groups))
+        self.max_evaluations = settings.max_evaluations or default_max_evaluations(len(self.groups))
         self.result = TuneResult(variant.name, self.groups, target=self.cost.target,
                                  cost_source=self.cost.table.source, split=split)
         self._key_base = self._content_key()
@@ -311,8 +331,9 @@ class Tuner:
         self._reports: dict[str, VariantReport] = {}  # candidate path -> its report, for the answer's
 
     def _methods(self) -> list[str | None]:
-        """INT8: the variant's calibration method, then the others unless the spec fixed one; FP16: none."""
-        if self.variant.name == "fp16":
+        """A calibrated variant (INT8): its calibration method, then the others unless the spec fixed one;
+        FP16: none."""
+        if not self.kind.applies("calibration_method"):
             return [None]
         own = "max" if self.variant.calibration_method == "minmax" else self.variant.calibration_method
         if "calibration_method" in self.variant.model_fields_set:
@@ -327,7 +348,7 @@ class Tuner:
 
         self.work_dir.mkdir(parents=True, exist_ok=True)
         raw = self.work_dir / "fp32-simplified.onnx"
-        optimize_artifact(source, "fp32", raw, spec=self.spec)
+        optimize_artifact(source, BASELINE, raw, spec=self.spec)
         artifact = read_artifact(raw)
         named = name_unnamed_nodes(onnx.load(str(raw)))
         return write_artifact(named, self.work_dir / "fp32.onnx", artifact.sidecar).path
@@ -429,8 +450,8 @@ class Tuner:
                           "search", seconds=round(time.perf_counter() - started, 2), path=str(candidate))
 
     def _speed(self, evaluation: Evaluation) -> float | None:
-        """Measured FP32 / candidate throughput, where this machine can measure it (int8-cpu)."""
-        if self.variant.name != "int8-cpu" or evaluation.path is None:
+        """Measured FP32 / candidate throughput, where this machine can measure it (a variant the registry times)."""
+        if self.kind.speed != "timed" or evaluation.path is None:
             return None
         if evaluation.speed is None:
             if self._fp32_runner is None:
@@ -489,13 +510,13 @@ class Tuner:
                 first = evaluation
 
     def _max_ties(self) -> int:
-        """Near ties are worth evaluating only where measured speed can order them (int8-cpu here)."""
-        return MAX_TIES if self.variant.name == "int8-cpu" else 0
+        """Near ties are worth evaluating only where measured speed can order them (a variant timed here)."""
+        return MAX_TIES if self.kind.speed == "timed" else 0
 
     def _drop_layers_left_fp32(self, full: Evaluation, fulls: list[Evaluation]) -> None:
         """INT8: layers the quantizer left in FP32 in the fully lowered graph are no decision (keeping
         them changes nothing); they are costed as FP32 and not searched."""
-        if self.variant.name == "fp16" or full.path is None:
+        if self.kind.precision != "int8" or full.path is None:
             return
         import onnx
 
@@ -694,17 +715,12 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     return path
 
 
-def tune_variant(fp32_path: Path, variant: VariantSpec, reference: ReferenceSet, output: Path, report_dir: Path, *,
-                 calibration: dict[str, np.ndarray] | None, spec: ModelSpec | None, policy: str | None = None,
-                 max_evaluations: int | None = None, modelopt: ModelOptWorker | None = None,
-                 on_evaluation: Callable[[Evaluation, int, int], None] | None = None,
-                 confirmation: ReferenceSet | None = None) -> TuneResult:
+def tune_variant(fp32_path: Path, variant: VariantSpec, data: TuneData, output: Path, report_dir: Path, *,
+                 spec: ModelSpec | None, settings: TuneSettings | None = None) -> TuneResult:
     """Search (cache in ``report_dir/cache``), write the report, and the confirmed answer to ``output``.
 
     An interrupted search writes its report (the points so far) but not ``output``."""
-    tuner = Tuner(fp32_path, variant, reference, calibration=calibration, spec=spec, work_dir=report_dir / "cache",
-                  policy=policy, max_evaluations=max_evaluations, modelopt=modelopt, on_evaluation=on_evaluation,
-                  confirmation=confirmation)
+    tuner = Tuner(fp32_path, variant, data, spec=spec, work_dir=report_dir / "cache", settings=settings)
     result = tuner.run()
     write_tune_report(result, variant, report_dir)
     if result.passed and not (result.stopped or "").startswith("interrupted"):

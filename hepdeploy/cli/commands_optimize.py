@@ -21,25 +21,30 @@ from hepdeploy.spec import ModelSpec, SourceSpec
 from hepdeploy.variants import variant_kind
 
 
+# The command line's spelling of each variant option it sets (named when the option does not apply).
+_FLAGS = {"calibration_method": "--method", "keep_nodes": "--keep-node", "keep_op_types": "--keep-op",
+          "quantize_op_types": "--quantize-op", "per_channel": "--per-tensor", "high_precision_dtype": "--high-precision",
+          "workspace_mib": "--workspace-mib", "version_compatible": "--version-compatible"}
+
+
 @click.command("optimize")
 @click.argument("model", type=click.Path(path_type=Path))
 @variant_option(required=True, help="Which variant to make (fp32 = simplified graph; tensorrt = a .plan, GPU only).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="OUT",
-              help="The .onnx (or .plan) file to write, or an existing folder for MODEL.<variant>.onnx.")
+              help="The .onnx (or .plan) file to write, or an existing folder for MODEL_<variant>.onnx "
+                   "(e.g. facile_int8_cpu.onnx).")
 @spec_option("Model spec (YAML): tensors, dims for the TensorRT profile, data and variant options.")
 @calibration_options
 @click.option("--method", type=click.Choice(["max", "entropy", "percentile"]),
               help="INT8 calibration method (default max).")
-@click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="REGEX",
-              help="INT8: leave nodes whose name matches unquantized (repeatable).")
-@click.option("--exclude-op", "exclude_ops", multiple=True, metavar="OP",
-              help="INT8: leave every node of this op type unquantized (repeatable).")
+@click.option("--keep-node", "--fp32-node", "--exclude-node", "keep_nodes", multiple=True, metavar="REGEX",
+              help="fp16, int8-*: keep nodes whose name matches in high precision, unlowered (repeatable; "
+                   "--fp32-node and --exclude-node are its older spellings).")
+@click.option("--keep-op", "--fp32-op", "--exclude-op", "keep_ops", multiple=True, metavar="OP",
+              help="fp16, int8-*: keep every node of this op type in high precision (repeatable; "
+                   "--fp32-op and --exclude-op are its older spellings).")
 @click.option("--quantize-op", "quantize_ops", multiple=True, metavar="OP",
               help="INT8: quantize only nodes of these op types, e.g. Conv, MatMul, Gemm (repeatable).")
-@click.option("--fp32-node", "fp32_nodes", multiple=True, metavar="REGEX",
-              help="FP16: keep nodes whose name matches in FP32 (repeatable).")
-@click.option("--fp32-op", "fp32_ops", multiple=True, metavar="OP",
-              help="FP16: keep every node of this op type in FP32 (repeatable).")
 @click.option("--per-tensor", is_flag=True, help="int8-cpu: per-tensor instead of per-channel weight scales.")
 @click.option("--high-precision", type=click.Choice(["fp32", "fp16"]),
               help="int8-trt: dtype of the layers left unquantized (default fp32).")
@@ -54,8 +59,8 @@ from hepdeploy.variants import variant_kind
 @server_release_option
 def optimize_command(
     model: Path, variant: str, output: Path | None, spec: ModelSpec | None, calibration: CalibrationOptions,
-    method: str | None, exclude_nodes: tuple[str, ...], exclude_ops: tuple[str, ...], quantize_ops: tuple[str, ...],
-    fp32_nodes: tuple[str, ...], fp32_ops: tuple[str, ...], per_tensor: bool, high_precision: str | None,
+    method: str | None, keep_nodes: tuple[str, ...], keep_ops: tuple[str, ...], quantize_ops: tuple[str, ...],
+    per_tensor: bool, high_precision: str | None,
     workspace_mib: int | None, require_gpu: bool, version_compatible: bool, precheck: bool, server_release: str | None,
 ) -> None:
     """Make one optimized VARIANT of the ONNX artifact MODEL.
@@ -77,16 +82,12 @@ def optimize_command(
     updates: dict[str, object] = {}
     if method:
         updates["calibration_method"] = method
-    if exclude_nodes:
-        updates["exclude_nodes"] = [*vspec.exclude_nodes, *exclude_nodes]
-    if exclude_ops:
-        updates["exclude_op_types"] = [*vspec.exclude_op_types, *exclude_ops]
+    if keep_nodes:
+        updates["keep_nodes"] = [*vspec.keep_nodes, *keep_nodes]
+    if keep_ops:
+        updates["keep_op_types"] = [*vspec.keep_op_types, *keep_ops]
     if quantize_ops:
         updates["quantize_op_types"] = [*vspec.quantize_op_types, *quantize_ops]
-    if fp32_nodes:
-        updates["fp32_nodes"] = [*vspec.fp32_nodes, *fp32_nodes]
-    if fp32_ops:
-        updates["fp32_op_types"] = [*vspec.fp32_op_types, *fp32_ops]
     if per_tensor:
         updates["per_channel"] = False
     if high_precision:
@@ -95,15 +96,16 @@ def optimize_command(
         updates["workspace_mib"] = workspace_mib
     if version_compatible:
         updates["version_compatible"] = True
+    kind = variant_kind(vspec.name)
+    kind.check_options(updates, spelling=_FLAGS)
     vspec = vspec.model_copy(update=updates)
 
     if calibration.changes_data_spec:
         spec = spec or _spec_from_model(model)
         spec = spec.model_copy(update={"data": spec.data.model_copy(update=calibration.data_update(spec))})
 
-    kind = variant_kind(vspec.name)
     if output.is_dir():
-        output = output / f"{model.stem}.{kind.name}{kind.suffix}"
+        output = output / kind.filename(model.stem)
     if calibration.path is None and kind.needs_calibration and (spec is None or not spec.data.calibration):
         raise BadInputError(f"{kind.name}: needs calibration data (--calibration FILE)")
     result = optimize_artifact(model, vspec, output, calibration=calibration.path, spec=spec,
@@ -114,7 +116,7 @@ def optimize_command(
 
 
 def _precheck(model: Path, variant: str, release_name: str | None) -> None:
-    if variant != "tensorrt":
+    if not variant_kind(variant).is_engine:
         raise BadInputError("--precheck checks a graph for a TensorRT engine: use it with --variant tensorrt")
     release = server_release(release_name or DEFAULT_SERVER_RELEASE)
     report = precheck_model(model, release.tensorrt)

@@ -13,8 +13,9 @@ from hepdeploy.fsutil import check_output_dir, check_output_folder
 from hepdeploy.optimize import calibration_path, check_calibration_rows, resolve_calibration, variant_spec
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.spec import ModelSpec, load_spec
-from hepdeploy.tune import TUNABLE_VARIANTS, Evaluation, describe, tune_variant
+from hepdeploy.tune import Evaluation, TuneData, TuneSettings, describe, tune_variant
 from hepdeploy.validate.reference import load_reference, make_reference
+from hepdeploy.variants import TUNABLE_VARIANTS
 
 INTERRUPTED_EXIT = 130
 
@@ -79,9 +80,8 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
         click.echo(f"[{done}/{budget}] {evaluation.phase}: {describe(evaluation)}", err=True)
 
     with ModelOptWorker() as modelopt:
-        result = tune_variant(model, vspec, reference, output, report_dir, calibration=arrays, spec=spec,
-                              policy=policy, max_evaluations=max_evals, modelopt=modelopt, on_evaluation=progress,
-                              confirmation=confirmation)
+        result = tune_variant(model, vspec, TuneData(reference, arrays, confirmation), output, report_dir, spec=spec,
+                              settings=TuneSettings(policy, max_evals, modelopt, on_evaluation=progress))
     click.echo(f"{variant}: {len(result.evaluations)} evaluations, {len(result.groups)} layers decided, "
                f"{result.candidates} mixes modelled faster than FP32; cost model: {result.target} "
                f"({result.cost_source})")

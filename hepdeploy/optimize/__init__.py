@@ -15,6 +15,7 @@ import functools
 import importlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,23 @@ def optimize_artifact(
     arrays = resolve_calibration(calibration, inputs, spec, samples)
     source = calibration_path(calibration, spec) if kind.needs_calibration else None
     check_calibration_rows(kind.name, arrays, source, inputs)
-    make = functools.partial(_make_onnx_variant, parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
-    return _learning_bounds(make, parent, kind, inputs, arrays, spec)
+    job = _VariantJob(parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
+    return _learning_bounds(functools.partial(_make_onnx_variant, job), job)
+
+
+@dataclass(frozen=True)
+class _VariantJob:
+    """One ONNX variant to make: from what, which, where to, on which data, with which tools."""
+
+    parent: Artifact
+    kind: VariantKind
+    vspec: VariantSpec
+    output: Path
+    inputs: list[TensorSpec]
+    arrays: dict[str, np.ndarray] | None  # calibration
+    spec: ModelSpec | None
+    modelopt: ModelOptWorker | None
+    calibration_source: Path | None  # the file (or glob) the arrays came from, for the sidecar
 
 
 def _maker(kind: VariantKind) -> Callable[..., Any]:
@@ -176,12 +192,11 @@ def _maker(kind: VariantKind) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
 
 
-def _learning_bounds(make: Callable[[dict[str, int], dict[str, int] | None], StepResult], parent: Artifact,
-                     kind: VariantKind, inputs: list[TensorSpec], arrays: dict[str, np.ndarray] | None,
-                     spec: ModelSpec | None) -> StepResult:
+def _learning_bounds(make: Callable[[dict[str, int], dict[str, int] | None], StepResult], job: _VariantJob) -> StepResult:
     """``make(bounds, learned)`` with the check batch's dims at least the bounds the graph puts on them (when
     it is sampled, without data); a run that still fails with a bound the walk missed is made once more
     with the size the error states (``learned``, recorded in the sidecar)."""
+    parent, kind, inputs, arrays, spec = job.parent, job.kind, job.inputs, job.arrays, job.spec
     bounds = {} if arrays else minimums(graph_dim_bounds(parent.path))
     try:
         return make(bounds, None)
@@ -197,22 +212,12 @@ def _learning_bounds(make: Callable[[dict[str, int], dict[str, int] | None], Ste
         return make({**bounds, **learned}, learned)
 
 
-def _make_onnx_variant(
-    parent: Artifact,
-    kind: VariantKind,
-    vspec: VariantSpec,
-    output: Path,
-    inputs: list[TensorSpec],
-    arrays: dict[str, np.ndarray] | None,
-    spec: ModelSpec | None,
-    modelopt: ModelOptWorker | None,
-    calibration_source: Path | None,
-    bounds: dict[str, int],
-    learned: dict[str, int] | None,
-) -> StepResult:
+def _make_onnx_variant(job: _VariantJob, bounds: dict[str, int], learned: dict[str, int] | None) -> StepResult:
     import onnx
 
-    sample = check_batch(inputs, spec, arrays, count=CHECK_ROWS, seed=spec.data.seed if spec else 0, bounds=bounds)
+    parent, kind, inputs, spec = job.parent, job.kind, job.inputs, job.spec
+
+    sample = check_batch(inputs, spec, job.arrays, count=CHECK_ROWS, seed=spec.data.seed if spec else 0, bounds=bounds)
     steps: list[StepRecord] = []
     model = load_onnx(parent.path)
     # Old exporters: IR 3 lifted, and quantized variants need per-channel Q/DQ (opset 13).
@@ -236,14 +241,14 @@ def _make_onnx_variant(
         with work_folder("opt") as folder:
             prepared = Path(folder) / "prepared.onnx"
             onnx.save(name_unnamed_nodes(model), str(prepared))
-            variant = _LoweredVariant(kind, prepared, inputs, arrays, spec, modelopt, label, sample)
+            variant = _LoweredVariant(job, prepared, label, sample)
             try:
-                model, parameters = variant.make(vspec)
+                model, parameters = variant.make(job.vspec)
             except NativeCrashError as crash:  # the layers whose lowering crashes ONNX Runtime stay FP32
-                model, parameters = variant.keeping_what_crashes(vspec, crash)
+                model, parameters = variant.keeping_what_crashes(job.vspec, crash)
         precision = parameters.pop("precision", precision)
-        if calibration_source is not None:  # where the calibration came from (a file, or a glob of ROOT files)
-            parameters["calibration_data"] = str(calibration_source)
+        if job.calibration_source is not None:  # where the calibration came from (a file, or a glob of ROOT files)
+            parameters["calibration_data"] = str(job.calibration_source)
         steps.append(StepRecord(name=kind.name, tool=kind.tool, tool_version=package_version(kind.tool),
                                 parameters=parameters))
     else:
@@ -255,8 +260,8 @@ def _make_onnx_variant(
     record = VariantRecord(name=kind.name, precision=precision, target=kind.target)
     sidecar = derive_sidecar(parent, record, steps[0])
     sidecar.steps.extend(steps[1:])
-    artifact = write_artifact(prune_opset_imports(model), output, sidecar)
-    log.info("%s: wrote %s", kind.name, output)
+    artifact = write_artifact(prune_opset_imports(model), job.output, sidecar)
+    log.info("%s: wrote %s", kind.name, job.output)
     details = {k: v for step in steps for k, v in step.parameters.items() if not isinstance(v, (list, dict))}
     return StepResult(kind.name, "ok", outputs=[artifact.path, artifact.sidecar_path], details=details,
                       variant=kind.name)
@@ -266,11 +271,9 @@ class _LoweredVariant:
     """One low-precision variant of a prepared FP32 graph: made by its maker and checked to run, and, when
     ONNX Runtime crashes natively on it, made again with the layers whose lowering crashes kept in FP32."""
 
-    def __init__(self, kind: VariantKind, prepared: Path, inputs: list[TensorSpec], arrays: dict[str, np.ndarray] | None,
-                 spec: ModelSpec | None, modelopt: ModelOptWorker | None, label: str,
-                 sample: dict[str, np.ndarray]) -> None:
-        self.kind, self.prepared, self.inputs, self.arrays, self.spec = kind, prepared, inputs, arrays, spec
-        self.tools = {"modelopt": modelopt} if kind.uses_modelopt else {}
+    def __init__(self, job: _VariantJob, prepared: Path, label: str, sample: dict[str, np.ndarray]) -> None:
+        self.kind, self.prepared, self.inputs, self.arrays, self.spec = job.kind, prepared, job.inputs, job.arrays, job.spec
+        self.tools = {"modelopt": job.modelopt} if job.kind.uses_modelopt else {}
         self.label, self.sample = label, sample
 
     def make(self, vspec: VariantSpec) -> tuple[Any, dict[str, Any]]:

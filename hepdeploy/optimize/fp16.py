@@ -79,7 +79,7 @@ def make_fp16(
             reference = {name: value[None] for name, value in reference.items()}
         source = "random samples from the tensor specs"
     feeds = list(calibration_feeds(reference, inputs, batch_size=batch_size_for(reference, 16)))
-    model, parameters = convert_fp16(prepared, feeds, variant.fp32_nodes, variant.fp32_op_types, modelopt)
+    model, parameters = convert_fp16(prepared, feeds, variant.keep_nodes, variant.keep_op_types, modelopt)
     parameters["reference_data"] = source
     return model, parameters
 
@@ -87,18 +87,18 @@ def make_fp16(
 def convert_fp16(
     model_path: Path,
     reference_feeds: list[dict[str, np.ndarray]],
-    fp32_nodes: list[str],
-    fp32_op_types: list[str],
+    keep_nodes: list[str],
+    keep_op_types: list[str],
     modelopt: ModelOptWorker | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """AutoCast ``model_path`` to FP16 driven by ``reference_feeds`` (one dict per run); FP32 I/O kept."""
     import onnx
 
     original = onnx.load(str(model_path))
-    check_node_patterns(original, fp32_nodes, "--fp32-node")
-    check_op_types(fp32_op_types, "--fp32-op")
+    check_node_patterns(original, keep_nodes, "--keep-node")
+    check_op_types(keep_op_types, "--keep-op")
     # A kept compute node keeps its whole layer (``optimize.keep``), handed over as exact names.
-    kept = expand_to_groups(original, nodes_matching(original, fp32_nodes, []))
+    kept = expand_to_groups(original, nodes_matching(original, keep_nodes, []))
     kept_patterns = [f"^{re.escape(name)}$" for name in kept]
     with work_folder("fp16") as folder:
         # A folder of .npz files, one model run each (AutoCast would split one file by
@@ -118,7 +118,7 @@ def convert_fp16(
                 "kwargs": {
                     "low_precision_type": "fp16",
                     "nodes_to_exclude": kept_patterns or None,
-                    "op_types_to_exclude": list(fp32_op_types) or None,
+                    "op_types_to_exclude": list(keep_op_types) or None,
                     "keep_io_types": True,
                     "providers": ["cpu"],
                 },
@@ -139,8 +139,8 @@ def convert_fp16(
         "tool": "modelopt.onnx.autocast",
         "low_precision_type": "fp16",
         "keep_io_types": True,
-        "fp32_nodes": list(fp32_nodes),
-        "fp32_op_types": list(fp32_op_types),
+        "keep_nodes": list(keep_nodes),
+        "keep_op_types": list(keep_op_types),
         "reference_runs": len(reference_feeds),
         "nodes_kept_fp32": len(fp32_compute),
         "kept_fp32_examples": fp32_compute[:20],

@@ -99,11 +99,11 @@ def _load_checked(model_path: Path, variant: VariantSpec) -> tuple[onnx.ModelPro
     import onnx
 
     original = onnx.load(str(model_path))
-    check_node_patterns(original, variant.exclude_nodes, "--exclude-node")
-    check_op_types(variant.exclude_op_types, "--exclude-op")
+    check_node_patterns(original, variant.keep_nodes, "--keep-node")
+    check_op_types(variant.keep_op_types, "--keep-op")
     check_op_types(variant.quantize_op_types, "--quantize-op")
     edges = edge_exclusions(original, variant)
-    named = nodes_matching(original, variant.exclude_nodes, variant.exclude_op_types)
+    named = nodes_matching(original, variant.keep_nodes, variant.keep_op_types)
     return original, edges, expand_to_groups(original, [*named, *edges])
 
 
@@ -189,7 +189,7 @@ def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, kept: list[str], 
                     "calibration_method": "max" if method == "percentile" else method,
                     "calibration_cache_path": str(cache_path) if cache_path else None,
                     "calibration_eps": ["cpu"],
-                    "op_types_to_exclude": list(variant.exclude_op_types) or None,
+                    "op_types_to_exclude": list(variant.keep_op_types) or None,
                     "op_types_to_quantize": list(variant.quantize_op_types) or None,
                     "nodes_to_exclude": exclude_patterns or None,
                     "high_precision_dtype": variant.high_precision_dtype,
@@ -224,8 +224,8 @@ def _modelopt_ptq(model_path: Path, original: onnx.ModelProto, kept: list[str], 
         "high_precision_dtype": variant.high_precision_dtype,
         # INT8 layers plus FP16 for the rest is "mixed" in the sidecar.
         **({"precision": "mixed"} if variant.high_precision_dtype == "fp16" else {}),
-        "nodes_to_exclude": list(variant.exclude_nodes),
-        "op_types_to_exclude": list(variant.exclude_op_types),
+        "nodes_to_exclude": list(variant.keep_nodes),
+        "op_types_to_exclude": list(variant.keep_op_types),
         "op_types_to_quantize": list(variant.quantize_op_types) or "modelopt default",
         **worker_parameters(reply),
     }

@@ -89,11 +89,9 @@ def nodes_matching(model: onnx.ModelProto, patterns: list[str], op_types: list[s
 
 
 def keep_in_fp32(variant: VariantSpec, names: Iterable[str]) -> VariantSpec:
-    """``variant`` keeping the nodes ``names`` (exact) in FP32 as well, in the variant's own words:
-    ``fp32_nodes`` for fp16, ``exclude_nodes`` for INT8."""
+    """``variant`` keeping the nodes ``names`` (exact) in FP32 as well (``keep_nodes``)."""
     patterns = [f"^{re.escape(name)}$" for name in sorted(names)]
-    key = "fp32_nodes" if variant.name == "fp16" else "exclude_nodes"
-    return variant.model_copy(update={key: [*getattr(variant, key), *patterns]})
+    return variant.model_copy(update={"keep_nodes": [*variant.keep_nodes, *patterns]})
 
 
 def expand_to_groups(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:

@@ -150,45 +150,20 @@ def build_engine(
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly_typed is not None:
-        flags |= 1 << int(strongly_typed)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(parent.path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ConversionError(f"tensorrt: the ONNX parser refused {parent.path}: {errors}")
-
+    network, parser, strongly_typed = _parsed_network(trt, builder, logger, parent.path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, variant.workspace_mib << 20)
     builder_flags = []
     if variant.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         builder_flags.append("VERSION_COMPATIBLE")
-    profile = builder.create_optimization_profile()
-    recorded: dict[str, ProfileRange] = {}
-    shape_values: dict[str, ProfileRange] = {}
-    for tensor in (network.get_input(i) for i in range(network.num_inputs)):
-        if tensor.is_shape_tensor:
-            # Its values, not its shape, set the output shapes: TensorRT needs their range.
-            values = variant.shape_input_values.get(tensor.name)
-            if values is None:
-                raise ConversionError(f"tensorrt: input {tensor.name!r} is a shape tensor; give its value range as "
-                                      f"shape_input_values: {{{tensor.name!r}: {{min: [...], opt: [...], max: [...]}}}} "
-                                      "in the tensorrt variant of the spec")
-            profile.set_shape_input(tensor.name, values.min, values.opt, values.max)
-            shape_values[tensor.name] = values
-            continue
-        if tensor.name not in shapes:
-            raise ConversionError(f"tensorrt: network input {tensor.name!r} is not in the spec's inputs")
-        low, opt, high = shapes[tensor.name]
-        profile.set_shape(tensor.name, low, opt, high)
-        recorded[tensor.name] = ProfileRange(min=list(low), opt=list(opt), max=list(high))
-    config.add_optimization_profile(profile)
+    profile = _Profile(builder.create_optimization_profile())
+    profile.cover(network, shapes, variant.shape_input_values)
+    config.add_optimization_profile(profile.profile)
     attach_timing_cache(config, timing_cache)
 
     serialized = builder.build_serialized_network(network, config)
+    del parser  # kept alive until the build: the network holds weights the parser owns
     if serialized is None:
         raise ConversionError(f"tensorrt: the builder failed on {parent.path} (see the TensorRT log above)")
     with atomic_path(output, suffix=".plan.tmp") as tmp:
@@ -198,20 +173,70 @@ def build_engine(
         tensorrt_version=trt.__version__,
         compute_capability=device.compute_capability,
         gpu_name=device.name,
-        profiles=[recorded],
-        shape_input_values=shape_values,
+        profiles=[profile.recorded],
+        shape_input_values=profile.shape_values,
         precision=parent.sidecar.variant.precision,
         builder_flags=builder_flags,
-        strongly_typed=strongly_typed is not None,
+        strongly_typed=strongly_typed,
         version_compatible=variant.version_compatible,
         onnx_sha256=parent.sidecar.sha256,
     )
     parameters: dict[str, Any] = {**metadata.model_dump(mode="json"), "workspace_mib": variant.workspace_mib,
                                   "timing_cache": str(timing_cache)}
-    step = StepRecord(name=PLAN_STEP, tool="tensorrt", tool_version=trt.__version__, parameters=parameters)
+    sidecar_path = _write_sidecar(parent, output, StepRecord(name=PLAN_STEP, tool="tensorrt",
+                                                              tool_version=trt.__version__, parameters=parameters))
+    save_timing_cache(config, timing_cache)
+    return StepResult("tensorrt", "ok", outputs=[output, sidecar_path], details=parameters)
+
+
+def _parsed_network(trt: Any, builder: Any, logger: Any, path: Path) -> tuple[Any, Any, bool]:
+    """(network, its parser, whether it is strongly typed) for the ONNX file at ``path``."""
+    flags = 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None:
+        flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ConversionError(f"tensorrt: the ONNX parser refused {path}: {errors}")
+    return network, parser, strongly_typed is not None
+
+
+class _Profile:
+    """The one optimisation profile, and what it was set to (recorded in the plan's sidecar)."""
+
+    def __init__(self, profile: Any) -> None:
+        self.profile = profile
+        self.recorded: dict[str, ProfileRange] = {}
+        self.shape_values: dict[str, ProfileRange] = {}
+
+    def cover(self, network: Any, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]],
+              shape_input_values: dict[str, ProfileRange]) -> None:
+        """min/opt/max of every network input: its shape, or for a shape tensor the range of its values."""
+        for tensor in (network.get_input(i) for i in range(network.num_inputs)):
+            if tensor.is_shape_tensor:
+                # Its values, not its shape, set the output shapes: TensorRT needs their range.
+                values = shape_input_values.get(tensor.name)
+                if values is None:
+                    raise ConversionError(
+                        f"tensorrt: input {tensor.name!r} is a shape tensor; give its value range as "
+                        f"shape_input_values: {{{tensor.name!r}: {{min: [...], opt: [...], max: [...]}}}} "
+                        "in the tensorrt variant of the spec")
+                self.profile.set_shape_input(tensor.name, values.min, values.opt, values.max)
+                self.shape_values[tensor.name] = values
+                continue
+            if tensor.name not in shapes:
+                raise ConversionError(f"tensorrt: network input {tensor.name!r} is not in the spec's inputs")
+            low, opt, high = shapes[tensor.name]
+            self.profile.set_shape(tensor.name, low, opt, high)
+            self.recorded[tensor.name] = ProfileRange(min=list(low), opt=list(opt), max=list(high))
+
+
+def _write_sidecar(parent: Artifact, output: Path, step: StepRecord) -> Path:
+    """The plan's sidecar: the parent's, with the build step and the plan's hash."""
     record = VariantRecord(name="tensorrt", precision=parent.sidecar.variant.precision, target="tensorrt")
     sidecar = derive_sidecar(parent, record, step).model_copy(update={"sha256": sha256_file(output)})
     sidecar_path = engine_sidecar_path(output)
     atomic_write_text(sidecar_path, sidecar.model_dump_json(indent=2) + "\n")
-    save_timing_cache(config, timing_cache)
-    return StepResult("tensorrt", "ok", outputs=[output, sidecar_path], details=parameters)
+    return sidecar_path

@@ -27,7 +27,7 @@ import numpy as np
 
 from hepdeploy.artifacts import load_onnx
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, with_outputs
-from hepdeploy.compare import PRECISION_DEFAULTS, compare_arrays, precision_key, sqnr_db
+from hepdeploy.compare import MIN_SQNR_DB, PRECISION_DEFAULTS, compare_arrays, precision_key, sqnr_db
 from hepdeploy.data import common_batch_size
 from hepdeploy.errors import DataError
 
@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOCALIZE_SAMPLES = 256
 Rule = Literal["sqnr", "tolerance"]
-# The SQNR below which a tensor has lost precision, per candidate precision. FP32 graphs that
-# only reorder sums stay above 100 dB; FP16 rounds at ~66 dB per operation and a few roundings
-# accumulate to ~50 dB; INT8 tensors sit at 25-40 dB. Below the floor, more than a trace of the
-# signal is noise: 1 % of its amplitude at 40 dB, 10 % at 20 dB.
-MIN_SQNR_DB = {"fp32": 80.0, "fp16": 40.0, "int8": 20.0}
 # When drops are ranked, SQNR is clipped to [-40, floor + 40] dB: an exact input (+inf) or a NaN
 # output (-inf) would otherwise make a drop infinite, and in a graph that loses a little precision
 # everywhere the first rounded node (exact -> ~60 dB) would always outrank a real loss further on

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hepdeploy.compare import precision_key
+from hepdeploy.compare import DEFAULT_POLICY, precision_key
 from hepdeploy.validate.report import VariantReport
 
 if TYPE_CHECKING:
     from hepdeploy.spec import ModelSpec
-
-# Default pass policy per precision (spec.validation.policy overrides): FP32 must agree
-# numerically; FP16 and INT8 are judged by physics when labels exist.
-DEFAULT_POLICY = {"fp32": "numerical", "fp16": "physics", "int8": "physics"}
-
 
 def choose_policy(
     precision: str, physics_ran: bool, spec: ModelSpec | None, policy: str | None, why_not: str = "no labels/targets"

@@ -124,12 +124,34 @@ def test_corrupt_model(tmp_path: Path) -> None:
 
 def test_fp16_node_pattern_that_matches_nothing(add_relu: tuple[Path, Path], tmp_path: Path) -> None:
     model, _ = add_relu
+    code, _, err = _run("optimize", str(model), "--variant", "fp16", "--keep-node", "no_such_node",
+                        "-o", str(tmp_path / "o.onnx"))
+    assert code == 2 and "--keep-node 'no_such_node' matches no node" in err
+    code, _, err = _run("optimize", str(model), "--variant", "fp16", "--keep-op", "NotAnOp",
+                        "-o", str(tmp_path / "o.onnx"))
+    assert code == 2 and "--keep-op 'NotAnOp' is not an ONNX operator type" in err
+    # The older spellings of the one pair (fp16's --fp32-node, INT8's --exclude-op) are the same options.
     code, _, err = _run("optimize", str(model), "--variant", "fp16", "--fp32-node", "no_such_node",
                         "-o", str(tmp_path / "o.onnx"))
-    assert code == 2 and "matches no node" in err
-    code, _, err = _run("optimize", str(model), "--variant", "fp16", "--fp32-op", "NotAnOp",
+    assert code == 2 and "--keep-node 'no_such_node' matches no node" in err
+    code, _, err = _run("optimize", str(model), "--variant", "fp16", "--exclude-op", "NotAnOp",
                         "-o", str(tmp_path / "o.onnx"))
-    assert code == 2 and "is not an ONNX operator type" in err
+    assert code == 2 and "--keep-op 'NotAnOp' is not an ONNX operator type" in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(("variant", "option", "value"), [
+    ("int8-cpu", "--workspace-mib", "1024"), ("fp32", "--keep-node", "add"), ("fp16", "--method", "entropy"),
+    ("int8-trt", "--per-tensor", None), ("tensorrt", "--quantize-op", "Conv"), ("int8-cpu", "--high-precision", "fp16"),
+])
+def test_an_option_that_does_not_apply_to_the_variant_is_refused(add_relu: tuple[Path, Path], tmp_path: Path,
+                                                                  variant: str, option: str, value: str | None) -> None:
+    model, data = add_relu
+    out = tmp_path / "o.onnx"
+    code, _, err = _run("optimize", str(model), "--variant", variant, option, *([value] if value else []),
+                        "--calibration", str(data), "-o", str(out))
+    assert code == 2 and f"{option} does not apply to the {variant} variant" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
 @pytest.mark.slow
@@ -137,8 +159,9 @@ def test_cli_fp32_and_fp16_write_artifacts(add_relu: tuple[Path, Path], tmp_path
     model, data = add_relu
     code, out, err = _run("optimize", str(model), "--variant", "fp32", "-o", str(tmp_path))
     assert code == 0, err
-    assert out.startswith("fp32: ok") and (tmp_path / "add_relu.fp32.onnx").is_file()
-    code, out, err = _run("optimize", str(tmp_path / "add_relu.fp32.onnx"), "--variant", "fp16",
+    # An output folder gets the registry's file name, the one a build gives the variant.
+    assert out.startswith("fp32: ok") and (tmp_path / "add_relu_fp32.onnx").is_file()
+    code, out, err = _run("optimize", str(tmp_path / "add_relu_fp32.onnx"), "--variant", "fp16",
                           "--calibration", str(data), "--samples", "32", "-o", str(tmp_path / "half.onnx"))
     assert code == 0, err
     half = onnx.load(str(tmp_path / "half.onnx"))

@@ -16,6 +16,7 @@ from hepdeploy.optimize.trt_precheck import (
     operator_list,
     precheck_model,
 )
+from hepdeploy.variants import variant_kind
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=17, extra_opsets=()):
@@ -96,17 +97,17 @@ def test_opset_outside_the_list_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_variants_for_tensorrt_pass_and_cpu_int8_is_refused(small_cnn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     for variant in ("fp16", "int8-trt", "int8-cpu"):
-        optimize_artifact(small_cnn.path, variant, tmp_path / f"cnn.{variant}.onnx", calibration=small_cnn.calibration,
-                          samples=128)
+        optimize_artifact(small_cnn.path, variant, tmp_path / variant_kind(variant).filename("cnn"),
+                          calibration=small_cnn.calibration, samples=128)
     assert precheck_model(small_cnn.path, "10.5").ok
-    assert precheck_model(tmp_path / "cnn.fp16.onnx", "10.5").ok
-    assert precheck_model(tmp_path / "cnn.int8-trt.onnx", "10.5").ok
-    refused = precheck_model(tmp_path / "cnn.int8-cpu.onnx", "10.5")
+    assert precheck_model(tmp_path / "cnn_fp16.onnx", "10.5").ok
+    assert precheck_model(tmp_path / "cnn_int8_trt.onnx", "10.5").ok
+    refused = precheck_model(tmp_path / "cnn_int8_cpu.onnx", "10.5")
     assert not refused.ok and "UINT8 quantization" in refused.errors[0].message
-    cli = CliRunner().invoke(main, ["optimize", str(tmp_path / "cnn.int8-cpu.onnx"), "--variant", "tensorrt",
+    cli = CliRunner().invoke(main, ["optimize", str(tmp_path / "cnn_int8_cpu.onnx"), "--variant", "tensorrt",
                                     "--precheck"])
     assert cli.exit_code == 1 and "would be refused" in cli.output
-    cli = CliRunner().invoke(main, ["optimize", str(tmp_path / "cnn.int8-trt.onnx"), "--variant", "tensorrt",
+    cli = CliRunner().invoke(main, ["optimize", str(tmp_path / "cnn_int8_trt.onnx"), "--variant", "tensorrt",
                                     "--precheck", "--server-release", "24.10"])
     assert cli.exit_code == 0 and "passes" in cli.output
     cli = CliRunner().invoke(main, ["optimize", str(small_cnn.path), "--variant", "fp16", "--precheck"])

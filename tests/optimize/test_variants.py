@@ -14,6 +14,7 @@ from hepdeploy.backend.onnxrt import run_once
 from hepdeploy.optimize import optimize_artifact
 from hepdeploy.optimize.graph import FLOAT, precision_summary
 from hepdeploy.spec import VariantSpec
+from hepdeploy.variants import variant_kind
 
 OnnxModel = object  # tests/optimize/conftest.py: .path, .calibration, .spec
 
@@ -33,11 +34,11 @@ def cnn_variants(small_cnn: OnnxModel, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("cnn-variants")
     made = {}
     for name in ("fp32", "fp16", "int8-trt", "int8-cpu"):
-        result = optimize_artifact(small_cnn.path, name, out / f"cnn.{name}.onnx",
-                                   calibration=small_cnn.calibration, samples=256)
+        path = out / variant_kind(name).filename("cnn")
+        result = optimize_artifact(small_cnn.path, name, path, calibration=small_cnn.calibration, samples=256)
         assert result.status == "ok", result.line()
-        assert result.outputs == [out / f"cnn.{name}.onnx", out / f"cnn.{name}.json"]
-        made[name] = out / f"cnn.{name}.onnx"
+        assert result.outputs == [path, path.with_suffix(".json")]
+        made[name] = path
     return made
 
 
@@ -117,10 +118,10 @@ def test_variants_are_deterministic(small_cnn: OnnxModel, cnn_variants: dict[str
 
 
 @pytest.mark.slow
-def test_fp16_user_forced_fp32_nodes_and_ops(small_cnn: OnnxModel, tmp_path: Path) -> None:
+def test_fp16_user_kept_nodes_and_ops(small_cnn: OnnxModel, tmp_path: Path) -> None:
     simplified = onnx.load(str(small_cnn.path))
     conv_names = [n.name for n in simplified.graph.node if n.op_type == "Conv"]
-    variant = VariantSpec(name="fp16", fp32_op_types=["Gemm"], fp32_nodes=[conv_names[0]])
+    variant = VariantSpec(name="fp16", keep_op_types=["Gemm"], keep_nodes=[conv_names[0]])
     out = tmp_path / "forced.onnx"
     result = optimize_artifact(small_cnn.path, variant, out, calibration=small_cnn.calibration, samples=64)
     assert result.ok
@@ -138,7 +139,7 @@ def test_fp16_user_forced_fp32_nodes_and_ops(small_cnn: OnnxModel, tmp_path: Pat
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["int8-cpu", "int8-trt"])
 def test_int8_exclusions_and_methods(small_cnn: OnnxModel, tmp_path: Path, variant: str, toy_images) -> None:  # type: ignore[no-untyped-def]
-    excluded = VariantSpec(name=variant, exclude_op_types=["Conv"], keep_edges_fp32=False)  # type: ignore[arg-type]
+    excluded = VariantSpec(name=variant, keep_op_types=["Conv"], keep_edges_fp32=False)  # type: ignore[arg-type]
     out = tmp_path / "noconv.onnx"
     optimize_artifact(small_cnn.path, excluded, out, calibration=small_cnn.calibration, samples=64)
     model = onnx.load(str(out))

@@ -64,7 +64,7 @@ def test_keeping_more_layers_never_harms_more_than_the_noise(facile) -> None:  #
     for k in range(len(layers)):  # nested: nothing, dense_0, dense_0..1, ... dense_0..4
         kept = layers[:k]
         candidate = folder / f"keep_{k}.onnx"
-        optimize_artifact(fp32, variant.model_copy(update={"exclude_nodes": [f"^{n}$" for n in kept]}), candidate,
+        optimize_artifact(fp32, variant.model_copy(update={"keep_nodes": [f"^{n}$" for n in kept]}), candidate,
                           calibration=calibration, spec=spec)
         report = validate_candidate(candidate, reference, spec=spec, name=f"keep {k}")
         chain.append((k, harm_of(report), _noise(report)))
@@ -80,7 +80,7 @@ def test_keeping_every_layer_is_the_fp32_graph_and_a_kept_layer_reads_fp32(facil
     model = onnx.load(str(fp32))
     variant = spec.variant("int8-cpu").model_copy(update={"tune": False})
     layers = [group.name for group in decision_groups(model, variant)[0]]
-    every = variant.model_copy(update={"exclude_nodes": [f"^{n}$" for n in layers]})
+    every = variant.model_copy(update={"keep_nodes": [f"^{n}$" for n in layers]})
     graph, parameters, _ = lowered_graph("int8-cpu", fp32, every, spec.inputs, calibration)
     assert not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.graph.node)
     feed = {"input": reference.inputs["input"][:4096]}
@@ -90,7 +90,7 @@ def test_keeping_every_layer_is_the_fp32_graph_and_a_kept_layer_reads_fp32(facil
     # One layer lowered among kept ones: its neighbours read FP32 (the lowered layer's output comes back
     # dequantized, with the ReLU the quantizer folded into its Q/DQ pair applied again).
     lowered = layers[2]
-    some = variant.model_copy(update={"exclude_nodes": [f"^{n}$" for n in layers if n != lowered]})
+    some = variant.model_copy(update={"keep_nodes": [f"^{n}$" for n in layers if n != lowered]})
     graph, parameters, _ = lowered_graph("int8-cpu", fp32, some, spec.inputs, calibration)
     assert parameters["fp32_inputs_restored"] >= 1
     producer = {out: node for node in graph.graph.node for out in node.output}

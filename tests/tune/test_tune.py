@@ -17,7 +17,7 @@ from hepdeploy.cli import main
 from hepdeploy.data import save_tensors
 from hepdeploy.pipeline import BuildOptions, build
 from hepdeploy.spec import load_spec
-from hepdeploy.tune import Tuner, pareto_front, tune_variant
+from hepdeploy.tune import TuneData, Tuner, TuneSettings, pareto_front, tune_variant
 from hepdeploy.validate.reference import make_reference
 
 LAYERS = ("first", "second", "third", "head")
@@ -87,8 +87,8 @@ def _tuner(tmp_path: Path, spec_path: Path, **kwargs) -> Tuner:  # noqa: ANN003
     spec = load_spec(spec_path)
     reference = make_reference(spec, spec.resolve(spec.data.reference), spec=spec)
     calibration = {"x": np.load(spec.resolve(spec.data.calibration))["x"]}
-    return Tuner(spec.resolve(spec.source.path), spec.variant("int8-cpu"), reference, calibration=calibration,
-                 spec=spec, work_dir=tmp_path / "work", **kwargs)
+    return Tuner(spec.resolve(spec.source.path), spec.variant("int8-cpu"), TuneData(reference, calibration),
+                 spec=spec, work_dir=tmp_path / "work", settings=TuneSettings(**kwargs))
 
 
 def test_the_damaged_layer_alone_is_kept_and_everything_else_is_quantized(tmp_path: Path) -> None:
@@ -125,9 +125,9 @@ def test_the_damaged_layer_alone_is_kept_and_everything_else_is_quantized(tmp_pa
     assert tune_step["name"] == "tune" and tune_step["parameters"]["kept_high_precision"] == ["first"]
     assert tune_step["parameters"]["confirmation_verdict"].startswith("PASS")
     assert tune_step["parameters"]["spec_fragment"] == {
-        "variants": [{"name": "int8-cpu", "exclude_nodes": ["^first$"]}]}
+        "variants": [{"name": "int8-cpu", "keep_nodes": ["^first$"]}]}
     assert (tmp_path / "raw_int8-tune" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert "exclude_nodes" in (tmp_path / "raw_int8-tune" / "tune.yaml").read_text()
+    assert "keep_nodes" in (tmp_path / "raw_int8-tune" / "tune.yaml").read_text()
     # A rerun costs no evaluation: every point comes from the content-hash cache.
     again = CliRunner().invoke(main, ["tune", str(spec_path), "--variant", "int8-cpu", "-o", str(out)])
     assert again.exit_code == 0 and "(cached)" in again.output
@@ -213,9 +213,9 @@ def test_ctrl_c_writes_no_variant_and_keeps_the_points_so_far(tmp_path: Path) ->
             raise KeyboardInterrupt
 
     out = tmp_path / "interrupted.onnx"
-    result = tune_variant(spec.resolve(spec.source.path), spec.variant("int8-cpu"), reference, out,
-                          tmp_path / "report", calibration={"x": np.load(tmp_path / "calibration.npz")["x"]},
-                          spec=spec, on_evaluation=interrupt)
+    data = TuneData(reference, {"x": np.load(tmp_path / "calibration.npz")["x"]})
+    result = tune_variant(spec.resolve(spec.source.path), spec.variant("int8-cpu"), data, out,
+                          tmp_path / "report", spec=spec, settings=TuneSettings(on_evaluation=interrupt))
     assert result.stopped == "interrupted (Ctrl-C)" and len(result.evaluations) == 3
     assert not out.exists() and not out.with_suffix(".json").exists()
     assert len(json.loads((tmp_path / "report" / "tune.json").read_text())["evaluations"]) == 3
