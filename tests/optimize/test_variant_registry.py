@@ -15,7 +15,7 @@ from hepdeploy.compare import DEFAULT_POLICY, MIN_SQNR_DB, PRECISION_DEFAULTS, P
 from hepdeploy.errors import BadInputError, SpecError
 from hepdeploy.pipeline import variant_file
 from hepdeploy.spec import VariantSpec, spec_from_dict
-from hepdeploy.validate import choose_policy
+from hepdeploy.validate.verdict import choose_policy
 from hepdeploy.variants import REGISTRY, TUNABLE_VARIANTS, variant_kind
 
 
