@@ -29,13 +29,13 @@ import numpy as np
 from hepdeploy.artifacts import read_artifact, read_engine_sidecar
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.backend.trt import tensorrt_unavailable
-from hepdeploy.convert import convert_from_spec, merge_zoo_spec
+from hepdeploy.convert import convert_from_spec
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, HepDeployError, NativeCrashError, first_line
 from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.graph_bounds import DimBound, graph_dim_bounds, length_problems, minimums, spec_dim_problems
 from hepdeploy.memory import peak_memory
-from hepdeploy.model_zoo import export_network, get_network
+from hepdeploy.model_zoo import get_network, zoo_source_spec
 from hepdeploy.ntuple import load_preprocess
 from hepdeploy.optimize import optimize_artifact, resolve_calibration
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
@@ -238,13 +238,41 @@ def variant_file(folder: Path, name: str, variant: str, tuned: bool = False) -> 
     return path.with_name(f"{path.stem}_tuned{path.suffix}") if tuned else path
 
 
-def _zoo_spec(name: str, folder: Path, budget: str) -> StepResult:
-    """Export a zoo network (trained, cached) with its spec and labelled data sets."""
-    exported = export_network(name, folder / "source", budget=budget)
+def _zoo_step(spec: ModelSpec, folder: Path, budget: str) -> StepResult:
+    """Export a zoo network (trained, cached) with its spec and labelled data sets; ``details["spec"]`` is the
+    spec the rest of the build runs on (:func:`hepdeploy.model_zoo.zoo_source_spec`)."""
+    merged, exported = zoo_source_spec(spec, folder / "source", budget=budget)
     return StepResult(
         "zoo-export", "ok", outputs=[exported.spec_path, exported.source_path],
-        details={"spec": exported.spec, "metrics": exported.metrics, "trained": exported.trained},
+        details={"spec": merged, "metrics": exported.metrics, "trained": exported.trained},
     )
+
+
+class _Calibration:
+    """A model's calibration set (``data.calibration``, else ``data.reference``), read once, when a variant
+    first asks, and handed to every variant of the build (and its tuning); a file that cannot be read fails
+    every step that asks, with the same error."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        source = spec.data.calibration or spec.data.reference
+        self.source = Path(source) if source else None
+        self._read: tuple[dict[str, np.ndarray] | None, HepDeployError | None] | None = None
+
+    def arrays(self) -> dict[str, np.ndarray] | None:
+        if self._read is None:
+            try:
+                self._read = (resolve_calibration(self.source, self.spec.inputs, self.spec), None)
+            except HepDeployError as error:
+                self._read = (None, error)
+        arrays, error = self._read
+        if error is not None:
+            raise error
+        return arrays
+
+    def for_variant(self, variant: str) -> dict[str, np.ndarray] | None:
+        """The arrays ``variant`` is made with (an engine is built from its parent graph: none)."""
+        return None if variant_kind(variant).is_engine else self.arrays()
 
 
 def _convert_step(spec: ModelSpec, output: Path, exporter: str) -> StepResult:
@@ -260,7 +288,7 @@ def _bounds_step(spec: ModelSpec, converted: Path, bounds: dict[str, DimBound], 
     through: a problem is a warning line, or fails the build with --strict."""
     inputs = read_artifact(converted).sidecar.inputs
     problems = spec_dim_problems(spec.dims, bounds, where=f"spec {spec.name}")
-    preprocess = spec.resolve(spec.data.preprocess.file) if spec.data.preprocess is not None else None
+    preprocess = Path(spec.data.preprocess.file) if spec.data.preprocess is not None else None
     if preprocess is not None:
         problems += length_problems(load_preprocess(preprocess), inputs, bounds, where=preprocess.name)
     for line in problems:
@@ -278,7 +306,7 @@ def _reference_step(spec: ModelSpec, golden: Path, converted: Path) -> StepResul
     Without reference data the one sampler's seeded inputs are used, and the golden set
     has no labels (physics checks then cannot run; the reports say so).
     """
-    data_path = spec.resolve(spec.data.reference)
+    data_path = Path(spec.data.reference) if spec.data.reference else None
     if data_path is not None:
         reference = make_reference(spec, data_path, labels=spec.data.label_array, spec=spec, sizing_model=converted)
         note = f"source model on {data_path.name}"
@@ -325,13 +353,14 @@ def _wanted_variants(spec: ModelSpec, options: BuildOptions) -> list[str]:
     return options.variants or [v.name for v in spec.variants]
 
 
-def _tune_step(variant: str, fp32_path: Path, reference: ReferenceSet, spec: ModelSpec, calibration: Path | None,
-               folder: Path, modelopt: ModelOptWorker | None, reports: list[VariantReport], strict: bool) -> StepResult:
+def _tune_step(variant: str, fp32_path: Path, reference: ReferenceSet, spec: ModelSpec, calibration: _Calibration,
+               modelopt: ModelOptWorker | None, reports: list[VariantReport], strict: bool) -> StepResult:
     """``tune: true``: the cheapest mix of a failed variant that passes, confirmed on data it was not chosen
     on, is published in its place; when the answer is FP32 the step is ok and says so (nothing published
-    for the variant)."""
+    for the variant). The build's files are beside ``fp32_path``."""
     vspec = spec.variant(variant)
-    arrays = resolve_calibration(calibration, spec.inputs, spec)
+    arrays = calibration.arrays()
+    folder = fp32_path.parent
     output = variant_file(folder, spec.name, variant, tuned=True)
     result = tune_variant(fp32_path, vspec, reference, output, folder / "reports" / f"tune-{variant}",
                           calibration=arrays, spec=spec, modelopt=modelopt)
@@ -396,12 +425,12 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     folder = build.folder
     (folder / "variants").mkdir(parents=True, exist_ok=True)
 
-    if spec.source.framework == "zoo" and spec.source.zoo:
-        zoo_name = spec.source.zoo
-        exported = build.run("zoo-export", lambda: _zoo_spec(zoo_name, folder, options.budget))
+    if spec.source.framework == "zoo":
+        user_spec = spec
+        exported = build.run("zoo-export", lambda: _zoo_step(user_spec, folder, options.budget))
         if not exported.ok:
             return
-        spec = merge_zoo_spec(spec, exported.details.pop("spec"))
+        spec = exported.details.pop("spec")
 
     fp32_path = folder / f"{spec.name}.onnx"
     converted = build.run("convert", lambda: _convert_step(spec, fp32_path, options.exporter))
@@ -416,13 +445,13 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     referenced = build.run("reference", lambda: _reference_step(spec, golden, fp32_path))
 
     wanted = _wanted_variants(spec, options)
-    calibration = spec.resolve(spec.data.calibration) or spec.resolve(spec.data.reference)
+    calibration = _Calibration(spec)
     made: dict[str, Path] = {}
     for variant in wanted:
         output = variant_file(folder, spec.name, variant)
         step = build.run(f"optimize:{variant}", lambda v=variant, o=output: optimize_artifact(
-            fp32_path, spec.variant(v), o, calibration=calibration, spec=spec, require_gpu=options.require_gpu,
-            modelopt=modelopt),
+            fp32_path, spec.variant(v), o, calibration=calibration.for_variant(v), calibration_source=calibration.source,
+            spec=spec, require_gpu=options.require_gpu, modelopt=modelopt),
             variant=variant)
         if step.ok:
             made[variant] = output
@@ -441,7 +470,7 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
             v, p, reference, spec, reports, options.strict), variant=variant)
         if not step.ok and spec.variant(variant).tune:
             step = build.run(f"tune:{variant}", lambda v=variant: _tune_step(
-                v, fp32_path, reference, spec, calibration, folder, modelopt, reports, options.strict), variant=variant)
+                v, fp32_path, reference, spec, calibration, modelopt, reports, options.strict), variant=variant)
             path = step.outputs[0] if step.ok and step.outputs else None
         published = step.ok and path is not None
         verdicts[variant] = {"passed": published, "outcome": step.details.get("outcome"), "verdict": step.reason}
@@ -524,7 +553,7 @@ def _publish_ensemble(repository: Path, spec: ModelSpec, variants: dict[str, Pat
     if onnx_variant not in variants:
         log.warning("%s: no ONNX variant to check the preprocessing ensemble against; not published", spec.name)
         return []
-    plan = plan_ensemble(variants[onnx_variant], spec.resolve(spec.data.preprocess.file),  # type: ignore[arg-type,union-attr]
+    plan = plan_ensemble(variants[onnx_variant], Path(spec.data.preprocess.file),  # type: ignore[union-attr]
                          name=spec.triton.model_name or spec.name, spec=spec, triton=spec.triton,
                          python_backend=spec.triton.python_backend)
     return publish_ensemble(repository, plan, verdict=verdicts.get(served))

@@ -78,7 +78,7 @@ def calibration_path(calibration: dict[str, np.ndarray] | Path | str | None, spe
         return None
     if calibration is not None:
         return Path(calibration)
-    return spec.resolve(spec.data.calibration) if spec is not None else None
+    return Path(spec.data.calibration) if spec is not None and spec.data.calibration else None
 
 
 def resolve_calibration(
@@ -106,7 +106,7 @@ def resolve_calibration(
     explicit = samples is not None or (data is not None and "calibration_samples" in data.model_fields_set)
     return load_calibration(
         path, inputs, samples=count, seed=data.seed if data else 0,
-        ignore=ignore, allow_fewer=not explicit, data_spec=data, base_dir=spec.base_dir if spec is not None else None,
+        ignore=ignore, allow_fewer=not explicit, data_spec=data,
     )
 
 
@@ -137,8 +137,12 @@ def optimize_artifact(
     require_gpu: bool = False,
     samples: int | None = None,
     modelopt: ModelOptWorker | None = None,
+    calibration_source: Path | None = None,
 ) -> StepResult:
     """Make one variant of the artifact at ``source`` and write it to ``output``.
+
+    ``calibration``: arrays (a build reads its calibration set once for every variant; ``calibration_source``
+    then says where they came from), a data file, or None for the spec's ``data.calibration``.
 
     ``modelopt``: the ModelOpt worker that makes fp16 and int8-trt (a build shares one between its
     variants, so ModelOpt is imported once); without it such a variant starts a worker of its own.
@@ -164,7 +168,7 @@ def optimize_artifact(
 
     inputs = spec.inputs if spec is not None else parent.sidecar.inputs
     arrays = resolve_calibration(calibration, inputs, spec, samples)
-    source = calibration_path(calibration, spec) if kind.needs_calibration else None
+    source = (calibration_source or calibration_path(calibration, spec)) if kind.needs_calibration else None
     check_calibration_rows(kind.name, arrays, source, inputs)
     make = functools.partial(_make_onnx_variant, parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
     return _learning_bounds(make, parent, kind, inputs, arrays, spec)
