@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from hepdeploy.cli import main
@@ -64,7 +65,10 @@ def test_particlenet_ntuple_is_nanoaod_like(exported: dict[str, ZooExport]) -> N
     np.testing.assert_array_equal(n_sv, npz["sv_mask"].sum(axis=(1, 2)))
     # The spec maps the files, the json and the one-hot labels; everything else is the .npz spec's.
     root_spec, npz_spec = load_spec(result.root_spec_path), load_spec(result.spec_path)
-    assert root_spec.data.reference == "particlenet_reference.root" and root_spec.data.root_tree == "Events"
+    written = yaml.safe_load(result.root_spec_path.read_text(encoding="utf-8"))
+    assert written["data"]["reference"] == "particlenet_reference.root"  # relative on disk: the folder can move
+    assert root_spec.data.reference == str(result.root_spec_path.parent.resolve() / "particlenet_reference.root")
+    assert root_spec.data.root_tree == "Events"
     assert root_spec.data.preprocess is not None and root_spec.data.preprocess.convention == "cmssw"
     assert root_spec.model_dump(exclude={"data"}) == npz_spec.model_dump(exclude={"data"})
 
@@ -130,7 +134,7 @@ def test_jet_mlp_json_is_an_identity(exported: dict[str, ZooExport]) -> None:
     result = exported["jet_mlp"]
     spec = load_spec(result.root_spec_path)  # type: ignore[arg-type]
     with_json = DataSpec.model_validate(
-        {**spec.data.model_dump(), "preprocess": {"file": result.root.preprocess.name}})  # type: ignore[union-attr]
+        {**spec.data.model_dump(), "preprocess": {"file": str(result.root.preprocess)}})  # type: ignore[union-attr]
     plain = read_root_events(Path(spec.data.reference), list(spec.inputs), spec.data)
     through = read_root_events(Path(spec.data.reference), list(spec.inputs), with_json)
     np.testing.assert_array_equal(plain["input_1"], through["input_1"])
