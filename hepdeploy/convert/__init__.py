@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hepdeploy.artifacts import Artifact, SourceRecord
 from hepdeploy.convert.common import check_output_path
@@ -25,9 +25,9 @@ from hepdeploy.convert.from_onnx import convert_onnx
 from hepdeploy.convert.from_tensorflow import convert_keras, convert_savedmodel
 from hepdeploy.convert.from_torch import convert_torch
 from hepdeploy.errors import ModelLoadError, SpecError
+from hepdeploy.frameworks import source_framework
 from hepdeploy.fsutil import atomic_write_text, check_input_file, missing
 from hepdeploy.lifetime import work_folder
-from hepdeploy.frameworks import source_framework
 from hepdeploy.model_zoo import zoo_source_spec
 
 if TYPE_CHECKING:
