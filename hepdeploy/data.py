@@ -76,6 +76,14 @@ class Draw:
     allow_fewer: bool = False
 
 
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Calibration arrays read once (a build hands them to every variant) and the file or glob they came from."""
+
+    arrays: dict[str, np.ndarray]
+    source: Path | None = None
+
+
 def load_calibration(
     path: Path | str,
     inputs: list[TensorSpec],

@@ -30,6 +30,7 @@ from hepdeploy.artifacts import read_artifact, read_engine_sidecar
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.convert import convert_from_spec
+from hepdeploy.data import CalibrationSet
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, HepDeployError, NativeCrashError, first_line
 from hepdeploy.fsutil import atomic_write_text
@@ -270,9 +271,12 @@ class _Calibration:
             raise error
         return arrays
 
-    def for_variant(self, variant: str) -> dict[str, np.ndarray] | None:
-        """The arrays ``variant`` is made with (an engine is built from its parent graph: none)."""
-        return None if variant_kind(variant).is_engine else self.arrays()
+    def for_variant(self, variant: str) -> CalibrationSet | None:
+        """The arrays ``variant`` is made with, and their file (an engine is built from its parent graph: none)."""
+        if variant_kind(variant).is_engine:
+            return None
+        arrays = self.arrays()
+        return CalibrationSet(arrays, self.source) if arrays is not None else None
 
 
 def _convert_step(spec: ModelSpec, output: Path, exporter: str) -> StepResult:
@@ -450,8 +454,8 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     for variant in wanted:
         output = variant_file(folder, spec.name, variant)
         step = build.run(f"optimize:{variant}", lambda v=variant, o=output: optimize_artifact(
-            fp32_path, spec.variant(v), o, calibration=calibration.for_variant(v), calibration_source=calibration.source,
-            spec=spec, require_gpu=options.require_gpu, modelopt=modelopt),
+            fp32_path, spec.variant(v), o, calibration=calibration.for_variant(v), spec=spec,
+            require_gpu=options.require_gpu, modelopt=modelopt),
             variant=variant)
         if step.ok:
             made[variant] = output

@@ -30,7 +30,7 @@ from hepdeploy.artifacts import (
     write_artifact,
 )
 from hepdeploy.backend.onnxrt import check_in_child, run_once
-from hepdeploy.data import check_tensors, common_batch_size, load_calibration
+from hepdeploy.data import CalibrationSet, check_tensors, common_batch_size, load_calibration
 from hepdeploy.environment import package_version
 from hepdeploy.errors import (
     BadInputError,
@@ -72,8 +72,12 @@ def variant_spec(variant: VariantSpec | str, spec: ModelSpec | None = None) -> V
     return spec.variant(variant) if spec is not None else VariantSpec(name=variant)  # type: ignore[arg-type]
 
 
-def calibration_path(calibration: dict[str, np.ndarray] | Path | str | None, spec: ModelSpec | None) -> Path | None:
-    """The calibration file (or glob) a variant reads: the one given, else the spec's ``data.calibration``."""
+def calibration_path(calibration: CalibrationSet | dict[str, np.ndarray] | Path | str | None,
+                     spec: ModelSpec | None) -> Path | None:
+    """The calibration file (or glob) a variant reads: the one given (or the arrays were read from), else the
+    spec's ``data.calibration``."""
+    if isinstance(calibration, CalibrationSet):
+        return calibration.source
     if isinstance(calibration, dict):
         return None
     if calibration is not None:
@@ -82,7 +86,7 @@ def calibration_path(calibration: dict[str, np.ndarray] | Path | str | None, spe
 
 
 def resolve_calibration(
-    calibration: dict[str, np.ndarray] | Path | str | None,
+    calibration: CalibrationSet | dict[str, np.ndarray] | Path | str | None,
     inputs: list[TensorSpec],
     spec: ModelSpec | None,
     samples: int | None = None,
@@ -90,6 +94,8 @@ def resolve_calibration(
     """Calibration arrays from a dict, a data file, or the spec's ``data.calibration``."""
     data = spec.data if spec is not None else None
     count = samples or (data.calibration_samples if data else 512)
+    if isinstance(calibration, CalibrationSet):  # read once by the build for all its variants
+        calibration = calibration.arrays
     if isinstance(calibration, dict):
         arrays = check_tensors(calibration, inputs, where="calibration data")
         n = next(iter(arrays.values())).shape[0]
@@ -132,17 +138,13 @@ def optimize_artifact(
     variant: VariantSpec | str,
     output: Path,
     *,
-    calibration: dict[str, np.ndarray] | Path | None = None,
+    calibration: CalibrationSet | dict[str, np.ndarray] | Path | None = None,
     spec: ModelSpec | None = None,
     require_gpu: bool = False,
     samples: int | None = None,
     modelopt: ModelOptWorker | None = None,
-    calibration_source: Path | None = None,
 ) -> StepResult:
     """Make one variant of the artifact at ``source`` and write it to ``output``.
-
-    ``calibration``: arrays (a build reads its calibration set once for every variant; ``calibration_source``
-    then says where they came from), a data file, or None for the spec's ``data.calibration``.
 
     ``modelopt``: the ModelOpt worker that makes fp16 and int8-trt (a build shares one between its
     variants, so ModelOpt is imported once); without it such a variant starts a worker of its own.
@@ -168,7 +170,7 @@ def optimize_artifact(
 
     inputs = spec.inputs if spec is not None else parent.sidecar.inputs
     arrays = resolve_calibration(calibration, inputs, spec, samples)
-    source = (calibration_source or calibration_path(calibration, spec)) if kind.needs_calibration else None
+    source = calibration_path(calibration, spec) if kind.needs_calibration else None
     check_calibration_rows(kind.name, arrays, source, inputs)
     make = functools.partial(_make_onnx_variant, parent, kind, vspec, output, inputs, arrays, spec, modelopt, source)
     return _learning_bounds(make, parent, kind, inputs, arrays, spec)

@@ -28,14 +28,16 @@ def _spec(tmp_path: Path, variants: list[object]):  # noqa: ANN202 - a ModelSpec
 
 
 def test_every_variant_of_a_build_gets_the_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    reads: list[object] = []
-    real = pipeline.resolve_calibration
+    import hepdeploy.optimize
 
-    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the real reader, counted
+    reads: list[object] = []
+    real = hepdeploy.optimize.load_calibration
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the real reader, its reads counted
         reads.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "resolve_calibration", counted)
+    monkeypatch.setattr(hepdeploy.optimize, "load_calibration", counted)
     # One layer: it is quantized only when the edges may be (they are the whole model).
     spec = _spec(tmp_path, ["fp32", {"name": "int8-cpu", "keep_edges_fp32": False}])
     report = build([spec], BuildOptions(out_dir=tmp_path / "out", publish=False))
@@ -51,7 +53,9 @@ def test_the_file_is_read_on_first_use_only(tmp_path: Path) -> None:
     calibration = pipeline._Calibration(_spec(tmp_path, ["fp32", "int8-cpu"]))
     first = calibration.for_variant("fp32")
     (tmp_path / "calibration.npz").unlink()
-    assert calibration.for_variant("int8-cpu") is first  # the same arrays, not a second read
+    again = calibration.for_variant("int8-cpu")
+    assert first is not None and again is not None and again.arrays is first.arrays  # not a second read
+    assert again.source == tmp_path / "calibration.npz"
     assert calibration.for_variant("tensorrt") is None  # an engine is built from its parent graph
 
 
