@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,37 +66,47 @@ def load_tensors(path: Path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- calibration
 
 
+@dataclass(frozen=True)
+class Draw:
+    """A reproducible random subset of events: ``samples`` of them drawn with ``seed`` (fewer when the data
+    holds fewer and ``allow_fewer``)."""
+
+    samples: int
+    seed: int = 0
+    allow_fewer: bool = False
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Calibration arrays read once (a build hands them to every variant) and the file or glob they came from."""
+
+    arrays: dict[str, np.ndarray]
+    source: Path | None = None
+
+
 def load_calibration(
     path: Path | str,
     inputs: list[TensorSpec],
     samples: int,
     seed: int = 0,
-    tree: str | None = None,
-    branches: dict[str, str] | None = None,
     ignore: Iterable[str] = (),
     allow_fewer: bool = False,
     data_spec: DataSpec | None = None,
-    base_dir: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """``samples`` randomly chosen samples (reproducible with ``seed``) for each input.
 
-    ROOT files (one, or a glob) are read through ``data_spec``'s mapping (:mod:`hepdeploy.ntuple`);
-    ``tree``/``branches`` override its TTree and the one branch of an input. Names in ``ignore``
-    (labels, outputs) may be present in the file; any other name that is not an input is refused,
-    as are missing names, wrong ranks, fixed dims or dtypes, NaN/Inf and too few samples (DataError).
+    ROOT files (one, or a glob) are read through ``data_spec``'s mapping (its TTree, branches and
+    ``data.inputs``, :mod:`hepdeploy.ntuple`). Names in ``ignore`` (labels, outputs) may be present in the
+    file; any other name that is not an input is refused, as are missing names, wrong ranks, fixed dims or
+    dtypes, NaN/Inf and too few samples (DataError).
     """
     if samples < 1:
         raise DataError(f"{path}: the sample count must be at least 1, got {samples}")
     if is_root_source(path) and all(t.has_batch_axis for t in inputs):
-        mapping = (data_spec or DataSpec()).model_copy(update={
-            **({"root_tree": tree} if tree else {}),
-            **({"root_branches": {**(data_spec.root_branches if data_spec else {}), **branches}} if branches else {})})
-        arrays = read_root_events(path, inputs, mapping, base_dir, samples=samples, seed=seed, allow_fewer=allow_fewer,
+        arrays = read_root_events(path, inputs, data_spec or DataSpec(), draw=Draw(samples, seed, allow_fewer),
                                   targets=False)
         return check_tensors(arrays, inputs, where=str(path), sample_axis=True)
     path = check_input_file(Path(path), "calibration data")
-    if samples < 1:
-        raise DataError(f"{path}: the sample count must be at least 1, got {samples}")
     if not inputs:
         raise DataError(f"{path}: the model has no inputs to calibrate")
     suffix = path.suffix.lower()
@@ -109,7 +120,7 @@ def load_calibration(
         # A model exported with a fixed batch of 1 ([1, 16]) calibrates from rows ([samples, 16]),
         # one row per run: read them as a batched model's data and give each its batch axis back.
         rows = [t.model_copy(update={"shape": ["batch", *t.shape[1:]]}) for t in inputs]
-        arrays = load_calibration(path, rows, samples, seed, tree, branches, ignore, allow_fewer, data_spec, base_dir)
+        arrays = load_calibration(path, rows, samples, seed, ignore, allow_fewer, data_spec)
         return {name: value[:, np.newaxis] for name, value in arrays.items()}
     if suffix == ".npz":
         arrays = _read_npz(path, inputs, samples, seed, set(ignore), allow_fewer)
@@ -124,23 +135,20 @@ def read_root_events(
     source: Path | str,
     inputs: list[TensorSpec],
     data: DataSpec,
-    base_dir: Path | None = None,
     *,
-    samples: int | None = None,
-    seed: int = 0,
-    allow_fewer: bool = False,
+    draw: Draw | None = None,
     targets: bool = True,
     extra_variables: Iterable[str] = (),
     convention: str | None = None,
 ) -> dict[str, np.ndarray]:
     """The model inputs (and, with ``targets``, the labels and variables) of ROOT events through the
-    mapping in ``data`` (:mod:`hepdeploy.ntuple`): every event, or ``samples`` of them drawn with ``seed``.
+    mapping in ``data`` (:mod:`hepdeploy.ntuple`): every event, or the ones ``draw`` chooses.
     ``convention`` overrides the preprocess.json's (cmssw | weaver)."""
-    json_path = preprocess_file(data, base_dir)
+    json_path = preprocess_file(data)
     preprocess = load_preprocess(json_path) if json_path is not None else None
     plans = plan_inputs(inputs, data, preprocess, convention)
     root = open_root(source, data.root_tree)
-    index = None if samples is None else _choose(root.total, samples, seed, root.describe(), allow_fewer)
+    index = None if draw is None else _choose(root.total, draw.samples, draw.seed, root.describe(), draw.allow_fewer)
     wanted = target_sources(data, list(extra_variables)) if targets else None
     return read_events(root, plans, wanted, index)
 

@@ -157,12 +157,9 @@ def mask_inputs(data: DataSpec, preprocess: PreprocessConfig | None) -> dict[str
     return masks
 
 
-def preprocess_file(data: DataSpec, base_dir: Path | None) -> Path | None:
-    """The spec's preprocess.json (relative to the spec's folder), or None."""
-    if data.preprocess is None:
-        return None
-    path = Path(data.preprocess.file).expanduser()
-    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+def preprocess_file(data: DataSpec) -> Path | None:
+    """The spec's preprocess.json, or None."""
+    return Path(data.preprocess.file) if data.preprocess is not None else None
 
 
 def _fixed_particle_dim(tensor: TensorSpec, layout: str) -> int | None:

@@ -29,13 +29,14 @@ import numpy as np
 from hepdeploy.artifacts import read_artifact, read_engine_sidecar
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.backend.trt import tensorrt_unavailable
-from hepdeploy.convert import convert_from_spec, merge_zoo_spec
+from hepdeploy.convert import convert_from_spec
+from hepdeploy.data import CalibrationSet
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, HepDeployError, NativeCrashError, first_line
 from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.graph_bounds import DimBound, graph_dim_bounds, length_problems, minimums, spec_dim_problems
 from hepdeploy.memory import peak_memory
-from hepdeploy.model_zoo import export_network, get_network
+from hepdeploy.model_zoo import get_network, zoo_source_spec
 from hepdeploy.ntuple import load_preprocess
 from hepdeploy.optimize import optimize_artifact, resolve_calibration
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
@@ -238,13 +239,44 @@ def variant_file(folder: Path, name: str, variant: str, tuned: bool = False) -> 
     return folder / "variants" / variant_kind(variant).filename(name, tuned=tuned)
 
 
-def _zoo_spec(name: str, folder: Path, budget: str) -> StepResult:
-    """Export a zoo network (trained, cached) with its spec and labelled data sets."""
-    exported = export_network(name, folder / "source", budget=budget)
+def _zoo_step(spec: ModelSpec, folder: Path, budget: str) -> StepResult:
+    """Export a zoo network (trained, cached) with its spec and labelled data sets; ``details["spec"]`` is the
+    spec the rest of the build runs on (:func:`hepdeploy.model_zoo.zoo_source_spec`)."""
+    merged, exported = zoo_source_spec(spec, folder / "source", budget=budget)
     return StepResult(
         "zoo-export", "ok", outputs=[exported.spec_path, exported.source_path],
-        details={"spec": exported.spec, "metrics": exported.metrics, "trained": exported.trained},
+        details={"spec": merged, "metrics": exported.metrics, "trained": exported.trained},
     )
+
+
+class _Calibration:
+    """A model's calibration set (``data.calibration``, else ``data.reference``), read once, when a variant
+    first asks, and handed to every variant of the build (and its tuning); a file that cannot be read fails
+    every step that asks, with the same error."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        source = spec.data.calibration or spec.data.reference
+        self.source = Path(source) if source else None
+        self._read: tuple[dict[str, np.ndarray] | None, HepDeployError | None] | None = None
+
+    def arrays(self) -> dict[str, np.ndarray] | None:
+        if self._read is None:
+            try:
+                self._read = (resolve_calibration(self.source, self.spec.inputs, self.spec), None)
+            except HepDeployError as error:
+                self._read = (None, error)
+        arrays, error = self._read
+        if error is not None:
+            raise error
+        return arrays
+
+    def for_variant(self, variant: str) -> CalibrationSet | None:
+        """The arrays ``variant`` is made with, and their file (an engine is built from its parent graph: none)."""
+        if variant_kind(variant).is_engine:
+            return None
+        arrays = self.arrays()
+        return CalibrationSet(arrays, self.source) if arrays is not None else None
 
 
 def _convert_step(spec: ModelSpec, output: Path, exporter: str) -> StepResult:
@@ -260,7 +292,7 @@ def _bounds_step(spec: ModelSpec, converted: Path, bounds: dict[str, DimBound], 
     through: a problem is a warning line, or fails the build with --strict."""
     inputs = read_artifact(converted).sidecar.inputs
     problems = spec_dim_problems(spec.dims, bounds, where=f"spec {spec.name}")
-    preprocess = spec.resolve(spec.data.preprocess.file) if spec.data.preprocess is not None else None
+    preprocess = Path(spec.data.preprocess.file) if spec.data.preprocess is not None else None
     if preprocess is not None:
         problems += length_problems(load_preprocess(preprocess), inputs, bounds, where=preprocess.name)
     for line in problems:
@@ -278,7 +310,7 @@ def _reference_step(spec: ModelSpec, golden: Path, converted: Path) -> StepResul
     Without reference data the one sampler's seeded inputs are used, and the golden set
     has no labels (physics checks then cannot run; the reports say so).
     """
-    data_path = spec.resolve(spec.data.reference)
+    data_path = Path(spec.data.reference) if spec.data.reference else None
     if data_path is not None:
         reference = make_reference(spec, data_path, labels=spec.data.label_array, spec=spec, sizing_model=converted)
         note = f"source model on {data_path.name}"
@@ -333,7 +365,7 @@ class _TuneContext:
     folder: Path  # the model's build folder
     fp32_path: Path
     reference: ReferenceSet
-    calibration: Path | None
+    calibration: _Calibration
     modelopt: ModelOptWorker | None
     strict: bool
 
@@ -343,7 +375,7 @@ def _tune_step(variant: str, context: _TuneContext, reports: list[VariantReport]
     on, is published in its place; when the answer is FP32 the step is ok and says so (nothing published
     for the variant)."""
     spec, folder, strict = context.spec, context.folder, context.strict
-    arrays = resolve_calibration(context.calibration, spec.inputs, spec)
+    arrays = context.calibration.arrays()
     output = variant_file(folder, spec.name, variant, tuned=True)
     result = tune_variant(context.fp32_path, spec.variant(variant), TuneData(context.reference, arrays), output,
                           folder / "reports" / f"tune-{variant}", spec=spec,
@@ -409,12 +441,12 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     folder = build.folder
     (folder / "variants").mkdir(parents=True, exist_ok=True)
 
-    if spec.source.framework == "zoo" and spec.source.zoo:
-        zoo_name = spec.source.zoo
-        exported = build.run("zoo-export", lambda: _zoo_spec(zoo_name, folder, options.budget))
+    if spec.source.framework == "zoo":
+        user_spec = spec
+        exported = build.run("zoo-export", lambda: _zoo_step(user_spec, folder, options.budget))
         if not exported.ok:
             return
-        spec = merge_zoo_spec(spec, exported.details.pop("spec"))
+        spec = exported.details.pop("spec")
 
     fp32_path = folder / f"{spec.name}.onnx"
     converted = build.run("convert", lambda: _convert_step(spec, fp32_path, options.exporter))
@@ -429,13 +461,13 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     referenced = build.run("reference", lambda: _reference_step(spec, golden, fp32_path))
 
     wanted = _wanted_variants(spec, options)
-    calibration = spec.resolve(spec.data.calibration) or spec.resolve(spec.data.reference)
+    calibration = _Calibration(spec)
     made: dict[str, Path] = {}
     for variant in wanted:
         output = variant_file(folder, spec.name, variant)
         step = build.run(f"optimize:{variant}", lambda v=variant, o=output: optimize_artifact(
-            fp32_path, spec.variant(v), o, calibration=calibration, spec=spec, require_gpu=options.require_gpu,
-            modelopt=modelopt),
+            fp32_path, spec.variant(v), o, calibration=calibration.for_variant(v), spec=spec,
+            require_gpu=options.require_gpu, modelopt=modelopt),
             variant=variant)
         if step.ok:
             made[variant] = output
@@ -540,7 +572,7 @@ def _ensemble_requests(spec: ModelSpec, variants: dict[str, Path],
     if onnx_variant not in variants:
         log.warning("%s: no ONNX variant to check the preprocessing ensemble against; not published", spec.name)
         return []
-    plan = plan_ensemble(variants[onnx_variant], spec.resolve(spec.data.preprocess.file),  # type: ignore[arg-type,union-attr]
+    plan = plan_ensemble(variants[onnx_variant], Path(spec.data.preprocess.file),  # type: ignore[union-attr]
                          name=spec.triton.model_name or spec.name, spec=spec, triton=spec.triton,
                          python_backend=spec.triton.python_backend)
     return ensemble_requests(plan, verdict=verdicts.get(served))

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from hepdeploy.errors import BadInputError, SpecError, UnsafeNameError, first_line
+from hepdeploy.frameworks import FRAMEWORK_NAMES, source_framework
 from hepdeploy.fsutil import check_safe_name, check_tensor_name, missing
 from hepdeploy.plan_compat import ProfileRange, server_release
 from hepdeploy.platforms import USER_PLATFORMS
@@ -31,8 +32,8 @@ from hepdeploy.variants import DEFAULT_VARIANTS, VARIANT_NAMES, variant_kind
 _log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool")
-# Frameworks a model file can be in; a spec's source may also name a zoo network.
-FILE_FRAMEWORKS = ("torch", "torchscript", "exported_program", "keras", "savedmodel", "onnx")
+# Frameworks a model file can be in (the registry's); a spec's source may also name a zoo network.
+FILE_FRAMEWORKS = FRAMEWORK_NAMES
 Framework = Literal[(*FILE_FRAMEWORKS, "zoo")]  # type: ignore[valid-type]
 VariantName = Literal[VARIANT_NAMES]  # type: ignore[valid-type]  # the registry's names
 Dim = int | str
@@ -155,15 +156,18 @@ class SourceSpec(_Strict):
     weights: str | None = Field(None, description="state dict loaded with torch.load(weights_only=True)")
     zoo: str | None = Field(None, description="name of a model_zoo network")
     zoo_flavour: str | None = Field(None, description="for zoo networks with several frameworks: keras | torch")
+    factory_dir: str | None = Field(None, description="folder the factory's module is imported from "
+                                                      "(default: the spec's folder)")
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceSpec:
         if self.framework == "zoo":
             if not self.zoo:
                 raise ValueError("framework 'zoo' needs 'zoo: NAME'")
-        elif self.framework == "torch":
+        elif not source_framework(self.framework).needs_path:
             if not self.factory and not self.path:
-                raise ValueError("framework 'torch' needs 'factory: module:function' (or a path to a .py file)")
+                raise ValueError(f"framework {self.framework!r} needs 'factory: module:function' (or a path to a "
+                                 ".py file)")
         elif not self.path:
             raise ValueError(f"framework {self.framework!r} needs 'path'")
         if self.factory is not None and ":" not in self.factory:
@@ -205,7 +209,7 @@ class InputMapping(_Strict):
 
 
 class PreprocessRef(_Strict):
-    file: str = Field(description="a weaver preprocess.json (relative to the spec)")
+    file: str = Field(description="a weaver preprocess.json (relative to the spec's folder)")
     convention: Literal["cmssw", "weaver"] = Field(
         "cmssw", description="cmssw: NaN/Inf replaced before centring; weaver: standardise, clip, then NaN -> 0")
 
@@ -462,8 +466,6 @@ class ModelSpec(_Strict):
     variants: list[Annotated[VariantSpec, Field()]] = Field(default_factory=_variants_default)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     triton: TritonSpec = Field(default_factory=TritonSpec)
-    # Where relative paths in the spec are resolved; set by load_spec, not by the YAML.
-    base_dir: Path | None = Field(None, exclude=True)
 
     @field_validator("name")
     @classmethod
@@ -517,15 +519,6 @@ class ModelSpec(_Strict):
                                     f"{list(model_shape)} in the model")
         return problems
 
-    def resolve(self, relative: str | None) -> Path | None:
-        """Resolve a path from the spec against the spec's folder."""
-        if relative is None:
-            return None
-        path = Path(relative).expanduser()
-        if not path.is_absolute() and self.base_dir is not None:
-            path = self.base_dir / path
-        return path
-
     def dim_range(self, dim: str) -> DimRange:
         """Sizes for a named dim: the spec's ``dims`` entry, else :func:`default_dim_range`."""
         return self.dims[dim] if dim in self.dims else default_dim_range(dim)
@@ -554,7 +547,32 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     return "; ".join(parts)
 
 
+def _path_fields(spec: ModelSpec) -> list[tuple[BaseModel, str]]:
+    """(block, key) of every key of the spec that holds a path (a file, a folder or a glob)."""
+    fields: list[tuple[BaseModel, str]] = [(spec.source, "path"), (spec.source, "weights"),
+                                           (spec.source, "factory_dir"), (spec.data, "calibration"),
+                                           (spec.data, "reference")]
+    if spec.data.preprocess is not None:
+        fields.append((spec.data.preprocess, "file"))
+    return fields
+
+
+def _resolve_paths(spec: ModelSpec, base_dir: Path) -> None:
+    """Make every path of the spec absolute (relative ones are relative to ``base_dir``), once, at load time:
+    nothing downstream needs to know where the spec came from. A torch factory is imported from the spec's
+    folder unless the spec names another."""
+    if spec.source.factory is not None and spec.source.factory_dir is None:
+        spec.source.factory_dir = str(base_dir)
+    for block, key in _path_fields(spec):
+        value = getattr(block, key)
+        if value is not None:
+            path = Path(value).expanduser()
+            setattr(block, key, str(path if path.is_absolute() else base_dir / path))
+
+
 def spec_from_dict(data: Any, where: str = "spec", base_dir: Path | None = None) -> ModelSpec:
+    """A validated spec whose paths are absolute: relative ones are taken relative to ``base_dir`` (the spec
+    file's folder; the working directory when None)."""
     if not isinstance(data, dict):
         raise SpecError(f"{where}: a spec must be a YAML mapping, got {type(data).__name__}")
     try:
@@ -563,7 +581,7 @@ def spec_from_dict(data: Any, where: str = "spec", base_dir: Path | None = None)
         raise SpecError(format_validation_error(error, where)) from error
     except UnsafeNameError as error:  # raised as-is by name validators; say which file it is in
         raise UnsafeNameError(f"{where}: {error}") from error
-    spec.base_dir = base_dir
+    _resolve_paths(spec, Path(base_dir).absolute() if base_dir is not None else Path.cwd())
     return spec
 
 
@@ -594,8 +612,19 @@ def load_spec(path: Path | str) -> ModelSpec:
     return spec_from_dict(data, where=str(path), base_dir=path.resolve().parent)
 
 
-def spec_to_yaml(spec: ModelSpec) -> str:
-    data = spec.model_dump(mode="json", exclude_defaults=True, exclude={"base_dir"})
+def spec_to_yaml(spec: ModelSpec, folder: Path | None = None) -> str:
+    """The spec as YAML to be written into ``folder``: paths inside ``folder`` are written relative to it (the
+    folder can move with its files), others absolute; loading the file gives the same spec back."""
+    spec = spec.model_copy(deep=True)
+    if folder is not None:
+        folder = Path(folder).absolute()
+        if spec.source.factory_dir is not None and Path(spec.source.factory_dir) == folder:
+            spec.source.factory_dir = None  # the default: the spec's folder
+        for block, key in _path_fields(spec):
+            value = getattr(block, key)
+            if value is not None and Path(value).is_relative_to(folder):
+                setattr(block, key, Path(value).relative_to(folder).as_posix())
+    data = spec.model_dump(mode="json", exclude_defaults=True)
     data = {"name": spec.name, **data}
     return yaml.safe_dump(data, sort_keys=False)
 

@@ -32,7 +32,7 @@ def zoo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def zoo_export(tmp_path_factory: pytest.TempPathFactory, zoo_cache_dir: Path) -> Callable[..., object]:
     """Factory: ``zoo_export("facile")``, ``zoo_export("jet_mlp", flavour="torch")``."""
-    from hepdeploy.model_zoo import export_network, get_network
+    from hepdeploy.model_zoo import ExportOptions, export_network, get_network
 
     made: dict[tuple[str, str | None], object] = {}
 
@@ -43,8 +43,9 @@ def zoo_export(tmp_path_factory: pytest.TempPathFactory, zoo_cache_dir: Path) ->
             # Smaller reference sets than the zoo's defaults (tens of thousands of jets): tests check
             # behaviour, not the size of the intervals.
             size = min(get_network(name).reference_samples, 2000)
-            made[key] = export_network(name, out, flavour=flavour, budget="reduced", cache_dir=zoo_cache_dir,
-                                       reference_samples=size if name != "interaction_network" else 4)
+            made[key] = export_network(name, out, ExportOptions(
+                flavour=flavour, budget="reduced", cache_dir=zoo_cache_dir,
+                reference_samples=size if name != "interaction_network" else 4))
         return made[key]
 
     return export

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hepdeploy import ntuple
-from hepdeploy.data import load_calibration, read_root_events
+from hepdeploy.data import Draw, load_calibration, read_root_events
 from hepdeploy.errors import DataError
 from hepdeploy.spec import DataSpec, TensorSpec, spec_from_dict
 from hepdeploy.weaver import load_config
@@ -168,7 +168,7 @@ def test_a_real_preprocess_json_drives_the_mapping_unchanged(tmp_path: Path) -> 
         "outputs": [{"name": "softmax", "shape": ["batch", 6]}],
         "data": {"preprocess": {"file": "preprocess.json"}}}, base_dir=tmp_path)
     for convention in ("cmssw", "weaver"):
-        out = read_root_events(tmp_path / "hlt.root", list(spec.inputs), spec.data, tmp_path, convention=convention)
+        out = read_root_events(tmp_path / "hlt.root", list(spec.inputs), spec.data, convention=convention)
         assert out["pf_features"].shape == (n, 23, 50)  # the 64-particle jet: clamped to max_length
         assert out["sv_features"].shape == (n, 11, 5)
         for group, group_counts, length in ((pf, counts, 50), (sv, sv_counts, 5)):
@@ -179,8 +179,8 @@ def test_a_real_preprocess_json_drives_the_mapping_unchanged(tmp_path: Path) -> 
             np.testing.assert_allclose(out[group.name], want, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(out["pf_mask"][:, 0], padded(counts, np.ones(counts.sum()), 50))
         np.testing.assert_array_equal(out["sv_mask"][:, 0], padded(sv_counts, np.ones(sv_counts.sum()), 5))
-    short = read_root_events(tmp_path / "hlt.root", list(spec.inputs), spec.data, tmp_path,
-                             samples=1, seed=0, allow_fewer=True)
+    short = read_root_events(tmp_path / "hlt.root", list(spec.inputs), spec.data,
+                             draw=Draw(samples=1, seed=0, allow_fewer=True))
     assert short["pf_features"].shape[-1] in range(16, 51)  # one jet: its own length, at least min_length
     assert math.isfinite(float(np.abs(short["pf_features"]).max()))
 

@@ -25,6 +25,7 @@ from hepdeploy.errors import (
     SpecError,
     first_line,
 )
+from hepdeploy.frameworks import FRAMEWORK_NAMES, TORCH_ARCHIVE_SUFFIXES, framework_of_suffix, source_framework
 from hepdeploy.fsutil import check_input_file, missing, shown
 from hepdeploy.tf_support import import_tensorflow
 
@@ -50,20 +51,13 @@ def sniff_framework(path: Path) -> str:
             return "savedmodel"
         raise ModelLoadError(f"{path}: a folder but not a TensorFlow SavedModel (no saved_model.pb)")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".keras":
-        return "keras"
-    if suffix in (".h5", ".hdf5"):
-        return "keras"
-    if suffix == ".pt2":
-        return "exported_program"
-    if suffix in (".pt", ".pth", ".bin", ".ckpt", ".jit", ".torchscript"):
+    if suffix in TORCH_ARCHIVE_SUFFIXES:
         return torch_file_kind(path)
-    raise ModelLoadError(
-        f"{path}: cannot tell the framework from the suffix {suffix or '(none)'!r}; "
-        "use --framework (torch, torchscript, exported_program, keras, savedmodel, onnx)"
-    )
+    framework = framework_of_suffix(suffix)
+    if framework is None:
+        raise ModelLoadError(f"{path}: cannot tell the framework from the suffix {suffix or '(none)'!r}; "
+                             f"use --framework ({', '.join(FRAMEWORK_NAMES)})")
+    return framework.name
 
 
 def torch_file_kind(path: Path) -> str:
@@ -135,8 +129,9 @@ def _on_sys_path(folder: Path | None) -> Iterator[None]:
                 sys.path.remove(entry)
 
 
-def resolve_factory(factory: str, module_file: Path | None = None, base_dir: Path | None = None) -> Callable[..., Any]:
-    """Find the callable named by ``package.module:function`` (or ``function`` in ``module_file``)."""
+def resolve_factory(factory: str, module_file: Path | None = None, module_dir: Path | None = None) -> Callable[..., Any]:
+    """Find the callable named by ``package.module:function`` (or ``function`` in ``module_file``), importing
+    from ``module_dir`` (the spec's ``source.factory_dir``) or the working directory."""
     module_name, _, function_name = factory.partition(":")
     if not module_name or not function_name:
         raise SpecError(f"factory {factory!r} must look like 'package.module:function'")
@@ -149,7 +144,7 @@ def resolve_factory(factory: str, module_file: Path | None = None, base_dir: Pat
             module = importlib.util.module_from_spec(import_spec)
             import_spec.loader.exec_module(module)
         else:
-            with _on_sys_path(base_dir), _on_sys_path(Path.cwd()):
+            with _on_sys_path(module_dir), _on_sys_path(Path.cwd()):
                 module = importlib.import_module(module_name)
     except ModelLoadError:
         raise
@@ -165,9 +160,9 @@ def resolve_factory(factory: str, module_file: Path | None = None, base_dir: Pat
 
 
 def build_torch_module(factory: str, factory_kwargs: dict[str, Any] | None = None, weights: Path | None = None,
-                       module_file: Path | None = None, base_dir: Path | None = None) -> Any:
+                       module_file: Path | None = None, module_dir: Path | None = None) -> Any:
     torch = _import_torch()
-    function = resolve_factory(factory, module_file, base_dir)
+    function = resolve_factory(factory, module_file, module_dir)
     try:
         module = function(**(factory_kwargs or {}))
     except Exception as error:
@@ -204,12 +199,12 @@ def load_exported_program(path: Path) -> Any:
 def load_torch_source(spec: ModelSpec) -> Any:
     """The nn.Module / ScriptModule / ExportedProgram a torch-family spec names."""
     source = spec.source
+    path = Path(source.path) if source.path else None
     if source.framework == "torchscript":
-        return load_torchscript(spec.resolve(source.path))
+        return load_torchscript(path)  # type: ignore[arg-type]  # the spec requires one
     if source.framework == "exported_program":
-        return load_exported_program(spec.resolve(source.path))
-    path = spec.resolve(source.path)
-    weights = spec.resolve(source.weights)
+        return load_exported_program(path)  # type: ignore[arg-type]
+    weights = Path(source.weights) if source.weights else None
     module_file = None
     if path is not None:
         if path.suffix == ".py":
@@ -218,7 +213,8 @@ def load_torch_source(spec: ModelSpec) -> Any:
             weights = path  # `path:` pointing at a state dict
     if not source.factory:
         raise SpecError(f"{spec.name}: source.framework 'torch' needs 'factory: module:function'")
-    return build_torch_module(source.factory, source.factory_kwargs, weights, module_file, spec.base_dir)
+    module_dir = Path(source.factory_dir) if source.factory_dir else None
+    return build_torch_module(source.factory, source.factory_kwargs, weights, module_file, module_dir)
 
 
 # ---------------------------------------------------------------- keras / tensorflow
@@ -301,13 +297,17 @@ def _wrap_tf_function(tf: Any, function: Callable[..., Any], input_signature: Se
     return wrapped
 
 
+def load_keras_source(spec: ModelSpec) -> Any:
+    """The Keras model a ``keras`` spec names."""
+    return load_keras(Path(spec.source.path))  # type: ignore[arg-type]  # the spec requires one
+
+
+def load_savedmodel_source(spec: ModelSpec) -> Any:
+    """A positional callable over the SavedModel a ``savedmodel`` spec names."""
+    return load_savedmodel_callable(Path(spec.source.path), tf_input_signature(spec))  # type: ignore[arg-type]
+
+
 def load_source(spec: ModelSpec) -> Any:
-    """The loaded source model a spec names: an nn.Module-like object, a Keras model or a SavedModel callable."""
-    framework = spec.source.framework
-    if framework in ("torch", "torchscript", "exported_program"):
-        return load_torch_source(spec)
-    if framework == "keras":
-        return load_keras(spec.resolve(spec.source.path))  # type: ignore[arg-type]
-    if framework == "savedmodel":
-        return load_savedmodel_callable(spec.resolve(spec.source.path), tf_input_signature(spec))  # type: ignore[arg-type]
-    raise SpecError(f"{spec.name}: no loader for framework {framework!r}")
+    """The loaded source model a spec names (the framework registry's loader): an nn.Module-like object, a
+    Keras model, a SavedModel callable, or None for a file its runner opens itself (ONNX)."""
+    return source_framework(spec.source.framework).load(spec)

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from hepdeploy.artifacts import load_onnx, read_engine_sidecar
-from hepdeploy.backend import loaders
 from hepdeploy.backend.base import RenamedRunner, Runner
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner, ProviderList, check_in_child
 from hepdeploy.backend.pytorch import TorchModuleRunner
 from hepdeploy.backend.tf import KerasRunner, SavedModelRunner
 from hepdeploy.backend.trt import TensorRTEngineRunner
 from hepdeploy.errors import ModelLoadError, SpecError
+from hepdeploy.frameworks import source_framework
 from hepdeploy.fsutil import check_input_file, missing, sha256_file
 from hepdeploy.plan_compat import plan_metadata_of
 from hepdeploy.spec import ModelSpec, load_spec
@@ -25,31 +25,31 @@ ENGINE_SUFFIXES = (".plan", ".engine")
 
 
 def source_runner(spec: ModelSpec, loaded: Any | None = None) -> Runner:
-    """A runner over the spec's source model (loaded here unless ``loaded`` is the model object already)."""
-    framework = spec.source.framework
+    """A runner over the spec's source model (loaded here unless ``loaded`` is the model object already), as
+    the framework registry (:mod:`hepdeploy.frameworks`) says."""
+    framework = source_framework(spec.source.framework)
     where = spec.source.path or spec.source.factory or spec.name
-    name = f"{framework}:{where}"
-    if framework == "zoo":
-        raise SpecError(f"{spec.name}: a 'zoo' source must be exported first (convert does this); "
-                        "use the exported spec")
-    if framework == "onnx":
-        return _onnx_source_runner(spec, name)
-    model = loaded if loaded is not None else loaders.load_source(spec)
-    outputs = [t.name for t in spec.outputs]
-    if framework in ("torch", "torchscript", "exported_program"):
-        if framework == "exported_program" and not hasattr(model, "forward"):
-            model = model.module()
-        return TorchModuleRunner(model, spec.inputs, outputs, name=name)
-    if framework == "keras":
-        return KerasRunner(model, spec.inputs, outputs, name=name)
-    if framework == "savedmodel":
-        return SavedModelRunner(model, spec.inputs, outputs, name=name)
-    raise SpecError(f"{spec.name}: no runner for framework {framework!r}")
+    model = loaded if loaded is not None else framework.load(spec)
+    return framework.open_runner(spec, model, f"{framework.name}:{where}")  # type: ignore[no-any-return]
 
 
-def _onnx_source_runner(spec: ModelSpec, name: str) -> Runner:
+def torch_runner(spec: ModelSpec, model: Any, name: str) -> Runner:
+    if spec.source.framework == "exported_program" and not hasattr(model, "forward"):
+        model = model.module()
+    return TorchModuleRunner(model, spec.inputs, [t.name for t in spec.outputs], name=name)
+
+
+def keras_runner(spec: ModelSpec, model: Any, name: str) -> Runner:
+    return KerasRunner(model, spec.inputs, [t.name for t in spec.outputs], name=name)
+
+
+def savedmodel_runner(spec: ModelSpec, model: Any, name: str) -> Runner:
+    return SavedModelRunner(model, spec.inputs, [t.name for t in spec.outputs], name=name)
+
+
+def onnx_runner(spec: ModelSpec, model: None, name: str) -> Runner:
     """An ONNX source, its tensors translated positionally to the spec's names where they differ (as convert does)."""
-    path = spec.resolve(spec.source.path)
+    path = Path(spec.source.path)  # type: ignore[arg-type]  # the spec requires one
     runner = OnnxRuntimeRunner(path, name=name)
     inputs, outputs = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
     if runner.input_names == inputs and runner.output_names == outputs:
@@ -102,7 +102,7 @@ def open_source(source: Runner | ModelSpec | Path | str) -> OpenedSource:
             return OpenedSource(artifact_runner(path), _file_info(path, path.suffix.lstrip(".")))
         spec = load_spec(path)
     model_file = spec.source.path or spec.source.weights  # torch factories keep their weights in a file
-    info = _file_info(spec.resolve(model_file) if model_file else None, spec.source.framework)
+    info = _file_info(Path(model_file) if model_file else None, spec.source.framework)
     info["spec"] = spec.name
     if spec.source.factory:
         info["factory"] = spec.source.factory

@@ -115,8 +115,8 @@ def add_command(
     if warmup_path is not None:
         warmup = load_data_file(warmup_path)  # a golden set (input/NAME keys), ONNX test data, or plain inputs
     elif spec is not None and spec.data.reference and (triton_spec is None or triton_spec.warmup):
-        reference = spec.resolve(spec.data.reference)
-        if reference is not None and reference.suffix == ".npz" and reference.is_file():
+        reference = Path(spec.data.reference)
+        if reference.suffix == ".npz" and reference.is_file():
             warmup = load_data_file(reference)
     if warmup is not None and spec is not None:
         input_names = {t.name for t in spec.inputs}

@@ -66,7 +66,7 @@ def tune_command(source: Path, variant: str, output: Path, spec: ModelSpec | Non
     if golden is not None:
         reference = load_reference(golden)
     elif spec is not None and spec.data.reference:
-        reference = make_reference(spec, spec.resolve(spec.data.reference), labels=spec.data.label_array, spec=spec)
+        reference = make_reference(spec, Path(spec.data.reference), labels=spec.data.label_array, spec=spec)
     else:
         raise BadInputError("tune: needs a reference set: --golden FILE, or a spec with data.reference")
     vspec = variant_spec(variant, spec)

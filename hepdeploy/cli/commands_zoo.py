@@ -10,6 +10,7 @@ import click
 from hepdeploy.cli.options import budget_option, cache_option, json_flag_option
 from hepdeploy.errors import BadInputError
 from hepdeploy.model_zoo import (
+    ExportOptions,
     export_network,
     find_cached,
     get_network,
@@ -153,8 +154,9 @@ def export_command(name: str, out_dir: Path, flavour: str | None, train: bool, b
     if not out_dir.parent.expanduser().resolve().is_dir():
         raise BadInputError(f"{out_dir}: parent folder {out_dir.parent} does not exist")
     with Console(stderr=True).status(f"exporting {name}"):
-        result = export_network(name, out_dir, flavour, train, budget, cache_dir, seed,
-                                reference_samples=reference_samples, root=root)
+        result = export_network(name, out_dir, ExportOptions(flavour=flavour, train=train, budget=budget,
+                                                             cache_dir=cache_dir, seed=seed,
+                                                             reference_samples=reference_samples, root=root))
     if result.trained:
         state = f"trained ({result.budget} budget): {format_metrics(net.task, result.metrics)}"
     else:

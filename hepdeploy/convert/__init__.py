@@ -1,13 +1,15 @@
 """Conversion of trained models to the hepdeploy artifact (single-file ONNX + sidecar).
 
-One entry point, :func:`convert_from_spec`, dispatches on ``spec.source.framework`` to
-one converter per source:
+One entry point, :func:`convert_from_spec`, hands the spec to its framework's converter
+(the framework registry, :mod:`hepdeploy.frameworks`):
 
 - ``torch`` / ``torchscript`` / ``exported_program``: :func:`convert_torch`
   (exporter auto|dynamo|torchscript),
 - ``keras``: :func:`convert_keras`, ``savedmodel``: :func:`convert_savedmodel` (tf2onnx),
-- ``onnx``: :func:`convert_onnx` (pass-through),
-- ``zoo``: the zoo network is exported to its source format first, then converted.
+- ``onnx``: :func:`convert_onnx` (pass-through).
+
+A ``framework: zoo`` spec is first turned into a spec of the network's exported source
+(:func:`hepdeploy.model_zoo.zoo_source_spec`), then converted like any other (:func:`convert_zoo`).
 
 Every converter self-checks the new graph against its source before anything is written.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hepdeploy.artifacts import Artifact, SourceRecord
 from hepdeploy.convert.common import check_output_path
@@ -23,9 +25,10 @@ from hepdeploy.convert.from_onnx import convert_onnx
 from hepdeploy.convert.from_tensorflow import convert_keras, convert_savedmodel
 from hepdeploy.convert.from_torch import convert_torch
 from hepdeploy.errors import ModelLoadError, SpecError
+from hepdeploy.frameworks import source_framework
 from hepdeploy.fsutil import atomic_write_text, check_input_file, missing
 from hepdeploy.lifetime import work_folder
-from hepdeploy.model_zoo import export_network
+from hepdeploy.model_zoo import zoo_source_spec
 
 if TYPE_CHECKING:
     from hepdeploy.spec import ModelSpec
@@ -33,28 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hepdeploy.convert")
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
-
-
-def merge_zoo_spec(user: ModelSpec, zoo_spec: ModelSpec) -> ModelSpec:
-    """The zoo's concrete spec, with every field the user's spec set explicitly winning.
-
-    Data paths the user gives stay relative to the user's spec folder.
-    """
-    if zoo_spec.source.framework == "zoo":
-        raise SpecError(f"zoo network {user.source.zoo!r} exported a spec that is itself a zoo source")
-    update: dict[str, Any] = {"name": user.name}
-    for key in ("inputs", "outputs", "dims", "opset", "data", "variants", "validation", "triton"):
-        if key in user.model_fields_set:
-            update[key] = getattr(user, key)
-    if "dims" in update:
-        update["dims"] = {**zoo_spec.dims, **user.dims}
-    if "data" in update:
-        data = user.data.model_copy(update={
-            key: str(user.resolve(getattr(user.data, key)))
-            for key in ("calibration", "reference") if getattr(user.data, key)
-        })
-        update["data"] = data
-    return zoo_spec.model_copy(update=update)
 
 
 def convert_zoo(
@@ -74,9 +55,7 @@ def convert_zoo(
     """
     with work_folder("zoo") as tmp:
         folder = Path(work_dir) if work_dir is not None else Path(tmp)
-        exported = export_network(spec.source.zoo, folder, flavour=spec.source.zoo_flavour, train=train,
-                                  budget=budget)
-        merged = merge_zoo_spec(spec, exported.spec)
+        merged, exported = zoo_source_spec(spec, folder, train=train, budget=budget)
         artifact = convert_from_spec(merged, output, exporter)
         # Record the zoo network as the source (the exported file may live in a temp folder).
         old = artifact.sidecar.source
@@ -90,32 +69,22 @@ def convert_zoo(
     return Artifact(path=artifact.path, sidecar=sidecar)
 
 
-_CONVERTERS = {
-    "torch": convert_torch,
-    "torchscript": convert_torch,
-    "exported_program": convert_torch,
-    "keras": convert_keras,
-    "savedmodel": convert_savedmodel,
-    "onnx": convert_onnx,
-    "zoo": convert_zoo,
-}
-
-
 def convert_from_spec(spec: ModelSpec, output: Path, exporter: str = "auto") -> Artifact:
     """Convert the spec's source model to a checked artifact at ``output`` (``.onnx`` + ``.json``)."""
     if exporter not in EXPORTERS:
         raise SpecError(f"unknown exporter {exporter!r} (one of {', '.join(EXPORTERS)})")
     check_output_path(Path(output))
-    framework = spec.source.framework
-    if framework not in ("torch", "zoo") and spec.source.path:
-        path = spec.resolve(spec.source.path)
-        if framework != "savedmodel":
-            check_input_file(path, f"{framework} model")  # type: ignore[arg-type]
-        elif not Path(path).exists():  # type: ignore[arg-type]
+    if spec.source.framework == "zoo":
+        return convert_zoo(spec, Path(output), exporter)
+    framework = source_framework(spec.source.framework)
+    if framework.needs_path and spec.source.path:
+        path = Path(spec.source.path)
+        if not framework.is_folder:
+            check_input_file(path, f"{framework.name} model")
+        elif not path.exists():
+            raise ModelLoadError(missing(path, f"{framework.name} folder"))
+    return framework.convert(spec, Path(output), exporter)  # type: ignore[no-any-return]
 
-            raise ModelLoadError(missing(path, "SavedModel folder"))
-    return _CONVERTERS[framework](spec, Path(output), exporter)
 
-
-__all__ = ["EXPORTERS", "convert_from_spec", "merge_zoo_spec", "convert_keras", "convert_onnx", "convert_savedmodel",
-           "convert_torch", "convert_zoo"]
+__all__ = ["EXPORTERS", "convert_from_spec", "convert_keras", "convert_onnx", "convert_savedmodel", "convert_torch",
+           "convert_zoo"]

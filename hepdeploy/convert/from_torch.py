@@ -242,8 +242,8 @@ def convert_torch(spec: ModelSpec, output: Path, exporter: Exporter = "auto") ->
 
     check_output_path(Path(output))
     model = load_torch_source(spec)
-    path = spec.resolve(spec.source.path) if spec.source.path else spec.resolve(spec.source.weights)
-    weights = spec.resolve(spec.source.weights)
+    weights = Path(spec.source.weights) if spec.source.weights else None
+    path = Path(spec.source.path) if spec.source.path else weights
     extra: dict[str, Any] = {}
     if spec.source.factory:
         extra["factory"] = spec.source.factory

@@ -12,7 +12,7 @@ collection lengths are dynamic (trained at 25/25/4).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,16 +34,40 @@ def _sorted_take(values: np.ndarray, key: np.ndarray, valid: np.ndarray, n: int)
     return (taken * keep[:, :, None]).astype(np.float32)
 
 
+class _Tracks(NamedTuple):
+    """Per-candidate quantities every DeepJet input block reads: [J, P] each."""
+
+    charged: np.ndarray
+    neutral: np.ndarray
+    ptrel: np.ndarray
+    d0sig: np.ndarray
+    dzsig: np.ndarray
+    sip3d: np.ndarray
+
+
 def deepjet_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
     m = sample.mask
-    charged = m & (sample.part_charge != 0)
-    neutral = m & (sample.part_charge == 0)
-    ptrel = sample.part_pt / sample.pt[:, None]
     d0sig = sample.part_d0 / np.maximum(sample.part_d0_err, 1e-4)
     dzsig = sample.part_dz / np.maximum(sample.part_dz_err, 1e-4)
-    sip3d = np.hypot(d0sig, dzsig) * np.sign(sample.part_d0)
-    t = sample.part_type
+    tracks = _Tracks(charged=m & (sample.part_charge != 0), neutral=m & (sample.part_charge == 0),
+                     ptrel=sample.part_pt / sample.pt[:, None], d0sig=d0sig, dzsig=dzsig,
+                     sip3d=np.hypot(d0sig, dzsig) * np.sign(sample.part_d0))
     rng = np.random.default_rng(int(sample.pt[0] * 997) % 2**31)  # detector-level extras, seeded by the jets
+    cpf_all = _charged_features(sample, tracks, rng)  # draws from rng before the neutral features do
+    npf_all = _neutral_features(sample, tracks, rng)
+    vtx_all, flight_sig = _vertex_features(sample)
+    return {
+        "input_1": _global_features(sample, tracks),
+        "input_2": _sorted_take(cpf_all, np.abs(tracks.sip3d), tracks.charged, N_CPF),
+        "input_3": _sorted_take(npf_all, tracks.ptrel, tracks.neutral, N_NPF),
+        "input_4": _sorted_take(vtx_all, flight_sig, sample.sv_mask, N_VTX),
+        "input_5": np.log(sample.pt)[:, None].astype(np.float32),
+    }
+
+
+def _charged_features(sample: jets.Jets, tracks: _Tracks, rng: np.random.Generator) -> np.ndarray:
+    """Every candidate's charged-PF features [J, P, 16] (the charged ones are kept later)."""
+    m, t = sample.mask, sample.part_type
     # Distance of each candidate to the nearest secondary vertex (large if none).
     dr_sv = np.where(
         sample.sv_mask[:, None, :],
@@ -51,16 +75,16 @@ def deepjet_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
                  sample.part_dphi[:, :, None] - sample.sv_dphi[:, None, :]),
         0.4,
     ).min(axis=2)
-    cpf_all = np.stack(
+    return np.stack(
         [
-            np.log(np.maximum(ptrel, 1e-4)),
+            np.log(np.maximum(tracks.ptrel, 1e-4)),
             sample.part_deta * 10,
             sample.part_dphi * 10,
             np.tanh(sample.part_d0 / 0.05),
-            np.tanh(d0sig / 10),
+            np.tanh(tracks.d0sig / 10),
             np.tanh(sample.part_dz / 0.05),
-            np.tanh(dzsig / 10),
-            np.tanh(sip3d / 10),
+            np.tanh(tracks.dzsig / 10),
+            np.tanh(tracks.sip3d / 10),
             sample.part_charge,
             t == jets.ELECTRON,
             t == jets.MUON,
@@ -68,13 +92,18 @@ def deepjet_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
             rng.integers(4, 8, size=m.shape) / 7,
             np.ones(m.shape),
             dr_sv * 5,
-            sample.part_from_sv * 0 + (np.abs(d0sig) < 3),  # compatible with the primary vertex
+            sample.part_from_sv * 0 + (np.abs(tracks.d0sig) < 3),  # compatible with the primary vertex
         ],
         axis=2,
     )
-    npf_all = np.stack(
+
+
+def _neutral_features(sample: jets.Jets, tracks: _Tracks, rng: np.random.Generator) -> np.ndarray:
+    """Every candidate's neutral-PF features [J, P, 6] (the neutral ones are kept later)."""
+    m, t = sample.mask, sample.part_type
+    return np.stack(
         [
-            np.log(np.maximum(ptrel, 1e-4)),
+            np.log(np.maximum(tracks.ptrel, 1e-4)),
             sample.part_deta * 10,
             sample.part_dphi * 10,
             t == jets.PHOTON,
@@ -83,8 +112,12 @@ def deepjet_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
         ],
         axis=2,
     )
+
+
+def _vertex_features(sample: jets.Jets) -> tuple[np.ndarray, np.ndarray]:
+    """The secondary vertices' features [J, V, 12] and their flight significance (their order)."""
     flight_sig = sample.sv_flight / np.maximum(sample.sv_flight_err, 1e-4)
-    vtx_all = np.stack(
+    features = np.stack(
         [
             np.log(np.maximum(sample.sv_pt / sample.pt[:, None], 1e-4)),
             sample.sv_deta * 10,
@@ -101,11 +134,13 @@ def deepjet_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
         ],
         axis=2,
     )
-    cpf = _sorted_take(cpf_all, np.abs(sip3d), charged, N_CPF)
-    npf = _sorted_take(npf_all, ptrel, neutral, N_NPF)
-    vtx = _sorted_take(vtx_all, flight_sig, sample.sv_mask, N_VTX)
-    sum_charged = (ptrel * charged).sum(1)
-    global_features = np.stack(
+    return features, flight_sig
+
+
+def _global_features(sample: jets.Jets, tracks: _Tracks) -> np.ndarray:
+    """The jet-level features [J, 15]."""
+    charged, neutral, ptrel, d0sig, sip3d = tracks.charged, tracks.neutral, tracks.ptrel, tracks.d0sig, tracks.sip3d
+    return np.stack(
         [
             np.log(sample.pt),
             sample.eta,
@@ -113,7 +148,7 @@ def deepjet_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
             neutral.sum(1) / 10,
             sample.n_sv,
             sample.n_pv / 30,
-            sum_charged,
+            (ptrel * charged).sum(1),
             (ptrel * charged * np.hypot(sample.part_deta, sample.part_dphi)).sum(1) * 10,
             (sample.n_sv > 0).astype(np.float32),
             np.tanh(np.sort(np.where(charged, d0sig, -99), axis=1)[:, -2] / 10),
@@ -125,13 +160,6 @@ def deepjet_inputs(sample: jets.Jets) -> dict[str, np.ndarray]:
         ],
         axis=1,
     ).astype(np.float32)
-    return {
-        "input_1": global_features,
-        "input_2": cpf,
-        "input_3": npf,
-        "input_4": vtx,
-        "input_5": np.log(sample.pt)[:, None].astype(np.float32),
-    }
 
 
 class DeepJet(ZooNetwork):

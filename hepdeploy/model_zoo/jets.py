@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -96,6 +97,24 @@ class Jets:
         return self.sv_mask.sum(axis=1)
 
 
+class _Prongs(NamedTuple):
+    """Each jet's prong pT shares and prong axes (eta, phi) relative to the jet axis: [n, 3] each."""
+
+    share: np.ndarray
+    eta: np.ndarray
+    phi: np.ndarray
+
+
+class _Constituents(NamedTuple):
+    mask: np.ndarray
+    part_pt: np.ndarray
+    deta: np.ndarray
+    dphi: np.ndarray
+    part_type: np.ndarray
+    charged: np.ndarray
+    part_charge: np.ndarray
+
+
 def generate_jets(
     n: int,
     seed: int,
@@ -103,24 +122,53 @@ def generate_jets(
     max_particles: int = 64,
     pt_range: tuple[float, float] = (400.0, 600.0),
 ) -> Jets:
-    """``n`` jets of the given kinds in equal proportions (label = index in ``kinds``)."""
+    """``n`` jets of the given kinds in equal proportions (label = index in ``kinds``).
+
+    One random stream drives every step, in this order: labels and jet kinematics, prong axes,
+    constituents, secondary vertices and impact parameters, pile-up (the same seed gives the same jets)."""
     rng = np.random.default_rng(seed)
-    p = max_particles
     label = rng.integers(0, len(kinds), size=n)
     params = [KINDS[k] for k in kinds]
 
     def per_jet(attr: str) -> np.ndarray:
         return np.array([getattr(k, attr) for k in params], dtype=np.float64)[label]
 
-    prongs = per_jet("prongs").astype(int)
-    res_mass = per_jet("mass")
-    spread = per_jet("spread")
-    softness = per_jet("softness")
     jet_pt = rng.uniform(*pt_range, size=n)
     jet_eta = rng.uniform(-2.0, 2.0, size=n)
+    prongs = per_jet("prongs").astype(int)
+    axes = _prong_axes(rng, prongs, per_jet("mass"), jet_pt)
+    parts = _constituents(rng, per_jet, prongs, axes, jet_pt, pt_range, max_particles)
+    vertices = _vertices(rng, per_jet, parts, jet_pt)
+    deta, dphi, mass = _recentred(parts, jet_eta)
 
-    # --- prong axes and pT shares -----------------------------------------------------------
-    # Two-body opening angle ~ 2 m / pT; the top splits into b + W(qq').
+    f = np.float32
+    mask = parts.mask
+    return Jets(
+        label=label.astype(np.int64),
+        pt=jet_pt.astype(f),
+        eta=jet_eta.astype(f),
+        mass=mass.astype(f),
+        mask=mask,
+        part_pt=parts.part_pt.astype(f),
+        part_deta=deta.astype(f),
+        part_dphi=dphi.astype(f),
+        part_type=(parts.part_type * mask).astype(np.int64),
+        part_charge=parts.part_charge.astype(f),
+        part_d0=vertices["d0"].astype(f),
+        part_dz=vertices["dz"].astype(f),
+        part_d0_err=(vertices["d0_err"] * mask).astype(f),
+        part_dz_err=(vertices["dz_err"] * mask).astype(f),
+        part_from_sv=vertices["from_sv"],
+        sv_mask=vertices["sv_mask"],
+        **{name: vertices[name].astype(f) for name in ("sv_pt", "sv_deta", "sv_dphi", "sv_mass", "sv_ntracks",
+                                                       "sv_flight", "sv_flight_err", "sv_chi2")},
+        n_pv=rng.poisson(30, size=n).astype(f),
+    )
+
+
+def _prong_axes(rng: np.random.Generator, prongs: np.ndarray, res_mass: np.ndarray, jet_pt: np.ndarray) -> _Prongs:
+    """Prong axes and pT shares. Two-body opening angle ~ 2 m / pT; the top splits into b + W(qq')."""
+    n = len(prongs)
     share = np.zeros((n, 3))
     axis_eta = np.zeros((n, 3))
     axis_phi = np.zeros((n, 3))
@@ -152,8 +200,14 @@ def generate_jets(
         axis_phi[three, 2] = w_phi - zw * angle_w * np.sin(d2)
     one = prongs == 1
     share[one, 0] = 1.0
+    return _Prongs(share, axis_eta, axis_phi)
 
-    # --- constituents -----------------------------------------------------------------------
+
+def _constituents(rng: np.random.Generator, per_jet: Callable[[str], np.ndarray], prongs: np.ndarray, axes: _Prongs,
+                  jet_pt: np.ndarray, pt_range: tuple[float, float], p: int) -> _Constituents:
+    """The particles of every jet (``p`` slots, masked): momenta, angles, types and charges."""
+    n = len(prongs)
+    share = axes.share
     mean_mult = per_jet("multiplicity") * (jet_pt / np.mean(pt_range)) ** 0.25
     mult = np.clip(rng.poisson(mean_mult), 3, p)
     slot = np.arange(p)[None, :]
@@ -163,17 +217,17 @@ def generate_jets(
     prong_of = (u[:, :, None] > np.cumsum(share, axis=1)[:, None, :]).sum(axis=2).clip(0, 2)
     # Make sure every prong of a multi-prong jet has at least one particle (the first ones).
     prong_of[:, :3] = np.where(np.arange(3)[None, :] < prongs[:, None], np.arange(3)[None, :], prong_of[:, :3])
-    weights = rng.gamma(softness[:, None], 1.0, size=(n, p)) * mask
+    weights = rng.gamma(per_jet("softness")[:, None], 1.0, size=(n, p)) * mask
     prong_share = np.take_along_axis(share, prong_of, axis=1)
     prong_total = np.zeros((n, 3))
     np.add.at(prong_total, (np.repeat(np.arange(n), p), prong_of.ravel()), weights.ravel())
     frac = weights / np.maximum(np.take_along_axis(prong_total, prong_of, axis=1), 1e-12) * prong_share
     frac = frac / np.maximum(frac.sum(axis=1, keepdims=True), 1e-12) * mask
     # Softer particles sit further from their prong axis (angular ordering).
-    width = spread[:, None] * (1.0 + 0.6 / np.sqrt(np.maximum(frac * mult[:, None], 1e-3)))
+    width = per_jet("spread")[:, None] * (1.0 + 0.6 / np.sqrt(np.maximum(frac * mult[:, None], 1e-3)))
     width = np.minimum(width, 0.3)
-    deta = np.take_along_axis(axis_eta, prong_of, axis=1) + rng.normal(size=(n, p)) * width
-    dphi = np.take_along_axis(axis_phi, prong_of, axis=1) + rng.normal(size=(n, p)) * width
+    deta = np.take_along_axis(axes.eta, prong_of, axis=1) + rng.normal(size=(n, p)) * width
+    dphi = np.take_along_axis(axes.phi, prong_of, axis=1) + rng.normal(size=(n, p)) * width
     part_pt = frac * jet_pt[:, None]
 
     # Types: charged ~60%, photons ~25%, neutral hadrons ~15%; leptons replace the hardest charged.
@@ -184,8 +238,14 @@ def generate_jets(
     part_type[lepton, lepton_slot[lepton]] = np.where(rng.uniform(size=lepton.sum()) < 0.5, ELECTRON, MUON)
     charged = np.isin(part_type, (CHARGED_HADRON, ELECTRON, MUON)) & mask
     part_charge = np.where(charged, np.where(rng.uniform(size=(n, p)) < 0.5, -1.0, 1.0), 0.0)
+    return _Constituents(mask, part_pt, deta, dphi, part_type, charged, part_charge)
 
-    # --- secondary vertices and impact parameters --------------------------------------------
+
+def _vertices(rng: np.random.Generator, per_jet: Callable[[str], np.ndarray], parts: _Constituents,
+              jet_pt: np.ndarray) -> dict[str, np.ndarray]:
+    """Secondary vertices (``sv_*``), which tracks come from them, and the tracks' impact parameters."""
+    n, p = parts.mask.shape
+    charged, part_pt = parts.charged, parts.part_pt
     p_sv1, p_sv2 = per_jet("n_sv")[:, 0], per_jet("n_sv")[:, 1]
     n_sv = (rng.uniform(size=n) < p_sv1).astype(int) + (rng.uniform(size=n) < p_sv2).astype(int)
     n_sv = np.minimum(n_sv + (rng.uniform(size=n) < 0.03), MAX_SV)  # rare fakes/extra
@@ -202,55 +262,31 @@ def generate_jets(
     dz_err = 1.5 * d0_err
     d0 = np.where(from_sv, track_flight * rng.normal(0, 0.12, size=(n, p)), 0.0) + rng.normal(size=(n, p)) * d0_err
     dz = np.where(from_sv, track_flight * rng.normal(0, 0.15, size=(n, p)), 0.0) + rng.normal(size=(n, p)) * dz_err
-    d0, dz = d0 * charged, dz * charged
     sv_ntracks = np.zeros((n, MAX_SV))
     for k in range(MAX_SV):
         sv_ntracks[:, k] = (from_sv & (which_sv == k)).sum(axis=1)
-    sv_ntracks = np.maximum(sv_ntracks, 2) * sv_mask
     # SV direction close to the jet axis (b-hadron direction), pT a fraction of the jet.
     sv_deta = rng.normal(0, 0.04, size=(n, MAX_SV)) * sv_mask
     sv_dphi = rng.normal(0, 0.04, size=(n, MAX_SV)) * sv_mask
     sv_pt = jet_pt[:, None] * rng.uniform(0.15, 0.6, size=(n, MAX_SV)) * sv_mask
+    return {"d0": d0 * charged, "dz": dz * charged, "d0_err": d0_err, "dz_err": dz_err, "from_sv": from_sv,
+            "sv_mask": sv_mask, "sv_pt": sv_pt, "sv_deta": sv_deta, "sv_dphi": sv_dphi, "sv_mass": sv_mass,
+            "sv_ntracks": np.maximum(sv_ntracks, 2) * sv_mask, "sv_flight": sv_flight,
+            "sv_flight_err": sv_flight_err, "sv_chi2": sv_chi2}
 
-    # --- re-centre on the pT-weighted axis and compute the jet mass --------------------------
-    c_eta = (part_pt * deta).sum(1) / part_pt.sum(1)
-    c_phi = (part_pt * dphi).sum(1) / part_pt.sum(1)
-    deta = (deta - c_eta[:, None]) * mask
-    dphi = (dphi - c_phi[:, None]) * mask
+
+def _recentred(parts: _Constituents, jet_eta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The particles' angles re-centred on the pT-weighted axis, and the jet mass."""
+    part_pt, mask = parts.part_pt, parts.mask
+    c_eta = (part_pt * parts.deta).sum(1) / part_pt.sum(1)
+    c_phi = (part_pt * parts.dphi).sum(1) / part_pt.sum(1)
+    deta = (parts.deta - c_eta[:, None]) * mask
+    dphi = (parts.dphi - c_phi[:, None]) * mask
     eta = jet_eta[:, None] + deta
     px, py = part_pt * np.cos(dphi), part_pt * np.sin(dphi)
     pz, e = part_pt * np.sinh(eta), part_pt * np.cosh(eta)
     m2 = e.sum(1) ** 2 - px.sum(1) ** 2 - py.sum(1) ** 2 - pz.sum(1) ** 2
-    mass = np.sqrt(np.maximum(m2, 0.0))
-
-    f = np.float32
-    return Jets(
-        label=label.astype(np.int64),
-        pt=jet_pt.astype(f),
-        eta=jet_eta.astype(f),
-        mass=mass.astype(f),
-        mask=mask,
-        part_pt=part_pt.astype(f),
-        part_deta=deta.astype(f),
-        part_dphi=dphi.astype(f),
-        part_type=(part_type * mask).astype(np.int64),
-        part_charge=part_charge.astype(f),
-        part_d0=d0.astype(f),
-        part_dz=dz.astype(f),
-        part_d0_err=(d0_err * mask).astype(f),
-        part_dz_err=(dz_err * mask).astype(f),
-        part_from_sv=from_sv,
-        sv_mask=sv_mask,
-        sv_pt=sv_pt.astype(f),
-        sv_deta=sv_deta.astype(f),
-        sv_dphi=sv_dphi.astype(f),
-        sv_mass=sv_mass.astype(f),
-        sv_ntracks=sv_ntracks.astype(f),
-        sv_flight=sv_flight.astype(f),
-        sv_flight_err=sv_flight_err.astype(f),
-        sv_chi2=sv_chi2.astype(f),
-        n_pv=rng.poisson(30, size=n).astype(f),
-    )
+    return deta, dphi, np.sqrt(np.maximum(m2, 0.0))
 
 
 # --- derived representations ---------------------------------------------------------------------

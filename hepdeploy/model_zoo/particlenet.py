@@ -32,6 +32,79 @@ def build_torch(n_classes: int = len(CLASSES)) -> Any:
     import torch
     from torch import nn
 
+    particle_net = _particle_net_class(n_classes)
+
+    def feature_conv(n_in: int, n_out: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.BatchNorm1d(n_in), nn.Conv1d(n_in, n_out, 1, bias=False), nn.BatchNorm1d(n_out), nn.ReLU()
+        )
+
+    class ParticleNetTagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pf_conv = feature_conv(PF_FEATURES, 32)
+            self.sv_conv = feature_conv(SV_FEATURES, 32)
+            self.pn = particle_net(32)
+
+        def forward(
+            self,
+            pf_points: torch.Tensor,
+            pf_features: torch.Tensor,
+            pf_mask: torch.Tensor,
+            sv_points: torch.Tensor,
+            sv_features: torch.Tensor,
+            sv_mask: torch.Tensor,
+        ) -> torch.Tensor:
+            points = torch.cat((pf_points * pf_mask, sv_points * sv_mask), dim=2)
+            features = torch.cat(
+                (self.pf_conv(pf_features * pf_mask) * pf_mask, self.sv_conv(sv_features * sv_mask) * sv_mask), dim=2
+            )
+            mask = torch.cat((pf_mask, sv_mask), dim=2)
+            return torch.softmax(self.pn(points, features, mask), dim=1)
+
+    return ParticleNetTagger()
+
+
+def _particle_net_class(n_classes: int) -> Any:
+    """The ParticleNet module class (EdgeConv blocks, pooling, fully connected head to ``n_classes``)."""
+    import torch
+    from torch import nn
+
+    edge_conv_block = _edge_conv_block_class()
+
+    class ParticleNet(nn.Module):
+        def __init__(self, in_feat: int) -> None:
+            super().__init__()
+            self.bn_fts = nn.BatchNorm1d(in_feat)
+            blocks, width = [], in_feat
+            for k, outs in CONV_PARAMS:
+                blocks.append(edge_conv_block(k, width, outs))
+                width = outs[-1]
+            self.edge_convs = nn.ModuleList(blocks)
+            layers: list[nn.Module] = []
+            for units, dropout in FC_PARAMS:
+                layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(dropout)]
+                width = units
+            layers.append(nn.Linear(width, n_classes))
+            self.fc = nn.Sequential(*layers)
+
+        def forward(self, points: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            coord_shift = (mask == 0).to(points.dtype) * 1e9
+            counts = mask.sum(dim=-1).clamp(min=1)
+            fts = self.bn_fts(features) * mask
+            for i, conv in enumerate(self.edge_convs):
+                pts = (points if i == 0 else fts) + coord_shift
+                fts = conv(pts, fts) * mask
+            return self.fc(fts.sum(dim=-1) / counts)
+
+    return ParticleNet
+
+
+def _edge_conv_block_class() -> Any:
+    """The EdgeConv block class: k nearest neighbours (constant-k TopK), edge features, convolutions."""
+    import torch
+    from torch import nn
+
     def knn(points: torch.Tensor, k: int) -> torch.Tensor:
         """Indices [B, P, k] of each point's k nearest neighbours (itself excluded)."""
         inner = -2 * torch.matmul(points.transpose(2, 1), points)
@@ -64,60 +137,7 @@ def build_torch(n_classes: int = len(CLASSES)) -> Any:
                 x = torch.relu(bn(conv(x)))
             return torch.relu(x.mean(dim=-1) + self.shortcut(features))
 
-    def feature_conv(n_in: int, n_out: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.BatchNorm1d(n_in), nn.Conv1d(n_in, n_out, 1, bias=False), nn.BatchNorm1d(n_out), nn.ReLU()
-        )
-
-    class ParticleNet(nn.Module):
-        def __init__(self, in_feat: int) -> None:
-            super().__init__()
-            self.bn_fts = nn.BatchNorm1d(in_feat)
-            blocks, width = [], in_feat
-            for k, outs in CONV_PARAMS:
-                blocks.append(EdgeConvBlock(k, width, outs))
-                width = outs[-1]
-            self.edge_convs = nn.ModuleList(blocks)
-            layers: list[nn.Module] = []
-            for units, dropout in FC_PARAMS:
-                layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(dropout)]
-                width = units
-            layers.append(nn.Linear(width, n_classes))
-            self.fc = nn.Sequential(*layers)
-
-        def forward(self, points: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            coord_shift = (mask == 0).to(points.dtype) * 1e9
-            counts = mask.sum(dim=-1).clamp(min=1)
-            fts = self.bn_fts(features) * mask
-            for i, conv in enumerate(self.edge_convs):
-                pts = (points if i == 0 else fts) + coord_shift
-                fts = conv(pts, fts) * mask
-            return self.fc(fts.sum(dim=-1) / counts)
-
-    class ParticleNetTagger(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.pf_conv = feature_conv(PF_FEATURES, 32)
-            self.sv_conv = feature_conv(SV_FEATURES, 32)
-            self.pn = ParticleNet(32)
-
-        def forward(
-            self,
-            pf_points: torch.Tensor,
-            pf_features: torch.Tensor,
-            pf_mask: torch.Tensor,
-            sv_points: torch.Tensor,
-            sv_features: torch.Tensor,
-            sv_mask: torch.Tensor,
-        ) -> torch.Tensor:
-            points = torch.cat((pf_points * pf_mask, sv_points * sv_mask), dim=2)
-            features = torch.cat(
-                (self.pf_conv(pf_features * pf_mask) * pf_mask, self.sv_conv(sv_features * sv_mask) * sv_mask), dim=2
-            )
-            mask = torch.cat((pf_mask, sv_mask), dim=2)
-            return torch.softmax(self.pn(points, features, mask), dim=1)
-
-    return ParticleNetTagger()
+    return EdgeConvBlock
 
 
 def _tanh(x: np.ndarray, scale: float) -> np.ndarray:

@@ -281,7 +281,7 @@ def write_root_files(net: ZooNetwork, stem: str, out_dir: Path, sets: dict[str, 
         paths[kind] = cached_data_file(
             net, kind, n, seed, cache_dir, Path(out_dir) / f"{stem}_{kind}.root",
             lambda path, arrays=arrays: write_ntuple(path, ROOT_TREE, ntuple_branches(layout, net, arrays())),
-            suffix=".root", recipe={"root_writer": LAYOUT_VERSION, "layout": repr(layout)})
+            recipe={"root_writer": LAYOUT_VERSION, "layout": repr(layout)})
     preprocess = Path(out_dir) / f"{stem}_preprocess.json"
     atomic_write_text(preprocess, json.dumps(preprocess_json(layout, net), indent=2) + "\n")
     return RootFiles(paths["reference"], paths["calibration"], preprocess)

@@ -48,10 +48,11 @@ def data_seeds(seed: int) -> dict[str, int]:
 
 
 def cached_data_file(net: ZooNetwork, kind: str, n: int, seed: int, cache_dir: Path | None, target: Path,
-                     write: Callable[[Path], Any], suffix: str = ".npz", recipe: dict[str, Any] | None = None) -> Path:
+                     write: Callable[[Path], Any], recipe: dict[str, Any] | None = None) -> Path:
     """A generated data file (``kind`` set of ``n`` events from ``seed``) copied to ``target``: ``write(path)``
-    makes it once per recipe, in the zoo's data cache beside the trainings; ``recipe`` adds what else
-    the file depends on (a file format, a layout)."""
+    makes it once per recipe, in the zoo's data cache beside the trainings (a file of ``target``'s suffix);
+    ``recipe`` adds what else the file depends on (a file format, a layout)."""
+    suffix = target.suffix
     key = json.dumps({"zoo_version": ZOO_VERSION, "network": net.name, "data": net.data_recipe, "kind": kind,
                       "n": n, "seed": seed, **(recipe or {})}, sort_keys=True)
     cached = cache_root(cache_dir) / "zoo" / net.name / "data" / \

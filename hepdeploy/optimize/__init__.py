@@ -31,7 +31,7 @@ from hepdeploy.artifacts import (
     write_artifact,
 )
 from hepdeploy.backend.onnxrt import check_in_child, run_once
-from hepdeploy.data import check_tensors, common_batch_size, load_calibration
+from hepdeploy.data import CalibrationSet, check_tensors, common_batch_size, load_calibration
 from hepdeploy.environment import package_version
 from hepdeploy.errors import (
     BadInputError,
@@ -73,17 +73,21 @@ def variant_spec(variant: VariantSpec | str, spec: ModelSpec | None = None) -> V
     return spec.variant(variant) if spec is not None else VariantSpec(name=variant)  # type: ignore[arg-type]
 
 
-def calibration_path(calibration: dict[str, np.ndarray] | Path | str | None, spec: ModelSpec | None) -> Path | None:
-    """The calibration file (or glob) a variant reads: the one given, else the spec's ``data.calibration``."""
+def calibration_path(calibration: CalibrationSet | dict[str, np.ndarray] | Path | str | None,
+                     spec: ModelSpec | None) -> Path | None:
+    """The calibration file (or glob) a variant reads: the one given (or the arrays were read from), else the
+    spec's ``data.calibration``."""
+    if isinstance(calibration, CalibrationSet):
+        return calibration.source
     if isinstance(calibration, dict):
         return None
     if calibration is not None:
         return Path(calibration)
-    return spec.resolve(spec.data.calibration) if spec is not None else None
+    return Path(spec.data.calibration) if spec is not None and spec.data.calibration else None
 
 
 def resolve_calibration(
-    calibration: dict[str, np.ndarray] | Path | str | None,
+    calibration: CalibrationSet | dict[str, np.ndarray] | Path | str | None,
     inputs: list[TensorSpec],
     spec: ModelSpec | None,
     samples: int | None = None,
@@ -91,6 +95,8 @@ def resolve_calibration(
     """Calibration arrays from a dict, a data file, or the spec's ``data.calibration``."""
     data = spec.data if spec is not None else None
     count = samples or (data.calibration_samples if data else 512)
+    if isinstance(calibration, CalibrationSet):  # read once by the build for all its variants
+        calibration = calibration.arrays
     if isinstance(calibration, dict):
         arrays = check_tensors(calibration, inputs, where="calibration data")
         n = next(iter(arrays.values())).shape[0]
@@ -107,7 +113,7 @@ def resolve_calibration(
     explicit = samples is not None or (data is not None and "calibration_samples" in data.model_fields_set)
     return load_calibration(
         path, inputs, samples=count, seed=data.seed if data else 0,
-        ignore=ignore, allow_fewer=not explicit, data_spec=data, base_dir=spec.base_dir if spec is not None else None,
+        ignore=ignore, allow_fewer=not explicit, data_spec=data,
     )
 
 
@@ -133,7 +139,7 @@ def optimize_artifact(
     variant: VariantSpec | str,
     output: Path,
     *,
-    calibration: dict[str, np.ndarray] | Path | None = None,
+    calibration: CalibrationSet | dict[str, np.ndarray] | Path | None = None,
     spec: ModelSpec | None = None,
     require_gpu: bool = False,
     samples: int | None = None,

@@ -49,7 +49,7 @@ from hepdeploy.weaver import IDENTITY, InputGroup, PreprocessConfig
 
 def preprocess_path(spec: ModelSpec) -> Path:
     """The spec's preprocess.json (DataError when its data block names none)."""
-    path = preprocess_file(spec.data, spec.base_dir)
+    path = preprocess_file(spec.data)
     if path is None:
         raise DataError("the spec's data block names no preprocess.json (data.preprocess.file)")
     return path
@@ -113,7 +113,7 @@ def inline_reference(source: Path | str, artifact: Path, spec: ModelSpec, conven
         config = load_preprocess(json_path)
         served = served_preprocess(config, inputs, spec.data, where=str(json_path))
     bins = list(spec.validation.physics.bins)
-    full = read_root_events(source, inputs, spec.data, spec.base_dir, convention=convention, extra_variables=bins)
+    full = read_root_events(source, inputs, spec.data, convention=convention, extra_variables=bins)
     raw = read_raw_events(source, inputs, spec.data, config, served)
     total = int(next(iter(raw.values())).shape[0])
     lengths = {g.name: raw[g.length_name] for g in served.raw_groups if not g.flat}

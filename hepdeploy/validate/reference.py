@@ -307,7 +307,7 @@ def load_data_file(data: Mapping[str, np.ndarray] | Path | str, spec: ModelSpec 
     if is_root_source(data):
         if spec is None:
             raise DataError(f"{data}: reading ROOT data needs the model's spec (its data.inputs mapping)")
-        return read_root_events(data, list(spec.inputs), spec.data, spec.base_dir,
+        return read_root_events(data, list(spec.inputs), spec.data,
                                 extra_variables=list(spec.validation.physics.bins))
     path = Path(data)
     if path.is_dir():

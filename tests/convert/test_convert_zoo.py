@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from hepdeploy.artifacts import read_artifact
-from hepdeploy.convert import convert_zoo, merge_zoo_spec
+from hepdeploy.convert import convert_zoo
+from hepdeploy.model_zoo import merge_zoo_spec
 from hepdeploy.spec import spec_from_dict
 
 
@@ -41,10 +42,17 @@ def test_user_fields_win_over_the_zoo_spec(tmp_path: Path) -> None:
     network = get_network("jet_mlp")
     zoo = spec_from_dict(spec_dict(network, "keras", "jet_mlp", "jet_mlp.keras"), base_dir=tmp_path / "zoo")
     user = _zoo_spec(dims={"batch": {"min": 1, "opt": 8, "max": 32}}, triton={"max_batch_size": 32})
-    user.base_dir = tmp_path / "user"
     merged = merge_zoo_spec(user, zoo)
     assert merged.name == "tagger"
     assert merged.source.framework == "keras"  # the concrete source comes from the zoo
     assert merged.dims["batch"].max == 32
     assert merged.triton.max_batch_size == 32
     assert merged.data.reference == zoo.data.reference  # not set by the user: the zoo's
+    assert Path(merged.data.reference).is_relative_to(tmp_path / "zoo")
+
+    # Data the user's spec names stays where the user's spec put it (resolved when that spec was loaded).
+    with_data = spec_from_dict({**user.model_dump(exclude_defaults=True), "name": "tagger",
+                                "data": {"calibration": "mine.npz"}}, base_dir=tmp_path / "user")
+    merged = merge_zoo_spec(with_data, zoo)
+    assert merged.data.calibration == str(tmp_path / "user" / "mine.npz")
+    assert merged.data.reference is None  # the user's data block wins whole

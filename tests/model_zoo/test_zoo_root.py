@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from hepdeploy.cli import main
 from hepdeploy.data import load_calibration, load_tensors, read_root_events
-from hepdeploy.model_zoo import ZooExport, export_network
+from hepdeploy.model_zoo import ExportOptions, ZooExport, export_network
 from hepdeploy.model_zoo.root_export import root_layout
 from hepdeploy.spec import DataSpec, load_spec
 from hepdeploy.validate.reference import load_data_file
@@ -25,8 +26,9 @@ REFERENCE_EVENTS = 600
 def exported(tmp_path_factory: pytest.TempPathFactory, zoo_cache_dir: Path) -> dict[str, ZooExport]:
     """particlenet and jet_mlp (torch) exported with --root: cached or seeded untrained weights, small sets."""
     out = tmp_path_factory.mktemp("zoo-root")
-    return {name: export_network(name, out / name, flavour=flavour, train=False, budget="reduced",
-                                 cache_dir=zoo_cache_dir, reference_samples=REFERENCE_EVENTS, root=True)
+    return {name: export_network(name, out / name, ExportOptions(flavour=flavour, train=False, budget="reduced",
+                                                                 cache_dir=zoo_cache_dir,
+                                                                 reference_samples=REFERENCE_EVENTS, root=True))
             for name, flavour in (("particlenet", None), ("jet_mlp", "torch"))}
 
 
@@ -63,9 +65,12 @@ def test_particlenet_ntuple_is_nanoaod_like(exported: dict[str, ZooExport]) -> N
     np.testing.assert_array_equal(n_sv, npz["sv_mask"].sum(axis=(1, 2)))
     # The spec maps the files, the json and the one-hot labels; everything else is the .npz spec's.
     root_spec, npz_spec = load_spec(result.root_spec_path), load_spec(result.spec_path)
-    assert root_spec.data.reference == "particlenet_reference.root" and root_spec.data.root_tree == "Events"
+    written = yaml.safe_load(result.root_spec_path.read_text(encoding="utf-8"))
+    assert written["data"]["reference"] == "particlenet_reference.root"  # relative on disk: the folder can move
+    assert root_spec.data.reference == str(result.root_spec_path.parent.resolve() / "particlenet_reference.root")
+    assert root_spec.data.root_tree == "Events"
     assert root_spec.data.preprocess is not None and root_spec.data.preprocess.convention == "cmssw"
-    assert root_spec.model_dump(exclude={"data", "base_dir"}) == npz_spec.model_dump(exclude={"data", "base_dir"})
+    assert root_spec.model_dump(exclude={"data"}) == npz_spec.model_dump(exclude={"data"})
 
 
 def test_jet_mlp_ntuple_is_flat(exported: dict[str, ZooExport]) -> None:
@@ -82,7 +87,7 @@ def test_jet_mlp_ntuple_is_flat(exported: dict[str, ZooExport]) -> None:
 def test_root_sets_read_back_as_the_npz_sets(exported: dict[str, ZooExport], name: str) -> None:
     result = exported[name]
     spec = load_spec(result.root_spec_path)  # type: ignore[arg-type]
-    from_root = load_data_file(spec.resolve(spec.data.reference), spec)
+    from_root = load_data_file(Path(spec.data.reference), spec)
     npz = load_tensors(result.reference_path)
     assert set(from_root) == set(npz)
     for key, expected in npz.items():
@@ -94,8 +99,8 @@ def test_root_sets_read_back_as_the_npz_sets(exported: dict[str, ZooExport], nam
             np.testing.assert_array_equal(got, expected, err_msg=key)
     # Calibration: the same events drawn with the same seed as from the .npz.
     samples = spec.data.calibration_samples
-    from_root = load_calibration(spec.resolve(spec.data.calibration), list(spec.inputs), samples, spec.data.seed,
-                                 data_spec=spec.data, base_dir=spec.base_dir)
+    from_root = load_calibration(Path(spec.data.calibration), list(spec.inputs), samples, spec.data.seed,
+                                 data_spec=spec.data)
     npz = load_calibration(result.calibration_path, list(spec.inputs), samples, spec.data.seed)
     for key, expected in npz.items():
         np.testing.assert_allclose(from_root[key], expected, rtol=0, atol=1e-5, err_msg=key)
@@ -129,9 +134,9 @@ def test_jet_mlp_json_is_an_identity(exported: dict[str, ZooExport]) -> None:
     result = exported["jet_mlp"]
     spec = load_spec(result.root_spec_path)  # type: ignore[arg-type]
     with_json = DataSpec.model_validate(
-        {**spec.data.model_dump(), "preprocess": {"file": result.root.preprocess.name}})  # type: ignore[union-attr]
-    plain = read_root_events(spec.resolve(spec.data.reference), list(spec.inputs), spec.data, spec.base_dir)
-    through = read_root_events(spec.resolve(spec.data.reference), list(spec.inputs), with_json, spec.base_dir)
+        {**spec.data.model_dump(), "preprocess": {"file": str(result.root.preprocess)}})  # type: ignore[union-attr]
+    plain = read_root_events(Path(spec.data.reference), list(spec.inputs), spec.data)
+    through = read_root_events(Path(spec.data.reference), list(spec.inputs), with_json)
     np.testing.assert_array_equal(plain["input_1"], through["input_1"])
 
 
@@ -144,9 +149,9 @@ def test_conventions_differ_exactly_where_the_file_holds_inf(exported: dict[str,
 
     result = exported["particlenet"]
     spec = load_spec(result.root_spec_path)  # type: ignore[arg-type]
-    path = spec.resolve(spec.data.reference)
-    cmssw = read_root_events(path, list(spec.inputs), spec.data, spec.base_dir, targets=False)
-    weaver = read_root_events(path, list(spec.inputs), spec.data, spec.base_dir, targets=False, convention="weaver")
+    path = Path(spec.data.reference)
+    cmssw = read_root_events(path, list(spec.inputs), spec.data, targets=False)
+    weaver = read_root_events(path, list(spec.inputs), spec.data, targets=False, convention="weaver")
     branches = spec.data.inputs["pf_features"].branches
     assert branches is not None
     with uproot.open(path) as handle:
@@ -231,9 +236,9 @@ def test_preprocess_check_with_the_spec_mapping_reports_the_inf_chi2(exported: d
 
     result = exported["particlenet"]
     spec = load_spec(result.root_spec_path)  # type: ignore[arg-type]
-    path = spec.resolve(spec.data.reference)
-    cmssw = read_root_events(path, list(spec.inputs), spec.data, spec.base_dir, targets=False)
-    weaver = read_root_events(path, list(spec.inputs), spec.data, spec.base_dir, targets=False, convention="weaver")
+    path = Path(spec.data.reference)
+    cmssw = read_root_events(path, list(spec.inputs), spec.data, targets=False)
+    weaver = read_root_events(path, list(spec.inputs), spec.data, targets=False, convention="weaver")
     differing = int((cmssw["pf_features"] != weaver["pf_features"]).sum())
     run = CliRunner().invoke(main, ["preprocess", "check", str(result.root.preprocess), "--data", str(path),  # type: ignore[union-attr]
                                     "--spec", str(result.root_spec_path), "--json", str(tmp_path / "parity.json")])

@@ -9,7 +9,7 @@ import pytest
 from hepdeploy import data as data_module
 from hepdeploy.data import load_calibration, save_tensors
 from hepdeploy.errors import DataError
-from hepdeploy.spec import TensorSpec
+from hepdeploy.spec import DataSpec, TensorSpec
 
 INPUTS = [
     TensorSpec(name="points", shape=["batch", 2, "n_particles"]),
@@ -56,9 +56,10 @@ def files(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("kind", ["npz", "h5", "root"])
 def test_subset_is_reproducible_and_made_of_real_rows(files: dict[str, Path], kind: str) -> None:
     full = _arrays()
-    first = load_calibration(files[kind], INPUTS, samples=64, seed=7, tree="events" if kind == "root" else None)
-    again = load_calibration(files[kind], INPUTS, samples=64, seed=7, tree="events" if kind == "root" else None)
-    other = load_calibration(files[kind], INPUTS, samples=64, seed=8, tree="events" if kind == "root" else None)
+    tree = DataSpec(root_tree="events" if kind == "root" else None)
+    first = load_calibration(files[kind], INPUTS, samples=64, seed=7, data_spec=tree)
+    again = load_calibration(files[kind], INPUTS, samples=64, seed=7, data_spec=tree)
+    other = load_calibration(files[kind], INPUTS, samples=64, seed=8, data_spec=tree)
     assert first["points"].shape == (64, 2, 10) and first["features"].dtype == np.float32
     np.testing.assert_array_equal(first["points"], again["points"])
     assert not np.array_equal(first["points"], other["points"])
@@ -119,13 +120,14 @@ def test_root_branch_mapping_and_rntuple(tmp_path: Path) -> None:
     path = tmp_path / "renamed.root"
     with uproot.recreate(path) as handle:  # uproot >= 5.5 writes an RNTuple here
         handle["Events"] = {"pts": arrays["points"], "feats": arrays["features"], "label": np.zeros(100)}
-    got = load_calibration(path, INPUTS, samples=20, seed=0, tree="Events",
-                           branches={"points": "pts", "features": "feats"})
+    got = load_calibration(path, INPUTS, samples=20, seed=0, data_spec=DataSpec(
+        root_tree="Events", root_branches={"points": "pts", "features": "feats"}))
     assert got["points"].shape == (20, 2, 10)
     with pytest.raises(DataError, match="no branch"):
-        load_calibration(path, INPUTS, samples=20, seed=0, tree="Events")
+        load_calibration(path, INPUTS, samples=20, seed=0, data_spec=DataSpec(root_tree="Events"))
     with pytest.raises(DataError, match="no tree named 'Nope'"):
-        load_calibration(path, INPUTS, samples=20, seed=0, tree="Nope", branches={"points": "pts", "features": "feats"})
+        load_calibration(path, INPUTS, samples=20, seed=0, data_spec=DataSpec(
+            root_tree="Nope", root_branches={"points": "pts", "features": "feats"}))
 
 
 def test_float64_data_is_cast_to_the_spec_dtype(tmp_path: Path) -> None:

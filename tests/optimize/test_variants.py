@@ -162,7 +162,7 @@ def test_zoo_networks_quantized_stay_close_on_their_reference_data(zoo_onnx, tmp
 
     for name in ("jet_mlp", "facile"):
         model = zoo_onnx(name)
-        reference = load_tensors(model.spec.resolve(model.spec.data.reference))
+        reference = load_tensors(Path(model.spec.data.reference))
         feeds = {t.name: reference[t.name][:1000] for t in model.spec.inputs}
         fp32 = _outputs(model.path, feeds)
         for variant in ("int8-cpu", "fp16"):

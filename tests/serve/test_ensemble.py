@@ -385,7 +385,7 @@ def _served_in_process_equals_inline(repo: Path, name: str, spec, onnx: Path, ev
 
     convention = spec.data.preprocess.convention
     reference = inline_reference(events, onnx, spec, convention, request)
-    inline = read_root_events(events, spec.inputs, spec.data, spec.base_dir)
+    inline = read_root_events(events, spec.inputs, spec.data)
     model = _in_process_model(repo, f"{name}_preprocess", monkeypatch)
     scores, padded = [], set()
     layouts = {n: m.layout for n, m in spec.data.inputs.items()}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -24,7 +25,7 @@ def test_perf_at_1_2_and_4_clients_returns_positive_throughput(triton_server, se
     json_path, plot_path = tmp_path / "perf.json", tmp_path / "perf.png"
     result = CliRunner().invoke(main, [
         "perf", "--server", triton_server.grpc_url, "--model", "jet_mlp_py", "--golden", str(model.golden),
-        "--spec", str(serve_repository.models["jet_mlp"].spec.base_dir / "jet_mlp.yaml"),
+        "--spec", str(Path(model.spec.data.reference).parent / "jet_mlp.yaml"),
         "--concurrency", "1,2,4", "--duration", "0.6", "--warmup-seconds", "0.2",
         "--json-file", str(json_path), "--plot", str(plot_path)])
     assert result.exit_code == 0, result.output

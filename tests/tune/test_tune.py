@@ -85,9 +85,9 @@ triton: {{variant: fp32, max_batch_size: 4096}}
 
 def _tuner(tmp_path: Path, spec_path: Path, **kwargs) -> Tuner:  # noqa: ANN003
     spec = load_spec(spec_path)
-    reference = make_reference(spec, spec.resolve(spec.data.reference), spec=spec)
-    calibration = {"x": np.load(spec.resolve(spec.data.calibration))["x"]}
-    return Tuner(spec.resolve(spec.source.path), spec.variant("int8-cpu"), TuneData(reference, calibration),
+    reference = make_reference(spec, Path(spec.data.reference), spec=spec)
+    calibration = {"x": np.load(Path(spec.data.calibration))["x"]}
+    return Tuner(Path(spec.source.path), spec.variant("int8-cpu"), TuneData(reference, calibration),
                  spec=spec, work_dir=tmp_path / "work", settings=TuneSettings(**kwargs))
 
 
@@ -206,7 +206,7 @@ def test_the_search_does_not_assume_harm_falls_as_more_is_kept(tmp_path: Path) -
 
 def test_ctrl_c_writes_no_variant_and_keeps_the_points_so_far(tmp_path: Path) -> None:
     spec = load_spec(_spec(tmp_path, raw_inputs=True))
-    reference = make_reference(spec, spec.resolve(spec.data.reference), spec=spec)
+    reference = make_reference(spec, Path(spec.data.reference), spec=spec)
 
     def interrupt(evaluation, done, budget):  # noqa: ANN001, ANN202 - Ctrl-C during the third evaluation's report
         if done == 3:
@@ -214,7 +214,7 @@ def test_ctrl_c_writes_no_variant_and_keeps_the_points_so_far(tmp_path: Path) ->
 
     out = tmp_path / "interrupted.onnx"
     data = TuneData(reference, {"x": np.load(tmp_path / "calibration.npz")["x"]})
-    result = tune_variant(spec.resolve(spec.source.path), spec.variant("int8-cpu"), data, out,
+    result = tune_variant(Path(spec.source.path), spec.variant("int8-cpu"), data, out,
                           tmp_path / "report", spec=spec, settings=TuneSettings(on_evaluation=interrupt))
     assert result.stopped == "interrupted (Ctrl-C)" and len(result.evaluations) == 3
     assert not out.exists() and not out.with_suffix(".json").exists()
