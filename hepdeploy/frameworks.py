@@ -15,12 +15,11 @@ spec into a spec of the framework the network is exported in.
 """
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from hepdeploy.errors import SpecError
+from hepdeploy.registry import named_function
 
 # torch.save, TorchScript and ExportedProgram files share suffixes: their content tells them apart.
 TORCH_ARCHIVE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".jit", ".torchscript")
@@ -40,13 +39,13 @@ class SourceFramework:
 
     def load(self, spec: Any) -> Any:
         """The loaded source model of ``spec`` (None when the runner opens the file itself)."""
-        return _named(self.loader)(spec) if self.loader is not None else None
+        return named_function(self.loader)(spec) if self.loader is not None else None
 
     def open_runner(self, spec: Any, model: Any, name: str) -> Any:
-        return _named(self.runner)(spec, model, name)
+        return named_function(self.runner)(spec, model, name)
 
     def convert(self, spec: Any, output: Any, exporter: str) -> Any:
-        return _named(self.converter)(spec, output, exporter)
+        return named_function(self.converter)(spec, output, exporter)
 
 
 _TORCH_CONVERTER = "hepdeploy.convert.from_torch:convert_torch"
@@ -86,6 +85,3 @@ def framework_of_suffix(suffix: str) -> SourceFramework | None:
     return next((f for f in REGISTRY if suffix in f.suffixes), None)
 
 
-def _named(target: str) -> Callable[..., Any]:
-    module_name, _, function = target.partition(":")
-    return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hepdeploy"
 # (a zoo network is exported to its source format before it is converted).
 GROUND = {"errors", "steps", "progress", "environment", "variants", "fsutil", "tf_support", "spec", "compare", "metrics",
           "plan_compat", "sampling", "data", "artifacts", "ntuple", "weaver", "memory", "graph_bounds",
-          "preprocess_spec", "lifetime", "platforms", "judgement", "frameworks", "__init__"}
+          "preprocess_spec", "lifetime", "platforms", "judgement", "frameworks", "registry", "__init__"}
 FLOORS = {"ground": 0, "backend": 1, "model_zoo": 2, "convert": 3, "optimize": 3, "validate": 3, "triton": 3,
           "perf": 4, "serve_check": 4, "tune": 4, "pipeline": 5, "cli": 6, "__main__": 7}
 ALLOWED_ACROSS = {("convert", "model_zoo")}

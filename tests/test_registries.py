@@ -3,7 +3,6 @@ resolves), every variant an importable maker, every physics metric a kernel. A r
 exist would otherwise fail only when a user first asks for that platform or variant."""
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,12 @@ import pytest
 
 from hepdeploy.platforms import REGISTRY as PLATFORMS
 from hepdeploy.platforms import USER_PLATFORMS, platform_for_file, platform_of_config
+from hepdeploy.registry import named_function
 from hepdeploy.variants import REGISTRY as VARIANTS
 
 
 def _resolve(target: str) -> Callable[..., Any]:
-    module_name, _, function = target.partition(":")
-    found = getattr(importlib.import_module(module_name), function)
-    assert callable(found), target
-    return found  # type: ignore[no-any-return]
+    return named_function(target)  # an ImportError, AttributeError or TypeError fails the test
 
 
 @pytest.mark.parametrize("entry", PLATFORMS, ids=lambda e: e.name)

@@ -12,7 +12,6 @@ is deterministic for the same inputs, data, seed and tool versions.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from hepdeploy.optimize.graph import (
 from hepdeploy.optimize.keep import keep_in_fp32, precision_groups
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.optimize.simplify import simplify_model
+from hepdeploy.registry import named_function
 from hepdeploy.sampling import typical_sizes
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.steps import StepResult
@@ -194,8 +194,7 @@ class _VariantJob:
 
 def _maker(kind: VariantKind) -> Callable[..., Any]:
     """The registry's ``module:function`` maker of a variant."""
-    module_name, _, function = (kind.maker or "").partition(":")
-    return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+    return named_function(kind.maker or "")
 
 
 def _learning_bounds(make: Callable[[dict[str, int], dict[str, int] | None], StepResult], job: _VariantJob) -> StepResult:

@@ -17,7 +17,6 @@ elsewhere the check says "plan not loadable here: <reason>", which is a note, no
 """
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ from hepdeploy.errors import (
 )
 from hepdeploy.fsutil import check_safe_name, file_digest, sha256_file
 from hepdeploy.graph_bounds import bound_from_error, graph_dim_bounds, minimums
-from hepdeploy.platforms import PLATFORMS
 from hepdeploy.plan_compat import (
     ConfigTensor,
     PlanMetadata,
@@ -52,6 +50,8 @@ from hepdeploy.plan_compat import (
     ort_tensorrt_problem,
     plan_problems,
 )
+from hepdeploy.platforms import PLATFORMS
+from hepdeploy.registry import named_function
 from hepdeploy.spec import TensorSpec
 from hepdeploy.triton.config import (
     CHECKSUM_AGENT,
@@ -326,8 +326,7 @@ class ModelChecker:
         if entry is None or entry.checker is None:
             self.note(f"platform {platform!r}: model file not checked")
             return
-        module_name, _, function = entry.checker.partition(":")
-        getattr(importlib.import_module(module_name), function)(self, config, version_dir, manifest)
+        named_function(entry.checker)(self, config, version_dir, manifest)
 
     def model_file(self, config: model_config_pb2.ModelConfig, version_dir: Path, platform: str) -> Path | None:
         """The version's model file; None (and a problem) when it is missing."""

@@ -10,8 +10,7 @@ and comparing messages, that the text still means exactly the message.
 """
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,7 +19,14 @@ from hepdeploy.artifacts import Artifact, Sidecar, read_artifact
 from hepdeploy.errors import BadInputError, RepositoryError, SpecError
 from hepdeploy.fsutil import check_safe_name, file_digest, file_name_for
 from hepdeploy.plan_compat import PlanMetadata, check_capability_key
-from hepdeploy.platforms import DEFAULT_PLATFORM, PLATFORMS, TritonPlatform, platform_of_config, triton_platform
+from hepdeploy.platforms import (
+    DEFAULT_PLATFORM,
+    PLATFORMS,
+    TritonPlatform,
+    platform_of_config,
+    triton_platform,
+)
+from hepdeploy.registry import named_function
 from hepdeploy.spec import TensorSpec, TritonSpec, infer_batch_axis
 
 if TYPE_CHECKING:
@@ -322,7 +328,7 @@ def build_model_config(
     _fill_dynamic_batching(config, request)
     _fill_instances(config, request)
     if entry.filler is not None:
-        _resolve(entry.filler)(config, request)
+        named_function(entry.filler)(config, request)
     _fill_files(config, request)
     _version_policy(config, triton.version_policy)
     if triton.labels:
@@ -330,12 +336,6 @@ def build_model_config(
     if triton.warmup and warmup_inputs:
         _fill_warmup(config, inputs, warmup_inputs, request.batched)
     return config
-
-
-def _resolve(target: str) -> Callable[..., Any]:
-    """A registry's ``module:function``."""
-    module_name, _, function = target.partition(":")
-    return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
 
 
 def _checked_max_batch(request: ConfigRequest) -> int:
