@@ -292,8 +292,12 @@ class VariantSpec(_Strict):
 
     @model_validator(mode="after")
     def _options_apply(self) -> VariantSpec:
+        # An option set to its default changes nothing (a spec dumped in full and loaded again): only a value
+        # that would change what a variant that ignores it makes is refused.
+        changed = [key for key in self.model_fields_set
+                   if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True)]
         try:
-            variant_kind(self.name).check_options(sorted(self.model_fields_set))
+            variant_kind(self.name).check_options(sorted(changed))
         except BadInputError as error:  # a spec's problem: reported with its key path, as a SpecError
             raise ValueError(str(error)) from error
         return self

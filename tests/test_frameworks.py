@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from hepdeploy.errors import SpecError
-from hepdeploy.frameworks import FRAMEWORK_NAMES, REGISTRY, _named, framework_of_suffix, source_framework
+from hepdeploy.frameworks import FRAMEWORK_NAMES, REGISTRY, framework_of_suffix, source_framework
+from hepdeploy.registry import named_function
 from hepdeploy.spec import FILE_FRAMEWORKS, SourceSpec
 
 
@@ -12,7 +13,7 @@ from hepdeploy.spec import FILE_FRAMEWORKS, SourceSpec
 def test_every_framework_names_importable_functions(entry) -> None:  # noqa: ANN001
     for target in (entry.loader, entry.runner, entry.converter):
         if target is not None:
-            assert callable(_named(target)), target
+            assert callable(named_function(target)), target
     assert source_framework(entry.name) is entry
 
 
