@@ -136,7 +136,10 @@ def plan_publication(request: PublicationRequest) -> list[ModelPlan]:
                                 cc_model_files={}, role="cpu_twin", twin_of=main.name, config=None,
                                 model_filename=None, extra_files={}))
     if request.python_twin is not None:
-        requests.append(python_twin_request(main, Path(request.python_twin), request.python_twin_warmup))
+        try:
+            requests.append(python_twin_request(main, Path(request.python_twin), request.python_twin_warmup))
+        except HepDeployError as error:
+            raise type(error)(f"{twin_name(main.name, 'python_twin')}: {error}") from error.__cause__
     requests.extend(request.extra)
     names = [r.name for r in requests]
     clashes = sorted({n for n in names if names.count(n) > 1})
