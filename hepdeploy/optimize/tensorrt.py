@@ -9,15 +9,15 @@ the STRONGLY_TYPED flag is still accepted by 11, where strong typing is always o
 One optimisation profile spans the spec's dynamic dims (min/opt/max), pinned to every dim the
 parsed network fixes; shape-tensor inputs get value ranges (``shape_input_values``). TF32 is
 cleared (TensorRT enables it by default; FP32 plans are judged at FP32's tolerances). The
-workspace pool is capped with ``set_memory_pool_limit``. A timing cache is kept per GPU architecture and TensorRT version
-(``tensorrt.sm80.trt10.5.0.timing.cache``), so plans for several GPUs can be built into one
-folder; a cache TensorRT refuses (another GPU or version) is replaced by an empty one with a
+workspace pool is capped with ``set_memory_pool_limit``. A timing cache is kept per GPU
+architecture and TensorRT version (``tensorrt.sm80.trt10.5.0.timing.cache``), so plans for
+several GPUs can be built into one folder; a cache TensorRT refuses (another GPU or version) is replaced by an empty one with a
 warning, and saving it is best effort, after the plan and its sidecar are written.
 
 The sidecar ``X.plan.json`` records :class:`hepdeploy.plan_compat.PlanMetadata`: TensorRT
 version (all four parts where the library gives them), GPU and compute capability, profiles,
-precision, builder flags. A plan only runs on the TensorRT version and GPU architecture it was built for, and Triton's config is
-derived from that record.
+precision, builder flags. A plan only runs on the TensorRT version and GPU architecture it
+was built for, and Triton's config is derived from that record.
 
 ``import tensorrt`` is lazy; without it, or without a CUDA device, the step is
 "skipped" with the reason (or DependencyMissingError when a GPU is required).
