@@ -11,8 +11,9 @@ parsed network fixes; shape-tensor inputs get value ranges (``shape_input_values
 cleared (TensorRT enables it by default; FP32 plans are judged at FP32's tolerances). The
 workspace pool is capped with ``set_memory_pool_limit``. A timing cache is kept per GPU
 architecture and TensorRT version (``tensorrt.sm80.trt10.5.0.timing.cache``), so plans for
-several GPUs can be built into one folder; a cache TensorRT refuses (another GPU or version) is replaced by an empty one with a
-warning, and saving it is best effort, after the plan and its sidecar are written.
+several GPUs can be built into one folder; a cache TensorRT refuses (another GPU or version)
+is replaced by an empty one with a warning, and saving it is best effort, after the plan and
+its sidecar are written.
 
 The sidecar ``X.plan.json`` records :class:`hepdeploy.plan_compat.PlanMetadata`: TensorRT
 version (all four parts where the library gives them), GPU and compute capability, profiles,
