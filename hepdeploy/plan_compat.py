@@ -1,7 +1,8 @@
 """What a TensorRT plan was built for, and where it can run: checked from recorded metadata.
 
-A serialized engine only deserializes in the TensorRT version that built it (a
-*version-compatible* engine: in that version or a later one of the same major release), on
+A serialized engine only deserializes in the TensorRT version that built it, all four parts
+(a *version-compatible* engine: in that version or a later one of the same major release, or
+of the next major where NVIDIA supports the jump: 8 -> 10, 10 -> 11), on
 the GPU architecture it was built for, and only for shapes inside its optimisation profile.
 None of that needs TensorRT to check: the builder records it in the plan's sidecar
 (:class:`PlanMetadata`), the publisher copies it into the version's manifest, and
@@ -39,6 +40,9 @@ class PlanMetadata(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     tensorrt_version: str
+    # Where the version came from: "library" (all four parts, as TensorRT compares them) or
+    # "__version__" (the wheel's three parts: the build number is unknown). None: not recorded.
+    tensorrt_version_source: str | None = None
     compute_capability: str
     gpu_name: str = ""
     # One dict per optimisation profile: input name -> its shape range.
@@ -165,11 +169,64 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+@dataclass(frozen=True)
+class TensorRTVersion:
+    """The TensorRT version of this process: ``text`` ("10.5.0.18") and where it was read (``source``)."""
+
+    text: str
+    source: str  # "library": all four parts; "__version__": the wheel's three parts, no build number
+
+
+def tensorrt_full_version(trt: Any, library: Any = None) -> TensorRTVersion:
+    """The full major.minor.patch.build version of the imported ``tensorrt`` module.
+
+    TensorRT refuses a plan on a mismatch of any of the four parts, but the pip wheel's
+    ``__version__`` has three. The four come from ``trt.get_version()`` where the bindings have
+    it, else from the loaded library's ``getInferLibVersion`` and ``getInferLibBuildVersion``
+    (``library``: a loaded libnvinfer, found by its soname when None), else the three-part
+    ``__version__``, marked as such.
+    """
+    getter = getattr(trt, "get_version", None)
+    text = str(getter()) if callable(getter) else ""
+    if len(_version_tuple(text)) >= 4:
+        return TensorRTVersion(text, "library")
+    declared = str(getattr(trt, "__version__", ""))
+    from_library = _library_version(library, declared)
+    if from_library is not None:
+        return TensorRTVersion(from_library, "library")
+    return TensorRTVersion(declared, "__version__")
+
+
+def _library_version(library: Any, declared: str) -> str | None:
+    """"major.minor.patch.build" from libnvinfer's C entry points (None where they cannot be read)."""
+    if library is None:
+        import ctypes
+
+        major = (_version_tuple(declared) or (0,))[0]
+        try:
+            library = ctypes.CDLL(f"libnvinfer.so.{major}")  # the one ``import tensorrt`` loaded
+        except OSError:
+            return None
+    try:
+        packed, build = int(library.getInferLibVersion()), int(library.getInferLibBuildVersion())
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
+    # NV_TENSORRT_VERSION: major * 10000 + minor * 100 + patch since TensorRT 10 (major * 1000 before).
+    scale = 10000 if packed >= 100000 else 1000
+    return f"{packed // scale}.{packed % scale // 100}.{packed % 100}.{build}"
+
+
+# A version-compatible plan runs in a later major release only across these jumps (NVIDIA's
+# "Version Compatibility" guide): built major -> the later majors that can load it.
+VERSION_COMPATIBLE_JUMPS: dict[int, frozenset[int]] = {8: frozenset({10}), 10: frozenset({11})}
+
+
 def same_tensorrt(built: str, runtime: str) -> bool:
-    """Equal up to the precision both give (10.5.0 == 10.5.0.18)."""
+    """Equal in all four parts, as TensorRT compares them; in three where one side records only three
+    (a wheel's ``__version__``: 10.5.0 == 10.5.0.18, the build number unknown)."""
     a, b = _version_tuple(built), _version_tuple(runtime)
     n = min(len(a), len(b), 4)
-    return n >= 2 and a[:n] == b[:n]
+    return n >= 3 and a[:n] == b[:n]
 
 
 def tensorrt_runtime_problem(metadata: PlanMetadata, runtime_version: str, where: str) -> str | None:
@@ -179,15 +236,25 @@ def tensorrt_runtime_problem(metadata: PlanMetadata, runtime_version: str, where
     if not built or not runtime:
         return f"TensorRT version unknown (plan: {metadata.tensorrt_version!r}, {where}: {runtime_version!r})"
     if metadata.version_compatible:
-        # Version-compatible engines run in the TensorRT that built them and later ones (NVIDIA's
-        # "Version Compatibility" guide), never in an older one.
-        if runtime[:3] < built[:3]:
-            return (f"built version-compatible with TensorRT {metadata.tensorrt_version}, which runs in that "
-                    f"release or a later one only; {where} has the older {runtime_version}")
-        return None
+        return _version_compatible_problem(metadata.tensorrt_version, built, runtime_version, runtime, where)
     if not same_tensorrt(metadata.tensorrt_version, runtime_version):
         return (f"built with TensorRT {metadata.tensorrt_version}, {where} has {runtime_version}: a plan only "
                 "deserializes in the TensorRT version that built it (rebuild, or build with --version-compatible)")
+    return None
+
+
+def _version_compatible_problem(built_text: str, built: tuple[int, ...], runtime_text: str,
+                                runtime: tuple[int, ...], where: str) -> str | None:
+    """Version-compatible engines run in the TensorRT that built them and later ones of the same
+    major, or of the next major NVIDIA supports (:data:`VERSION_COMPATIBLE_JUMPS`); never in an older one."""
+    n = min(len(built), len(runtime), 4)
+    if runtime[:n] < built[:n]:
+        return (f"built version-compatible with TensorRT {built_text}, which runs in that release or a later one "
+                f"only; {where} has the older {runtime_text}")
+    if runtime[0] != built[0] and runtime[0] not in VERSION_COMPATIBLE_JUMPS.get(built[0], frozenset()):
+        jumps = ", ".join(f"{a} -> {b}" for a, later in VERSION_COMPATIBLE_JUMPS.items() for b in sorted(later))
+        return (f"built version-compatible with TensorRT {built_text}; {where} has {runtime_text}, a major release "
+                f"it is not supported in (NVIDIA supports {jumps} only)")
     return None
 
 

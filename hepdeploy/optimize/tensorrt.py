@@ -6,17 +6,19 @@ keeps. No API that TensorRT 11 removed is used: no FP16/INT8 builder flags, no
 calibrators, no EXPLICIT_BATCH flag (networks are always explicit batch since 10.0;
 the STRONGLY_TYPED flag is still accepted by 11, where strong typing is always on).
 
-One optimisation profile spans the spec's dynamic dims (min/opt/max); shape-tensor inputs
-get value ranges (``shape_input_values``). The workspace pool is capped with
-``set_memory_pool_limit``. A timing cache is kept per GPU architecture and TensorRT version
-(``tensorrt.sm80.trt10.5.0.timing.cache``), so plans for several GPUs can be built into one
-folder; a cache TensorRT refuses (another GPU or version) is replaced by an empty one with a
-warning, and saving it is best effort, after the plan and its sidecar are written.
+One optimisation profile spans the spec's dynamic dims (min/opt/max), pinned to every dim the
+parsed network fixes; shape-tensor inputs get value ranges (``shape_input_values``). TF32 is
+cleared (TensorRT enables it by default; FP32 plans are judged at FP32's tolerances). The
+workspace pool is capped with ``set_memory_pool_limit``. A timing cache is kept per GPU
+architecture and TensorRT version (``tensorrt.sm80.trt10.5.0.timing.cache``), so plans for
+several GPUs can be built into one folder; a cache TensorRT refuses (another GPU or version)
+is replaced by an empty one with a warning, and saving it is best effort, after the plan and
+its sidecar are written.
 
 The sidecar ``X.plan.json`` records :class:`hepdeploy.plan_compat.PlanMetadata`: TensorRT
-version, GPU and compute capability, profiles, precision, builder flags. A plan only runs
-on the TensorRT version and GPU architecture it was built for, and Triton's config is
-derived from that record.
+version (all four parts where the library gives them), GPU and compute capability, profiles,
+precision, builder flags. A plan only runs on the TensorRT version and GPU architecture it
+was built for, and Triton's config is derived from that record.
 
 ``import tensorrt`` is lazy; without it, or without a CUDA device, the step is
 "skipped" with the reason (or DependencyMissingError when a GPU is required).
@@ -40,12 +42,15 @@ from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.errors import ConversionError, DependencyMissingError
 from hepdeploy.fsutil import atomic_path, atomic_write_text, sha256_file
 from hepdeploy.graph_bounds import graph_dim_bounds, minimums
-from hepdeploy.plan_compat import PLAN_STEP, PlanMetadata, ProfileRange
+from hepdeploy.plan_compat import PLAN_STEP, PlanMetadata, ProfileRange, tensorrt_full_version
 from hepdeploy.sampling import dim_range
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.steps import StepResult
 
 log = logging.getLogger("hepdeploy.optimize.tensorrt")
+
+# min, opt and max shape of one input.
+ShapeTriple = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 def unavailable_reason() -> str | None:
@@ -55,7 +60,7 @@ def unavailable_reason() -> str | None:
 
 def profile_shapes(
     inputs: list[TensorSpec], spec: ModelSpec | None, bounds: Mapping[str, int] | None = None
-) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+) -> dict[str, ShapeTriple]:
     """min/opt/max shape of every input from the spec's named dims (defaults without a spec), each min at
     least the lower bound the graph puts on the dim (``bounds``)."""
     shapes = {}
@@ -151,12 +156,7 @@ def build_engine(
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, parser, strongly_typed = _parsed_network(trt, builder, logger, parent.path)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, variant.workspace_mib << 20)
-    builder_flags = []
-    if variant.version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        builder_flags.append("VERSION_COMPATIBLE")
+    config, builder_flags = builder_config(trt, builder, variant)
     profile = _Profile(builder.create_optimization_profile())
     profile.cover(network, shapes, variant.shape_input_values)
     config.add_optimization_profile(profile.profile)
@@ -169,8 +169,10 @@ def build_engine(
     with atomic_path(output, suffix=".plan.tmp") as tmp:
         tmp.write_bytes(bytes(serialized))
 
+    version = tensorrt_full_version(trt)
     metadata = PlanMetadata(
-        tensorrt_version=trt.__version__,
+        tensorrt_version=version.text,
+        tensorrt_version_source=version.source,
         compute_capability=device.compute_capability,
         gpu_name=device.name,
         profiles=[profile.recorded],
@@ -184,9 +186,26 @@ def build_engine(
     parameters: dict[str, Any] = {**metadata.model_dump(mode="json"), "workspace_mib": variant.workspace_mib,
                                   "timing_cache": str(timing_cache)}
     sidecar_path = _write_sidecar(parent, output, StepRecord(name=PLAN_STEP, tool="tensorrt",
-                                                              tool_version=trt.__version__, parameters=parameters))
+                                                              tool_version=version.text, parameters=parameters))
     save_timing_cache(config, timing_cache)
     return StepResult("tensorrt", "ok", outputs=[output, sidecar_path], details=parameters)
+
+
+def builder_config(trt: Any, builder: Any, variant: VariantSpec) -> tuple[Any, list[str]]:
+    """The builder config for ``variant``, and the builder flags it chose, as recorded in the sidecar.
+
+    TF32 is cleared: ``kTF32`` is on by default (``NvInfer.h``) and strong typing leaves it on,
+    but TF32 matrix products are off by about 1e-3 while FP32 plans are judged at atol 1e-5 /
+    rtol 1e-4. FP16 and INT8 plans take their types from the graph, so they lose nothing.
+    """
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, variant.workspace_mib << 20)
+    config.clear_flag(trt.BuilderFlag.TF32)
+    builder_flags = ["TF32=off"]
+    if variant.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        builder_flags.append("VERSION_COMPATIBLE")
+    return config, builder_flags
 
 
 def _parsed_network(trt: Any, builder: Any, logger: Any, path: Path) -> tuple[Any, Any, bool]:
@@ -211,7 +230,7 @@ class _Profile:
         self.recorded: dict[str, ProfileRange] = {}
         self.shape_values: dict[str, ProfileRange] = {}
 
-    def cover(self, network: Any, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]],
+    def cover(self, network: Any, shapes: dict[str, ShapeTriple],
               shape_input_values: dict[str, ProfileRange]) -> None:
         """min/opt/max of every network input: its shape, or for a shape tensor the range of its values."""
         for tensor in (network.get_input(i) for i in range(network.num_inputs)):
@@ -228,9 +247,40 @@ class _Profile:
                 continue
             if tensor.name not in shapes:
                 raise ConversionError(f"tensorrt: network input {tensor.name!r} is not in the spec's inputs")
-            low, opt, high = shapes[tensor.name]
-            self.profile.set_shape(tensor.name, low, opt, high)
+            low, opt, high = pinned_by_graph(tensor.name, shapes[tensor.name], tuple(tensor.shape))
+            try:
+                self.profile.set_shape(tensor.name, low, opt, high)
+            except RuntimeError as error:  # the bindings raise when TensorRT refuses the dimensions
+                raise ConversionError(f"tensorrt: the profile of input {tensor.name!r} min {list(low)} opt {list(opt)} "
+                                      f"max {list(high)} was refused: {_first_line(error)}") from None
             self.recorded[tensor.name] = ProfileRange(min=list(low), opt=list(opt), max=list(high))
+
+
+
+def pinned_by_graph(name: str, spec_shapes: ShapeTriple, graph_shape: tuple[int, ...]) -> ShapeTriple:
+    """The spec's min/opt/max of input ``name`` with every dim the parsed network fixes pinned to it.
+
+    ``graph_shape`` is ``network.get_input(i).shape`` (-1 for a dynamic dim). TensorRT refuses
+    a profile whose range differs from a fixed dim, so a fixed-batch-1 graph gets min=opt=max=1
+    whatever the spec's batch range; a spec range that excludes the fixed value is an error.
+    """
+    low, opt, high = (list(dims) for dims in spec_shapes)
+    if len(graph_shape) != len(low):
+        raise ConversionError(f"tensorrt: input {name!r} has rank {len(graph_shape)} {list(graph_shape)} in the "
+                              f"graph but rank {len(low)} in the spec ({low}..{high})")
+    for axis, fixed in enumerate(graph_shape):
+        if fixed < 0:
+            continue
+        if not low[axis] <= fixed <= high[axis]:
+            raise ConversionError(f"tensorrt: input {name!r} axis {axis} is fixed to {fixed} by the graph, outside "
+                                  f"the spec's range {low[axis]}..{high[axis]}")
+        low[axis] = opt[axis] = high[axis] = fixed
+    return tuple(low), tuple(opt), tuple(high)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _write_sidecar(parent: Artifact, output: Path, step: StepRecord) -> Path:

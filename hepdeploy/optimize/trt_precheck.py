@@ -9,7 +9,8 @@ it was read from. A graph is checked for:
 - an opset outside the list's range;
 - the restrictions the list documents that a graph can show: inputs that must be
   initializers / build-time constants (Reduce* ``axes``, CumSum ``axis``, OneHot ``depth``,
-  Squeeze/Unsqueeze ``axes``, Dropout ``is_training``), TopK's ``sorted`` and ``K < 3840``,
+  Squeeze/Unsqueeze ``axes``, Dropout ``is_training``; Constant outputs, what constant folding
+  resolves from them, and the initializers of If/Loop/Scan bodies count), TopK's ``sorted`` and ``K < 3840``,
   outputs TensorRT does not produce (MaxPool ``Indices``, LayerNormalization's statistics),
   and Q/DQ that TensorRT cannot take (a non-zero zero point; UINT8 is only a network I/O type,
   so u8 activations, as the int8-cpu variant has, are refused).
@@ -136,21 +137,55 @@ class PrecheckReport:
         return [finding.line() for finding in self.findings] + [self.summary()]
 
 
-def _constants(model: Any) -> dict[str, Any]:
-    """Tensors whose value is known when the engine is built: initializers and Constant outputs."""
+def _constants(graph: Any) -> dict[str, Any]:
+    """Tensors whose value is known when the engine is built: initializers and Constant outputs, of
+    ``graph`` and of every subgraph (If branches, Loop and Scan bodies see the outer scope's too)."""
     from onnx import numpy_helper
 
     values: dict[str, Any] = {}
-    for tensor in model.graph.initializer:
+    for tensor in graph.initializer:
         values[tensor.name] = numpy_helper.to_array(tensor)
-    for node in model.graph.node:
+    for node in graph.node:
         if node.op_type == "Constant" and node.domain in _STANDARD_DOMAINS:
             for attribute in node.attribute:
                 if attribute.name == "value":
                     values[node.output[0]] = numpy_helper.to_array(attribute.t)
                 elif attribute.name in ("value_int", "value_ints"):
                     values[node.output[0]] = attribute.i if attribute.name == "value_int" else list(attribute.ints)
+        for subgraph in _subgraphs(node):
+            values.update(_constants(subgraph))
     return values
+
+
+# Nodes whose output is not a function of their inputs alone: never folded to a constant.
+_NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
+                 "If", "Loop", "Scan"}
+
+
+def _build_time_names(graph: Any, known: set[str]) -> set[str]:
+    """Names whose value constant folding resolves before the build: ``known`` constants, and the
+    outputs of every node (standard domain, deterministic, no subgraph) whose inputs all resolve.
+    Nodes are in topological order, as ONNX requires, so one pass over each graph suffices."""
+    resolved = set(known)
+    for node in graph.node:
+        if node.domain in _STANDARD_DOMAINS and node.op_type not in _NOT_FOLDABLE \
+                and all(not name or name in resolved for name in node.input) and any(node.input):
+            resolved.update(name for name in node.output if name)
+        for subgraph in _subgraphs(node):
+            resolved |= _build_time_names(subgraph, resolved)
+    return resolved
+
+
+def _subgraphs(node: Any) -> list[Any]:
+    from onnx import AttributeProto
+
+    graphs = []
+    for attribute in node.attribute:
+        if attribute.type == AttributeProto.GRAPH:
+            graphs.append(attribute.g)
+        elif attribute.type == AttributeProto.GRAPHS:
+            graphs.extend(attribute.graphs)
+    return graphs
 
 
 def _attribute(node: Any, name: str, default: Any = None) -> Any:
@@ -164,17 +199,11 @@ def _attribute(node: Any, name: str, default: Any = None) -> Any:
 
 def _all_nodes(graph: Any) -> list[Any]:
     """The nodes of ``graph`` and of every subgraph (If branches, Loop and Scan bodies)."""
-    from onnx import AttributeProto
-
     nodes = []
     for node in graph.node:
         nodes.append(node)
-        for attribute in node.attribute:
-            if attribute.type == AttributeProto.GRAPH:
-                nodes += _all_nodes(attribute.g)
-            elif attribute.type == AttributeProto.GRAPHS:
-                for subgraph in attribute.graphs:
-                    nodes += _all_nodes(subgraph)
+        for subgraph in _subgraphs(node):
+            nodes += _all_nodes(subgraph)
     return nodes
 
 
@@ -186,8 +215,8 @@ def precheck_graph(model: Any, operators: OperatorList) -> list[Finding]:
     if opset is not None and not low <= opset <= high:
         findings.append(Finding("error", "", "", f"opset {opset} is outside opset {low} to {high} that the parser "
                                                  "supports (convert the graph with the onnx version converter)"))
-    constants = _constants(model)
-    io_names = {v.name for v in [*model.graph.input, *model.graph.output]}
+    constants = _constants(model.graph)
+    known = _Known(constants, _build_time_names(model.graph, set(constants)))
     for node in _all_nodes(model.graph):
         name, op = node.name, node.op_type
         if node.domain not in _STANDARD_DOMAINS:
@@ -200,12 +229,22 @@ def precheck_graph(model: Any, operators: OperatorList) -> list[Finding]:
         if op not in operators.supported:
             findings.append(Finding("error", name, op, "not in TensorRT's ONNX operator list"))
             continue
-        findings += _restrictions(node, opset or high, constants, io_names, model)
+        findings += _restrictions(node, opset or high, known)
     return findings
 
 
-def _restrictions(node: Any, opset: int, constants: dict[str, Any], io_names: set[str], model: Any) -> list[Finding]:
+@dataclass(frozen=True)
+class _Known:
+    """What the build knows of a graph: ``values`` of initializers and Constants (of every subgraph too),
+    and ``folded``, every name constant folding resolves (those values and what is computed from them)."""
+
+    values: dict[str, Any]
+    folded: set[str]
+
+
+def _restrictions(node: Any, opset: int, known: _Known) -> list[Finding]:
     name, op = node.name, node.op_type
+    constants = known.values
     found: list[Finding] = []
 
     def error(message: str) -> None:
@@ -213,7 +252,7 @@ def _restrictions(node: Any, opset: int, constants: dict[str, Any], io_names: se
 
     if op in _CONSTANT_INPUTS:
         index, what, since = _CONSTANT_INPUTS[op]
-        if opset >= since and len(node.input) > index and node.input[index] and node.input[index] not in constants:
+        if opset >= since and len(node.input) > index and node.input[index] and node.input[index] not in known.folded:
             error(f"`{what}` is computed at run time; TensorRT needs it as an initializer (build-time constant)")
         elif op == "Dropout" and len(node.input) > index and np.any(constants.get(node.input[index], False)):
             error("`training_mode` must evaluate to False")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hepdeploy.artifacts import read_artifact
+from hepdeploy.artifacts import read_artifact, read_engine_sidecar
 from hepdeploy.backend.base import Runner
 from hepdeploy.backend.onnxrt import ProviderList
 from hepdeploy.backend.sources import artifact_runner
@@ -118,8 +118,9 @@ def validate_candidate(candidate: Path, reference: ReferenceSet, *, spec: ModelS
                        providers: ProviderList | None = None, name: str | None = None) -> VariantReport:
     """Validate one artifact file (``.onnx`` + sidecar, or a TensorRT engine).
 
-    ``judgement``'s precision defaults to the sidecar's variant precision; with ``localization`` the
-    report also says where an ONNX candidate first loses precision (see :class:`Localization`).
+    ``judgement``'s precision defaults to the sidecar's variant precision (``X.plan.json`` for a plan);
+    with ``localization`` the report also says where an ONNX candidate first loses precision (see
+    :class:`Localization`).
     """
     candidate = Path(candidate)
     if not candidate.exists():
@@ -127,7 +128,9 @@ def validate_candidate(candidate: Path, reference: ReferenceSet, *, spec: ModelS
     sidecar = read_artifact(candidate).sidecar if candidate.suffix == ".onnx" else None
     if sidecar is not None:
         _check_against_sidecar(sidecar, reference, candidate)
-    judgement = (judgement or Judgement()).with_precision(sidecar.variant.precision if sidecar is not None else None)
+    # A plan's precision is its graph's, recorded in its .plan.json (an FP16 plan is not judged as FP32).
+    recorded = sidecar if candidate.suffix == ".onnx" else read_engine_sidecar(candidate)
+    judgement = (judgement or Judgement()).with_precision(recorded.variant.precision if recorded is not None else None)
     with artifact_runner(candidate, providers) as runner:
         report = validate_runner(runner, reference, name=name or candidate.stem, candidate=str(candidate),
                                  spec=spec, judgement=judgement)

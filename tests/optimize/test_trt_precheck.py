@@ -127,3 +127,33 @@ def test_subgraphs_are_checked_and_a_missing_list_is_said(tmp_path: Path) -> Non
     assert any("no operator list for TensorRT 10.5" in f.message for f in report.findings if f.severity == "warning")
     exact = precheck_model(_save(_model([node], [X, cond], [Y]), tmp_path / "m.onnx"), "10.8")
     assert not any("no operator list" in f.message for f in exact.findings)
+
+
+def test_folded_constants_and_subgraph_initializers_are_build_time_constants(tmp_path: Path) -> None:
+    # Defect 11 (second read): `axes` from a Constant through foldable nodes, and an initializer of an If
+    # branch, were reported as "computed at run time" though constant folding resolves them.
+    axes_value = helper.make_tensor("axes_value", TensorProto.INT64, [1], [1])
+    branch_axes = numpy_helper.from_array(np.array([0], np.int64), "branch_axes")
+    branch = helper.make_graph([helper.make_node("Unsqueeze", ["x", "branch_axes"], ["u"], name="unsqueeze_in_branch")],
+                               "then", [], [helper.make_tensor_value_info("u", TensorProto.FLOAT, None)],
+                               [branch_axes])
+    other = helper.make_graph([helper.make_node("Unsqueeze", ["x", "folded_axes"], ["v"], name="outer_axes_in_branch")],
+                              "else", [], [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)])
+    nodes = [
+        helper.make_node("Constant", [], ["axes_c"], name="const", value=axes_value),
+        helper.make_node("Cast", ["axes_c"], ["axes_cast"], name="cast", to=TensorProto.INT64),
+        helper.make_node("Identity", ["axes_cast"], ["folded_axes"], name="ident"),
+        helper.make_node("Unsqueeze", ["x", "folded_axes"], ["x3"], name="unsqueeze_folded"),
+        helper.make_node("Squeeze", ["x3", "folded_axes"], ["x2"], name="squeeze_folded"),
+        helper.make_node("If", ["cond"], ["b"], name="branch", then_branch=branch, else_branch=other),
+        # Still an error: axes computed from a graph input's shape at run time.
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Slice", ["s", "one", "two"], ["runtime_axes"], name="slice"),
+        helper.make_node("Unsqueeze", ["x2", "runtime_axes"], ["y"], name="unsqueeze_runtime"),
+    ]
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([2], np.int64), "two")]
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    report = precheck_model(_save(_model(nodes, [X, cond], [Y], inits), tmp_path / "m.onnx"), "10.8")
+    flagged = {f.node for f in report.errors}
+    assert flagged == {"unsqueeze_runtime"}, report.lines()
