@@ -58,9 +58,9 @@ def test_chunks_are_capped_by_the_engines_profile(tmp_path: Path, monkeypatch: p
     # The runner has bare input names (no fixed batch), so run_chunked used 4096 rows: setInputShape refused it.
     x = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
     with open_runner(tmp_path, monkeypatch, cudart, mlp_plan(max_batch=256)) as runner:
-        assert runner.profile_rows() == 256
         y = runner.run_chunked({"x": x}, 4096)["y"]
         assert runner.context.runs == 4  # 256 + 256 + 256 + 232 rows
+        assert runner.profile_rows() == 256
     np.testing.assert_allclose(y, 2 * x.sum(axis=1, keepdims=True), rtol=1e-6)
 
 

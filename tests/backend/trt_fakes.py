@@ -2,9 +2,11 @@
 TensorRT 10 bindings and the CUDA 12 runtime document them, so the engine runner's own logic
 (chunking, shapes, copies, addresses, clean-up) executes on a machine without a GPU.
 
-- :class:`FakeCudart` is libcudart on host memory: ``cudaMalloc`` hands out ctypes buffers,
-  ``cudaMemcpyAsync`` queues a ``memmove`` on its stream and the queue runs, in order, at
-  ``cudaStreamSynchronize`` (so output read before synchronising is not there yet, as on a GPU).
+- :class:`FakeCudart` is libcudart on host memory: ``cudaMalloc`` hands out ctypes buffers and
+  work on a stream runs in order. ``cudaMemcpyAsync`` behaves as CUDA's "API synchronization
+  behavior" page says it does with pageable host memory: to the device, the source is staged
+  before the call returns and the copy waits its turn on the stream; to the host, the call
+  returns once the stream's earlier work (the engine's execution) and the copy are done.
   It refuses what CUDA refuses (unknown pointers and streams, copies out of bounds or between the
   wrong kinds of memory) with CUDA's error codes, and ``cudaGetErrorString`` words them.
 - :class:`FakeDriver` is libcuda's device queries.
@@ -144,6 +146,8 @@ class FakeCudart:
         address = _value(pointer)
         if address not in self.allocations:
             return INVALID_VALUE
+        for handle in self.streams:  # cudaFree synchronizes the device first
+            self.flush(handle)
         _, _, device = self.allocations.pop(address)
         self.frees.append((device, self.current))
         return self.fail.get("cudaFree", 0)
@@ -153,8 +157,15 @@ class FakeCudart:
         device_side, host_side = (to, frm) if kind == 1 else (frm, to) if kind == 2 else (0, 0)
         if not device_side or not self.device_block(device_side, nbytes) or self.device_block(host_side, 1):
             return INVALID_VALUE
-        if not self.enqueue(_value(stream), lambda: ctypes.memmove(to, frm, nbytes)):
+        handle = _value(stream)
+        if handle not in self.streams:
             return INVALID_HANDLE
+        if kind == 1:  # pageable host memory is staged before the call returns; the device copy waits its turn
+            staged = ctypes.create_string_buffer(ctypes.string_at(frm, nbytes), nbytes)
+            self.enqueue(handle, lambda: ctypes.memmove(to, staged, nbytes))
+        else:  # into pageable host memory the call returns once the stream's earlier work and the copy are done
+            self.flush(handle)
+            ctypes.memmove(to, frm, nbytes)
         return 0
 
 
