@@ -38,7 +38,7 @@ from hepdeploy.artifacts import (
     engine_sidecar_path,
 )
 from hepdeploy.backend.cudart import cuda_device
-from hepdeploy.backend.trt import tensorrt_unavailable
+from hepdeploy.backend.trt import recording_logger, tensorrt_unavailable
 from hepdeploy.errors import ConversionError, DependencyMissingError
 from hepdeploy.fsutil import atomic_path, atomic_write_text, sha256_file
 from hepdeploy.graph_bounds import graph_dim_bounds, minimums
@@ -153,19 +153,20 @@ def build_engine(
     inputs = spec.inputs if spec is not None else parent.sidecar.inputs
     shapes = profile_shapes(inputs, spec, minimums(graph_dim_bounds(parent.path)))
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = recording_logger(trt)  # keeps TensorRT's errors for the one-line messages below
     builder = trt.Builder(logger)
     network, parser, strongly_typed = _parsed_network(trt, builder, logger, parent.path)
     config, builder_flags = builder_config(trt, builder, variant)
     profile = _Profile(builder.create_optimization_profile())
     profile.cover(network, shapes, variant.shape_input_values)
-    config.add_optimization_profile(profile.profile)
+    if config.add_optimization_profile(profile.profile) < 0:
+        raise ConversionError(f"tensorrt: TensorRT refused the optimisation profile for {parent.path}{logger.said()}")
     attach_timing_cache(config, timing_cache)
 
     serialized = builder.build_serialized_network(network, config)
     del parser  # kept alive until the build: the network holds weights the parser owns
     if serialized is None:
-        raise ConversionError(f"tensorrt: the builder failed on {parent.path} (see the TensorRT log above)")
+        raise ConversionError(f"tensorrt: the builder failed on {parent.path}{logger.said()}")
     with atomic_path(output, suffix=".plan.tmp") as tmp:
         tmp.write_bytes(bytes(serialized))
 
