@@ -160,6 +160,10 @@ class CudaRuntime:
     def stream_handle(self) -> int:
         return int(self.stream.value or 0)
 
+    def held(self) -> tuple[int, bool]:
+        """(device buffers, whether a stream) this runtime still holds: (0, False) once released."""
+        return len(self._buffers), bool(self.stream.value)
+
     def select(self) -> None:
         """Make this device current in the calling thread (TensorRT deserializes on the current device)."""
         self._check(self._lib.cudaSetDevice(self.device), "cudaSetDevice")

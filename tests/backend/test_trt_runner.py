@@ -170,7 +170,7 @@ def test_an_unclosed_runner_releases_its_memory_and_stream(tmp_path: Path, monke
                                                             cudart: FakeCudart) -> None:
     runner = open_runner(tmp_path, monkeypatch, cudart, mlp_plan())
     runner.run({"x": np.ones((3, 4), np.float32)})
-    assert cudart.live() == (2, 1)  # x's and y's buffers, the stream
+    assert cudart.live() == (2, 1) and runner.cuda.held() == (2, True)  # x's and y's buffers, the stream
     del runner
     gc.collect()
     assert cudart.live() == (0, 0)
@@ -182,6 +182,7 @@ def test_close_frees_on_its_own_device_and_checks_what_cuda_says(
     runner.run({"x": np.ones((3, 4), np.float32)})
     cudart.cudaSetDevice(0)  # something else in the thread made another device current
     runner.close()
+    assert runner.cuda.held() == (0, False)
     assert cudart.frees == [(1, 1), (1, 1)] and cudart.destroys == [(1, 1)] and cudart.live() == (0, 0)
     cuda = CudaRuntime(0, cudart)
     cuda.malloc(16)
@@ -195,6 +196,23 @@ def test_a_plan_that_throws_while_deserializing_still_releases_cuda(
     plan = mlp_plan(raises=RuntimeError("std::exception: deserialization failed"))
     with pytest.raises(ModelLoadError, match="cannot deserialize this engine .*RuntimeError"):
         open_runner(tmp_path, monkeypatch, cudart, plan)
+    assert cudart.live() == (0, 0)
+
+
+def test_a_runtime_that_cannot_start_releases_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    cudart: FakeCudart) -> None:
+    path = tmp_path / "model.plan"
+    path.write_bytes(b"plan:model")
+    trt = fake_tensorrt({b"plan:model": mlp_plan()}, cudart)
+
+    class NoRuntime(trt.Runtime):  # type: ignore[name-defined,misc]
+        def __init__(self, logger: object) -> None:  # as the bindings behave where CUDA cannot start
+            raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    trt.Runtime = NoRuntime
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(DependencyMissingError, match="TensorRT runtime cannot start on device 0: .*nullptr"):
+        TensorRTEngineRunner(path, cudart=cudart)
     assert cudart.live() == (0, 0)
 
 

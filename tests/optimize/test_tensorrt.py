@@ -149,7 +149,7 @@ def test_the_engine_runner_does_not_need_torch(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setitem(sys.modules, "torch", None)
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.5.0", Logger=Logger,
-                                                                       Runtime=Runtime))
+                                                                       ILogger=Logger, Runtime=Runtime))
     # Here: no CUDA runtime library; on a GPU machine: the runtime that cannot start. Never an ImportError of torch.
     with pytest.raises(DependencyMissingError, match="CUDA|runtime cannot start"):
         TensorRTEngineRunner(plan)
