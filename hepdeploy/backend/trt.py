@@ -210,16 +210,20 @@ class TensorRTEngineRunner(Runner):
             self._open(path, allow_host_code)
         except BaseException:
             self.context = self.engine = None
-            self.cuda.close()
+            with contextlib.suppress(HepDeployError):  # the load's own error is the one to report
+                self.cuda.close()
             raise
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.memory = {n: tensor_memory(self.engine, n, trt) for n in names}
         # min/opt/max of every device input in profile 0, the one a context uses unless told otherwise
-        self.profile: dict[str, tuple[Shape, Shape, Shape]] = {
-            n: tuple(tuple(int(d) for d in dims) for dims in self.engine.get_tensor_profile_shape(n, 0))  # type: ignore[misc]
-            for n in inputs if self.memory[n] == "device"}
+        self.profile: dict[str, tuple[Shape, Shape, Shape]] = {}
+        for n in inputs:
+            shapes = self.engine.get_tensor_profile_shape(n, 0) if self.memory[n] == "device" else []
+            if len(shapes) == 3:
+                low, opt, high = (tuple(int(d) for d in dims) for dims in shapes)
+                self.profile[n] = (low, opt, high)
         self._device_buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity in bytes)
         self._allocator: Any = None  # made when an output's shape depends on the data
         super().__init__(f"tensorrt:{path}", inputs, outputs)
