@@ -121,9 +121,10 @@ def check_chunks_and_release(plan: Path, x: np.ndarray, weight: np.ndarray) -> l
     if min(before, held, after) >= 0 and before - held >= buffers // 2 and after - held < buffers // 2:
         problems.append(f"closing the runner released {(after - held) >> 20} MiB, less than half of its "
                         f"{buffers >> 20} MiB of buffers")
-    stream = getattr(getattr(runner, "cuda", None), "stream_handle", None)
-    if stream:
-        problems.append(f"the runner's CUDA stream {stream:#x} is still held after close")
+    buffers_held, stream_held = runner.cuda.held()
+    if buffers_held or stream_held:
+        problems.append(f"after close the runner still holds {buffers_held} device buffer(s)"
+                        f"{' and its CUDA stream' if stream_held else ''}")
     return problems
 
 
