@@ -34,7 +34,7 @@ from hepdeploy.errors import (
     first_line,
 )
 from hepdeploy.fsutil import check_input_file
-from hepdeploy.plan_compat import PlanMetadata, tensorrt_runtime_problem
+from hepdeploy.plan_compat import PlanMetadata, tensorrt_full_version, tensorrt_runtime_problem
 
 log = logging.getLogger("hepdeploy.backend.trt")
 
@@ -127,7 +127,7 @@ class PlanLoader:
                     f"{self.device.compute_capability}; Triton loads the plan listed for its own GPU")
         if metadata is None:
             return None
-        return tensorrt_runtime_problem(metadata, str(getattr(self.trt, "__version__", "")), "this machine")
+        return tensorrt_runtime_problem(metadata, tensorrt_full_version(self.trt).text, "this machine")
 
     def io_names(self, data: bytes, metadata: PlanMetadata | None) -> set[str] | None:
         """The engine's I/O tensor names, or None where TensorRT cannot deserialize ``data``."""
