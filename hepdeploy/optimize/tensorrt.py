@@ -127,6 +127,15 @@ def save_timing_cache(config: Any, path: Path) -> bool:
 # -- the build ----------------------------------------------------------------------------------
 
 
+def add_profile(config: Any, profile: Any, logger: Any, where: Path) -> int:
+    """Add the optimisation profile to the builder config; ``add_optimization_profile`` says -1 when it
+    refuses one (an invalid or incomplete profile), which is an error in TensorRT's words, here."""
+    index = config.add_optimization_profile(profile)
+    if index < 0:
+        raise ConversionError(f"tensorrt: TensorRT refused the optimisation profile for {where}{logger.said()}")
+    return int(index)
+
+
 def build_engine(
     parent: Artifact,
     output: Path,
@@ -159,8 +168,7 @@ def build_engine(
     config, builder_flags = builder_config(trt, builder, variant)
     profile = _Profile(builder.create_optimization_profile())
     profile.cover(network, shapes, variant.shape_input_values)
-    if config.add_optimization_profile(profile.profile) < 0:
-        raise ConversionError(f"tensorrt: TensorRT refused the optimisation profile for {parent.path}{logger.said()}")
+    add_profile(config, profile.profile, logger, parent.path)
     attach_timing_cache(config, timing_cache)
 
     serialized = builder.build_serialized_network(network, config)

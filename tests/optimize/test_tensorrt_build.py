@@ -130,3 +130,22 @@ def test_a_profile_tensorrt_refuses_is_one_line(tmp_path: Path) -> None:
         _Profile(_OptimizationProfile()).cover(_Network(_fixed_batch_1(tmp_path, "width")), shapes, {})
     message = str(refused.value)
     assert "\n" not in message and "input 'x'" in message and "min <= opt <= max does not hold" in message
+
+
+def test_a_profile_the_config_refuses_is_an_error_in_tensorrts_words(tmp_path: Path) -> None:
+    # Defect 5: add_optimization_profile returns -1 on an invalid profile (NvInfer.h); the build used to go on.
+    class Logger:
+        def said(self) -> str:
+            return " (TensorRT: Optimization profile is missing values for input x)"
+
+    class Refusing:
+        def add_optimization_profile(self, profile: object) -> int:
+            return -1
+
+    class Accepting:
+        def add_optimization_profile(self, profile: object) -> int:
+            return 0
+
+    with pytest.raises(ConversionError, match=r"refused the optimisation profile for .*m\.onnx \(TensorRT: Optim"):
+        build.add_profile(Refusing(), object(), Logger(), tmp_path / "m.onnx")
+    assert build.add_profile(Accepting(), object(), Logger(), tmp_path / "m.onnx") == 0
