@@ -167,6 +167,8 @@ def _model_section(model: dict[str, Any], where: _Rebase, roles: dict[tuple[str,
     section.rows = list(rows.values())
     headline = reports.get("headline") or {}
     section.headline, section.line = headline.get("outcome", "-"), headline.get("line", "")
+    if not headline and section.failed_steps:
+        section.headline, section.line = "FAIL", "failed before its validation report was written"
     report = folder / "reports" / "report.html"
     section.report = report if report.is_file() else None
     return section
@@ -206,11 +208,12 @@ def _fill_row(row: VariantRow, judged: dict[str, dict[str, Any]], ratios: dict[s
         row.harm = report.get("allowance_use")
     else:
         row.report = None
-    if row.variant == "fp32":
+    made = row.file is not None and row.file.is_file()
+    if row.variant == "fp32" and made:  # the measure of every other speed
         row.speed, row.speed_source = 1.0, "measured"
     elif row.variant in ratios:
         row.speed, row.speed_source = float(ratios[row.variant]), "measured"
-    if row.file is not None and row.file.is_file():
+    if made:
         row.size_bytes = row.file.stat().st_size
         row.roles = roles.get((row.file.parent.name, row.file.name), [])
 
@@ -407,7 +410,7 @@ def page_markdown(page: BuildPage) -> str:
     lines.append("")
     for section in page.models:
         lines += [f"## {section.name}: {section.headline}", "", section.line, ""]
-        lines += [f"- failed: {_md(line)}" for line in section.failed_steps]
+        lines += [f"- failed: {_md(line)}" for line in section.failed_steps] + ([""] if section.failed_steps else [])
         if section.chart is not None:
             chart = Path(os.path.relpath(section.chart, page.out_dir)).as_posix()
             lines += [f"![{section.name}: speed against physics harm]({chart})", ""]

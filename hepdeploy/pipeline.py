@@ -9,7 +9,8 @@ A build survives its own bugs: any exception in a step (ours or a dependency's) 
 failed step whose traceback, with the chain of causes, is written to
 ``<model>/logs/<step>.log``; the other models go on. ``build-summary.json`` (with the tool
 and dependency versions) is rewritten after every step, so a build that is interrupted or
-killed still leaves a summary of everything it did.
+killed still leaves a summary of everything it did. At the end, also when it stops part-way, it
+writes the build's page, ``index.html`` and ``index.md`` (:mod:`hepdeploy.build_page`), from those files.
 """
 from __future__ import annotations
 
@@ -497,8 +498,8 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         if published:
             passing[variant] = path
     publishing = repository is not None and options.publish
-    if publishing:
-        _publish_passing(build, spec, repository, passing, verdicts, reference)  # type: ignore[arg-type]
+    if publishing and repository is not None:
+        _publish_passing(build, spec, repository, passing, verdicts, reference)
     if reports:
         outcome = _model_decisions(spec.name, judged, build.steps, publishing)
         build.run("reports", lambda: StepResult("reports", "ok",
