@@ -332,7 +332,9 @@ def page_html(page: BuildPage) -> str:
         for row in section.rows:
             cells = _cells(page, section, row)
             link = cells.pop()
-            parts.append("<tr>" + "".join(f"<td class='{esc(c)}'>{esc(c)}</td>" for c in cells)
+            verdict = cells[2]  # coloured by its outcome (the style's PASS, FAIL, UNDECIDED)
+            parts.append("<tr>" + "".join(f"<td class='{esc(verdict)}'>{esc(c)}</td>" if i == 2 else f"<td>{esc(c)}</td>"
+                                          for i, c in enumerate(cells))
                          + (f"<td><a href='{esc(link)}'>report</a></td>" if link else "<td>-</td>") + "</tr>")
     parts.append("</table>")
     for section in page.models:
