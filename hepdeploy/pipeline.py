@@ -9,7 +9,8 @@ A build survives its own bugs: any exception in a step (ours or a dependency's) 
 failed step whose traceback, with the chain of causes, is written to
 ``<model>/logs/<step>.log``; the other models go on. ``build-summary.json`` (with the tool
 and dependency versions) is rewritten after every step, so a build that is interrupted or
-killed still leaves a summary of everything it did.
+killed still leaves a summary of everything it did. At the end, also when it stops part-way, it
+writes the build's page, ``index.html`` and ``index.md`` (:mod:`hepdeploy.build_page`), from those files.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 from hepdeploy.artifacts import read_artifact, read_engine_sidecar
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.backend.trt import tensorrt_unavailable
+from hepdeploy.build_page import SUMMARY_NAME, write_build_page
 from hepdeploy.convert import convert_from_spec
 from hepdeploy.data import CalibrationSet
 from hepdeploy.environment import versions
@@ -54,6 +56,7 @@ from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.ensemble import ensemble_requests, plan_ensemble
+from hepdeploy.triton.layout import typed_manifest
 from hepdeploy.triton.plan import ModelRequest, plan_publication, spec_publication
 from hepdeploy.triton.repository import publish
 from hepdeploy.tune import TuneData, TuneSettings, describe, throughput_ratio, timing_feed, tune_variant
@@ -64,7 +67,7 @@ from hepdeploy.validate import (
     validate_candidate,
 )
 from hepdeploy.validate.reference import make_reference, save_reference
-from hepdeploy.validate.report import write_reports
+from hepdeploy.validate.report import ModelDecisions, VariantDecision, write_reports
 from hepdeploy.variants import BASELINE, variant_kind
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,6 @@ log = logging.getLogger(__name__)
 # What `hepdeploy build` with no spec builds: every zoo network with a fast path through
 # the chain. ResNet-50 is in the zoo too; build it with `hepdeploy build --zoo resnet50`.
 DEFAULT_ZOO_SET = ("facile", "jet_mlp", "particlenet", "deepjet", "interaction_network")
-SUMMARY_NAME = "build-summary.json"
 # Golden sets made without reference data: rows of seeded samples (at most the batch's max).
 SAMPLED_REFERENCE_ROWS = 256
 # An automatic CPU twin is INT8 only when INT8 is measured at least this much faster than FP32: closer
@@ -481,6 +483,7 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
     verdicts: dict[str, dict[str, Any]] = {}
     passing: dict[str, Path] = {}
     reports: list[VariantReport] = []
+    judged: dict[str, tuple[StepResult, bool]] = {}  # variant -> the step that judged it last, kept or not
     for variant, path in made.items():  # a TensorRT .plan runs in the TensorRT engine runner
         step = build.run(f"validate:{variant}", lambda v=variant, p=path: _validate_step(
             v, p, reference, spec, reports, options.strict), variant=variant)
@@ -491,13 +494,21 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
             path = step.outputs[0] if step.ok and step.outputs else None
         published = step.ok and path is not None
         verdicts[variant] = {"passed": published, "outcome": step.details.get("outcome"), "verdict": step.reason}
+        judged[variant] = (step, published)
         if published:
             passing[variant] = path
+    publishing = repository is not None and options.publish
+    if publishing and repository is not None:
+        _publish_passing(build, spec, repository, passing, verdicts, reference)
     if reports:
-        build.run("reports", lambda: StepResult("reports", "ok", outputs=write_reports(reports, folder / "reports")))
+        outcome = _model_decisions(spec.name, judged, build.steps, publishing)
+        build.run("reports", lambda: StepResult("reports", "ok",
+                                                outputs=write_reports(reports, folder / "reports", outcome)))
 
-    if repository is None or not options.publish:
-        return
+
+def _publish_passing(build: ModelBuild, spec: ModelSpec, repository: Path, passing: dict[str, Path],
+                     verdicts: dict[str, dict[str, Any]], reference: ReferenceSet) -> None:
+    """The automatic CPU twin's timing, then the publication of what passed."""
     twin = spec.triton.cpu_twin
     if twin is not None and twin.variant == "auto" and passing:
         chosen = build.run("twin", lambda: _twin_step(spec, passing, reference))
@@ -508,6 +519,32 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         build.run("publish", lambda: _publish_step(repository, spec, passing, verdicts, reference.inputs))
     else:
         build.add(StepResult("publish", "skipped", "no variant passed validation"))
+
+
+def _model_decisions(name: str, judged: dict[str, tuple[StepResult, bool]], steps: list[StepResult],
+                     publishing: bool) -> ModelDecisions:
+    """What the build did with each judged variant, for its report's opening table: published (in the roles
+    the repository's manifests record), passed (not served), rejected or failed. A tuned variant was judged
+    last on its confirmation half (the report section :func:`_tune_step` names)."""
+    publish = next((s for s in reversed(steps) if s.step == "publish"), None)
+    roles: dict[str, list[str]] = {}
+    for version_dir in publish.outputs if publish is not None and publish.ok else []:
+        manifest = typed_manifest(Path(version_dir))
+        if manifest is not None and manifest.source.variant:
+            roles.setdefault(str(manifest.source.variant.get("name")), []).append(
+                f"{manifest.role} {manifest.model} v{manifest.version}")
+    decisions = []
+    for variant, (step, kept) in judged.items():
+        decision = ("published" if variant in roles else "passed") if kept else \
+            "failed" if step.status == "failed" else "rejected"
+        tuned = step.step.startswith("tune:") and step.details.get("confirmation_verdict") is not None
+        decisions.append(VariantDecision(variant, decision, step.reason,  # type: ignore[arg-type]
+                                         report=f"{variant} (tuned, confirmation half)" if tuned else None,
+                                         roles=tuple(roles.get(variant, ()))))
+    unpublished = None
+    if publishing and not roles:
+        unpublished = f"publish {publish.status}: {publish.reason}" if publish is not None else "publish did not run"
+    return ModelDecisions(name, decisions, unpublished)
 
 
 def _tensorrt_checks(build: ModelBuild, spec: ModelSpec, options: BuildOptions, fp32_path: Path,
@@ -599,6 +636,25 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
     if repository is not None:
         repository.mkdir(exist_ok=True)
     report = BuildReport(out_dir, repository=repository)
+    try:
+        _build_into(report, specs, options)
+    finally:  # also when the build stops part-way (Ctrl-C, a bug between the steps): the page shows what it did
+        _write_page(out_dir)
+    return report
+
+
+def _write_page(out_dir: Path) -> None:
+    """``index.html`` and ``index.md`` (:mod:`hepdeploy.build_page`); a page that cannot be written is a
+    warning, never the build's outcome."""
+    try:
+        log.info("build page: %s", write_build_page(out_dir))
+    except Exception as error:  # the page only shows the build: its own failure must not fail the build
+        log.warning("build page not written: %s", first_line(error))
+
+
+def _build_into(report: BuildReport, specs: list[ModelSpec], options: BuildOptions) -> None:
+    """Every spec's chain, then the repository's checks, recorded into ``report`` step by step."""
+    out_dir, repository = report.out_dir, report.repository
     goldens: dict[str, Path] = {}
     if options.serve_check:
         # The bundled server has only the Python backend: publish Python-backend twins
@@ -625,7 +681,6 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
                                                     out_dir / "logs"))
     report.finished = _now()
     report.write_summary()
-    return report
 
 
 def _repository_release(specs: list[ModelSpec], options: BuildOptions) -> str | None:

@@ -62,7 +62,7 @@ from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.spec import ModelSpec, TensorSpec, VariantSpec
 from hepdeploy.validate import validate_candidate
 from hepdeploy.validate.reference import ReferenceSet
-from hepdeploy.validate.report import VariantReport
+from hepdeploy.validate.report import VariantReport, harm_of
 from hepdeploy.variants import BASELINE, TUNABLE_VARIANTS, variant_kind
 
 log = logging.getLogger(__name__)
@@ -218,39 +218,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
-
-
-def harm_of(report: VariantReport) -> float:
-    """The worst check's use of its allowance (far end of its 95 % interval; 1.0 = at the allowance)."""
-    if report.hard_failures:
-        return math.inf
-    if report.counts_physics():
-        uses = []
-        for check in report.physics.checks:
-            if check.informational or check.limit is None:
-                continue
-            estimate = check.change if check.reference is not None else check.candidate
-            use = _allowance_use(check.kind, float(check.limit), check.interval or (estimate, estimate))
-            if use is not None:
-                uses.append(use)
-        if uses:
-            return max(uses)
-    # Numerical budget: the worst error in units of its tolerance.
-    return max((c.max_abs_error / (c.atol + c.rtol) if (c.atol + c.rtol) > 0 else math.inf)
-               for c in report.numerical) if report.numerical else 0.0
-
-
-def _allowance_use(kind: str, limit: float, interval: tuple[float | None, float | None]) -> float | None:
-    low, high = interval
-    if low is None or high is None:
-        return None
-    if kind == "drop":
-        return max(-low, 0.0) / limit if limit > 0 else math.inf
-    if kind == "increase":
-        return max(high, 0.0) / limit if limit > 0 else math.inf
-    if kind == "level":  # e.g. argmax agreement >= 0.95: the budget is the distance from a perfect 1
-        return (1.0 - low) / (1.0 - limit) if 0 < limit < 1 else (limit / low if low > 0 else math.inf)
-    return max(abs(low), abs(high)) / limit if limit > 0 else math.inf
 
 
 def decision_groups(model: Any, variant: VariantSpec) -> tuple[list[PrecisionGroup], list[PrecisionGroup]]:

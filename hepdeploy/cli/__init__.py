@@ -19,6 +19,7 @@ from hepdeploy.cli import (
     commands_convert,
     commands_optimize,
     commands_preprocess,
+    commands_report,
     commands_serve,
     commands_triton,
     commands_tune,
@@ -93,7 +94,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
 def _register_commands() -> None:
     # commands_serve adds `serve` to the `triton` group, so it comes after commands_triton.
     for module in (commands_convert, commands_zoo, commands_optimize, commands_validate, commands_triton,
-                   commands_serve, commands_build, commands_tune, commands_preprocess):
+                   commands_serve, commands_build, commands_tune, commands_preprocess, commands_report):
         module.register(main)
 
 

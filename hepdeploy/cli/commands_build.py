@@ -12,6 +12,7 @@ from hepdeploy.cli.options import (
     server_release_option,
     variant_option,
 )
+from hepdeploy.build_page import PAGE_NAME
 from hepdeploy.errors import BadInputError
 from hepdeploy.pipeline import (
     DEFAULT_ZOO_SET,
@@ -94,6 +95,7 @@ def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
     if report.repository is not None:
         console.print(f"Triton model repository: {report.repository.resolve()}")
     console.print(f"summary: {(report.out_dir / 'build-summary.json').resolve()}")
+    console.print(f"build page: {(report.out_dir / PAGE_NAME).resolve()}")
     if report.peak_rss_mib is not None:
         console.print(f"peak resident memory of a step: {report.peak_rss_mib / 1024:.2f} GiB (each step's in the summary)")
     if report.rejected:

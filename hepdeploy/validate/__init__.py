@@ -12,7 +12,8 @@ Entry points (the CLI and ``hepdeploy build`` call these), each judged as a
 - ``validate_served(target, model, golden, ...)``: what a live Triton server returns (``served.py``).
 - ``validate_served_ensemble(target, model, data, ...)``: a preprocessing ensemble fed raw ROOT
   events, against the same events preprocessed inline and run in ONNX Runtime (``served.py``).
-- ``write_reports(reports, folder)``: JSON, JUnit XML, Markdown, HTML with plots (``report.py``).
+- ``write_reports(reports, folder, decisions=None)``: JSON, JUnit XML, Markdown, HTML with plots (``report.py``);
+  ``decisions`` (a build's ``ModelDecisions``) make the headline the model's outcome.
 
 How the numerical and physics outcomes make a verdict under a policy: ``verdict.py``.
 """

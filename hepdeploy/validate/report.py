@@ -12,12 +12,13 @@ import datetime as _dt
 import html
 import json
 import logging
+import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import numpy as np
@@ -93,6 +94,8 @@ class VariantReport:
             },
             "numerical": {"passed": self.numerical_passed, "outputs": [_comparison_dict(c) for c in self.numerical]},
             "physics": self.physics.to_dict(),
+            "allowance_use": _finite_or_none(harm_of(self)),
+            "deciding": deciding_text(self),
             "localization": self.localization.to_dict() if self.localization else None,
             "reference": self.reference,
             "notes": list(self.notes),
@@ -112,6 +115,137 @@ def _comparison_dict(c: OutputComparison) -> dict[str, Any]:
     }
 
 
+def harm_of(report: VariantReport) -> float:
+    """The worst check's use of its allowance (far end of its 95 % interval; 1.0 = at the allowance)."""
+    if report.hard_failures:
+        return math.inf
+    if report.counts_physics():
+        uses = []
+        for check in report.physics.checks:
+            if check.informational or check.limit is None:
+                continue
+            estimate = check.change if check.reference is not None else check.candidate
+            use = _allowance_use(check.kind, float(check.limit), check.interval or (estimate, estimate))
+            if use is not None:
+                uses.append(use)
+        if uses:
+            return max(uses)
+    # Numerical budget: the worst error in units of its tolerance.
+    return max((c.max_abs_error / (c.atol + c.rtol) if (c.atol + c.rtol) > 0 else math.inf)
+               for c in report.numerical) if report.numerical else 0.0
+
+
+def _allowance_use(kind: str, limit: float, interval: tuple[float | None, float | None]) -> float | None:
+    low, high = interval
+    if low is None or high is None:
+        return None
+    if kind == "drop":
+        return max(-low, 0.0) / limit if limit > 0 else math.inf
+    if kind == "increase":
+        return max(high, 0.0) / limit if limit > 0 else math.inf
+    if kind == "level":  # e.g. argmax agreement >= 0.95: the budget is the distance from a perfect 1
+        return (1.0 - low) / (1.0 - limit) if 0 < limit < 1 else (limit / low if low > 0 else math.inf)
+    return max(abs(low), abs(high)) / limit if limit > 0 else math.inf
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def deciding_text(report: VariantReport) -> str:
+    """The check that decides the verdict, with its interval: a failing (or undecided) check, else the one
+    that uses most of its allowance; the worst numerical output when no physics check counts."""
+    if report.hard_failures:
+        first = report.hard_failures[0]
+        return f"{first.name}: {first.problem}"
+    if report.counts_physics():
+        judged = [c for c in report.physics.checks if not c.informational and c.limit is not None]
+        deciding = report.physics.deciding() or judged
+        if deciding:
+            def use(check: PhysicsCheck) -> float:
+                estimate = check.change if check.reference is not None else check.candidate
+                found = _allowance_use(check.kind, float(check.limit), check.interval or (estimate, estimate))
+                return -1.0 if found is None else found
+            check = max(deciding, key=use)
+            return f"{check.name}: {check.outcome} {check.value_text()} ({check.rule})"
+    if not report.numerical:
+        return "-"
+    worst = max(report.numerical, key=lambda c: (not c.passed, c.fraction_out_of_tolerance or 0.0))
+    return (f"{worst.name}: {'ok' if worst.passed else 'FAIL'} max|d|={_fmt(worst.max_abs_error)} "
+            f"(atol={worst.atol:g} rtol={worst.rtol:g})")
+
+
+# What a build did with a variant once it was judged: published (passed, in a build that does not
+# publish), rejected (kept out; the build goes on) or failed (a variant the build needed).
+Decision = Literal["published", "passed", "rejected", "failed"]
+
+
+@dataclass(frozen=True)
+class VariantDecision:
+    """One variant's fate in a build, why, and the report that judged it last (a tuned variant's: its
+    confirmation)."""
+
+    variant: str
+    decision: Decision
+    why: str
+    report: str | None = None  # the VariantReport.variant that decided it (default: ``variant``)
+    roles: tuple[str, ...] = ()  # where it was published: "cpu_twin jet_mlp_cpu v1"
+
+
+@dataclass(frozen=True)
+class ModelDecisions:
+    """What one model's build kept and rejected: the report's headline and its opening table."""
+
+    model: str
+    decisions: list[VariantDecision]
+    unpublished: str | None = None  # why nothing was published, in a build that publishes
+
+
+def model_outcome(reports: list[VariantReport], decisions: ModelDecisions | None) -> tuple[str, str]:
+    """(PASS | FAIL | UNDECIDED, one line) for the headline. In a build, the model's outcome: what it kept,
+    all passing, or why it fails; a rejected candidate does not make it FAIL. Without a build (one
+    ``hepdeploy validate`` run) the worst candidate's outcome."""
+    if decisions is None:
+        outcome = overall_outcome(reports)
+        counts = {o: sum(r.outcome == o for r in reports) for o in ("PASS", "FAIL", "UNDECIDED")}
+        return outcome, ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no candidate"
+    failed = [d for d in decisions.decisions if d.decision == "failed"]
+    kept = [d.variant for d in decisions.decisions if d.decision in ("published", "passed")]
+    rejected = [d.variant for d in decisions.decisions if d.decision == "rejected"]
+    also = f"; rejected {', '.join(rejected)}" if rejected else ""
+    if failed:
+        return "FAIL", f"{', '.join(d.variant for d in failed)} failed: {failed[0].why}"
+    if not kept:
+        return "FAIL", "no variant passed validation: nothing published" + also
+    if decisions.unpublished is not None:
+        return "FAIL", f"nothing published ({decisions.unpublished}); passed {', '.join(kept)}" + also
+    published = [f"{d.variant} ({', '.join(d.roles)})" for d in decisions.decisions if d.decision == "published"]
+    served = [d.variant for d in decisions.decisions if d.decision == "passed"]
+    text = "; ".join(part for part in (f"published {', '.join(published)}" if published else "",
+                                       f"passed{', not served:' if published else ''} {', '.join(served)}"
+                                       if served else "") if part)
+    return "PASS", text + also
+
+
+def _decision_rows(reports: list[VariantReport], decisions: ModelDecisions | None) -> list[tuple[str, ...]]:
+    """(variant, decision, outcome, deciding check, why, the report section that judged it) per decision;
+    per candidate without a build."""
+    by_name = {r.variant: r for r in reports}
+    if decisions is None:
+        return [(r.variant, "", r.outcome, deciding_text(r), r.verdict, r.variant) for r in reports]
+    rows = []
+    for d in decisions.decisions:
+        judged = by_name.get(d.report or d.variant)
+        decision = d.decision + (f" as {', '.join(d.roles)}" if d.roles else "")
+        rows.append((d.variant, decision, judged.outcome if judged else "-",
+                     deciding_text(judged) if judged else "-", d.why, judged.variant if judged else d.variant))
+    return rows
+
+
+def _failing(checks: list[PhysicsCheck]) -> bool:
+    return any(c.outcome in ("FAIL", "UNDECIDED") for c in checks)
+
+
 def overall_outcome(reports: list[VariantReport]) -> str:
     """FAIL if a candidate fails, else UNDECIDED if one is undecided, else PASS."""
     outcomes = {r.outcome for r in reports}
@@ -126,15 +260,18 @@ def defaults_line() -> str:
 # ---------------------------------------------------------------------------- writers
 
 
-def write_reports(reports: list[VariantReport], report_dir: Path) -> list[Path]:
-    """Write JSON, JUnit XML, Markdown and HTML (+ PNG plots) into ``report_dir``; return the paths."""
+def write_reports(reports: list[VariantReport], report_dir: Path,
+                  decisions: ModelDecisions | None = None) -> list[Path]:
+    """Write JSON, JUnit XML, Markdown and HTML (+ PNG plots) into ``report_dir``; return the paths.
+
+    ``decisions``: what a build kept and rejected; the headline is then the model's outcome."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     written = [
-        atomic_write_text(report_dir / "report.json", json.dumps(report_json(reports), indent=2) + "\n"),
+        atomic_write_text(report_dir / "report.json", json.dumps(report_json(reports, decisions), indent=2) + "\n"),
         atomic_write_text(report_dir / "junit.xml", junit_xml(reports)),
     ]
-    markdown = report_markdown(reports)
+    markdown = report_markdown(reports, decisions)
     written.append(atomic_write_text(report_dir / "report.md", markdown))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
@@ -145,11 +282,12 @@ def write_reports(reports: list[VariantReport], report_dir: Path) -> list[Path]:
             log.warning("cannot append to $GITHUB_STEP_SUMMARY (%s): %s", summary, error)
     plots = write_plots(reports, report_dir / "plots")
     written += [p for paths in plots.values() for p in paths]
-    written.append(atomic_write_text(report_dir / "report.html", report_html(reports, plots, report_dir)))
+    written.append(atomic_write_text(report_dir / "report.html", report_html(reports, plots, report_dir, decisions)))
     return written
 
 
-def report_json(reports: list[VariantReport]) -> dict[str, Any]:
+def report_json(reports: list[VariantReport], decisions: ModelDecisions | None = None) -> dict[str, Any]:
+    headline, line = model_outcome(reports, decisions)
     return {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -157,6 +295,9 @@ def report_json(reports: list[VariantReport]) -> dict[str, Any]:
         "created": _now(),
         "passed": all(r.passed for r in reports),
         "outcome": overall_outcome(reports),
+        "model": decisions.model if decisions is not None else None,
+        "headline": {"outcome": headline, "line": line},
+        "decisions": [asdict(d) for d in decisions.decisions] if decisions is not None else None,
         "default_tolerances": {k: {"atol": v.atol, "rtol": v.rtol} for k, v in PRECISION_DEFAULTS.items()},
         "variants": [r.to_dict() for r in reports],
     }
@@ -326,51 +467,67 @@ def _interval_text(check: PhysicsCheck, signed: bool = True) -> str:
     return f"[{format(check.interval[0], spec)}, {format(check.interval[1], spec)}]"
 
 
-def report_markdown(reports: list[VariantReport]) -> str:
-    outcome = overall_outcome(reports)
+def report_markdown(reports: list[VariantReport], decisions: ModelDecisions | None = None) -> str:
+    """The answer first (headline and the table of what was kept and rejected, and why), then each candidate
+    with its per-bin tables folded (``<details>``; a bin with a failing or undecided check unfolded)."""
+    outcome, line = model_outcome(reports, decisions)
     icon = {"PASS": "✅", "FAIL": "❌", "UNDECIDED": "❔"}[outcome]
-    lines = [f"## hepdeploy validation: {icon} {outcome}", ""]
-    lines += ["| variant | precision | policy | result | providers | worst max abs error |",
-              "|---|---|---|---|---|---|"]
-    for r in reports:
-        worst = max((c.max_abs_error for c in r.numerical if np.isfinite(c.max_abs_error)), default=float("nan"))
-        lines.append(f"| {r.variant} | {r.precision} | {r.policy} | {r.outcome if r.passed else f'**{r.outcome}**'} | "
-                     f"{', '.join(r.providers)} | {_fmt(worst)} |")
+    model = f"{decisions.model}: " if decisions is not None else ""
+    lines = [f"## hepdeploy validation: {model}{icon} {outcome}", "", line, ""]
+    lines += ["| variant | decision | verdict | deciding check | why |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(_md_cell(cell) for cell in row[:5])} |" for row in _decision_rows(reports, decisions)]
     lines += ["", f"Default tolerances: {defaults_line()}.", ""]
     for r in reports:
-        lines += [f"### {r.variant}: {r.outcome}", "", f"{r.verdict}", "",
-                  f"Candidate `{r.candidate}`, {r.n_samples} samples; policy {r.policy} ({r.policy_reason}).", "",
-                  "| output | atol | rtol | max abs | mean abs | p99 abs | max rel | out of tol | cosine | result |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for c in r.numerical:
-            tol = r.tolerances.get(c.name)
-            atol = f"{c.atol:g} ({tol.atol_source})" if tol else f"{c.atol:g}"
-            rtol = f"{c.rtol:g} ({tol.rtol_source})" if tol else f"{c.rtol:g}"
-            result = c.problem or ("ok" if c.passed else "FAIL")
-            lines.append(f"| {c.name} | {atol} | {rtol} | {_fmt(c.max_abs_error)} | {_fmt(c.mean_abs_error)} | "
-                         f"{_fmt(c.p99_abs_error)} | {_fmt(c.max_rel_error)} | {_fmt(c.fraction_out_of_tolerance)} | "
-                         f"{_fmt(c.cosine_similarity, '.6f')} | {result} |")
-        lines.append("")
-        if r.physics.ran:
-            lines += [f"Physics ({r.physics.task}, output `{r.physics.output}`, labels `{r.physics.labels}`; "
-                      f"{_change_text(r)} with its 95 % interval{_bootstrap_text(r)}):", ""]
-            for bin_name, checks in _by_bin(r.physics.checks).items():
-                if bin_name is not None:
-                    lines += [f"Bin {bin_name}:", ""]
-                lines += ["| metric | reference | candidate | change | 95 % interval | allowed | events | result |",
-                          "|---|---|---|---|---|---|---|---|"]
-                for check in checks:
-                    result = check.outcome + (f": {check.reason}" if check.reason else "")
-                    lines.append(f"| {check.metric} | {_fmt(check.reference, '.4f')} | {_fmt(check.candidate, '.4f')} | "
-                                 f"{_fmt(check.change, '+.4f')} | {_interval_text(check)} | {check.rule} | "
-                                 f"{check.n_events:,} | {result} |")
-                lines.append("")
-        for note in r.physics.notes + r.notes:
-            lines.append(f"- {note}")
-        if r.localization is not None:
-            lines.append(f"- localization: {r.localization.summary()}")
-        lines.append("")
+        lines += _markdown_variant(r)
     return "\n".join(lines)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ") or "-"
+
+
+def _markdown_variant(r: VariantReport) -> list[str]:
+    lines = [f"### {r.variant}: {r.outcome}", "", f"{r.verdict}", "",
+             f"Candidate `{r.candidate}`, {r.n_samples} samples; policy {r.policy} ({r.policy_reason}).", "",
+             "| output | atol | rtol | max abs | mean abs | p99 abs | max rel | out of tol | cosine | result |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in r.numerical:
+        tol = r.tolerances.get(c.name)
+        atol = f"{c.atol:g} ({tol.atol_source})" if tol else f"{c.atol:g}"
+        rtol = f"{c.rtol:g} ({tol.rtol_source})" if tol else f"{c.rtol:g}"
+        result = c.problem or ("ok" if c.passed else "FAIL")
+        lines.append(f"| {c.name} | {atol} | {rtol} | {_fmt(c.max_abs_error)} | {_fmt(c.mean_abs_error)} | "
+                     f"{_fmt(c.p99_abs_error)} | {_fmt(c.max_rel_error)} | {_fmt(c.fraction_out_of_tolerance)} | "
+                     f"{_fmt(c.cosine_similarity, '.6f')} | {result} |")
+    lines.append("")
+    if r.physics.ran:
+        lines += [f"Physics ({r.physics.task}, output `{r.physics.output}`, labels `{r.physics.labels}`; "
+                  f"{_change_text(r)} with its 95 % interval{_bootstrap_text(r)}):", ""]
+        for bin_name, checks in _by_bin(r.physics.checks).items():
+            lines += [f"<details{' open' if _failing(checks) else ''}><summary>{_bin_title(bin_name, checks)}"
+                      "</summary>", "",
+                      "| metric | reference | candidate | change | 95 % interval | allowed | events | result |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for check in checks:
+                result = check.outcome + (f": {check.reason}" if check.reason else "")
+                lines.append(f"| {check.metric} | {_fmt(check.reference, '.4f')} | {_fmt(check.candidate, '.4f')} | "
+                             f"{_fmt(check.change, '+.4f')} | {_interval_text(check)} | {check.rule} | "
+                             f"{check.n_events:,} | {result} |")
+            lines += ["", "</details>", ""]
+    for note in r.physics.notes + r.notes:
+        lines.append(f"- {note}")
+    if r.localization is not None:
+        lines.append(f"- localization: {r.localization.summary()}")
+    lines.append("")
+    return lines
+
+
+def _bin_title(bin_name: str | None, checks: list[PhysicsCheck]) -> str:
+    """'bin jet_pt [30, 100): 12 checks, 1 FAIL' (all events when ``bin_name`` is None)."""
+    where = "all events" if bin_name is None else f"bin {bin_name}"
+    bad = [c.outcome for c in checks if c.outcome in ("FAIL", "UNDECIDED")]
+    counts = ", ".join(f"{bad.count(o)} {o}" for o in ("FAIL", "UNDECIDED") if o in bad)
+    return f"{where}: {len(checks)} checks" + (f", {counts}" if counts else ", all pass")
 
 
 # ---------------------------------------------------------------------------- plots + HTML
@@ -390,7 +547,8 @@ def _bootstrap_text(report: VariantReport) -> str:
             f"(critical value {info['simultaneous_critical_value']:g}) outside the allowance")
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
+    """A name made safe for a file name and an HTML anchor (a report's section for a variant)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
@@ -405,7 +563,7 @@ def write_plots(reports: list[VariantReport], folder: Path) -> dict[str, list[Pa
     result: dict[str, list[Path]] = {}
     for report in reports:
         paths: list[Path] = []
-        stem = _safe(report.variant)
+        stem = safe_name(report.variant)
         for output, (ref, cand) in report.plot_values.items():
             if ref.size == 0 or ref.dtype.kind not in "fiub":
                 continue
@@ -507,76 +665,112 @@ def _save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], report_dir: Path) -> str:
-    outcome = overall_outcome(reports)
-    ok = outcome == "PASS"
+_HTML_STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}td:first-child{text-align:left}"
+    "td.text{text-align:left}.pass{color:#070;font-weight:bold}.fail{color:#b00;font-weight:bold}"
+    "img{max-width:100%;margin:0.5em 0}summary{cursor:pointer;margin:0.5em 0}")
+
+
+def report_html(reports: list[VariantReport], plots: dict[str, list[Path]], report_dir: Path,
+                decisions: ModelDecisions | None = None) -> str:
+    """The answer first (headline, then what was kept and rejected and why, in one table); then each candidate,
+    its per-bin tables and plots folded (``<details>``), a bin with a failing or undecided check unfolded."""
+    outcome, line = model_outcome(reports, decisions)
     esc = html.escape
+    model = f"{decisions.model}: " if decisions is not None else ""
     parts = [
         "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>hepdeploy validation: {outcome}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}td:first-child{text-align:left}"
-        ".pass{color:#070;font-weight:bold}.fail{color:#b00;font-weight:bold}img{max-width:100%;margin:0.5em 0}"
-        "</style></head><body>",
-        f"<h1>hepdeploy validation: <span class='{'pass' if ok else 'fail'}'>{outcome}</span></h1>",
-        f"<p>Default tolerances: {esc(defaults_line())}. Generated {esc(_now())} by hepdeploy {esc(__version__)}.</p>",
+        f"<title>hepdeploy validation: {esc(model)}{outcome}</title>", f"<style>{_HTML_STYLE}</style></head><body>",
+        f"<h1>hepdeploy validation: {esc(model)}<span class='{'pass' if outcome == 'PASS' else 'fail'}'>"
+        f"{outcome}</span></h1>", f"<p id='outcome'>{esc(line)}</p>",
+        "<table id='decisions'><tr><th>variant</th><th>decision</th><th>verdict</th><th>deciding check</th>"
+        "<th>why</th></tr>",
     ]
+    for row in _decision_rows(reports, decisions):
+        css = "pass" if row[2] == "PASS" else "fail"
+        parts.append(f"<tr><td><a href='#{esc(safe_name(row[5]))}'>{esc(row[0])}</a></td><td class='text'>"
+                     f"{esc(row[1] or '-')}</td><td class='{css}'>{esc(row[2])}</td><td class='text'>{esc(row[3])}"
+                     f"</td><td class='text'>{esc(row[4])}</td></tr>")
+    parts += ["</table>",
+              f"<p>Default tolerances: {esc(defaults_line())}. Generated {esc(_now())} by hepdeploy "
+              f"{esc(__version__)}.</p>"]
     for r in reports:
-        css = "pass" if r.passed else "fail"
-        parts += [
-            f"<h2 id='{esc(_safe(r.variant))}'>{esc(r.variant)}: <span class='{css}'>"
-            f"{r.outcome}</span></h2>",
-            f"<p>{esc(r.verdict)}</p>",
-            f"<p>Candidate <code>{esc(r.candidate)}</code>, precision {esc(r.precision)}, policy {esc(r.policy)} "
-            f"({esc(r.policy_reason)}), providers {esc(', '.join(r.providers))}, {r.n_samples} samples.</p>",
-            "<table><tr><th>output</th><th>atol</th><th>rtol</th><th>max abs</th><th>p99 abs</th><th>max rel</th>"
-            "<th>out of tol</th><th>cosine</th><th>result</th></tr>",
-        ]
-        for c in r.numerical:
-            result = esc(c.problem) if c.problem else ("ok" if c.passed else "FAIL")
-            parts.append(
-                f"<tr><td>{esc(c.name)}</td><td>{c.atol:g}</td><td>{c.rtol:g}</td><td>{_fmt(c.max_abs_error)}</td>"
-                f"<td>{_fmt(c.p99_abs_error)}</td><td>{_fmt(c.max_rel_error)}</td>"
-                f"<td>{_fmt(c.fraction_out_of_tolerance)}</td><td>{_fmt(c.cosine_similarity, '.6f')}</td>"
-                f"<td class='{'pass' if c.passed else 'fail'}'>{result}</td></tr>"
-            )
-        parts.append("</table>")
-        if r.physics.ran:
-            parts.append(f"<p>Physics: {esc(r.physics.task)} on output <code>{esc(str(r.physics.output))}</code>"
-                         f" with labels <code>{esc(str(r.physics.labels))}</code>; {esc(_change_text(r))} "
-                         f"with its 95 % interval{esc(_bootstrap_text(r))}.</p>")
-            for bin_name, checks in _by_bin(r.physics.checks).items():
-                if bin_name is not None:
-                    parts.append(f"<h3>Bin {esc(bin_name)}</h3>")
-                parts.append("<table><tr><th>metric</th><th>reference</th><th>candidate</th><th>change</th>"
-                             "<th>95 % interval</th><th>allowed</th><th>events</th><th>result</th></tr>")
-                for check in checks:
-                    css = "pass" if check.passed else "fail"
-                    result = esc(check.outcome + (f": {check.reason}" if check.reason else ""))
-                    parts.append(
-                        f"<tr><td>{esc(check.metric)}</td><td>{_fmt(check.reference, '.4f')}</td>"
-                        f"<td>{_fmt(check.candidate, '.4f')}</td><td>{_fmt(check.change, '+.4f')}</td>"
-                        f"<td>{esc(_interval_text(check))}</td><td>{esc(check.rule)}</td><td>{check.n_events:,}</td>"
-                        f"<td class='{css}'>{result}</td></tr>"
-                    )
-                parts.append("</table>")
-        notes = r.physics.notes + r.notes
-        if notes:
-            parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
-        if r.localization is not None:
-            parts.append(f"<p>Localization: {esc(r.localization.summary())}</p>")
-            rows = [t for t in r.localization.tensors if t.max_abs_error is not None][:200]
-            parts.append("<table><tr><th>node</th><th>op</th><th>tensor</th><th>SQNR dB</th><th>max abs</th>"
-                         "<th>out of tol</th><th>exceeds</th></tr>")
-            for t in rows:
-                parts.append(f"<tr><td>{esc(t.node)}</td><td>{esc(t.op_type)}</td><td>{esc(t.tensor)}</td>"
-                             f"<td>{_fmt(t.sqnr_db, '.1f')}</td><td>{_fmt(t.max_abs_error)}</td>"
-                             f"<td>{_fmt(t.fraction_out_of_tolerance)}</td>"
-                             f"<td class='{'fail' if t.exceeds else 'pass'}'>{'yes' if t.exceeds else 'no'}</td></tr>")
-            parts.append("</table>")
-        for path in plots.get(r.variant, []):
+        parts += _html_variant(r, plots.get(r.variant, []), report_dir)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_variant(r: VariantReport, plots: list[Path], report_dir: Path) -> list[str]:
+    esc = html.escape
+    css = "pass" if r.passed else "fail"
+    parts = [
+        f"<h2 id='{esc(safe_name(r.variant))}'>{esc(r.variant)}: <span class='{css}'>{r.outcome}</span></h2>",
+        f"<p>{esc(r.verdict)}</p>", f"<p>Deciding check: {esc(deciding_text(r))}</p>",
+        f"<p>Candidate <code>{esc(r.candidate)}</code>, precision {esc(r.precision)}, policy {esc(r.policy)} "
+        f"({esc(r.policy_reason)}), providers {esc(', '.join(r.providers))}, {r.n_samples} samples.</p>",
+        "<table><tr><th>output</th><th>atol</th><th>rtol</th><th>max abs</th><th>p99 abs</th><th>max rel</th>"
+        "<th>out of tol</th><th>cosine</th><th>result</th></tr>",
+    ]
+    for c in r.numerical:
+        result = esc(c.problem) if c.problem else ("ok" if c.passed else "FAIL")
+        parts.append(
+            f"<tr><td>{esc(c.name)}</td><td>{c.atol:g}</td><td>{c.rtol:g}</td><td>{_fmt(c.max_abs_error)}</td>"
+            f"<td>{_fmt(c.p99_abs_error)}</td><td>{_fmt(c.max_rel_error)}</td>"
+            f"<td>{_fmt(c.fraction_out_of_tolerance)}</td><td>{_fmt(c.cosine_similarity, '.6f')}</td>"
+            f"<td class='{'pass' if c.passed else 'fail'}'>{result}</td></tr>"
+        )
+    parts.append("</table>")
+    if r.physics.ran:
+        parts.append(f"<p>Physics: {esc(r.physics.task)} on output <code>{esc(str(r.physics.output))}</code>"
+                     f" with labels <code>{esc(str(r.physics.labels))}</code>; {esc(_change_text(r))} "
+                     f"with its 95 % interval{esc(_bootstrap_text(r))}.</p>")
+        for bin_name, checks in _by_bin(r.physics.checks).items():
+            parts += _html_bin(bin_name, checks)
+    notes = r.physics.notes + r.notes
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    if r.localization is not None:
+        parts += _html_localization(r.localization)
+    if plots:
+        parts.append(f"<details><summary>plots ({len(plots)})</summary>")
+        for path in plots:
             rel = path.relative_to(report_dir).as_posix()
             # File names from tensor names are percent-escaped: the URL escapes the '%' itself.
             parts.append(f"<div><img src='{esc(quote(rel))}' alt='{esc(path.stem)}'></div>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        parts.append("</details>")
+    return parts
+
+
+def _html_bin(bin_name: str | None, checks: list[PhysicsCheck]) -> list[str]:
+    """One bin's checks, folded unless one of them fails or is undecided."""
+    esc = html.escape
+    parts = [f"<details{' open' if _failing(checks) else ''}><summary>{esc(_bin_title(bin_name, checks))}</summary>",
+             "<table><tr><th>metric</th><th>reference</th><th>candidate</th><th>change</th>"
+             "<th>95 % interval</th><th>allowed</th><th>events</th><th>result</th></tr>"]
+    for check in checks:
+        css = "pass" if check.passed else "fail"
+        result = esc(check.outcome + (f": {check.reason}" if check.reason else ""))
+        parts.append(
+            f"<tr><td>{esc(check.metric)}</td><td>{_fmt(check.reference, '.4f')}</td>"
+            f"<td>{_fmt(check.candidate, '.4f')}</td><td>{_fmt(check.change, '+.4f')}</td>"
+            f"<td>{esc(_interval_text(check))}</td><td>{esc(check.rule)}</td><td>{check.n_events:,}</td>"
+            f"<td class='{css}'>{result}</td></tr>"
+        )
+    parts += ["</table>", "</details>"]
+    return parts
+
+
+def _html_localization(localization: LocalizationReport) -> list[str]:
+    esc = html.escape
+    parts = [f"<p>Localization: {esc(localization.summary())}</p>",
+             "<details><summary>tensors</summary>",
+             "<table><tr><th>node</th><th>op</th><th>tensor</th><th>SQNR dB</th><th>max abs</th>"
+             "<th>out of tol</th><th>exceeds</th></tr>"]
+    for t in [t for t in localization.tensors if t.max_abs_error is not None][:200]:
+        parts.append(f"<tr><td>{esc(t.node)}</td><td>{esc(t.op_type)}</td><td>{esc(t.tensor)}</td>"
+                     f"<td>{_fmt(t.sqnr_db, '.1f')}</td><td>{_fmt(t.max_abs_error)}</td>"
+                     f"<td>{_fmt(t.fraction_out_of_tolerance)}</td>"
+                     f"<td class='{'fail' if t.exceeds else 'pass'}'>{'yes' if t.exceeds else 'no'}</td></tr>")
+    parts += ["</table>", "</details>"]
+    return parts

@@ -13,15 +13,11 @@ from hepdeploy.triton.check import check_repository
 
 
 @pytest.mark.slow
-def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The build trains (or reuses) the zoo network in the session's shared test cache.
-    monkeypatch.setenv("HEPDEPLOY_CACHE", str(zoo_cache_dir))
-    out = tmp_path / "out"
-    result = CliRunner().invoke(
-        main, ["build", "--zoo", "jet_mlp", "--budget", "reduced", "-o", str(out)], catch_exceptions=False
-    )
-    summary = json.loads((out / "build-summary.json").read_text())
-    steps = {s["step"]: s for s in summary["models"][0]["steps"]}
+def test_build_jet_mlp_end_to_end(two_model_build) -> None:  # noqa: ANN001 - conftest.TwoModelBuild
+    # The shared build (tests/pipeline/conftest.py) trains (or reuses) the zoo networks in the session's cache.
+    out, result, summary = two_model_build.out, two_model_build.result, two_model_build.summary
+    jet = next(m for m in summary["models"] if m["name"] == "jet_mlp")
+    steps = two_model_build.steps("jet_mlp")
     for name in ("zoo-export", "convert", "reference", "optimize:fp32", "optimize:int8-cpu",
                  "optimize:fp16", "optimize:int8-trt", "validate:fp32", "publish"):
         assert steps[name]["status"] == "ok", (name, steps[name])
@@ -32,7 +28,7 @@ def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypat
         assert precheck["status"] == "ok", precheck
         assert "fp16, int8-trt pass the TensorRT ONNX parser precheck for Triton 24.10" in json.dumps(precheck)
     # The exit code is the verdict: 1 exactly when some step failed.
-    failed = [s for s in summary["models"][0]["steps"] + summary["repository_steps"] if s["status"] == "failed"]
+    failed = [s for m in summary["models"] for s in m["steps"] + summary["repository_steps"] if s["status"] == "failed"]
     assert result.exit_code == (1 if failed else 0), result.output
     assert summary["passed"] is (not failed)
     # Every variant file is a real artifact with its sidecar, and the reports exist.
@@ -42,8 +38,8 @@ def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypat
     for report in ("report.json", "junit.xml", "report.md", "report.html"):
         assert (out / "jet_mlp" / "reports" / report).is_file()
     # Every step records its peak resident memory, and the summary the build's largest.
-    assert all("peak_rss_mib" in s["details"] for s in summary["models"][0]["steps"])
-    assert summary["peak_rss_mib"] >= max(s["details"]["peak_rss_mib"] for s in summary["models"][0]["steps"])
+    assert all("peak_rss_mib" in s["details"] for s in jet["steps"])
+    assert summary["peak_rss_mib"] >= max(s["details"]["peak_rss_mib"] for s in jet["steps"])
     # The automatic CPU twin: FP32 and the CPU variants that pass, timed side by side; an INT8 one only
     # when it is measured 1.10x FP32 or faster.
     twin = steps["twin"]
@@ -57,6 +53,9 @@ def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypat
     assert (repo / "jet_mlp" / "1" / "model.onnx").is_file()
     assert check_repository(repo) == []
     assert "Triton model repository" in result.output
+    # The build's page, next to the summary (tests/pipeline/test_build_page.py reads it).
+    assert str((out / "index.html").resolve()) in result.output.replace("\n", "")
+    assert (out / "index.md").is_file()
 
 
 def test_build_refuses_a_bad_spec_before_any_work(tmp_path: Path) -> None:

@@ -82,6 +82,12 @@ def test_an_unexpected_error_fails_one_step_and_the_other_models_are_built(tmp_p
     assert summary["versions"]["hepdeploy"] and summary["versions"]["onnx"]
     failed = [s for s in summary["models"][0]["steps"] if s["status"] == "failed"]
     assert [s["step"] for s in failed] == ["optimize:fp32"] and "boom" in failed[0]["reason"]
+    # The build's page says so: the broken model's failed step, the healthy model's published variant.
+    page = (tmp_path / "out" / "index.md").read_text()
+    assert "- failed: optimize:fp32: unexpected ValueError: boom inside a dependency" in page
+    assert "| healthy | fp32 | PASS |" in page and "| broken | fp32 | - | - | failed | - | - | - | - |" in page
+    assert "## broken: FAIL" in page
+    assert (tmp_path / "out" / "index.html").is_file()
 
 
 def test_the_summary_is_on_disk_after_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,10 +15,10 @@ from hepdeploy.model_zoo import get_network
 from hepdeploy.optimize import optimize_artifact, resolve_calibration
 from hepdeploy.optimize.int8 import lowered_graph
 from hepdeploy.spec import load_spec
-from hepdeploy.tune import decision_groups, harm_of
+from hepdeploy.tune import decision_groups
 from hepdeploy.validate import validate_candidate
 from hepdeploy.validate.reference import make_reference
-from hepdeploy.validate.report import VariantReport
+from hepdeploy.validate.report import VariantReport, harm_of
 
 CHANNELS = 40_000  # enough HCAL channels that the intervals resolve changes well below the allowances
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +164,18 @@ def test_reports_for_real_variants(jet_case, tmp_path: Path, monkeypatch: pytest
     int8 = data["variants"][1]
     assert any(c["metric"].startswith("auc[") and c["change"] is not None for c in int8["physics"]["checks"])
 
-    assert summary.read_text().startswith("earlier step\n## hepdeploy validation")
+    assert summary.read_text().startswith("earlier step\n## hepdeploy validation: ❌ FAIL")
     html = (tmp_path / "report" / "report.html").read_text()
+    # Outside a build the headline is the worst candidate's; the opening table names each candidate's verdict
+    # and deciding check; the bins where a check fails or is undecided are unfolded, the others folded.
+    assert data["headline"]["outcome"] == "FAIL" and data["model"] is None and data["decisions"] is None
+    assert html.index("<table id='decisions'>") < html.index("<h2 id='fp32'>")
+    for variant in data["variants"]:
+        assert escape(variant["deciding"]) in html
+    assert data["variants"][2]["allowance_use"] > 1  # the changed weight is past its tolerance
+    judged = [c for v in data["variants"] for c in v["physics"]["checks"]]
+    assert ("<details open><summary>" in html) is any(c["outcome"] in ("FAIL", "UNDECIDED") for c in judged)
+    assert "<details><summary>plots (" in html
     pngs = [p for p in written if p.suffix == ".png"]
     assert any(p.name.endswith("_roc.png") for p in pngs)
     for png in pngs:
