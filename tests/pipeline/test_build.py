@@ -13,15 +13,12 @@ from hepdeploy.triton.check import check_repository
 
 
 @pytest.mark.slow
-def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The build trains (or reuses) the zoo network in the session's shared test cache.
-    monkeypatch.setenv("HEPDEPLOY_CACHE", str(zoo_cache_dir))
-    out = tmp_path / "out"
-    result = CliRunner().invoke(
-        main, ["build", "--zoo", "jet_mlp", "--budget", "reduced", "-o", str(out)], catch_exceptions=False
-    )
+def test_build_jet_mlp_end_to_end(zoo_pair_build) -> None:  # noqa: ANN001 - conftest.BuiltPair
+    # The session's build of facile and jet_mlp (tests/pipeline/conftest.py).
+    out = zoo_pair_build.out
     summary = json.loads((out / "build-summary.json").read_text())
-    steps = {s["step"]: s for s in summary["models"][0]["steps"]}
+    jet = next(m for m in summary["models"] if m["name"] == "jet_mlp")
+    steps = {s["step"]: s for s in jet["steps"]}
     for name in ("zoo-export", "convert", "reference", "optimize:fp32", "optimize:int8-cpu",
                  "optimize:fp16", "optimize:int8-trt", "validate:fp32", "publish"):
         assert steps[name]["status"] == "ok", (name, steps[name])
@@ -32,8 +29,8 @@ def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypat
         assert precheck["status"] == "ok", precheck
         assert "fp16, int8-trt pass the TensorRT ONNX parser precheck for Triton 24.10" in json.dumps(precheck)
     # The exit code is the verdict: 1 exactly when some step failed.
-    failed = [s for s in summary["models"][0]["steps"] + summary["repository_steps"] if s["status"] == "failed"]
-    assert result.exit_code == (1 if failed else 0), result.output
+    failed = [s for m in summary["models"] for s in m["steps"] + summary["repository_steps"] if s["status"] == "failed"]
+    assert zoo_pair_build.exit_code == (1 if failed else 0), zoo_pair_build.stdout
     assert summary["passed"] is (not failed)
     # Every variant file is a real artifact with its sidecar, and the reports exist.
     for variant in ("fp32", "int8_cpu", "fp16", "int8_trt"):
@@ -42,8 +39,8 @@ def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypat
     for report in ("report.json", "junit.xml", "report.md", "report.html"):
         assert (out / "jet_mlp" / "reports" / report).is_file()
     # Every step records its peak resident memory, and the summary the build's largest.
-    assert all("peak_rss_mib" in s["details"] for s in summary["models"][0]["steps"])
-    assert summary["peak_rss_mib"] >= max(s["details"]["peak_rss_mib"] for s in summary["models"][0]["steps"])
+    assert all("peak_rss_mib" in s["details"] for s in jet["steps"])
+    assert summary["peak_rss_mib"] >= max(s["details"]["peak_rss_mib"] for s in jet["steps"])
     # The automatic CPU twin: FP32 and the CPU variants that pass, timed side by side; an INT8 one only
     # when it is measured 1.10x FP32 or faster.
     twin = steps["twin"]
@@ -56,7 +53,7 @@ def test_build_jet_mlp_end_to_end(tmp_path: Path, zoo_cache_dir: Path, monkeypat
     assert (repo / "jet_mlp" / "config.pbtxt").is_file()
     assert (repo / "jet_mlp" / "1" / "model.onnx").is_file()
     assert check_repository(repo) == []
-    assert "Triton model repository" in result.output
+    assert "Triton model repository" in zoo_pair_build.stdout
 
 
 def test_build_refuses_a_bad_spec_before_any_work(tmp_path: Path) -> None:
