@@ -33,8 +33,9 @@ REPOSITORY_ROW = "(repository)"
 DEFAULT_SECONDS = {"zoo-export": 30.0, "convert": 5.0, "dim-bounds": 0.5, "reference": 5.0, "optimize": 5.0,
                    "compat": 0.5, "precheck": 2.0, "validate": 8.0, "tune": 90.0, "reports": 5.0, "twin": 3.0,
                    "publish": 2.0, "triton-check": 2.0, "serve-check": 30.0, "build": 1.0}
-# The columns, in the order a model's build runs them.
+# The columns, in the order a model's build runs them; a few headers shortened so the grid fits 100 columns.
 KINDS = tuple(DEFAULT_SECONDS)
+HEADERS = {"zoo-export": "export", "dim-bounds": "dims", "triton-check": "check", "serve-check": "serve"}
 MARKS = {"ok": "[green]✓[/green]", "failed": "[red]✗[/red]", "skipped": "[yellow]-[/yellow]",
          "rejected": "[magenta]⊘[/magenta]"}
 PENDING, RUNNING = "[dim]·[/dim]", "[cyan]▸[/cyan]"
@@ -58,6 +59,8 @@ def short_reason(result: StepResult, width: int = SHORT_REASON) -> str:
     if result.status == "ok" and step_kind(result.step) not in TELLING_OK_STEPS:
         return ""
     reason = result.reason.splitlines()[0] if result.reason else ""
+    if result.status == "ok":  # what was chosen, without the measurements behind it
+        reason = reason.split(" (", 1)[0]
     return reason if len(reason) <= width else reason[: width - 1] + "…"
 
 
@@ -179,8 +182,8 @@ class BuildProgress:
         return self.clock() - (self.start or 0.0)
 
     def remaining(self) -> float:
-        """Seconds the steps not finished yet should take. Models are built one after the other: once a later one has begun, an earlier one's steps that did not
-        run (it stopped early) are not waited for."""
+        """Seconds the steps not finished yet should take. Models are built one after the other: once a later
+        one has begun, an earlier one's steps that did not run (it stopped early) are not waited for."""
         rows = list(self.rows.items())
         begun = [i for i, (_, row) in enumerate(rows) if row.results or row.running]
         total = 0.0
@@ -195,7 +198,7 @@ class BuildProgress:
         return total
 
     def kinds(self) -> list[str]:
-        seen = {step_kind(s) for row in self.rows.values() for s in [*row.planned, *row.results]}
+        seen = {step_kind(s) for row in list(self.rows.values()) for s in [*row.planned, *row.results]}
         return [k for k in KINDS if k in seen] + sorted(seen - set(KINDS))
 
     def cell(self, row: ModelRow, kind: str) -> str:
@@ -207,13 +210,14 @@ class BuildProgress:
             marks.append(MARKS[result.status] if result else RUNNING if step == row.running else PENDING)
         return "".join(marks)
 
-    def now_text(self, row: ModelRow) -> str:
-        if row.running is None:
-            return ""
-        text = f"{row.running} {clock_text(self.clock() - row.running_since)}"
-        if row.count is not None:
-            text += f" ({row.count[0]}/{row.count[1]})"
-        return text
+    def now_text(self) -> str:
+        """``now: facile tune:int8-cpu 0:20 (3/20)``: the running step, its time so far and its own count."""
+        running = []
+        for model, row in list(self.rows.items()):
+            if row.running is not None:
+                text = f"{model} {row.running} {clock_text(self.clock() - row.running_since)}"
+                running.append(text + (f" ({row.count[0]}/{row.count[1]})" if row.count is not None else ""))
+        return "now: " + ("; ".join(running) or "-")
 
     def headline(self) -> str:
         basis = "from earlier builds" if self.times.seconds else "rough: no earlier build in this folder"
@@ -225,14 +229,15 @@ class BuildProgress:
         from rich.text import Text
 
         kinds = self.kinds()
-        table = Table(box=None, pad_edge=False)
+        table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0))
         table.add_column("model", no_wrap=True)
         for kind in kinds:
-            table.add_column(kind, no_wrap=True)
-        table.add_column("now", no_wrap=True)
-        for model, row in self.rows.items():
-            table.add_row(model, *(self.cell(row, kind) for kind in kinds), self.now_text(row))
-        return Group(Text(f"hepdeploy build  {self.headline()}", style="bold"), table)
+            header = HEADERS.get(kind, kind)
+            table.add_column(header, no_wrap=True, min_width=len(header))
+        for model, row in list(self.rows.items()):  # rich redraws from its own thread
+            table.add_row(model, *(self.cell(row, kind) for kind in kinds))
+        return Group(Text(f"hepdeploy build  {self.headline()}", style="bold"), table,
+                     Text(self.now_text(), overflow="ellipsis", no_wrap=True))
 
 
 class LineView:

@@ -20,7 +20,8 @@ class FakeClock:
 
 
 def _done(step: str, status: str = "ok", seconds: float = 1.0, **details: object) -> StepResult:
-    return StepResult(step, status, "why " * 40 if status != "ok" else "", details={"seconds": seconds, **details})  # type: ignore[arg-type]
+    reason = "why " * 40 if status != "ok" else ""
+    return StepResult(step, status, reason, details={"seconds": seconds, **details})  # type: ignore[arg-type]
 
 
 def _text(progress: BuildProgress) -> str:
@@ -46,9 +47,10 @@ def test_the_grid_has_models_as_rows_steps_as_columns_a_mark_per_step_and_the_et
     progress.advanced("facile", "tune:int8-cpu", 3, 20)
     text = _text(progress)
     header = next(line for line in text.splitlines() if line.startswith("model"))
-    assert header.split() == ["model", "convert", "optimize", "validate", "tune", "now"]
+    assert header.split() == ["model", "convert", "optimize", "validate", "tune"]
     facile = next(line for line in text.splitlines() if line.startswith("facile"))
-    assert facile.split() == ["facile", "✓", "✓✓", "✓⊘", "▸", "tune:int8-cpu", "0:20", "(3/20)"]
+    assert facile.split() == ["facile", "✓", "✓✓", "✓⊘", "▸"]
+    assert "now: facile tune:int8-cpu 0:20 (3/20)" in text
     jet = next(line for line in text.splitlines() if line.startswith("jet_mlp"))
     assert jet.split() == ["jet_mlp", "·", "·"]
     # Left: tune 60 - 20 s, jet_mlp's convert 10 s (timed before), its optimize:fp32 2 s (facile's time).

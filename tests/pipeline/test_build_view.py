@@ -55,7 +55,7 @@ def test_the_live_grid_is_fed_by_the_build_and_the_next_build_knows_its_step_tim
         row = first.rows[model.name]
         assert {s: r.status for s, r in row.results.items()} == {s.step: s.status for s in model.steps}
         assert row.running is None and set(row.planned) >= set(row.results)
-    assert first.remaining() == 0.0
+    assert first.remaining() == 0.0 and first.now_text() == "now: -"
     kinds = first.kinds()
     # Columns in the order a build runs them (a precheck of the fp16 graph where there is no GPU).
     assert [k for k in kinds if k != "precheck"] == ["convert", "reference", "optimize", "validate", "reports",
