@@ -9,7 +9,8 @@ A build survives its own bugs: any exception in a step (ours or a dependency's) 
 failed step whose traceback, with the chain of causes, is written to
 ``<model>/logs/<step>.log``; the other models go on. ``build-summary.json`` (with the tool
 and dependency versions) is rewritten after every step, so a build that is interrupted or
-killed still leaves a summary of everything it did.
+killed still leaves a summary of everything it did. Whoever shows the build (hepdeploy.build_view: the
+live grid, the line per step) is told of each step as it starts, counts and ends, and of the steps planned.
 """
 from __future__ import annotations
 
