@@ -11,6 +11,8 @@ failed step whose traceback, with the chain of causes, is written to
 and dependency versions) is rewritten after every step, so a build that is interrupted or
 killed still leaves a summary of everything it did. At the end, also when it stops part-way, it
 writes the build's page, ``index.html`` and ``index.md`` (:mod:`hepdeploy.build_page`), from those files.
+Whoever shows the build (:mod:`hepdeploy.build_view`: the live grid, the line per step) is told of
+each step as it starts, counts and ends, and of the steps planned.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from hepdeploy.artifacts import read_artifact, read_engine_sidecar
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
 from hepdeploy.backend.trt import tensorrt_unavailable
 from hepdeploy.build_page import SUMMARY_NAME, write_build_page
+from hepdeploy.build_view import REPOSITORY_ROW, BuildEvents, StepTimes
 from hepdeploy.convert import convert_from_spec
 from hepdeploy.data import CalibrationSet
 from hepdeploy.environment import versions
@@ -91,6 +94,11 @@ class ModelBuild:
     folder: Path
     steps: list[StepResult] = field(default_factory=list)
     on_step: Callable[[], None] | None = None  # called after every step (the build rewrites its summary)
+    events: BuildEvents | None = None  # whoever shows the build (hepdeploy.build_view): told of every step
+
+    def plan(self, steps: list[str]) -> None:
+        if self.events is not None:
+            self.events.plan(self.name, steps)
 
     @property
     def failed(self) -> bool:
@@ -98,14 +106,27 @@ class ModelBuild:
 
     def add(self, step: StepResult) -> StepResult:
         self.steps.append(step)
-        log.log(logging.WARNING if step.status == "failed" else logging.INFO, "%s: %s", self.name, step.line())
+        # A failed step is a warning, unless a view of the build already shows it (one line per step in a log).
+        warn = step.status == "failed" and self.events is None
+        log.log(logging.WARNING if warn else logging.INFO, "%s: %s", self.name, step.line())
         if self.on_step is not None:
             self.on_step()
+        if self.events is not None:
+            self.events.finished(self.name, step)
         return step
 
     def run(self, name: str, action: Callable[[], StepResult], variant: str | None = None) -> StepResult:
         """Run one step under its pipeline name and record it (see :func:`run_step`)."""
+        if self.events is not None:
+            self.events.started(self.name, name)
         return self.add(run_step(name, action, self.folder / "logs", variant))
+
+    def counter(self, step: str) -> Callable[[object, int, int], None] | None:
+        """``(item, done, total)``: how a step with its own count (tune's evaluations) tells the view."""
+        events = self.events
+        if events is None:
+            return None
+        return lambda _item, done, total: events.advanced(self.name, step, done, total)
 
 
 @dataclass
@@ -370,6 +391,7 @@ class _TuneContext:
     calibration: _Calibration
     modelopt: ModelOptWorker | None
     strict: bool
+    on_evaluation: Callable[[Any, int, int], None] | None = None  # tune's count, for the build's view
 
 
 def _tune_step(variant: str, context: _TuneContext, reports: list[VariantReport]) -> StepResult:
@@ -381,7 +403,7 @@ def _tune_step(variant: str, context: _TuneContext, reports: list[VariantReport]
     output = variant_file(folder, spec.name, variant, tuned=True)
     result = tune_variant(context.fp32_path, spec.variant(variant), TuneData(context.reference, arrays), output,
                           folder / "reports" / f"tune-{variant}", spec=spec,
-                          settings=TuneSettings(modelopt=context.modelopt))
+                          settings=TuneSettings(modelopt=context.modelopt, on_evaluation=context.on_evaluation))
     best = result.best
     details: dict[str, Any] = {"evaluations": len(result.evaluations), "groups": len(result.groups),
                                "outcome": result.outcome, "target": result.target, "cost_model": result.cost_source,
@@ -449,6 +471,7 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         if not exported.ok:
             return
         spec = exported.details.pop("spec")
+        build.plan(planned_steps(spec, options, repository))
 
     fp32_path = folder / f"{spec.name}.onnx"
     converted = build.run("convert", lambda: _convert_step(spec, fp32_path, options.exporter))
@@ -488,7 +511,8 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         step = build.run(f"validate:{variant}", lambda v=variant, p=path: _validate_step(
             v, p, reference, spec, reports, options.strict), variant=variant)
         if not step.ok and spec.variant(variant).tune:
-            context = _TuneContext(spec, folder, fp32_path, reference, calibration, modelopt, options.strict)
+            context = _TuneContext(spec, folder, fp32_path, reference, calibration, modelopt, options.strict,
+                                   on_evaluation=build.counter(f"tune:{variant}"))
             step = build.run(f"tune:{variant}", lambda v=variant, c=context: _tune_step(v, c, reports),
                              variant=variant)
             path = step.outputs[0] if step.ok and step.outputs else None
@@ -545,6 +569,19 @@ def _model_decisions(name: str, judged: dict[str, tuple[StepResult, bool]], step
     if publishing and not roles:
         unpublished = f"publish {publish.status}: {publish.reason}" if publish is not None else "publish did not run"
     return ModelDecisions(name, decisions, unpublished)
+
+
+def planned_steps(spec: ModelSpec, options: BuildOptions, repository: Path | None) -> list[str]:
+    """The steps :func:`build_model` will run for ``spec`` when nothing fails (a tune step runs only after a
+    failed validation, a precheck only without a GPU: the view learns of those when they start)."""
+    wanted = _wanted_variants(spec, options)
+    steps = ["zoo-export"] if spec.source.framework == "zoo" else []
+    steps += ["convert", "reference", *(f"optimize:{v}" for v in wanted), *(f"validate:{v}" for v in wanted)]
+    if repository is not None and options.publish:
+        twin = spec.triton.cpu_twin
+        steps += ["twin"] if twin is not None and twin.variant == "auto" else []
+        steps.append("publish")
+    return [*steps, "reports"]  # the reports name what was published
 
 
 def _tensorrt_checks(build: ModelBuild, spec: ModelSpec, options: BuildOptions, fp32_path: Path,
@@ -626,8 +663,9 @@ def zoo_build_spec(name: str) -> ModelSpec:
     })
 
 
-def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
-    """Build every spec into ``options.out_dir`` and publish into ``OUT/model_repository``."""
+def build(specs: list[ModelSpec], options: BuildOptions, events: BuildEvents | None = None) -> BuildReport:
+    """Build every spec into ``options.out_dir`` and publish into ``OUT/model_repository``; ``events``
+    (:mod:`hepdeploy.build_view`) is told of every step as it starts and ends."""
     out_dir = options.out_dir
     if not out_dir.parent.is_dir():
         raise BadInputError(f"{out_dir}: its parent folder does not exist")
@@ -635,9 +673,12 @@ def build(specs: list[ModelSpec], options: BuildOptions) -> BuildReport:
     repository = out_dir / "model_repository" if options.publish else None
     if repository is not None:
         repository.mkdir(exist_ok=True)
+    # The step times of the builds before this one, kept before its summary is overwritten: the next
+    # build's ETA.
+    StepTimes.from_folder(out_dir, SUMMARY_NAME).save(out_dir)
     report = BuildReport(out_dir, repository=repository)
     try:
-        _build_into(report, specs, options)
+        _build_into(report, specs, options, events)
     finally:  # also when the build stops part-way (Ctrl-C, a bug between the steps): the page shows what it did
         _write_page(out_dir)
     return report
@@ -652,7 +693,8 @@ def _write_page(out_dir: Path) -> None:
         log.warning("build page not written: %s", first_line(error))
 
 
-def _build_into(report: BuildReport, specs: list[ModelSpec], options: BuildOptions) -> None:
+def _build_into(report: BuildReport, specs: list[ModelSpec], options: BuildOptions,
+                events: BuildEvents | None) -> None:
     """Every spec's chain, then the repository's checks, recorded into ``report`` step by step."""
     out_dir, repository = report.out_dir, report.repository
     goldens: dict[str, Path] = {}
@@ -663,8 +705,14 @@ def _build_into(report: BuildReport, specs: list[ModelSpec], options: BuildOptio
     with ModelOptWorker() as modelopt:
         if any(variant_kind(v).uses_modelopt for spec in specs for v in _wanted_variants(spec, options)):
             modelopt.start()  # imports ModelOpt on the other core while the first model is exported
-        for spec in specs:
-            model = ModelBuild(spec.name, out_dir / spec.name, on_step=report.write_summary)
+        models = [ModelBuild(spec.name, out_dir / spec.name, on_step=report.write_summary, events=events)
+                  for spec in specs]
+        for spec, model in zip(specs, models):
+            model.plan(planned_steps(spec, options, repository))
+        if repository is not None:
+            repository_row = ModelBuild(REPOSITORY_ROW, out_dir, events=events)
+            repository_row.plan(["triton-check", *(["serve-check"] if options.serve_check else [])])
+        for spec, model in zip(specs, models):
             report.models.append(model)
             report.write_summary()
             try:
@@ -673,12 +721,11 @@ def _build_into(report: BuildReport, specs: list[ModelSpec], options: BuildOptio
                 model.add(failed_step("build", error, model.folder / "logs"))
     if repository is not None:
         release = _repository_release(specs, options)
-        report.repository_steps.append(run_step("triton-check", lambda: _check_step(repository, release),
-                                                out_dir / "logs"))
+        report.repository_steps.append(repository_row.run("triton-check", lambda: _check_step(repository, release)))
         report.write_summary()
         if options.serve_check:
-            report.repository_steps.append(run_step("serve-check", lambda: _serve_check_step(repository, goldens),
-                                                    out_dir / "logs"))
+            report.repository_steps.append(repository_row.run("serve-check",
+                                                              lambda: _serve_check_step(repository, goldens)))
     report.finished = _now()
     report.write_summary()
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hepdeploy"
 # Floors, from the ground up. A module imports its own floor or lower ones; the four stages
 # (and the model zoo, a source of models) import none of each other, except convert -> model_zoo
 # (a zoo network is exported to its source format before it is converted).
-GROUND = {"errors", "steps", "progress", "environment", "variants", "fsutil", "tf_support", "spec", "compare", "metrics",
+GROUND = {"errors", "steps", "progress", "build_view", "environment", "variants", "fsutil", "tf_support", "spec", "compare", "metrics",
           "plan_compat", "sampling", "data", "artifacts", "ntuple", "weaver", "memory", "graph_bounds",
           "preprocess_spec", "lifetime", "platforms", "judgement", "frameworks", "registry", "__init__"}
 FLOORS = {"ground": 0, "backend": 1, "model_zoo": 2, "convert": 3, "optimize": 3, "validate": 3, "triton": 3,

@@ -65,9 +65,24 @@ def _report(ctx: click.Context, error: BaseException, message: str) -> None:
     click.echo(f"error: {message}{hint}", err=True)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to ``sys.stderr`` as it is then: while a live build view is on screen that is its
+    proxy, which prints the line above the view instead of through it."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass  # StreamHandler sets it once; the current sys.stderr is always the one
+
+
 def setup_logging(verbosity: int) -> None:
+    """-q: warnings and errors; default: INFO (`hepdeploy build` shows its view instead, see
+    commands_build); -v: DEBUG; -vv: the dependencies' logs too."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("hepdeploy")
     root.handlers[:] = [handler]

@@ -1,8 +1,11 @@
 """`hepdeploy build`: the whole chain from specs (or the embedded zoo set) to a model repository."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,9 +16,11 @@ from hepdeploy.cli.options import (
     variant_option,
 )
 from hepdeploy.build_page import PAGE_NAME
+from hepdeploy.build_view import BuildProgress, LineView, LiveView, StepTimes, short_reason
 from hepdeploy.errors import BadInputError
 from hepdeploy.pipeline import (
     DEFAULT_ZOO_SET,
+    SUMMARY_NAME,
     BuildOptions,
     build,
     load_specs,
@@ -68,9 +73,26 @@ def build_command(specs: tuple[Path, ...], out_dir: Path, zoo_names: tuple[str, 
     options = BuildOptions(out_dir=out_dir, exporter=exporter, variants=list(variants) or None,
                            publish=not no_publish, serve_check=serve_check, require_gpu=require_gpu,
                            server_release=server_release, budget=budget, strict=strict)
-    report = build(model_specs, options)
+    with _build_view(out_dir, click.get_current_context().find_root().obj or {}) as view:
+        report = build(model_specs, options, events=view)
     _print_report(report)
     sys.exit(1 if report.failed else 0)
+
+
+def _build_view(out_dir: Path, settings: dict[str, Any]) -> Any:
+    """What stderr shows while the build runs: the live grid in a terminal; elsewhere (a CI log) one line per
+    finished step, and the INFO log lines only with -v; with -q nothing but warnings and errors."""
+    from rich.console import Console
+
+    verbosity = settings.get("verbosity", 0)
+    if verbosity < 0:
+        return contextlib.nullcontext()
+    if verbosity == 0:  # the view says what the INFO lines said, step by step; warnings still show
+        logging.getLogger("hepdeploy").setLevel(logging.WARNING)
+    console = Console(stderr=True)
+    if console.is_terminal and verbosity == 0:
+        return LiveView(BuildProgress(StepTimes.from_folder(out_dir, SUMMARY_NAME)), console)
+    return LineView(sys.stderr)
 
 
 def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
@@ -83,10 +105,11 @@ def _print_report(report) -> None:  # noqa: ANN001 - pipeline.BuildReport
         table.add_column(column, overflow="fold")
     for model in report.models:
         for step in model.steps:
-            detail = step.reason + (f" (traceback: {step.details['log']})" if "log" in step.details else "")
+            # The verdicts' reasons are in the model's reports; here the outcome, and why a step was not ok.
+            detail = short_reason(step) + (f" (traceback: {step.details['log']})" if "log" in step.details else "")
             table.add_row(model.name, step.step, _status(step.status), escape(detail))
     for step in report.repository_steps:
-        table.add_row("(repository)", step.step, _status(step.status), step.reason)
+        table.add_row("(repository)", step.step, _status(step.status), escape(step.reason))
         for line in step.details.get("problems", []) + step.details.get("lines", []):
             table.add_row("", "", "", line)
     console = Console(width=160)
