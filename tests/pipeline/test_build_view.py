@@ -58,8 +58,8 @@ def test_the_live_grid_is_fed_by_the_build_and_the_next_build_knows_its_step_tim
     assert first.remaining() == 0.0 and first.now_text() == "now: -"
     kinds = first.kinds()
     # Columns in the order a build runs them (a precheck of the fp16 graph where there is no GPU).
-    assert [k for k in kinds if k != "precheck"] == ["convert", "reference", "optimize", "validate", "reports",
-                                                     "publish", "triton-check"]
+    assert [k for k in kinds if k != "precheck"] == ["convert", "reference", "optimize", "validate", "publish",
+                                                     "reports", "triton-check"]
     # The next build into the same folder estimates each step from this one's times.
     second = BuildProgress(StepTimes.from_folder(options.out_dir, SUMMARY_NAME))
     measured = {m.name: {s.step: s.details["seconds"] for s in m.steps} for m in report.models}
