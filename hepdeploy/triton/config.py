@@ -268,25 +268,36 @@ class ConfigRequest:
     outputs: list[TensorSpec]
     files: VersionFiles
 
+    max_batch_size: int  # decided once (:func:`_max_batch_size`): every filler sees the same value
+
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 0
 
-    @property
-    def max_batch_size(self) -> int:
-        """From the spec, else 64 (or the engine profile's max batch) when every tensor has a free batch axis."""
-        triton, name = self.triton, self.name
-        plan = self.files.plan if self.platform.name == "tensorrt_plan" else None
-        profile_max = plan.max_batch() if plan is not None else None
-        if triton.max_batch_size is None:
-            if not default_batched([*self.inputs, *self.outputs]):
-                return 0
-            preferred = triton.dynamic_batching.preferred_batch_size if triton.dynamic_batching else []
-            return profile_max if profile_max is not None else max([*preferred, 64])
-        if profile_max is not None and triton.max_batch_size > profile_max:
-            raise SpecError(f"model {name!r}: triton.max_batch_size {triton.max_batch_size} exceeds the TensorRT "
-                            f"engine profile's max batch {profile_max} (raise dims.batch.max and rebuild the plan)")
-        return triton.max_batch_size
+
+def _max_batch_size(name: str, platform: TritonPlatform, triton: TritonSpec, tensors: Sequence[TensorSpec],
+                    files: VersionFiles) -> int:
+    """From the spec, else 64 (or the engine profile's max batch) when every tensor has a free batch axis;
+    a batch size needs that axis."""
+    plan = files.plan if platform.name == "tensorrt_plan" else None
+    profile_max = plan.max_batch() if plan is not None else None
+    if triton.max_batch_size is None:
+        if not default_batched(tensors):
+            return 0
+        preferred = triton.dynamic_batching.preferred_batch_size if triton.dynamic_batching else []
+        max_batch = profile_max if profile_max is not None else max([*preferred, 64])
+    else:
+        max_batch = triton.max_batch_size
+        if profile_max is not None and max_batch > profile_max:
+            raise SpecError(f"model {name!r}: triton.max_batch_size {max_batch} exceeds the TensorRT engine "
+                            f"profile's max batch {profile_max} (raise dims.batch.max and rebuild the plan)")
+    if max_batch > 0 and not has_free_batch_axis(tensors):
+        fixed = [f"{t.name}{t.shape}" for t in tensors if not (t.shape and isinstance(t.shape[0], str))]
+        raise SpecError(
+            f"model {name!r}: triton.max_batch_size {max_batch} needs a free batch axis as the first "
+            f"dimension of every input and output, but these have none: {', '.join(fixed)}; use max_batch_size: 0"
+        )
+    return max_batch
 
 
 def build_model_config(
@@ -316,11 +327,13 @@ def build_model_config(
     inputs, outputs = tensor_specs_from(artifact_or_specs)
     if not inputs or not outputs:
         raise SpecError(f"model {name!r}: needs at least one input and one output")
-    request = ConfigRequest(name, entry, kind, triton, inputs, outputs, files or VersionFiles())
+    files = files or VersionFiles()
+    max_batch = _max_batch_size(name, entry, triton, [*inputs, *outputs], files)
+    request = ConfigRequest(name, entry, kind, triton, inputs, outputs, files, max_batch)
     config = model_config_schema().ModelConfig()
     config.name = name
     setattr(config, entry.config_field, entry.name)
-    config.max_batch_size = _checked_max_batch(request)
+    config.max_batch_size = max_batch
     for spec in inputs:
         _fill_tensor(config.input.add(), spec, request.batched)
     for spec in outputs:
@@ -336,18 +349,6 @@ def build_model_config(
     if triton.warmup and warmup_inputs:
         _fill_warmup(config, inputs, warmup_inputs, request.batched)
     return config
-
-
-def _checked_max_batch(request: ConfigRequest) -> int:
-    max_batch = request.max_batch_size
-    tensors = [*request.inputs, *request.outputs]
-    if max_batch > 0 and not has_free_batch_axis(tensors):
-        fixed = [f"{t.name}{t.shape}" for t in tensors if not (t.shape and isinstance(t.shape[0], str))]
-        raise SpecError(
-            f"model {request.name!r}: triton.max_batch_size {max_batch} needs a free batch axis as the first "
-            f"dimension of every input and output, but these have none: {', '.join(fixed)}; use max_batch_size: 0"
-        )
-    return max_batch
 
 
 def _fill_dynamic_batching(config: Any, request: ConfigRequest) -> None:
