@@ -68,7 +68,7 @@ def time_read(spec: Any, path: Path, data: Any, repeats: int, convention: str | 
     from hepdeploy.data import read_root_events
 
     def read() -> dict:
-        return read_root_events(path, list(spec.inputs), data, spec.base_dir, convention=convention)
+        return read_root_events(path, list(spec.inputs), data, convention=convention)
 
     arrays = read()  # warm-up: imports, file cache
     times = []

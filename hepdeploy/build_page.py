@@ -25,7 +25,7 @@ from typing import Any
 from hepdeploy.errors import BadInputError
 from hepdeploy.fsutil import atomic_path, atomic_write_text
 from hepdeploy.triton.layout import Manifest, typed_manifest, version_folders
-from hepdeploy.validate.report import safe_name
+from hepdeploy.validate.report import md_cell, safe_name
 
 PAGE_NAME = "index.html"
 MARKDOWN_NAME = "index.md"
@@ -408,11 +408,11 @@ def page_markdown(page: BuildPage) -> str:
         for row in section.rows:
             cells = _cells(page, section, row)
             link = cells.pop()
-            lines.append("| " + " | ".join(_md(c) for c in cells) + f" | {f'[report]({link})' if link else '-'} |")
+            lines.append("| " + " | ".join(md_cell(c) for c in cells) + f" | {f'[report]({link})' if link else '-'} |")
     lines.append("")
     for section in page.models:
         lines += [f"## {section.name}: {section.headline}", "", section.line, ""]
-        lines += [f"- failed: {_md(line)}" for line in section.failed_steps] + ([""] if section.failed_steps else [])
+        lines += [f"- failed: {md_cell(line)}" for line in section.failed_steps] + ([""] if section.failed_steps else [])
         if section.chart is not None:
             chart = Path(os.path.relpath(section.chart, page.out_dir)).as_posix()
             lines += [f"![{section.name}: speed against physics harm]({chart})", ""]
@@ -421,11 +421,7 @@ def page_markdown(page: BuildPage) -> str:
     lines += ["## Repository", ""]
     if page.summary.get("repository"):
         lines += ["| " + " | ".join(_REPOSITORY_COLUMNS) + " |", "|" + "---|" * len(_REPOSITORY_COLUMNS)]
-        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in _repository_rows(page)]
+        lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in _repository_rows(page)]
     else:
         lines.append("Not published (--no-publish).")
     return "\n".join(lines) + "\n"
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ") or "-"

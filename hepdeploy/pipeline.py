@@ -42,7 +42,7 @@ from hepdeploy.fsutil import atomic_write_text
 from hepdeploy.graph_bounds import DimBound, graph_dim_bounds, length_problems, minimums, spec_dim_problems
 from hepdeploy.memory import peak_memory
 from hepdeploy.model_zoo import get_network, zoo_source_spec
-from hepdeploy.ntuple import load_preprocess
+from hepdeploy.ntuple import load_preprocess, preprocess_file
 from hepdeploy.optimize import optimize_artifact, resolve_calibration
 from hepdeploy.optimize.modelopt_worker import ModelOptWorker
 from hepdeploy.optimize.trt_precheck import precheck_model
@@ -315,7 +315,7 @@ def _bounds_step(spec: ModelSpec, converted: Path, bounds: dict[str, DimBound], 
     through: a problem is a warning line, or fails the build with --strict."""
     inputs = read_artifact(converted).sidecar.inputs
     problems = spec_dim_problems(spec.dims, bounds, where=f"spec {spec.name}")
-    preprocess = Path(spec.data.preprocess.file) if spec.data.preprocess is not None else None
+    preprocess = preprocess_file(spec.data)
     if preprocess is not None:
         problems += length_problems(load_preprocess(preprocess), inputs, bounds, where=preprocess.name)
     for line in problems:
@@ -522,7 +522,8 @@ def build_model(build: ModelBuild, spec: ModelSpec, options: BuildOptions, repos
         if published:
             passing[variant] = path
     publishing = repository is not None and options.publish
-    if publishing and repository is not None:
+    if publishing:
+        assert repository is not None
         _publish_passing(build, spec, repository, passing, verdicts, reference)
     if reports:
         outcome = _model_decisions(spec.name, judged, build.steps, publishing)
@@ -646,7 +647,7 @@ def _ensemble_requests(spec: ModelSpec, variants: dict[str, Path],
     if onnx_variant not in variants:
         log.warning("%s: no ONNX variant to check the preprocessing ensemble against; not published", spec.name)
         return []
-    plan = plan_ensemble(variants[onnx_variant], Path(spec.data.preprocess.file),  # type: ignore[union-attr]
+    plan = plan_ensemble(variants[onnx_variant], preprocess_file(spec.data),  # type: ignore[arg-type]
                          name=spec.triton.model_name or spec.name, spec=spec, triton=spec.triton,
                          python_backend=spec.triton.python_backend)
     return ensemble_requests(plan, verdict=verdicts.get(served))

@@ -91,12 +91,12 @@ def _served_manifest(model_dir: Path) -> Manifest | None:
         return None
 
 
-def _golden_for(repo: Path, name: str, goldens: Mapping[str, Path]) -> Path | None:
+def _golden_for(repo: Path, name: str, goldens: Mapping[str, Path], manifest: Manifest | None = None) -> Path | None:
     """The golden set of a served model: by its name, else that of the model it is the twin of (its
-    manifest says which; a twin of a twin leads back to the model)."""
+    ``manifest``, read here when not given, says which; a twin of a twin leads back to the model)."""
     seen: set[str] = set()
     while name not in goldens:
-        manifest = _served_manifest(repo / name)
+        manifest = manifest if manifest is not None and manifest.model == name else _served_manifest(repo / name)
         if manifest is None or manifest.twin_of is None or manifest.twin_of in seen:
             return None
         seen.add(name)
@@ -104,12 +104,11 @@ def _golden_for(repo: Path, name: str, goldens: Mapping[str, Path]) -> Path | No
     return Path(goldens[name])
 
 
-def _served_artifact_info(model_dir: Path) -> tuple[Any, str]:
-    """(expected tensor specs or None, precision) from the newest version's ONNX file and manifest."""
+def _served_artifact_info(model_dir: Path, manifest: Manifest | None) -> tuple[Any, str]:
+    """(expected tensor specs or None, precision) from the newest version's ONNX file and its ``manifest``."""
     versions = version_folders(model_dir)
     if not versions:
         return None, "fp32"
-    manifest = _served_manifest(model_dir)
     precision = manifest.precision if manifest is not None else "fp32"
     onnx_file = model_dir / str(versions[-1]) / "model.onnx"
     if onnx_file.is_file():
@@ -153,7 +152,8 @@ def serve_check(repo: Path, goldens: Mapping[str, Path], timeout_s: float = 300.
                 continue
             result = ServedModelResult(name, True)
             report.models.append(result)
-            golden = _golden_for(repo, name, goldens)
+            manifest = _served_manifest(repo / name)
+            golden = _golden_for(repo, name, goldens, manifest)
             if golden is None:
                 result.verdict = "no golden set for this model"
                 continue
@@ -161,7 +161,7 @@ def serve_check(repo: Path, goldens: Mapping[str, Path], timeout_s: float = 300.
             if remaining <= 1:
                 result.verdict = f"serve check ran out of its {timeout_s:.0f} s"
                 continue
-            expected, precision = _served_artifact_info(repo / name)
+            expected, precision = _served_artifact_info(repo / name, manifest)
             try:
                 reference = load_reference(golden)
                 target = ServerTarget(server.grpc_url, timeout_s=min(60.0, remaining))

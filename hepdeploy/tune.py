@@ -254,6 +254,7 @@ class Tuner:
         self.calibration = data.calibration
         self.spec = spec
         self.policy = settings.policy
+        self.judgement = Judgement(policy=settings.policy)  # a bad policy is refused here, before any evaluation
         self.work_dir = Path(work_dir)
         self.modelopt = settings.modelopt
         self.on_evaluation = settings.on_evaluation
@@ -408,7 +409,7 @@ class Tuner:
             optimize_artifact(self.fp32_path, self._candidate_spec(kept, method), candidate,
                               calibration=self.calibration, spec=self.spec, modelopt=self.modelopt)
             label = f"{self.variant.name} keeping {len(kept)}" + (f", {method}" if method else "")
-            report = validate_candidate(candidate, self.tuning, spec=self.spec, judgement=Judgement(policy=self.policy), name=label)
+            report = validate_candidate(candidate, self.tuning, spec=self.spec, judgement=self.judgement, name=label)
         except HepDeployError as error:  # a candidate the tools refuse is a point that does not pass
             return Evaluation(kept_list, method, "ERROR", math.inf, first_line(error), relative, None, "search",
                               seconds=round(time.perf_counter() - started, 2))
@@ -535,7 +536,7 @@ class Tuner:
             confirmation = Evaluation(**{**stored, "phase": "confirm", "cached": True})
         else:
             started = time.perf_counter()
-            report = validate_candidate(Path(best.path), self.confirming, spec=self.spec, judgement=Judgement(policy=self.policy),
+            report = validate_candidate(Path(best.path), self.confirming, spec=self.spec, judgement=self.judgement,
                                         name=f"{self.variant.name} keeping {len(best.kept)} (confirmation)")
             self._reports[f"confirm:{best.path}"] = report
             confirmation = Evaluation(list(best.kept), best.calibration_method, report.outcome, harm_of(report),
@@ -554,7 +555,7 @@ class Tuner:
         """The validation report of an evaluation: this search's, or made again for one from the cache."""
         report = self._reports.get(f"{evaluation.phase}:{evaluation.path}")
         if report is None and evaluation.path is not None and Path(evaluation.path).is_file():
-            report = validate_candidate(Path(evaluation.path), reference, spec=self.spec, judgement=Judgement(policy=self.policy),
+            report = validate_candidate(Path(evaluation.path), reference, spec=self.spec, judgement=self.judgement,
                                         name=f"{self.variant.name} keeping {len(evaluation.kept)}")
         return report
 

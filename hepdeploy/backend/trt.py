@@ -279,10 +279,10 @@ class TensorRTEngineRunner(Runner):
         highs = [high[0] for _, _, high in self.profile.values() if high]
         return min(highs) if highs else None
 
-    def run_chunked(self, inputs: dict[str, np.ndarray], chunk_size: int) -> dict[str, np.ndarray]:
-        """As :meth:`Runner.run_chunked`, each chunk no larger than the engine's profile allows."""
+    def rows_within(self, budget_bytes: int, inputs: dict[str, np.ndarray]) -> int | None:
+        """No chunk larger than the engine's profile allows (TensorRT refuses a shape outside it)."""
         rows = self.profile_rows()
-        return super().run_chunked(inputs, min(chunk_size, rows) if rows is not None and rows >= 1 else chunk_size)
+        return rows if rows is not None and rows >= 1 else None
 
     def _outside_profile(self, name: str, shape: Shape) -> str:
         """One line: which input, its shape, and the profile's bounds (what to widen and rebuild)."""
@@ -367,8 +367,8 @@ class TensorRTEngineRunner(Runner):
                 if n not in self._allocator.shapes or n not in self._device_buffers:
                     raise DataError(f"{self.name}: TensorRT did not report the shape of output {n!r}")
                 out = np.empty(self._allocator.shapes[n], dtype=self._np_dtype(n))
+                keep.append(out)  # sized by the data: made here, read back into by a queued copy
             results[n] = out
-            keep.append(out)  # sized by the data: made here, read back into by a queued copy
             if sized_by_data or self.memory[n] == "device":
                 self.cuda.to_host(out.ctypes.data, self._device_buffers[n][0], out.nbytes)
         return results

@@ -95,8 +95,8 @@ def resolve_calibration(
     """Calibration arrays from a dict, a data file, or the spec's ``data.calibration``."""
     data = spec.data if spec is not None else None
     count = samples or (data.calibration_samples if data else 512)
-    if isinstance(calibration, CalibrationSet):  # read once by the build for all its variants
-        calibration = calibration.arrays
+    if isinstance(calibration, CalibrationSet):  # read (and checked) once by the build for all its variants
+        return calibration.arrays
     if isinstance(calibration, dict):
         arrays = check_tensors(calibration, inputs, where="calibration data")
         n = next(iter(arrays.values())).shape[0]

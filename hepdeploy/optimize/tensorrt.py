@@ -39,7 +39,7 @@ from hepdeploy.artifacts import (
 )
 from hepdeploy.backend.cudart import cuda_device
 from hepdeploy.backend.trt import recording_logger, tensorrt_unavailable
-from hepdeploy.errors import ConversionError, DependencyMissingError
+from hepdeploy.errors import ConversionError, DependencyMissingError, first_line
 from hepdeploy.fsutil import atomic_path, atomic_write_text, sha256_file
 from hepdeploy.graph_bounds import graph_dim_bounds, minimums
 from hepdeploy.plan_compat import PLAN_STEP, PlanMetadata, ProfileRange, tensorrt_full_version
@@ -261,7 +261,7 @@ class _Profile:
                 self.profile.set_shape(tensor.name, low, opt, high)
             except RuntimeError as error:  # the bindings raise when TensorRT refuses the dimensions
                 raise ConversionError(f"tensorrt: the profile of input {tensor.name!r} min {list(low)} opt {list(opt)} "
-                                      f"max {list(high)} was refused: {_first_line(error)}") from None
+                                      f"max {list(high)} was refused: {first_line(error)}") from None
             self.recorded[tensor.name] = ProfileRange(min=list(low), opt=list(opt), max=list(high))
 
 
@@ -285,11 +285,6 @@ def pinned_by_graph(name: str, spec_shapes: ShapeTriple, graph_shape: tuple[int,
                                   f"the spec's range {low[axis]}..{high[axis]}")
         low[axis] = opt[axis] = high[axis] = fixed
     return tuple(low), tuple(opt), tuple(high)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _write_sidecar(parent: Artifact, output: Path, step: StepRecord) -> Path:

@@ -29,6 +29,7 @@ from hepdeploy.data import common_batch_size, load_tensors, read_root_events, sa
 from hepdeploy.environment import versions
 from hepdeploy.errors import BadInputError, DataError
 from hepdeploy.fsutil import atomic_write_bytes, check_output_folder
+from hepdeploy.judgement import Judgement
 from hepdeploy.ntuple import is_root_source
 
 if TYPE_CHECKING:
@@ -403,7 +404,7 @@ def _run_reference(opened: OpenedSource, data: Mapping[str, np.ndarray] | Path |
     probe.check(where)
     if common_batch_size(inputs) is not None:  # labels and variables checked before the (maybe long) run
         ReferenceSet(inputs, {"_": np.zeros(1)}, label_arrays, variables=variable_arrays).check(where)
-    chunk = chunk_size or (spec_obj.validation.chunk_size if spec_obj is not None else 4096)
+    chunk = Judgement(chunk_size=chunk_size or None).chunk_for(spec_obj)
     if sizing_model is not None and common_batch_size(inputs) is not None:
         per_row = activation_bytes_per_row(sizing_model, inputs)
         chunk = min(chunk, max(1, int(ACTIVATION_BUDGET // per_row))) if per_row > 0 else chunk

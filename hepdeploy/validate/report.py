@@ -120,19 +120,20 @@ def harm_of(report: VariantReport) -> float:
     if report.hard_failures:
         return math.inf
     if report.counts_physics():
-        uses = []
-        for check in report.physics.checks:
-            if check.informational or check.limit is None:
-                continue
-            estimate = check.change if check.reference is not None else check.candidate
-            use = _allowance_use(check.kind, float(check.limit), check.interval or (estimate, estimate))
-            if use is not None:
-                uses.append(use)
+        uses = [use for check in report.physics.checks if (use := _check_use(check)) is not None]
         if uses:
             return max(uses)
     # Numerical budget: the worst error in units of its tolerance.
     return max((c.max_abs_error / (c.atol + c.rtol) if (c.atol + c.rtol) > 0 else math.inf)
                for c in report.numerical) if report.numerical else 0.0
+
+
+def _check_use(check: PhysicsCheck) -> float | None:
+    """One judged check's use of its allowance (the far end of its interval); None for a reported check."""
+    if check.informational or check.limit is None:
+        return None
+    estimate = check.change if check.reference is not None else check.candidate
+    return _allowance_use(check.kind, float(check.limit), check.interval or (estimate, estimate))
 
 
 def _allowance_use(kind: str, limit: float, interval: tuple[float | None, float | None]) -> float | None:
@@ -163,8 +164,7 @@ def deciding_text(report: VariantReport) -> str:
         deciding = report.physics.deciding() or judged
         if deciding:
             def use(check: PhysicsCheck) -> float:
-                estimate = check.change if check.reference is not None else check.candidate
-                found = _allowance_use(check.kind, float(check.limit), check.interval or (estimate, estimate))
+                found = _check_use(check)
                 return -1.0 if found is None else found
             check = max(deciding, key=use)
             return f"{check.name}: {check.outcome} {check.value_text()} ({check.rule})"
@@ -475,14 +475,14 @@ def report_markdown(reports: list[VariantReport], decisions: ModelDecisions | No
     model = f"{decisions.model}: " if decisions is not None else ""
     lines = [f"## hepdeploy validation: {model}{icon} {outcome}", "", line, ""]
     lines += ["| variant | decision | verdict | deciding check | why |", "|---|---|---|---|---|"]
-    lines += [f"| {' | '.join(_md_cell(cell) for cell in row[:5])} |" for row in _decision_rows(reports, decisions)]
+    lines += [f"| {' | '.join(md_cell(cell) for cell in row[:5])} |" for row in _decision_rows(reports, decisions)]
     lines += ["", f"Default tolerances: {defaults_line()}.", ""]
     for r in reports:
         lines += _markdown_variant(r)
     return "\n".join(lines)
 
 
-def _md_cell(text: str) -> str:
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or "-"
 
 
