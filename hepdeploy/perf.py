@@ -274,7 +274,7 @@ def server_breakdown(before: Mapping[str, int] | None, after: Mapping[str, int] 
 # --------------------------------------------------------------------------- async gRPC clients
 
 
-def _prepare_requests(served: ServedLoad, slots: int, regions: SharedMemoryRegions | None) -> PreparedRequests:
+def prepare_requests(served: ServedLoad, slots: int, regions: SharedMemoryRegions | None) -> PreparedRequests:
     """The request inputs of every distinct batch of ``served`` and the requested outputs of each of ``slots``
     requests in flight.
 
@@ -379,7 +379,7 @@ def run_perf(target: ServerTarget, model: str, inputs: Mapping[str, np.ndarray],
     settings = settings or PerfSettings()
     if target.protocol != "grpc":
         raise BadInputError("perf measures over gRPC (its asynchronous clients and perf_analyzer here speak gRPC)")
-    served, event = _probe(target, model, version, inputs, settings.event, expected)
+    served, event = probe_served(target, model, version, inputs, settings.event, expected)
     settings = replace(settings, event=event)
     report = PerfReport(model=model, target=target.url, engine=settings.engine, event=event,
                         transport=target.transport)
@@ -404,7 +404,7 @@ def run_perf(target: ServerTarget, model: str, inputs: Mapping[str, np.ndarray],
     return report
 
 
-def _probe(target: ServerTarget, model: str, version: str, inputs: Mapping[str, np.ndarray], event: EventDefinition,
+def probe_served(target: ServerTarget, model: str, version: str, inputs: Mapping[str, np.ndarray], event: EventDefinition,
            expected: Any) -> tuple[ServedLoad, EventDefinition]:
     """The served model from the server itself (names, dtypes, dims, max_batch_size, checked against
     ``expected``), its requests cut from ``inputs``, and the event as sent (an unbatched model takes its
@@ -433,7 +433,7 @@ def _measure_level(target: ServerTarget, served: ServedLoad, clients: int, setti
     """One concurrency level, by the settings' engine; the client engine adds the server's time split."""
     if settings.engine == "perf_analyzer":
         return _perf_analyzer_level(target, served, clients, settings)
-    requests = _prepare_requests(served, clients * settings.event.requests_per_event, regions)
+    requests = prepare_requests(served, clients * settings.event.requests_per_event, regions)
     before = server_statistics(target.url, served.model, served.version)
     level = asyncio.run(_measure_level_async(target, served, requests, clients, settings))
     # The statistics span the warm-up too; a request's client share is only defined for one request per event.

@@ -17,7 +17,7 @@ GROUND = {"errors", "steps", "progress", "build_view", "environment", "variants"
           "preprocess_spec", "lifetime", "platforms", "judgement", "frameworks", "registry", "__init__"}
 FLOORS = {"ground": 0, "backend": 1, "model_zoo": 2, "convert": 3, "optimize": 3, "validate": 3, "triton": 3,
           "perf": 4, "serve_check": 4, "gate": 4, "serving": 4, "tune": 4, "build_page": 4, "pipeline": 5, "cli": 6, "__main__": 7}
-ALLOWED_ACROSS = {("convert", "model_zoo")}
+ALLOWED_ACROSS = {("convert", "model_zoo"), ("serving", "perf")}  # serving measures through perf
 # Imported only inside the functions that need them, so `import hepdeploy.<anything>` stays light
 # and works without the optional extras.
 HEAVY = {"torch", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxslim", "modelopt", "tensorrt",

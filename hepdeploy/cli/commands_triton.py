@@ -188,9 +188,13 @@ def check_command(repo: Path, no_run: bool, server_release: str | None) -> None:
 @click.option("--gpus", type=click.IntRange(0, None), default=1, show_default=True, help="GPUs per Triton pod.")
 @click.option("--replicas", default="1", show_default=True, metavar="MIN[:MAX]",
               help="Triton pods; MIN:MAX with MAX > MIN turns on KEDA autoscaling between them.")
+@click.option("--server-load-threshold", "threshold", type=click.IntRange(1, None), metavar="MS",
+              help="KEDA/Envoy threshold on the chart's default metric (queue ms per execution); `hepdeploy "
+                   "profile` measures it at the operating point (serving.md). Default: the chart's 100.")
 @server_release_option
 def supersonic_command(repo: Path, output: Path, storage: str, claim: str | None, nfs_server: str | None,
-                       nfs_path: str | None, gpus: int, replicas: str, server_release: str | None) -> None:
+                       nfs_path: str | None, gpus: int, replicas: str, threshold: int | None,
+                       server_release: str | None) -> None:
     """Write a SuperSONIC Helm values override that serves REPO (chart fastmachinelearning/SuperSONIC 0.3.x).
 
     Then: helm repo add fastml https://fastmachinelearning.org/SuperSONIC/ &&
@@ -200,7 +204,7 @@ def supersonic_command(repo: Path, output: Path, storage: str, claim: str | None
     low, high = parse_replicas(replicas)
     options = SupersonicOptions(storage=storage, claim=claim, nfs_server=nfs_server, nfs_path=nfs_path,  # type: ignore[arg-type]
                                 gpus=gpus, min_replicas=low, max_replicas=high,
-                                release=server_release or DEFAULT_SERVER_RELEASE)
+                                release=server_release or DEFAULT_SERVER_RELEASE, server_load_threshold=threshold)
     write_supersonic_values(repo, output, options)
     click.echo(f"wrote {output}: mount {storage}, {gpus} GPU(s) per pod, replicas {low}..{high}; "
                f"helm install sonic fastml/supersonic -n NAMESPACE -f {output}")

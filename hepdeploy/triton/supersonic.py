@@ -49,6 +49,9 @@ class SupersonicOptions:
     release: str = DEFAULT_SERVER_RELEASE
     cpu: int = 2
     memory: str = "8G"
+    # KEDA scales out above this value of the chart's default metric (queue ms per execution); `hepdeploy
+    # profile` measures it at the operating point. None keeps the chart's default (100).
+    server_load_threshold: int | None = None
 
 
 # RFC 1123 DNS subdomain, as Kubernetes requires of a PersistentVolumeClaim's name.
@@ -138,6 +141,10 @@ def supersonic_values(repo: Path, options: SupersonicOptions) -> dict[str, Any]:
             "maxReplicaCount": options.max_replicas,
         },
     }
+    if options.server_load_threshold is not None:
+        if options.server_load_threshold < 1:
+            raise BadInputError(f"--server-load-threshold {options.server_load_threshold}: must be >= 1 (ms)")
+        values["serverLoadThreshold"] = options.server_load_threshold
     if autoscaled:  # KEDA scales on the server-load metric, which the chart reads from Prometheus
         values["prometheus"] = {"enabled": True}
     return values

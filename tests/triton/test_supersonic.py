@@ -53,9 +53,11 @@ def test_the_override_validates_against_the_chart_schema_after_the_merge(repo: P
                                                                           storage_args: list[str]) -> None:
     out = tmp_path / "values.yaml"
     result = CliRunner().invoke(main, ["triton", "supersonic", str(repo), "-o", str(out), *storage_args,
-                                       "--gpus", "2", "--replicas", "1:4", "--server-release", "24.10"])
+                                       "--gpus", "2", "--replicas", "1:4", "--server-release", "24.10",
+                                       "--server-load-threshold", "7"])
     assert result.exit_code == 0, result.output
     merged = _validate(out)
+    assert merged["serverLoadThreshold"] == 7  # KEDA's threshold from `hepdeploy profile`
     triton = merged["triton"]
     assert triton["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
     assert "--model-repository=/models" in triton["args"][0]
