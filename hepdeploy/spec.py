@@ -434,6 +434,9 @@ class TritonSpec(_Strict):
     cpu_twin: CpuTwin | None = None
     python_backend: bool = False
     perf: PerfSpec = Field(default_factory=PerfSpec)
+    # `auto`: the build profiles the model on its data (`hepdeploy profile`) and publishes the batching and
+    # instances it chooses, in place of the numbers above.
+    serving: Literal["auto"] | None = None
 
     @field_validator("model_name")
     @classmethod
