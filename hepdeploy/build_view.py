@@ -31,7 +31,8 @@ REPOSITORY_ROW = "(repository)"
 # Seconds a step of each kind takes on two cores with the reduced budget, for an output folder that has
 # seen no build yet (a zoo export that trains takes longer; the next build knows).
 DEFAULT_SECONDS = {"zoo-export": 30.0, "convert": 5.0, "dim-bounds": 0.5, "reference": 5.0, "optimize": 5.0,
-                   "compat": 0.5, "precheck": 2.0, "validate": 8.0, "tune": 90.0, "twin": 3.0, "publish": 2.0,
+                   "compat": 0.5, "precheck": 2.0, "validate": 8.0, "tune": 90.0, "twin": 3.0, "serving": 90.0,
+                   "publish": 2.0,
                    "reports": 5.0, "triton-check": 2.0, "serve-check": 30.0, "build": 1.0}
 # The columns, in the order a model's build runs them; a few headers shortened so the grid fits 100 columns.
 KINDS = tuple(DEFAULT_SECONDS)
@@ -40,8 +41,9 @@ MARKS = {"ok": "[green]✓[/green]", "failed": "[red]✗[/red]", "skipped": "[ye
          "rejected": "[magenta]⊘[/magenta]"}
 PENDING, RUNNING = "[dim]·[/dim]", "[cyan]▸[/cyan]"
 SHORT_REASON = 100
-# Ok steps whose reason a user needs at a glance: what was published, which variant is the CPU twin.
-TELLING_OK_STEPS = ("publish", "twin")
+# Ok steps whose reason a user needs at a glance: what was published, which variant is the CPU twin, the
+# serving numbers `triton: {serving: auto}` chose.
+TELLING_OK_STEPS = ("publish", "twin", "serving")
 
 
 def step_kind(step: str) -> str:

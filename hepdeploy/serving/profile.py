@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -40,7 +39,7 @@ from hepdeploy.serving.consistency import serving_problems
 from hepdeploy.serving.instances import choose_instances, instance_memory_bytes
 from hepdeploy.serving.latency import LatencyCurve, data_inputs_for, measure_latency_curve
 from hepdeploy.serving.report import ProfileReport, write_profile_outputs
-from hepdeploy.serving.shapes import bucket_profiles, dim_multiplicities, plan_dim
+from hepdeploy.serving.shapes import DimPlan, ShapeProfile, bucket_profiles, dim_multiplicities, plan_dims
 from hepdeploy.spec import CpuTwin, DynamicBatching, InstanceGroup, ModelSpec, TritonSpec
 from hepdeploy.triton.repository import publish_python_twin
 from hepdeploy.triton.server import TritonServer, bundled_platform_problem, bundled_server
@@ -51,6 +50,8 @@ log = logging.getLogger("hepdeploy.serving.profile")
 DATA_ROWS = 4096
 # The largest batch tried, in requests of one event: a batch past this waits for too many events.
 MAX_REQUESTS_PER_BATCH = 4
+# What one more shape profile costs, in padded entries per event, as a share of a typical event's entries.
+PROFILE_COST = 0.05
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,13 @@ class ProfileSettings:
 
     ``budget_s``: the p99 latency budget of one request (one event's natural batch); ``rate_per_s``: events per
     second the server must carry (None: half of what one instance carries one event at a time); ``coverage``
-    of the data's events that must fit the dims, the rest ``beyond`` (truncated or refused); ``profiles``: K
+    of the data's events that must fit the dims (the rest truncated or refused, as the spec's reading says); ``profiles``: K
     bucketed shape profiles; ``live``: start the local server (when none is given) to measure t(b) through
     it and confirm; ``sonic``: also measure the clients one instance carries."""
 
     budget_s: float = 0.1
     rate_per_s: float | None = None
     coverage: float = 0.999
-    beyond: Literal["truncate", "refuse"] = "truncate"
     profiles: int = 2
     seed: int = 0
     live: bool = True
@@ -123,9 +123,8 @@ def profile_model(request: ProfileRequest) -> ProfileReport:
     settings, spec = request.settings, request.spec
     rows, rows_why = event_rows(spec)
     counts = dim_multiplicities(spec, request.data)
-    plans = {dim: plan_dim(values, coverage=settings.coverage, policy=settings.beyond, dim=dim)
-             for dim, values in counts.items()}
-    profiles = bucket_profiles(counts, settings.profiles) if counts else []
+    plans = plan_dims(spec, counts, model=request.model, coverage=settings.coverage)
+    profiles, profiles_why = _profiles(counts, plans, settings.profiles)
     inputs = data_inputs(spec, request.data)
     notes: list[str] = []
     with _measuring_server(request, notes) as live:
@@ -142,7 +141,8 @@ def profile_model(request: ProfileRequest) -> ProfileReport:
             model=spec.triton.model_name or spec.name, data=str(request.data), budget_s=settings.budget_s,
             rate_per_s=rate, rows_per_request=rows, dims=plans, profiles=profiles, multiplicities=counts,
             curve=curve, choice=choice, instances=choice.instances, problems=problems,
-            why={**choice.why, "rows_per_request": rows_why, "rate": rate_why, "instances_allowed": instances_why},
+            why={**choice.why, "rows_per_request": rows_why, "rate": rate_why, "instances_allowed": instances_why,
+                 "profiles": profiles_why},
             notes=notes, batch_dims=sorted({str(t.shape[0]) for t in spec.inputs
                                             if t.shape and isinstance(t.shape[0], str)}))
         if live is not None and not problems:
@@ -222,11 +222,13 @@ def _measure_tb(request: ProfileRequest, inputs: dict[str, np.ndarray], rows: in
     inputs_for = data_inputs_for(inputs, seed=settings.seed)
     if live is not None:
         with TritonRunner(live.target, live.served) as runner:
-            return measure_latency_curve(runner.run, inputs_for, batches, max_seconds=settings.tb_seconds,
-                                         where=f"{live.served} on {live.target.url}")
+            curve = measure_latency_curve(runner.run, inputs_for, batches, max_seconds=settings.tb_seconds)
+        curve.where = f"through the Triton server: {live.served} on {live.target.url}"
+        return curve
     with OnnxRuntimeRunner(request.model, intra_op_threads=1) as runner:
-        return measure_latency_curve(runner.run, inputs_for, batches, max_seconds=settings.tb_seconds,
-                                     where="ONNX Runtime inline, one thread (as one Python-backend instance)")
+        curve = measure_latency_curve(runner.run, inputs_for, batches, max_seconds=settings.tb_seconds)
+    curve.where = "ONNX Runtime inline, one thread (as one Python-backend instance)"
+    return curve
 
 
 def _confirm(request: ProfileRequest, report: ProfileReport, inputs: dict[str, np.ndarray], live: _Live) -> None:
@@ -252,6 +254,18 @@ def _confirm(request: ProfileRequest, report: ProfileReport, inputs: dict[str, n
         report.keda = keda_queue_threshold(level, report.rows_per_request)
     else:
         report.notes.append("not even one client stays inside the budget: no KEDA threshold")
+
+
+def _profiles(counts: dict[str, np.ndarray], plans: dict[str, DimPlan], k: int) -> tuple[list[ShapeProfile], str]:
+    """K bucketed profiles over the dims; one more profile is worth PROFILE_COST of a typical event's entries
+    in padding (an engine per profile costs build time and memory)."""
+    if not counts:
+        return [], "no dynamic dim besides the batch: one profile"
+    first = next(iter(plans.values()))
+    cost = PROFILE_COST * first.opt
+    profiles = bucket_profiles(counts, k, cost, plans)
+    return profiles, (f"{len(profiles)} profile(s) of at most {k}: the least padding plus {cost:g} padded "
+                      f"entries per event per profile ({PROFILE_COST:.0%} of {first.dim}'s opt {first.opt})")
 
 
 def _rate(settings: ProfileSettings, curve: LatencyCurve, rows: int) -> tuple[float, str]:
