@@ -16,6 +16,9 @@ the constants that bound a dim from below:
 Each bound names its source (``n_pf >= 17: TopK 'TopK_39' k=17``); a dim bounded twice keeps the
 largest. ``bound_from_error`` reads the bound a failed run states, for the one retry a check may make
 when the walk missed one.
+
+The same inference shows which outputs share the inputs' batch dim when an exporter named it differently on
+them (``proven_leading_dims``: DeepJet Run 3's ``jet_pt [Identityjet_pt_dim_0, 1]`` beside inputs ``[N, ...]``).
 """
 from __future__ import annotations
 
