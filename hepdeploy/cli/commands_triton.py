@@ -13,7 +13,7 @@ import click
 
 from hepdeploy.cli.options import server_release_option, spec_option
 from hepdeploy.errors import BadInputError, HepDeployError
-from hepdeploy.fsutil import check_output_folder
+from hepdeploy.fsutil import check_output_folder, check_safe_name
 from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE
 from hepdeploy.plan_compat import server_release as release_by_name
 from hepdeploy.platforms import USER_PLATFORMS
@@ -101,10 +101,6 @@ def add_command(
             log.info("spec from %s: %s", preprocess_json.name, line)
     triton_spec = spec.triton if spec else None
     name = name or (triton_spec.model_name if triton_spec else None) or (spec.name if spec else None) or model.stem
-    if max_batch_size is not None:
-        triton_spec = (triton_spec or TritonSpec()).model_copy(update={"max_batch_size": max_batch_size})
-    elif spec is None and model.suffix == ".onnx" and model.is_file():
-        triton_spec = _swept_batching(model, name)
     with_python_twin = python_backend or (triton_spec is not None and triton_spec.python_backend)
     if with_python_twin and model.suffix != ".onnx":  # refused before anything is published
         raise BadInputError(f"{model}: --python-backend needs an ONNX model")
@@ -138,6 +134,11 @@ def add_command(
             verdict = json.loads(verdict_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise BadInputError(f"{verdict_path}: not a readable JSON verdict ({type(error).__name__})") from error
+
+    if max_batch_size is not None:
+        triton_spec = (triton_spec or TritonSpec()).model_copy(update={"max_batch_size": max_batch_size})
+    elif spec is None and model.suffix == ".onnx" and model.is_file():
+        triton_spec = _swept_batching(model, check_safe_name(name, "Triton model name"))
 
     # Every model of the set (the model, its twins, its preprocessing and ensemble) is planned and checked in
     # full, then all are published together: a twin that cannot be published never leaves the model without it.

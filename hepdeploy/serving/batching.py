@@ -217,7 +217,8 @@ def choose_batching(tb: TimeOfRows, rate_per_s: float, budget_s: float, rows_per
             return _choice(tb, config, (p50, key[0], utilisation), rate_per_s, budget_s, rows_per_request,
                            considered=len(ranked))
     found = f"the best p99 found is {best_seen * 1e3:.3g} ms" if math.isfinite(best_seen) else \
-        "every config's queue grows without bound or its p99 exceeds the budget"
+        "every config's queue grows without bound or more than 1 % of its requests exceed the budget"
+    found += f"; one request alone takes t({rows_per_request}) = {tb(rows_per_request) * 1e3:.3g} ms"
     raise BadInputError(f"no batching config with up to {instances_max} instance(s) keeps p99 within "
                         f"{budget_s * 1e3:.3g} ms at {rate_per_s:.4g} requests/s of {rows_per_request} rows; {found}")
 

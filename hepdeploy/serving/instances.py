@@ -59,7 +59,7 @@ def choose_instances(cores: int, memory_bytes: int, per_instance_bytes: int, nee
     if count == needed:
         return count, f"{count}: what the latency budget needs; {limits}"
     short = "cores" if cores <= by_memory else "memory"
-    return count, f"{count}: the budget needs {needed}, but the {short} hold only {count} ({limits})"
+    return count, f"{count}: the budget needs {needed}, but only {count} fit the {short} ({limits})"
 
 
 def _mib(value: int) -> str:

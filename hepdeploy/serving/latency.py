@@ -223,7 +223,7 @@ def knee(curve: LatencyCurve, improvement: float = IMPROVEMENT) -> tuple[int, st
     return sizes[chosen], why
 
 
-def spec_less_defaults(onnx_path: Path, *, seconds: float = 2.0, seed: int = 0) -> SweepDefaults | None:
+def spec_less_defaults(onnx_path: Path, *, seconds: float = 1.0, seed: int = 0) -> SweepDefaults | None:
     """``triton add``'s batching for an ONNX model without a spec: a quick sweep when the model has a batch axis
     (as the triton stage finds it), None when it has none (it is published with max_batch_size 0)."""
     artifact = read_artifact(Path(onnx_path))
