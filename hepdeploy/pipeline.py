@@ -55,6 +55,7 @@ from hepdeploy.plan_compat import (
 from hepdeploy.progress import progress
 from hepdeploy.sampling import sample_inputs, typical_sizes
 from hepdeploy.serve_check import serve_check
+from hepdeploy.serving.profile import ProfileRequest, ProfileSettings, profile_model, with_serving
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
@@ -540,6 +541,10 @@ def _publish_passing(build: ModelBuild, spec: ModelSpec, repository: Path, passi
         served = chosen.details.get("chosen")
         spec = spec.model_copy(update={"triton": spec.triton.model_copy(update={
             "cpu_twin": twin.model_copy(update={"variant": served}) if served else None})})
+    if passing and spec.triton.serving == "auto":
+        fp32 = build.folder / f"{spec.name}.onnx"
+        profiled = build.run("serving", lambda: _serving_step(spec, fp32, build.folder / "serving"))
+        spec = profiled.details.pop("spec", spec)
     if passing:
         build.run("publish", lambda: _publish_step(repository, spec, passing, verdicts, reference.inputs))
     else:
@@ -572,6 +577,26 @@ def _model_decisions(name: str, judged: dict[str, tuple[StepResult, bool]], step
     return ModelDecisions(name, decisions, unpublished)
 
 
+def _serving_step(spec: ModelSpec, model: Path, out_dir: Path) -> StepResult:
+    """``triton: {serving: auto}``: profile the FP32 model on the spec's reference data (the live confirmation
+    when the local server runs; the clients-per-instance figure is left to `hepdeploy profile`) and publish
+    its batching and instances. The spec's ``details['spec']`` carries them to the publish step."""
+    data = spec.data.reference
+    if not data:
+        return StepResult("serving", "skipped", "serving: auto needs data.reference to profile on; the spec's own "
+                          "numbers are published")
+    settings = ProfileSettings(sonic=False)
+    report = profile_model(ProfileRequest(spec, model, Path(data), out_dir, settings))
+    choice = report.choice
+    confirmed = (f"measured p99 {report.confirmation.measured_p99_s * 1e3:.1f} ms" if report.confirmation else
+                 "not confirmed: no local server")
+    reason = (f"max_batch_size {choice.max_batch_size}, preferred {choice.preferred_batch_size}, delay "
+              f"{choice.max_queue_delay_us} µs, {report.instances} instance(s); predicted p99 "
+              f"{choice.predicted_p99_s * 1e3:.1f} ms of {settings.budget_s * 1e3:g} ms at {report.rate_per_s:g} "
+              f"events/s; {confirmed}")
+    return StepResult("serving", "ok", reason, outputs=report.files, details={"spec": with_serving(spec, report)})
+
+
 def planned_steps(spec: ModelSpec, options: BuildOptions, repository: Path | None) -> list[str]:
     """The steps :func:`build_model` will run for ``spec`` when nothing fails (a tune step runs only after a
     failed validation, a precheck only without a GPU: the view learns of those when they start)."""
@@ -581,6 +606,7 @@ def planned_steps(spec: ModelSpec, options: BuildOptions, repository: Path | Non
     if repository is not None and options.publish:
         twin = spec.triton.cpu_twin
         steps += ["twin"] if twin is not None and twin.variant == "auto" else []
+        steps += ["serving"] if spec.triton.serving == "auto" else []
         steps.append("publish")
     return [*steps, "reports"]  # the reports name what was published
 

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from hepdeploy.data import load_tensors, read_root_events
 from hepdeploy.errors import BadInputError, DataError, DependencyMissingError, SpecError
 from hepdeploy.lifetime import work_folder
 from hepdeploy.ntuple import is_root_source
-from hepdeploy.serving.batching import choose_batching
+from hepdeploy.serving.batching import BatchingChoice, choose_batching
 from hepdeploy.serving.confirm import (
     ClientsLoad,
     OpenLoopLoad,
@@ -129,22 +129,15 @@ def profile_model(request: ProfileRequest) -> ProfileReport:
     notes: list[str] = []
     with _measuring_server(request, notes) as live:
         curve = _measure_tb(request, inputs, rows, live)
-        rate, rate_why = _rate(settings, curve, rows)
-        allowed, instances_why = choose_instances(_cores(), _memory_bytes(),
-                                                  instance_memory_bytes(request.model, _largest(inputs, rows)),
-                                                  needed=_cores())
-        choice = choose_batching(curve, rate, settings.budget_s, rows, max_rows_cap=_rows_cap(spec, rows),
-                                 instances_max=allowed, seed=settings.seed)
-        problems = serving_problems(choice.max_batch_size, choice.preferred_batch_size, profiles,
-                                    {dim: int(values.max()) for dim, values in counts.items() if len(values)})
+        rate, choice, why = _choose(request, curve, inputs, rows)
+        problems = serving_problems(choice.max_batch_size, choice.preferred_batch_size,
+                                    _with_batch_range(spec, profiles), plans, batch_dim=_batch_dim(spec))
         report = ProfileReport(
             model=spec.triton.model_name or spec.name, data=str(request.data), budget_s=settings.budget_s,
             rate_per_s=rate, rows_per_request=rows, dims=plans, profiles=profiles, multiplicities=counts,
             curve=curve, choice=choice, instances=choice.instances, problems=problems,
-            why={**choice.why, "rows_per_request": rows_why, "rate": rate_why, "instances_allowed": instances_why,
-                 "profiles": profiles_why},
-            notes=notes, batch_dims=sorted({str(t.shape[0]) for t in spec.inputs
-                                            if t.shape and isinstance(t.shape[0], str)}))
+            why={**choice.why, **why, "rows_per_request": rows_why, "profiles": profiles_why},
+            notes=notes, batch_dims=[_batch_dim(spec)])
         if live is not None and not problems:
             _confirm(request, report, inputs, live)
     report.files = write_profile_outputs(report, request.out_dir)
@@ -216,19 +209,44 @@ def _loader(server: TritonServer, publish: Callable[[TritonSpec, str], str]) -> 
 
 
 def _measure_tb(request: ProfileRequest, inputs: dict[str, np.ndarray], rows: int, live: _Live | None) -> LatencyCurve:
-    """t(b) at one event's rows times 1, 2, 4 ... up to the cap: through ``live``'s twin, else inline."""
+    """t(b) at one event's rows times 1, 2, 4 ... up to the cap, through ``live``'s twin, else inline; a size
+    past the first whose p50 alone exceeds the budget is not measured (no config within the budget uses it)."""
     spec, settings = request.spec, request.settings
-    batches = [rows * k for k in _powers(_rows_cap(spec, rows) // rows)]
     inputs_for = data_inputs_for(inputs, seed=settings.seed)
-    if live is not None:
-        with TritonRunner(live.target, live.served) as runner:
-            curve = measure_latency_curve(runner.run, inputs_for, batches, max_seconds=settings.tb_seconds)
-        curve.where = f"through the Triton server: {live.served} on {live.target.url}"
-        return curve
-    with OnnxRuntimeRunner(request.model, intra_op_threads=1) as runner:
-        curve = measure_latency_curve(runner.run, inputs_for, batches, max_seconds=settings.tb_seconds)
-    curve.where = "ONNX Runtime inline, one thread (as one Python-backend instance)"
-    return curve
+    with contextlib.ExitStack() as stack:
+        if live is not None:
+            runner = stack.enter_context(TritonRunner(live.target, live.served))
+            where = f"through the Triton server: {live.served} on {live.target.url}"
+        else:
+            runner = stack.enter_context(OnnxRuntimeRunner(request.model, intra_op_threads=1))
+            where = "ONNX Runtime inline, one thread (as one Python-backend instance)"
+        points, why = [], ""
+        for batch in (rows * k for k in _powers(_rows_cap(spec, rows) // rows)):
+            measured = measure_latency_curve(runner.run, inputs_for, [batch], max_seconds=settings.tb_seconds)
+            points += measured.points
+            why = measured.why
+            if measured.points[-1].p50_s > settings.budget_s:
+                why += f"; larger sizes than {batch} not measured: t({batch}) alone exceeds the budget"
+                break
+    return LatencyCurve(points=points, where=where, why=why)
+
+
+def _choose(request: ProfileRequest, curve: LatencyCurve, inputs: dict[str, np.ndarray],
+            rows: int) -> tuple[float, BatchingChoice, dict[str, str]]:
+    """The rate, the batching choice within the instances this machine holds, and why."""
+    settings, spec = request.settings, request.spec
+    rate, rate_why = _rate(settings, curve, rows)
+    cores = _cores()
+    # One core stays with the server's front end, the Python-backend stubs' data movement and the clients.
+    usable = max(1, cores - 1)
+    allowed, instances_why = choose_instances(usable, _memory_bytes(),
+                                              instance_memory_bytes(request.model, _largest(inputs, rows)),
+                                              needed=usable)
+    choice = choose_batching(curve, rate, settings.budget_s, rows, max_rows_cap=_rows_cap(spec, rows),
+                             instances_max=allowed, seed=settings.seed)
+    return rate, choice, {"rate": rate_why, "instances_allowed": (
+        f"at most {allowed}: {usable} of {cores} core(s) (one left to the server's front end and the clients); "
+        f"memory: {instances_why.split('; ', 1)[-1]}")}
 
 
 def _confirm(request: ProfileRequest, report: ProfileReport, inputs: dict[str, np.ndarray], live: _Live) -> None:
@@ -268,6 +286,20 @@ def _profiles(counts: dict[str, np.ndarray], plans: dict[str, DimPlan], k: int) 
                       f"entries per event per profile ({PROFILE_COST:.0%} of {first.dim}'s opt {first.opt})")
 
 
+def _batch_dim(spec: ModelSpec) -> str:
+    """The name of the batch axis (the inputs' first dim)."""
+    names = [str(t.shape[0]) for t in spec.inputs if t.shape and isinstance(t.shape[0], str)]
+    return names[0] if names else "batch"
+
+
+def _with_batch_range(spec: ModelSpec, profiles: list[ShapeProfile]) -> list[ShapeProfile]:
+    """Each profile with the spec's batch range (a TensorRT engine's), which max_batch_size must stay inside."""
+    batch = spec.dims.get(_batch_dim(spec))
+    if batch is None:
+        return profiles
+    return [replace(p, ranges={**p.ranges, _batch_dim(spec): batch}) for p in profiles]
+
+
 def _rate(settings: ProfileSettings, curve: LatencyCurve, rows: int) -> tuple[float, str]:
     if settings.rate_per_s is not None:
         return settings.rate_per_s, f"{settings.rate_per_s:g} events/s, as asked (--rate)"
@@ -280,10 +312,9 @@ def _rate(settings: ProfileSettings, curve: LatencyCurve, rows: int) -> tuple[fl
 def _rows_cap(spec: ModelSpec, rows: int) -> int:
     """The largest batch tried: MAX_REQUESTS_PER_BATCH events, within the batch dim's max when the spec sets one."""
     cap = rows * MAX_REQUESTS_PER_BATCH
-    batch_dims = {str(t.shape[0]) for t in spec.inputs if t.shape and isinstance(t.shape[0], str)}
-    limits = [spec.dims[d].max for d in batch_dims if d in spec.dims and spec.dims[d].max]
-    if limits:
-        cap = min(cap, max(rows, min(int(v) for v in limits if v is not None) // rows * rows))
+    batch = spec.dims.get(_batch_dim(spec))
+    if batch is not None and batch.max is not None:
+        cap = min(cap, max(rows, batch.max // rows * rows))
     return cap
 
 
