@@ -50,6 +50,8 @@ log = logging.getLogger("hepdeploy.serving.profile")
 DATA_ROWS = 4096
 # The largest batch tried, in requests of one event: a batch past this waits for too many events.
 MAX_REQUESTS_PER_BATCH = 4
+# Requests the confirmation wants for its p99 (perf_analyzer's rule of thumb: the tail needs a thousand).
+P99_REQUESTS = 1000
 # What one more shape profile costs, in padded entries per event, as a share of a typical event's entries.
 PROFILE_COST = 0.05
 
@@ -72,7 +74,7 @@ class ProfileSettings:
     live: bool = True
     sonic: bool = True
     tb_seconds: float = 8.0
-    confirm_seconds: float = 10.0
+    confirm_seconds: float | None = None  # None: long enough for 1,000 requests (a p99), 10 to 60 s
     clients: ClientsLoad | None = None  # None: the defaults at the event's rows
 
     def __post_init__(self) -> None:
@@ -129,7 +131,7 @@ def profile_model(request: ProfileRequest) -> ProfileReport:
     notes: list[str] = []
     with _measuring_server(request, notes) as live:
         curve = _measure_tb(request, inputs, rows, live)
-        rate, choice, why = _choose(request, curve, inputs, rows)
+        rate, choice, search, why = _choose(request, curve, inputs, rows)
         problems = serving_problems(choice.max_batch_size, choice.preferred_batch_size,
                                     _with_batch_range(spec, profiles), plans, batch_dim=_batch_dim(spec))
         report = ProfileReport(
@@ -137,7 +139,7 @@ def profile_model(request: ProfileRequest) -> ProfileReport:
             rate_per_s=rate, rows_per_request=rows, dims=plans, profiles=profiles, multiplicities=counts,
             curve=curve, choice=choice, instances=choice.instances, problems=problems,
             why={**choice.why, **why, "rows_per_request": rows_why, "profiles": profiles_why},
-            notes=notes, batch_dims=[_batch_dim(spec)])
+            notes=notes, batch_dims=[_batch_dim(spec)], search=search)
         if live is not None and not problems:
             _confirm(request, report, inputs, live)
     report.files = write_profile_outputs(report, request.out_dir)
@@ -232,8 +234,9 @@ def _measure_tb(request: ProfileRequest, inputs: dict[str, np.ndarray], rows: in
 
 
 def _choose(request: ProfileRequest, curve: LatencyCurve, inputs: dict[str, np.ndarray],
-            rows: int) -> tuple[float, BatchingChoice, dict[str, str]]:
-    """The rate, the batching choice within the instances this machine holds, and why."""
+            rows: int) -> tuple[float, BatchingChoice, dict[str, str], dict[str, int]]:
+    """The rate, the batching choice within the instances this machine holds, why, and the search's bounds
+    (with the curve and the rate they make the choice again: it is a pure function of them)."""
     settings, spec = request.settings, request.spec
     rate, rate_why = _rate(settings, curve, rows)
     cores = _cores()
@@ -242,9 +245,9 @@ def _choose(request: ProfileRequest, curve: LatencyCurve, inputs: dict[str, np.n
     allowed, instances_why = choose_instances(usable, _memory_bytes(),
                                               instance_memory_bytes(request.model, _largest(inputs, rows)),
                                               needed=usable)
-    choice = choose_batching(curve, rate, settings.budget_s, rows, max_rows_cap=_rows_cap(spec, rows),
-                             instances_max=allowed, seed=settings.seed)
-    return rate, choice, {"rate": rate_why, "instances_allowed": (
+    search = {"max_rows_cap": _rows_cap(spec, rows), "instances_max": allowed, "seed": settings.seed}
+    choice = choose_batching(curve, rate, settings.budget_s, rows, **search)  # type: ignore[arg-type]
+    return rate, choice, search, {"rate": rate_why, "instances_allowed": (
         f"at most {allowed}: {usable} of {cores} core(s) (one left to the server's front end and the clients); "
         f"memory: {instances_why.split('; ', 1)[-1]}")}
 
@@ -255,8 +258,8 @@ def _confirm(request: ProfileRequest, report: ProfileReport, inputs: dict[str, n
     settings, name = request.settings, report.model
     chosen = report.triton_spec(request.spec.triton)
     served = live.publish(chosen, name) if live.publish else live.served
-    load = OpenLoopLoad(report.rate_per_s, report.rows_per_request, seconds=settings.confirm_seconds,
-                        seed=settings.seed)
+    seconds = settings.confirm_seconds or min(max(10.0, P99_REQUESTS / report.rate_per_s), 60.0)
+    load = OpenLoopLoad(report.rate_per_s, report.rows_per_request, seconds=seconds, seed=settings.seed)
     report.confirmation = confirm_against_server(live.target, served, inputs, report.choice, load)
     if not settings.sonic:
         report.notes.append("clients per instance not measured (sonic off)")

@@ -44,6 +44,7 @@ class ProfileReport:
     keda: KedaThreshold | None = None
     notes: list[str] = field(default_factory=list)
     batch_dims: list[str] = field(default_factory=list)  # the batch axis' names in the spec
+    search: dict[str, int] = field(default_factory=dict)  # choose_batching's bounds: max_rows_cap, instances_max, seed
     files: list[Path] = field(default_factory=list)
 
     def triton_spec(self, base: TritonSpec) -> TritonSpec:
@@ -96,9 +97,11 @@ def _batch_dims(report: ProfileReport) -> list[tuple[str, str]]:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-able: dataclasses, arrays and numpy scalars; NaN as None."""
+    """JSON-able: dataclasses, spec models, arrays and numpy scalars; NaN as None."""
     if is_dataclass(value) and not isinstance(value, type):
         return {k: _plain(v) for k, v in asdict(value).items()}
+    if hasattr(value, "model_dump"):  # a spec model (DimRange)
+        return _plain(value.model_dump(exclude_none=True))
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -120,7 +123,7 @@ def report_json(report: ProfileReport) -> dict[str, Any]:
     return _plain({
         "model": report.model, "data": report.data, "budget_s": report.budget_s, "rate_per_s": report.rate_per_s,
         "rows_per_request": report.rows_per_request, "dims": report.dims, "multiplicities": counts,
-        "profiles": report.profiles, "t_of_b": report.curve.as_dict(), "choice": report.choice,
+        "profiles": report.profiles, "t_of_b": report.curve.as_dict(), "search": report.search, "choice": report.choice,
         "instances": report.instances, "problems": report.problems, "why": report.why,
         "confirmation": report.confirmation.to_dict() if report.confirmation else None,
         "clients_per_instance": report.clients.to_dict() if report.clients else None,
