@@ -585,7 +585,7 @@ def _serving_step(spec: ModelSpec, model: Path, out_dir: Path) -> StepResult:
     if not data:
         return StepResult("serving", "skipped", "serving: auto needs data.reference to profile on; the spec's own "
                           "numbers are published")
-    settings = ProfileSettings(sonic=False)
+    settings = ProfileSettings(sonic=False, tb_seconds=4.0, confirm_seconds=10.0)  # a build's few seconds each
     report = profile_model(ProfileRequest(spec, model, Path(data), out_dir, settings))
     choice = report.choice
     confirmed = (f"measured p99 {report.confirmation.measured_p99_s * 1e3:.1f} ms" if report.confirmation else

@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from hepdeploy.cli import main
-from hepdeploy.pipeline import BuildOptions, planned_steps
+from hepdeploy.pipeline import BuildOptions, _serving_step, planned_steps
 from hepdeploy.serving.batching import choose_batching
 from hepdeploy.serving.confirm import ClientsLoad
 from hepdeploy.serving.consistency import serving_problems
@@ -138,3 +138,21 @@ def test_serving_auto_is_a_build_step() -> None:
     assert "serving" not in planned_steps(spec.model_copy(update={"triton": TritonSpec()}), BuildOptions(Path("out")), Path("r"))
     with pytest.raises(ValueError, match="serving"):
         TritonSpec.model_validate({"serving": "manual"})
+
+
+@pytest.mark.slow
+def test_the_build_step_publishes_what_the_profile_chose(zoo_export, triton_binary, tmp_path: Path) -> None:
+    from hepdeploy.convert import convert_from_spec
+
+    export = zoo_export("jet_mlp")
+    spec = export.spec.model_copy(update={"triton": export.spec.triton.model_copy(update={"serving": "auto"})})
+    model = convert_from_spec(spec, tmp_path / "jet_mlp.onnx").path
+    step = _serving_step(spec, model, tmp_path / "serving")
+    assert step.ok, step.reason
+    chosen = step.details["spec"].triton
+    fragment = yaml.safe_load((tmp_path / "serving" / "serving.yaml").read_text(encoding="utf-8"))["triton"]
+    assert chosen.serving is None and chosen.max_batch_size == fragment["max_batch_size"]
+    assert chosen.dynamic_batching.max_queue_delay_microseconds == fragment["dynamic_batching"]["max_queue_delay_microseconds"]
+    assert "measured p99" in step.reason  # confirmed against the local server
+    without = spec.model_copy(update={"data": spec.data.model_copy(update={"reference": None})})
+    assert _serving_step(without, model, tmp_path / "none").status == "skipped"
