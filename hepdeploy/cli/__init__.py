@@ -17,6 +17,7 @@ from hepdeploy import __version__
 from hepdeploy.cli import (
     commands_build,
     commands_convert,
+    commands_gate,
     commands_optimize,
     commands_preprocess,
     commands_report,
@@ -109,7 +110,8 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
 def _register_commands() -> None:
     # commands_serve adds `serve` to the `triton` group, so it comes after commands_triton.
     for module in (commands_convert, commands_zoo, commands_optimize, commands_validate, commands_triton,
-                   commands_serve, commands_build, commands_tune, commands_preprocess, commands_report):
+                   commands_serve, commands_build, commands_tune, commands_preprocess, commands_report,
+                   commands_gate):
         module.register(main)
 
 
