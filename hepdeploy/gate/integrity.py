@@ -31,20 +31,19 @@ def check_integrity(model_dir: Path, *, candidate_version: int | None, changed_e
     ``allow_overwrite``, and only the versions below it count as existing.
     """
     model_dir = Path(model_dir)
-    repo = model_dir.parent
-    present = version_folders(model_dir)
-    existing = [v for v in present if not (candidate_in_repository and v == candidate_version)]
+    existing = [v for v in version_folders(model_dir) if not (candidate_in_repository and v == candidate_version)]
     overwrite: GateOutcome = "INFO" if allow_overwrite else "FAIL"
-    findings = [_candidate_finding(model_dir.name, existing, candidate_version)]
-    digest_problems = _digest_findings(model_dir, existing, candidate_version, overwrite)
-    findings.extend(digest_problems)
-    findings.extend(_changed_findings(changed_existing, overwrite))
-    findings.extend(_unverifiable_findings(model_dir, existing, repo))
-    bad = {f.path for f in digest_problems}
-    findings.extend(Finding(name=f"{model_dir.name}/{v}", outcome="PASS", path=f"{model_dir.name}/{v}",
-                            message="every file matches what was recorded when it was published")
-                    for v in existing if not any(p and p.startswith(f"{model_dir.name}/{v}/") for p in bad)
-                    and _verifiable(model_dir / str(v), _agent_keys(model_dir)))
+    digest_problems = _digest_findings(model_dir, existing, overwrite)
+    keys = _agent_keys(model_dir)
+    unverifiable = _unverifiable_findings(model_dir, [v for v in existing if not _verifiable(model_dir / str(v), keys)],
+                                          keys)
+    touched = {f.path for f in [*digest_problems, *unverifiable]}
+    verified = [Finding(name=f"{model_dir.name}/{v}", outcome="PASS", path=f"{model_dir.name}/{v}",
+                        message="every file matches what was recorded when it was published")
+                for v in existing if not any(p == f"{model_dir.name}/{v}" or (p or "").startswith(f"{model_dir.name}/{v}/")
+                                             for p in touched)]
+    findings = [_candidate_finding(model_dir.name, existing, candidate_version), *digest_problems,
+                *_changed_findings(changed_existing, overwrite), *unverifiable, *verified]
     details: dict = {"versions": existing, "candidate_version": candidate_version,
                      "changed_existing": list(changed_existing)}
     if allow_overwrite:
@@ -69,8 +68,7 @@ def _candidate_finding(model: str, existing: list[int], candidate_version: int |
                            f"{', '.join(map(str, existing))}: a new version needs a new folder above {newest}")
 
 
-def _digest_findings(model_dir: Path, existing: list[int], candidate_version: int | None,
-                     overwrite: GateOutcome) -> list[Finding]:
+def _digest_findings(model_dir: Path, existing: list[int], overwrite: GateOutcome) -> list[Finding]:
     """One finding per file whose digest (manifest sha256, checksum agent MD5) no longer matches."""
     if not model_dir.is_dir():
         return []
@@ -92,18 +90,15 @@ def _changed_findings(changed_existing: Sequence[str], overwrite: GateOutcome) -
             for path in changed_existing]
 
 
-def _unverifiable_findings(model_dir: Path, existing: list[int], repo: Path) -> list[Finding]:
+def _unverifiable_findings(model_dir: Path, versions: list[int], agent_keys: set[str]) -> list[Finding]:
     """Versions without a manifest whose files the checksum agent does not all cover: nothing to verify
     them against, so UNDECIDED (not PASS)."""
-    keys = _agent_keys(model_dir)
     findings = []
-    for version in existing:
+    for version in versions:
         version_dir = model_dir / str(version)
-        if _verifiable(version_dir, keys):
-            continue
         uncovered = sorted(p.relative_to(model_dir).as_posix() for p in version_dir.rglob("*")
-                           if p.is_file() and p.relative_to(model_dir).as_posix() not in keys)
-        relative = _relative(version_dir, repo)
+                           if p.is_file() and p.relative_to(model_dir).as_posix() not in agent_keys)
+        relative = _relative(version_dir, model_dir.parent)
         findings.append(Finding(name=relative, outcome="UNDECIDED", path=relative, extra={"uncovered": uncovered},
                                 message="no hepdeploy manifest and the checksum agent does not cover "
                                         f"{', '.join(uncovered)}: cannot verify this version is unchanged"))
