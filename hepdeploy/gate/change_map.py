@@ -9,6 +9,7 @@ Scores may be logits or probabilities: the top class and rank correlations do no
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +18,8 @@ import numpy as np
 
 from hepdeploy.errors import DataError
 from hepdeploy.gate.outcome import CheckResult
+
+log = logging.getLogger("hepdeploy.gate.change_map")
 
 CHECK = "change_map"
 DISTANCE_NAME = "wasserstein_1"
@@ -49,7 +52,8 @@ def change_map(baseline_outputs: Mapping[str, np.ndarray], candidate_outputs: Ma
     details: dict[str, Any] = {"output": name, "events": int(base.shape[0]), "classes": classes,
                                "task": "classification" if classifier else "regression",
                                "flip_fraction": None, "flip_interval": None,
-                               "per_class": {c: _distribution_change(base[:, k], cand[:, k]) for k, c in enumerate(classes)},
+                               "per_class": {c: _distribution_change(base[:, k], cand[:, k])
+                                             for k, c in enumerate(classes)},
                                "largest_changes": _largest_changes(base, cand, classes, top), "permutation": None}
     if classifier:
         flips = int(np.count_nonzero(base.argmax(axis=1) != cand.argmax(axis=1)))
@@ -77,8 +81,11 @@ def _columns(array: np.ndarray, side: str, name: str) -> np.ndarray:
 
 
 def _class_names(names: Sequence[str], count: int) -> list[str]:
+    """The given names when there is one per column; else the column indices, as strings (JSON keys)."""
     if len(names) == count:
         return [str(n) for n in names]
+    if names:
+        log.warning("change map: %d class names for %d score columns; columns are named by index", len(names), count)
     return [str(k) for k in range(count)]
 
 
@@ -122,7 +129,8 @@ def _largest_changes(base: np.ndarray, cand: np.ndarray, classes: list[str], top
     for event in order:
         row: dict[str, Any] = {"event": int(event), "change": float(change[event])}
         if base.shape[1] > 1:
-            row.update(baseline_top=classes[int(base[event].argmax())], candidate_top=classes[int(cand[event].argmax())])
+            row.update(baseline_top=classes[int(base[event].argmax())],
+                       candidate_top=classes[int(cand[event].argmax())])
         else:
             row.update(baseline=float(base[event, 0]), candidate=float(cand[event, 0]))
         rows.append(row)
@@ -167,8 +175,8 @@ def detect_permutation(base: np.ndarray, cand: np.ndarray, classes: list[str], *
     moved = [k for k, j in enumerate(best) if j != k]
     if not moved:
         return None
-    clear = all(correlation[k, best[k]] >= _MIN_CORRELATION and correlation[k, best[k]] - correlation[k, k] >= _MARGIN
-                for k in moved)
+    clear = all(correlation[k, best[k]] >= _MIN_CORRELATION
+                and correlation[k, best[k]] - correlation[k, k] >= _MARGIN for k in moved)
     if not clear:
         return None
     return {"mapping": {classes[k]: classes[j] for k, j in enumerate(best)},

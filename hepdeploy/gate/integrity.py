@@ -37,11 +37,10 @@ def check_integrity(model_dir: Path, *, candidate_version: int | None, changed_e
     keys = _agent_keys(model_dir)
     unverifiable = _unverifiable_findings(model_dir, [v for v in existing if not _verifiable(model_dir / str(v), keys)],
                                           keys)
-    touched = {f.path for f in [*digest_problems, *unverifiable]}
+    touched = {f.path or "" for f in [*digest_problems, *unverifiable]}
     verified = [Finding(name=f"{model_dir.name}/{v}", outcome="PASS", path=f"{model_dir.name}/{v}",
                         message="every file matches what was recorded when it was published")
-                for v in existing if not any(p == f"{model_dir.name}/{v}" or (p or "").startswith(f"{model_dir.name}/{v}/")
-                                             for p in touched)]
+                for v in existing if not any(_inside(p, f"{model_dir.name}/{v}") for p in touched)]
     findings = [_candidate_finding(model_dir.name, existing, candidate_version), *digest_problems,
                 *_changed_findings(changed_existing, overwrite), *unverifiable, *verified]
     details: dict = {"versions": existing, "candidate_version": candidate_version,
@@ -60,7 +59,8 @@ def _candidate_finding(model: str, existing: list[int], candidate_version: int |
                        message=f"the candidate goes into the next free version folder {newest + 1}/")
     if candidate_version > newest:
         return Finding(name="candidate version", outcome="PASS", candidate=candidate_version,
-                       baseline=existing or None, message=f"the candidate goes into the new folder {candidate_version}/")
+                       baseline=existing or None,
+                       message=f"the candidate goes into the new folder {candidate_version}/")
     where = "would overwrite" if candidate_version in existing else "is not above"
     return Finding(name="candidate version", outcome="FAIL", candidate=candidate_version, baseline=existing,
                    path=f"{model}/{candidate_version}",
@@ -132,6 +132,10 @@ def _relative(path: Path, repo: Path) -> str:
         return Path(path).relative_to(repo).as_posix()
     except ValueError:
         return Path(path).as_posix()
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(f"{folder}/")
 
 
 def _version_of(relative: str) -> int | None:

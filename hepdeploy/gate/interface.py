@@ -9,6 +9,7 @@ those, read from a published version (:func:`interface_of_published`) or from a 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,22 +56,44 @@ class ServedInterface:
         return "batch" if self.max_batch_size > 0 else None
 
 
-def interface_of_published(model_dir: Path, version: int, config_text: str | None = None) -> ServedInterface:
-    """The interface of a published version. ``config_text``: the config.pbtxt as it was at a git ref
-    (``--changed-since``); default the folder's config."""
+def interface_of_published(model_dir: Path, version: int, config_text: str | None = None, *,
+                           files_at_ref: Mapping[str, bytes | None] | None = None) -> ServedInterface:
+    """The interface of a published version.
+
+    ``config_text``: the config.pbtxt as it was at a git ref (``--changed-since``); default the folder's.
+    ``files_at_ref``: the other files the interface reads (labels file, ``preprocess.json``, ``1/preprocess.json``),
+    model-folder-relative, as they were at that ref (None: absent there); a path not in it is read from the
+    folder. labels.txt is shared by every version, so a publish of N+1 rewrites what N serves.
+    """
     model_dir = Path(model_dir)
     if config_text is None:
         config = read_model_config(model_dir / CONFIG_NAME)
     else:
         config = parse_model_config(config_text, f"{model_dir / CONFIG_NAME} (at the baseline ref)")
-    version_dir = model_dir / str(version)
-    if not version_dir.is_dir():
-        raise RepositoryError(f"{version_dir}: no such published version")
+    if not (model_dir / str(version)).is_dir():
+        raise RepositoryError(f"{model_dir / str(version)}: no such published version")
     label_output, label_file = _label_file(config)
-    labels = _labels_text(model_dir / label_file) if label_file else []
-    preprocess_path = next((p for p in (version_dir / PREPROCESS_JSON, model_dir / PREPROCESS_JSON) if p.is_file()), None)
-    preprocess = _preprocess(preprocess_path.read_bytes(), str(preprocess_path)) if preprocess_path else None
-    return _interface(config, labels if label_output else [], label_output, preprocess)
+    labels: list[str] = []
+    if label_file:
+        text = _file_at_ref(model_dir, label_file, files_at_ref)
+        if text is None:
+            raise RepositoryError(f"{model_dir / label_file}: the config names this label file but it is missing")
+        labels = [line for line in text.decode("utf-8", errors="replace").splitlines() if line]
+    preprocess = None
+    for relative in (f"{version}/{PREPROCESS_JSON}", PREPROCESS_JSON):
+        data = _file_at_ref(model_dir, relative, files_at_ref)
+        if data is not None:
+            preprocess = _preprocess(data, str(model_dir / relative))
+            break
+    return _interface(config, labels, label_output, preprocess)
+
+
+def _file_at_ref(model_dir: Path, relative: str, files_at_ref: Mapping[str, bytes | None] | None) -> bytes | None:
+    """A model-folder file's bytes: as given for the ref, else as it is in the folder (None: absent)."""
+    if files_at_ref is not None and relative in files_at_ref:
+        return files_at_ref[relative]
+    path = model_dir / relative
+    return path.read_bytes() if path.is_file() else None
 
 
 def interface_of_plan(plan: ModelPlan) -> ServedInterface:
@@ -111,12 +134,6 @@ def _label_file(config: model_config_pb2.ModelConfig) -> tuple[str | None, str |
         if tensor.label_filename:
             return tensor.name, tensor.label_filename
     return None, None
-
-
-def _labels_text(path: Path) -> list[str]:
-    if not path.is_file():
-        raise RepositoryError(f"{path}: the config names this label file but it is missing")
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def _preprocess(data: bytes, where: str) -> dict[str, Any]:
@@ -239,7 +256,8 @@ def _field_differences(before: dict[str, Any], after: dict[str, Any], where: str
 def _permutation_finding(permutation: dict) -> Finding:
     mapping = permutation.get("mapping", {})
     moved = [f"candidate class {cand} behaves like N's class {base}" for cand, base in mapping.items() if cand != base]
-    return Finding(name="class order", outcome="FAIL", message="class order changed with labels.txt unchanged: " + "; ".join(moved),
+    return Finding(name="class order", outcome="FAIL",
+                   message="class order changed with labels.txt unchanged: " + "; ".join(moved),
                    extra={"permutation": permutation})
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from hepdeploy.gate.interface import check_interface, interface_of_plan, interface_of_published
 from hepdeploy.triton.plan import ModelRequest, plan_model
+from hepdeploy.triton.repository import publish_model
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +84,20 @@ def test_a_changed_preprocess_json_fails(published, jet_versions):
     assert result.outcome == "FAIL" and "preprocess.json changed in 'input_1'" in result.reason
     removed = check_interface(baseline, _candidate(jet_versions))
     assert removed.outcome == "FAIL" and "preprocess.json removed" in removed.reason
+
+
+def test_a_publish_rewrites_the_shared_labels_so_the_baseline_is_read_as_it_was(published, jet_versions):
+    config_before = (published / "config.pbtxt").read_text()
+    labels_before = (published / "labels.txt").read_bytes()
+    reordered = list(reversed(jet_versions.labels))
+    triton = jet_versions.spec.triton.model_copy(update={"labels": reordered})
+    spec = jet_versions.spec.model_copy(update={"triton": triton})
+    publish_model(published.parent, ModelRequest(jet_versions.retrained, "jet_mlp", spec=spec))
+    candidate = interface_of_published(published, 2)
+    assert candidate.labels == reordered
+    # labels.txt belongs to the model folder: N now announces N+1's labels, and the change is invisible ...
+    assert check_interface(interface_of_published(published, 1), candidate).outcome == "PASS"
+    # ... unless N is read as it was before the commit.
+    baseline = interface_of_published(published, 1, config_before, files_at_ref={"labels.txt": labels_before})
+    result = check_interface(baseline, candidate)
+    assert result.outcome == "FAIL" and [f.name for f in result.deciding()] == ["labels"]
