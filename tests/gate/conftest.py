@@ -47,18 +47,20 @@ class JetVersions:
         model.graph.output[0].name = new_name
         return save_onnx(model, self.folder / f"renamed_{new_name}.onnx")
 
-    def permuted(self, order: list[int]) -> Path:
-        """N with its class columns reordered by a Gather after the last node: same tensors, same names."""
+    def permuted(self, order: list[int], source: Path | None = None) -> Path:
+        """``source`` (default N) with its class columns reordered by a Gather after the last node: same
+        tensors, same names."""
         from onnx import helper, numpy_helper
 
-        model = load_onnx(self.onnx)
+        source = source or self.onnx
+        model = load_onnx(source)
         final = model.graph.output[0].name
         inner = f"{final}_before_gather"
         for node in model.graph.node:
             node.output[:] = [inner if name == final else name for name in node.output]
         model.graph.initializer.append(numpy_helper.from_array(np.array(order, dtype=np.int64), "class_order"))
         model.graph.node.append(helper.make_node("Gather", [inner, "class_order"], [final], axis=1))
-        return save_onnx(model, self.folder / f"permuted_{''.join(map(str, order))}.onnx")
+        return save_onnx(model, self.folder / f"{source.stem}_permuted_{''.join(map(str, order))}.onnx")
 
     def publish(self, repo: Path, model: Path | None = None) -> Path:
         """Publish ``model`` (default N) as the next version of jet_mlp in ``repo``; the model folder."""

@@ -75,6 +75,18 @@ def test_a_swapped_class_order_is_a_permutation_and_fails_the_interface(publishe
     assert "candidate class g behaves like N's class q" in judged.reason
 
 
+def test_a_retrained_model_with_two_similar_classes_swapped_is_a_permutation(jet_versions):
+    # W and Z jets look alike (their score columns correlate ~0.8 anyway): the swap must still stand out.
+    labels = jet_versions.labels
+    order = [labels.index(c) for c in ("g", "q", "Z", "W", "t")]
+    swapped = jet_versions.permuted(order, jet_versions.retrained)
+    result = change_map(jet_versions.outputs(jet_versions.onnx), jet_versions.outputs(swapped), class_names=labels)
+    permutation = result.details["permutation"]
+    assert permutation is not None
+    assert {c: b for c, b in permutation["mapping"].items() if c != b} == {"W": "Z", "Z": "W"}
+    assert permutation["agreement"]["mapped"] > permutation["agreement"]["identity"]
+
+
 def test_a_regression_output_gets_distances_and_largest_changes_only(zoo_export, tmp_path):
     convert = pytest.importorskip("hepdeploy.convert")
     from hepdeploy.artifacts import load_onnx, save_onnx
