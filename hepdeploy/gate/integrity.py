@@ -41,10 +41,14 @@ def check_integrity(model_dir: Path, *, candidate_version: int | None, changed_e
     verified = [Finding(name=f"{model_dir.name}/{v}", outcome="PASS", path=f"{model_dir.name}/{v}",
                         message="every file matches what was recorded when it was published")
                 for v in existing if not any(_inside(p, f"{model_dir.name}/{v}") for p in touched)]
+    # The commit's other changes (the candidate's own folder, config.pbtxt and labels.txt that every
+    # publish rewrites, other models) are not changes to a published version.
+    judged = [p for p in changed_existing
+              if _published_file(p, model_dir.name, candidate_version, candidate_in_repository)]
     findings = [_candidate_finding(model_dir.name, existing, candidate_version), *digest_problems,
-                *_changed_findings(changed_existing, overwrite), *unverifiable, *verified]
-    details: dict = {"versions": existing, "candidate_version": candidate_version,
-                     "changed_existing": list(changed_existing)}
+                *_changed_findings(judged, overwrite), *unverifiable, *verified]
+    details: dict = {"versions": existing, "candidate_version": candidate_version, "changed_existing": judged,
+                     "changed_elsewhere": [p for p in changed_existing if p not in judged]}
     if allow_overwrite:
         details["allow_overwrite"] = allow_overwrite
     outcome = outcome_of(findings)
@@ -84,10 +88,19 @@ def _digest_findings(model_dir: Path, existing: list[int], overwrite: GateOutcom
     return findings
 
 
-def _changed_findings(changed_existing: Sequence[str], overwrite: GateOutcome) -> list[Finding]:
+def _published_file(path: str, model: str, candidate_version: int | None, candidate_in_repository: bool) -> bool:
+    """A repository-relative path lies in one of ``model``'s version folders other than the candidate's
+    (a removed version's folder counts: git still names its files)."""
+    parts, version = PurePosixPath(path).parts, _version_of(path)
+    return bool(parts) and parts[0] == model and version is not None \
+        and not (candidate_in_repository and version == candidate_version)
+
+
+def _changed_findings(changed: Sequence[str], overwrite: GateOutcome) -> list[Finding]:
     return [Finding(name=path, outcome=overwrite, path=path, extra={"version": _version_of(path)},
-                    message="changed in an existing version folder (a published version must never change)")
-            for path in changed_existing]
+                    message=f"changed or removed in the published version {_version_of(path)} (a published "
+                            "version must never change)")
+            for path in changed]
 
 
 def _unverifiable_findings(model_dir: Path, versions: list[int], agent_keys: set[str]) -> list[Finding]:

@@ -73,13 +73,21 @@ def test_without_a_version_the_candidate_goes_into_the_next_folder(published):
     assert result.outcome == "PASS" and result.findings[0].candidate == 2
 
 
-def test_a_file_changed_by_a_commit_in_an_existing_version_fails_unless_declared(published):
+def test_a_file_changed_by_a_commit_in_an_existing_version_fails_unless_declared(published, jet_versions):
+    jet_versions.publish(published.parent, jet_versions.retrained)  # the commit adds version 2
     changed = ["jet_mlp/1/model.onnx"]
-    result = check_integrity(published, candidate_version=2, changed_existing=changed)
+    # What every publish rewrites, and the candidate's own new files, are not changes to a published version.
+    commit = [*changed, "jet_mlp/config.pbtxt", "jet_mlp/2/model.onnx", "jet_mlp/2/hepdeploy-manifest.json"]
+    result = check_integrity(published, candidate_version=2, changed_existing=commit, candidate_in_repository=True)
     assert result.outcome == "FAIL"
     assert [f.path for f in result.deciding()] == changed and result.deciding()[0].extra["version"] == 1
-    allowed = check_integrity(published, candidate_version=2, changed_existing=changed, allow_overwrite="retag")
+    assert result.details["changed_existing"] == changed and len(result.details["changed_elsewhere"]) == 3
+    allowed = check_integrity(published, candidate_version=2, changed_existing=commit, candidate_in_repository=True,
+                              allow_overwrite="retag")
     assert allowed.outcome == "PASS" and allowed.details["allow_overwrite"] == "retag"
+    untouched = check_integrity(published, candidate_version=2, changed_existing=commit[1:],
+                                candidate_in_repository=True)
+    assert untouched.outcome == "PASS", untouched.reason
 
 
 def test_a_file_added_to_a_published_version_fails(published):
