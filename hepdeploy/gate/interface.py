@@ -55,6 +55,14 @@ class ServedInterface:
         """``batch`` when Triton batches over the leading axis, None when the model is unbatched."""
         return "batch" if self.max_batch_size > 0 else None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, for gate.json."""
+        data = {key: value for key, value in self.__dict__.items() if key not in ("inputs", "outputs")}
+        data.update(batch_axis=self.batch_axis,
+                    inputs=[t.model_dump(include={"name", "dtype", "shape"}) for t in self.inputs],
+                    outputs=[t.model_dump(include={"name", "dtype", "shape"}) for t in self.outputs])
+        return data
+
 
 def interface_of_published(model_dir: Path, version: int, config_text: str | None = None, *,
                            files_at_ref: Mapping[str, bytes | None] | None = None) -> ServedInterface:
@@ -170,7 +178,8 @@ def check_interface(baseline: ServedInterface, candidate: ServedInterface, *, al
         findings.append(Finding(name="interface", outcome="PASS",
                                 message=f"{len(candidate.inputs)} input(s), {len(candidate.outputs)} output(s), "
                                         "batching, labels, preprocessing and client config fields unchanged"))
-    details: dict[str, Any] = {"differences": len(differences)}
+    details: dict[str, Any] = {"differences": len(differences), "baseline": baseline.to_dict(),
+                               "candidate": candidate.to_dict()}
     if allow_change:
         details["allow_interface_change"] = allow_change
     outcome = outcome_of(findings)

@@ -26,7 +26,9 @@ def test_a_retrained_model_with_the_same_tensors_keeps_the_interface(published, 
     assert baseline.batch_axis == "batch" and baseline.label_output == "output"
     result = check_interface(baseline, _candidate(jet_versions))
     assert result.check == "interface" and result.outcome == "PASS", result.reason
-    json.dumps(result.to_dict())
+    recorded = json.loads(json.dumps(result.to_dict()))["details"]
+    assert recorded["baseline"]["outputs"] == [{"name": "output", "dtype": "float32", "shape": ["batch", 5]}]
+    assert recorded["candidate"]["labels"] == jet_versions.labels
 
 
 def test_a_renamed_output_fails_naming_it(published, jet_versions):
