@@ -163,3 +163,22 @@ def test_events_beyond_a_truncation_length_are_truncated_and_counted() -> None:
     assert "max 64 = the truncation length" in plan.why and "3 events" in plan.why and "truncated to 64" in plan.why
     with pytest.raises(SpecError, match="truncating needs the length"):
         plan_dim(counts, policy="truncate")
+
+
+@pytest.mark.slow
+def test_interaction_network_hits_and_edges_per_event(tmp_path: Path, zoo_cache_dir: Path) -> None:
+    """Events concatenated into one graph, each edge's event recorded: edges per event are counted, hits per
+    event are the block of hits its edges join."""
+    result = export_network("interaction_network", tmp_path, ExportOptions(
+        train=False, budget="reduced", cache_dir=zoo_cache_dir, reference_samples=4))
+    counts = dim_multiplicities(result.spec, result.reference_path)
+    arrays = np.load(result.reference_path)
+    event, edges = arrays["event"], arrays["edge_index"]
+    assert sorted(counts) == ["n_edges", "n_hits"] and len(counts["n_edges"]) == len(np.unique(event)) == 4
+    np.testing.assert_array_equal(counts["n_edges"], np.bincount(event))
+    assert counts["n_hits"].sum() == len(arrays["x"])  # every hit in its event's block
+    for index, hits in enumerate(counts["n_hits"]):
+        joined = edges[:, event == index]
+        assert hits == joined.max() - joined.min() + 1
+    plan = plan_dim(counts["n_hits"], dim="n_hits")
+    assert plan.min == counts["n_hits"].min() and plan.max >= counts["n_hits"].max()
