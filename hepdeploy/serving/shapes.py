@@ -70,6 +70,10 @@ class ShapeProfile:
     events: int
     padding_waste: float  # padded entries / all entries of its events, each padded to the profile's max
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"dims": {d: r.model_dump() for d, r in self.ranges.items()}, "events": self.events,
+                "padding_waste": self.padding_waste}
+
     def line(self) -> str:
         dims = ", ".join(f"{d} {r.min}/{r.opt}/{r.max}" for d, r in self.ranges.items())
         return f"{dims}: {self.events} events, {self.padding_waste:.1%} padding"

@@ -111,6 +111,7 @@ def test_two_profiles_cut_between_the_modes() -> None:
     first, second = bucket_profiles(counts, 2, 0.0, plan)
     cut = first.ranges["n_hits"].max
     assert second.ranges["n_hits"].min == cut + 1 and second.ranges["n_hits"].max == plan.max
+    assert first.as_dict()["dims"]["n_hits"]["max"] == cut and first.as_dict()["events"] == first.events
     assert np.mean(low <= cut) > 0.97 and np.all(high > cut)  # the cut lies in the gap between the modes
     assert first.ranges["n_hits"].opt == int(np.ceil(np.median(counts[counts <= cut])))
     assert profile_coverage(counts, [first, second]) == pytest.approx(plan.coverage)
