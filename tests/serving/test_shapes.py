@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hepdeploy.errors import SpecError
+from hepdeploy.graph_bounds import DimBound
 from hepdeploy.model_zoo import ExportOptions, ZooExport, export_network
 from hepdeploy.serving.shapes import (
     bucket_profiles,
@@ -183,3 +184,12 @@ def test_interaction_network_hits_and_edges_per_event(tmp_path: Path, zoo_cache_
         assert hits == joined.max() - joined.min() + 1
     plan = plan_dim(counts["n_hits"], dim="n_hits")
     assert plan.min == counts["n_hits"].min() and plan.max >= counts["n_hits"].max()
+
+
+def test_a_graph_lower_bound_raises_min() -> None:
+    counts = np.array([4, 9, 20, 25, 30, 31, 40], np.int64)
+    bound = DimBound("n_pf", 17, "TopK 'knn' k=17")
+    plan = plan_dim(counts, coverage=1.0, dim="n_pf", lower_bound=bound)
+    assert (plan.min, plan.opt, plan.max) == (17, 25, 40)
+    assert plan.why.startswith("n_pf: min 17 = TopK 'knn' k=17 (the smallest count seen is 4)")
+    assert plan_dim(counts, coverage=1.0, dim="n_pf", lower_bound=50).min == 50  # above every count: all padded
