@@ -142,7 +142,7 @@ def _sentence(finding: Finding) -> str:
     if finding.change is None:
         return f"{what}{where}: not defined"
     unit = " relative" if finding.relative else ""
-    verb = "drops" if finding.change < 0 else "rises"
+    verb = "drops" if finding.change < 0 else "rises" if finding.change > 0 else "changes"
     amount = f"{abs(finding.change):.3g}"
     if finding.interval is not None:
         sign = -1.0 if finding.change < 0 else 1.0
