@@ -18,6 +18,7 @@ import pytest
 @dataclass
 class JetVersions:
     spec: Any  # the zoo's spec of version N
+    zoo: Any  # its ZooExport (reference_path: the events' data file)
     folder: Path
     version_n: Path  # ONNX
     retrained: Path  # ONNX of N+1: another training seed
@@ -44,4 +45,4 @@ def jet_versions(zoo_export: Callable[..., Any], zoo_cache_dir: Path,
     n_onnx = convert_from_spec(version_n.spec, folder / "n.onnx").path
     n1_onnx = convert_from_spec(retrained.spec, folder / "n1.onnx").path
     events = make_reference(n_onnx, version_n.reference_path, spec=version_n.spec)
-    return JetVersions(version_n.spec, folder, n_onnx, n1_onnx, events)
+    return JetVersions(version_n.spec, version_n, folder, n_onnx, n1_onnx, events)
