@@ -137,3 +137,11 @@ def test_the_gate_block_takes_what_it_leaves_unset_from_validation(jet_versions:
     data["gate"] = {"physics": {"max_auc_dorp": 0.005}}
     with pytest.raises(SpecError, match=r"gate\.physics\.max_auc_dorp: unknown key"):
         spec_from_dict(data)
+
+
+def test_a_finding_of_no_change_keeps_its_zeros_in_json() -> None:
+    from hepdeploy.gate.outcome import Finding
+
+    data = Finding("auc[t]", "PASS", baseline=1.0, candidate=1.0, change=0.0, interval=(0.0, 0.0)).to_dict()
+    assert data["change"] == 0.0 and data["interval"] == [0.0, 0.0]
+    assert "improved" not in data and "extra" not in data and "spec_key" not in data
