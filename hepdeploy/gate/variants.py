@@ -102,7 +102,9 @@ def _variant_finding(name: str, candidate: Path, spec: ModelSpec, golden: Refere
     except (DependencyMissingError, NativeCrashError) as error:
         extra = f"; {GPU_ONLY}" if kind.is_engine else ""
         return Finding(name, "UNDECIDED", f"{name}: cannot run here: {first_line(error)}{extra}", path=str(output))
-    return Finding(name, report.outcome, f"{name}: {report.verdict}",  # type: ignore[arg-type]
+    tuned = ("; the build would search for a mix that passes (tune: true), the gate judges the plain variant"
+             if report.outcome != "PASS" and spec.variant(name).tune else "")
+    return Finding(name, report.outcome, f"{name}: {report.verdict}{tuned}",  # type: ignore[arg-type]
                    spec_key=_spec_key(report) if report.outcome == "FAIL" else None, path=str(output),
                    extra={"precision": report.precision, "policy": report.policy, "events": report.n_samples})
 
