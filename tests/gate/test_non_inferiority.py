@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hepdeploy.gate.non_inferiority import check_non_inferiority
-from hepdeploy.spec import GateSpec, ModelSpec, spec_from_dict
 from hepdeploy.errors import SpecError
+from hepdeploy.gate.non_inferiority import check_non_inferiority
+from hepdeploy.spec import GateSpec, ModelSpec, PhysicsSpec, spec_from_dict
 from hepdeploy.validate.metric_registry import physics_metric
 
 pytestmark = pytest.mark.slow
@@ -116,6 +116,7 @@ def test_the_relative_efficiency_change_is_the_ratio_of_the_two_efficiencies(jet
                                    GateSpec.model_validate(WORKING_POINT), jet_versions.spec.validation.physics)
     metric = physics_metric("signal_efficiency_relative")
     assert metric.judged == "relative_change" and metric.allowance == "max_signal_efficiency_relative_drop"
+    assert not metric.planned(PhysicsSpec()) and metric.planned(GateSpec().physics)  # opt-in, on in the gate
     finding = next(f for f in result.findings if f.metric == "signal_efficiency_relative" and f.klass == "W"
                    and f.bin is None)
     is_w = events.labels["labels"] == 2
