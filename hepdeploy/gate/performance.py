@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
+from hepdeploy.data import common_batch_size
 from hepdeploy.gate.outcome import CheckResult, Finding
 from hepdeploy.spec import GatePerformanceSpec, GateSpec
 
@@ -49,7 +50,7 @@ def check_performance(baseline_file: Path, candidate_file: Path, inputs: dict[st
     details: dict[str, Any] = {
         "baseline": _figures(baseline_times, rows), "candidate": _figures(candidate_times, rows),
         "ratio": round(ratio, 4), "noise_band": settings.noise_band, "max_slowdown": settings.max_slowdown,
-        "batch": rows, "pairs": len(baseline_times), "threads": {"intra_op": 1, "inter_op": 1},
+        "batch": rows if common_batch_size(feed) is not None else None, "pairs": len(baseline_times), "threads": {"intra_op": 1, "inter_op": 1},
         "statistic": "median over interleaved pairs of N+1's time / N's time",
     }
     outcome, reason = _judge(ratio, settings)
@@ -63,7 +64,10 @@ def check_performance(baseline_file: Path, candidate_file: Path, inputs: dict[st
 
 
 def _feed(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    """The first ``batch`` rows of every input (all rows of a set smaller than that)."""
+    """The first ``batch`` rows of every input (all rows of a set smaller than that); the whole inputs of a
+    model without a batch axis (a graph per call: its edges index its nodes, so no rows can be dropped)."""
+    if common_batch_size(inputs) is None:
+        return {name: np.ascontiguousarray(value) for name, value in inputs.items()}
     return {name: np.ascontiguousarray(np.asarray(value)[:batch]) for name, value in inputs.items()}
 
 

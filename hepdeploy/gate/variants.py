@@ -46,6 +46,9 @@ def check_variants(candidate_onnx: Path, spec: ModelSpec, reference: ReferenceSe
     names = gated_variants(spec)
     if not names:
         return CheckResult(CHECK, "INFO", "the spec asks for no variants besides fp32")
+    if Path(candidate_onnx).suffix != ".onnx":
+        return CheckResult(CHECK, "UNDECIDED", f"N+1 ({candidate_onnx}) is not an ONNX file: its variants "
+                                               f"({', '.join(names)}) cannot be made from it here")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     events = load_reference(Path(reference)) if not isinstance(reference, ReferenceSet) else reference

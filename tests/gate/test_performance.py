@@ -73,3 +73,21 @@ def test_a_model_that_is_not_onnx_is_not_timed(jet_versions: Any, tmp_path: Path
     assert judged.outcome == "UNDECIDED" and "is not an ONNX file" in judged.reason and not judged.findings
     reported = check_performance(plan, jet_versions.version_n, jet_versions.events.inputs, _gate())
     assert reported.outcome == "INFO" and "is not an ONNX file" in reported.reason
+
+
+def test_a_graph_model_is_timed_on_its_whole_graph(tmp_path: Path) -> None:
+    """Edges index nodes: dropping node rows to a batch would make the graph invalid, so nothing is dropped."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["nodes", "edges"], ["picked"], axis=0)], "graph",
+        [helper.make_tensor_value_info("nodes", TensorProto.FLOAT, ["n_nodes", 4]),
+         helper.make_tensor_value_info("edges", TensorProto.INT64, ["n_edges"])],
+        [helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["n_edges", 4])])
+    model = tmp_path / "graph.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
+    rng = np.random.default_rng(1)
+    inputs = {"nodes": rng.normal(size=(300, 4)).astype(np.float32), "edges": rng.integers(0, 300, 900)}
+    result = check_performance(model, model, inputs, _gate())
+    assert result.outcome == "INFO" and result.details["batch"] is None and result.details["ratio"] > 0

@@ -72,3 +72,10 @@ def test_a_tensorrt_plan_that_cannot_be_built_here_is_undecided(jet_versions: An
     [finding] = result.findings
     assert result.outcome == "UNDECIDED" and finding.outcome == "UNDECIDED"
     assert "only be gated on a machine with a GPU and TensorRT" in finding.message
+
+
+def test_a_candidate_that_is_not_onnx_leaves_its_variants_undecided(jet_versions: Any, tmp_path: Path) -> None:
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"an engine")
+    result = check_variants(plan, _with_variants(jet_versions.spec, ["fp32", "fp16"]), jet_versions.events, tmp_path)
+    assert result.outcome == "UNDECIDED" and "is not an ONNX file" in result.reason and "fp16" in result.reason
