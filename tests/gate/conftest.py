@@ -1,17 +1,18 @@
-"""Two real versions of the jet MLP for the gate's tests: N (the zoo's training) and N+1 (trained with
-another seed), converted to ONNX once per session, and edited copies of N (an output renamed, the class
-columns permuted), made with onnx.helper so that only the edit differs."""
+"""Two real versions of the jet MLP for the gate's tests: N (the zoo's training, seed 0) and N+1 (trained with
+seed 1), converted to ONNX once per session, N's reference events (2000 jets with labels and jet_pt; the
+outputs are N's), and edited copies of N (an output renamed, the class columns permuted), made with
+onnx.helper so that only the edit differs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from hepdeploy.artifacts import load_onnx, save_onnx
 from hepdeploy.backend.onnxrt import OnnxRuntimeRunner
-from hepdeploy.data import load_tensors
 from hepdeploy.model_zoo import ExportOptions, export_network
 from hepdeploy.spec import ModelSpec
 from hepdeploy.triton.plan import ModelRequest
@@ -27,16 +28,21 @@ class JetVersions:
     spec: ModelSpec
     onnx: Path
     retrained: Path
-    inputs: dict[str, np.ndarray]
     folder: Path
+    zoo: Any  # N's ZooExport (reference_path: the events' data file)
+    events: Any  # ReferenceSet: inputs, N's outputs, labels, jet_pt
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        return self.events.inputs
 
     @property
     def labels(self) -> list[str]:
         return list(self.spec.triton.labels)
 
-    def outputs(self, model: Path) -> dict[str, np.ndarray]:
+    def outputs(self, model: Path, rows: slice = slice(None)) -> dict[str, np.ndarray]:
         with OnnxRuntimeRunner(model, intra_op_threads=1, inter_op_threads=1) as runner:
-            return runner.run(self.inputs)
+            return runner.run({name: value[rows] for name, value in self.inputs.items()})
 
     def renamed_output(self, new_name: str) -> Path:
         """N with its output tensor renamed (the node that makes it and the graph output)."""
@@ -76,9 +82,11 @@ def jet_versions(zoo_export, zoo_cache_dir, tmp_path_factory) -> JetVersions:
     other = export_network("jet_mlp", folder / "seed1", ExportOptions(
         seed=1, budget="reduced", cache_dir=zoo_cache_dir, reference_samples=REFERENCE_EVENTS))
     retrained = convert.convert_from_spec(other.spec, folder / "jet_mlp_seed1.onnx").path
-    events = load_tensors(export.reference_path)
-    inputs = {t.name: events[t.name] for t in export.spec.inputs}
-    return JetVersions(spec=export.spec, onnx=version_n, retrained=retrained, inputs=inputs, folder=folder)
+    from hepdeploy.validate import make_reference
+
+    events = make_reference(version_n, export.reference_path, spec=export.spec)
+    return JetVersions(spec=export.spec, onnx=version_n, retrained=retrained, folder=folder, zoo=export,
+                       events=events)
 
 
 @pytest.fixture
