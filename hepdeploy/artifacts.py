@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,14 @@ from hepdeploy.fsutil import (
     check_input_file,
     sha256_file,
 )
+from hepdeploy.graph_bounds import proven_leading_dims
 from hepdeploy.spec import TensorSpec
 from hepdeploy.variants import Precision, Target
 
 if TYPE_CHECKING:
     import onnx
+
+_log = logging.getLogger(__name__)
 
 SIDECAR_SCHEMA = 1
 
@@ -221,4 +225,24 @@ def tensor_specs_of(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[Tens
 
     inputs = [spec(v, i) for i, v in enumerate(model.graph.input) if v.name not in initializers]
     outputs = [spec(v, i) for i, v in enumerate(model.graph.output)]
-    return inputs, outputs
+    return inputs, _with_shared_leading_dim(model, inputs, outputs)
+
+
+def _with_shared_leading_dim(model: onnx.ModelProto, inputs: list[TensorSpec],
+                             outputs: list[TensorSpec]) -> list[TensorSpec]:
+    """Outputs whose leading dim the exporter named otherwise than the inputs' one shared name, renamed to it
+    where symbolic shape inference proves it is the same dim; the rest as the graph declares them."""
+    leading = {t.shape[0] if t.shape else None for t in inputs}
+    dim = next(iter(leading)) if len(leading) == 1 else None
+    differ = [t for t in outputs if t.shape and isinstance(t.shape[0], str) and t.shape[0] != dim]
+    if not isinstance(dim, str) or not differ:
+        return outputs
+    proven, why = proven_leading_dims(model, dim)
+    if any(t.name not in proven for t in differ):
+        _log.info("leading dims kept as the graph names them (%s)", why)
+    for tensor in differ:
+        if tensor.name in proven:
+            _log.info("output %r: leading dim %r is the inputs' %r (symbolic shape inference)", tensor.name,
+                      tensor.shape[0], dim)
+    renamed = {t.name for t in differ if t.name in proven}
+    return [t.model_copy(update={"shape": [dim, *t.shape[1:]]}) if t.name in renamed else t for t in outputs]

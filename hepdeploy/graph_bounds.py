@@ -16,6 +16,9 @@ the constants that bound a dim from below:
 Each bound names its source (``n_pf >= 17: TopK 'TopK_39' k=17``); a dim bounded twice keeps the
 largest. ``bound_from_error`` reads the bound a failed run states, for the one retry a check may make
 when the walk missed one.
+
+The same inference shows which outputs share the inputs' batch dim when an exporter named it differently on
+them (``proven_leading_dims``: DeepJet Run 3's ``jet_pt [Identityjet_pt_dim_0, 1]`` beside inputs ``[N, ...]``).
 """
 from __future__ import annotations
 
@@ -129,6 +132,32 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[Any]]:
             shapes[value.name] = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
                                   for d in value.type.tensor_type.shape.dim]
     return shapes
+
+
+def proven_leading_dims(model: onnx.ModelProto, dim: str) -> tuple[dict[str, str], str]:
+    """Graph outputs whose leading dim ONNX Runtime's symbolic shape inference proves to be ``dim`` (the
+    inputs' shared leading dim), however the exporter named it there (DeepJet Run 3's
+    ``jet_pt [Identityjet_pt_dim_0, 1]`` beside inputs ``[N, ...]``): output name -> ``dim``, and why the
+    others are not. The outputs' declared shapes are cleared first, so only the graph's arithmetic speaks."""
+    import onnx
+
+    cleared = onnx.ModelProto()
+    cleared.CopyFrom(model)
+    for value in cleared.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    shapes = _symbolic_shapes(cleared)
+    proven: dict[str, str] = {}
+    unproven = []
+    for value in model.graph.output:
+        shape = shapes.get(value.name)
+        if shape and shape[0] == dim:
+            proven[value.name] = dim
+        else:
+            unproven.append(f"{value.name} {shape if shape else 'unknown'}")
+    why = (f"symbolic shape inference gives every output the inputs' leading dim {dim!r}" if not unproven else
+           f"symbolic shape inference does not show these outputs' leading dim is the inputs' {dim!r}: "
+           + ", ".join(unproven))
+    return proven, why
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -295,6 +295,26 @@ def read_events(source: RootSource, plans: list[TensorPlan], targets: dict[str, 
     return out
 
 
+def read_counts(source: RootSource, plans: list[TensorPlan]) -> dict[str, np.ndarray]:
+    """Entries per event along each jagged input's particle axis, before any padding or truncation, by input
+    name. Reads one branch per input (an input's branches share their counts); masks, scalar and fixed-size
+    inputs have none."""
+    import awkward as ak
+
+    first = {p.name: p.branches[0] for p in plans
+             if p.mask_of is None and p.branches and p.group is not None and not p.group.flat}
+    present = branch_names(source) if first else set()
+    missing = sorted({b for b in first.values() if b not in present})
+    if missing:
+        raise DataError(f"{source.describe()}: no branch {', '.join(missing)}")
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in first}
+    for chunk in _chunks(source, sorted(set(first.values())), None):
+        for name, branch in first.items():
+            if _branch_kind(chunk[branch], branch, source) == "jagged":
+                parts[name].append(ak.to_numpy(ak.num(chunk[branch], axis=1)).astype(np.int64))
+    return {name: np.concatenate(chunks) for name, chunks in parts.items() if chunks}
+
+
 def _chunk_length(plan: TensorPlan) -> int:
     """The padded length a chunk is built at: the final length when fixed, else the group's maximum
     (cut to the longest event of the whole read at the end)."""
