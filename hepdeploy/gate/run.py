@@ -159,7 +159,8 @@ def _load_sides(request: GateRequest, version: int | None) -> _Sides:
     if baseline_file is None:
         candidate_outputs = dict(reference.outputs)
     else:
-        candidate_outputs = make_reference(request.candidate, dict(reference.inputs), spec=request.spec,
+        events = {**reference.inputs, **reference.labels, **reference.variables}  # the same events, read once
+        candidate_outputs = make_reference(request.candidate, events, labels=request.labels, spec=request.spec,
                                            chunk_size=chunk).outputs
     return _Sides(None if version is None else _model(name, version, baseline_file), candidate, baseline_file,
                   reference, candidate_outputs)
