@@ -36,6 +36,12 @@ class ChangedModel:
     labels_at_ref: str | None = None
 
     @property
+    def changed_existing(self) -> list[str]:
+        """The changed files inside published versions, relative to the model repository (``jet_a/1/model.onnx``):
+        what the integrity check is given."""
+        return [f"{self.name}/{path}" for path in self.changed_files]
+
+    @property
     def baseline_version(self) -> int | None:
         """The newest version the ref had (what a new version is gated against), or None."""
         return max(self.versions_at_ref) if self.versions_at_ref else None

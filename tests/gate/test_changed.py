@@ -70,6 +70,7 @@ def test_a_flipped_byte_in_a_published_version_uncommitted(work: Path) -> None:
     assert [m.name for m in changed] == ["jet_a"]
     assert changed[0].changed_files == {"1/model.onnx": "M", "1/extra.bin": "A"}
     assert changed[0].new_versions == []
+    assert changed[0].changed_existing == ["jet_a/1/extra.bin", "jet_a/1/model.onnx"]
 
 
 def test_the_repository_at_the_top_of_the_work_tree_and_a_removed_version(work: Path) -> None:
