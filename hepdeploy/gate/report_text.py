@@ -5,7 +5,6 @@ Shared by the report files (:mod:`hepdeploy.gate.reports`) and the HTML page (:m
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from hepdeploy.gate.outcome import Finding, GateResult
@@ -39,10 +38,23 @@ def interval_text(finding: Finding) -> str:
     return f"[{finding.interval[0]:+.4g}, {finding.interval[1]:+.4g}]{unit}"
 
 
+def _word_edge(text: str, index: int) -> bool:
+    return index < 0 or index >= len(text) or not (text[index].isalnum() or text[index] == "_")
+
+
+def _names(text: str, part: str) -> bool:
+    """Whether ``part`` stands in ``text`` as a whole word (class ``t`` is not named by ``int8-cpu``)."""
+    start = text.find(part)
+    while start >= 0:
+        if _word_edge(text, start - 1) and _word_edge(text, start + len(part)):
+            return True
+        start = text.find(part, start + 1)
+    return False
+
+
 def finding_title(check: str, finding: Finding) -> str:
     """check: name [metric, class, bin]: the one name a finding has in JUnit, Code Quality and annotations."""
-    where = [part for part in (finding.metric, finding.klass, finding.bin)
-             if part and not re.search(rf"(?<!\w){re.escape(part)}(?!\w)", finding.name)]
+    where = [part for part in (finding.metric, finding.klass, finding.bin) if part and not _names(finding.name, part)]
     return f"{check}: {finding.name}" + (f" [{', '.join(where)}]" if where else "")
 
 

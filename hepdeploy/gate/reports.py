@@ -33,6 +33,7 @@ from hepdeploy.validate.report import md_cell
 
 MARKDOWN_LIMIT = 1024 * 1024  # GitHub refuses a step summary over 1 MiB
 MARKDOWN_ROWS_PER_CHECK = 200
+_INDENTED_JSON_FINDINGS = 10_000  # beyond, gate.json is written compact (json's fast encoder)
 MAX_ANNOTATIONS = 10  # GitHub shows at most 10 error annotations per step
 _OUTCOME_MARK = {"PASS": "✅ PASS", "FAIL": "❌ FAIL", "UNDECIDED": "⚠️ UNDECIDED", "INFO": "ℹ️ INFO"}
 
@@ -45,8 +46,10 @@ def write_gate_reports(result: GateResult, folder: Path, *, spec_lines: Mapping[
     check_output_dir(folder)
     folder.mkdir(parents=True, exist_ok=True)
     markdown = gate_markdown(result)
+    findings = sum(len(c.findings) for c in result.checks)
     texts = {
-        "gate.json": json.dumps(jsonable(result.to_dict()), indent=2, allow_nan=False, default=str) + "\n",
+        "gate.json": json.dumps(jsonable(result.to_dict()), allow_nan=False, default=str,
+                                indent=2 if findings <= _INDENTED_JSON_FINDINGS else None) + "\n",
         "gate-junit.xml": gate_junit_xml(result),
         "gate.md": markdown,
         "metrics.txt": gate_metrics(result),
@@ -132,20 +135,24 @@ def gate_junit_xml(result: GateResult) -> str:
 
 def gate_markdown(result: GateResult, limit: int = MARKDOWN_LIMIT) -> str:
     """The headline (outcome and exit code), one line per check, each check's findings folded (failing
-    and undecided first, at most MARKDOWN_ROWS_PER_CHECK rows, the rest counted), the change map's numbers."""
-    lines = [f"## hepdeploy gate: {md_cell(model_label(result))}: {_OUTCOME_MARK[result.outcome]} "
-             f"(exit {result.exit_code})", "", _provenance_line(result), "",
-             "| check | outcome | why |", "|---|---|---|"]
-    lines += [f"| {c.check} | {_OUTCOME_MARK[c.outcome]} | {md_cell(c.reason)} |" for c in result.checks]
+    and undecided first, at most MARKDOWN_ROWS_PER_CHECK rows, the rest counted), the change map's numbers.
+
+    Fewer rows per check when that is over ``limit`` bytes (GitHub's step summary takes 1 MiB)."""
+    head = [f"## hepdeploy gate: {md_cell(model_label(result))}: {_OUTCOME_MARK[result.outcome]} "
+            f"(exit {result.exit_code})", "", _provenance_line(result), "",
+            "| check | outcome | why |", "|---|---|---|"]
+    head += [f"| {c.check} | {_OUTCOME_MARK[c.outcome]} | {md_cell(number_text(c.reason))} |" for c in result.checks]
     if result.allowed:
-        lines += ["", "Allowed: " + "; ".join(f"`{k}`: {md_cell(v)}" for k, v in result.allowed.items())]
-    for check in result.checks:
-        lines += ["", *_markdown_check(check)]
-    text = "\n".join(lines) + "\n"
-    if len(text.encode()) > limit:  # long cells in many checks: cut, and say so
-        note = "\n\n*(cut at 1 MiB: the full report is gate.json)*\n"
-        text = text.encode()[:limit - len(note.encode()) - 16].decode(errors="ignore") + note
-    return text
+        head += ["", "Allowed: " + "; ".join(f"`{k}`: {md_cell(v)}" for k, v in result.allowed.items())]
+    for rows in (MARKDOWN_ROWS_PER_CHECK, 50, 10, 0):
+        lines = list(head)
+        for check in result.checks:
+            lines += ["", *_markdown_check(check, rows)]
+        text = "\n".join(lines) + "\n"
+        if len(text.encode()) <= limit:
+            return text
+    note = "\n\n*(cut at the size limit: the full report is gate.json)*\n"
+    return text.encode()[:limit - len(note.encode())].decode(errors="ignore") + note
 
 
 def _provenance_line(result: GateResult) -> str:
@@ -156,7 +163,7 @@ def _provenance_line(result: GateResult) -> str:
     return f"{shown}; seed {result.seed}{events}" + ("; first version" if result.first_version else "")
 
 
-def _markdown_check(check: CheckResult) -> list[str]:
+def _markdown_check(check: CheckResult, rows: int) -> list[str]:
     opened = " open" if check.outcome in ("FAIL", "UNDECIDED") else ""
     lines = [f"<details{opened}><summary>{check.check}: {check.outcome}, {len(check.findings)} findings"
              "</summary>", ""]
@@ -165,17 +172,16 @@ def _markdown_check(check: CheckResult) -> list[str]:
     if check.check == "performance" and check.details:
         lines += _markdown_performance(check.details)
     ordered = sorted(check.findings, key=lambda f: OUTCOME_RANK.get(f.outcome, 4))
-    if ordered:
+    if ordered and rows:
         lines += ["| finding | metric | class | bin | N | N+1 | change | 95 % interval | allowance | outcome |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for f in ordered[:MARKDOWN_ROWS_PER_CHECK]:
+        for f in ordered[:rows]:
             cells = [f.name + (f": {f.message}" if f.message else ""), f.metric, f.klass, f.bin,
                      number_text(f.baseline), number_text(f.candidate), number_text(f.change, "+.4g"),
                      interval_text(f), number_text(f.allowance), f.outcome + (" (improved)" if f.improved else "")]
             lines.append("| " + " | ".join(md_cell(number_text(c)) for c in cells) + " |")
-        left = len(ordered) - MARKDOWN_ROWS_PER_CHECK
-        if left > 0:
-            lines += ["", f"*… and {left:,} more findings (all of them in gate.json)*"]
+    if len(ordered) > rows:
+        lines += ["", f"*… and {len(ordered) - rows:,} more findings (all of them in gate.json)*"]
     lines += ["", "</details>"]
     return lines
 

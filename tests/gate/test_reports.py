@@ -165,6 +165,7 @@ def test_junit_skips_undecided_and_passes_info(tmp_path: Path) -> None:
     assert "failure" not in flip and "skipped" not in flip and "3.1 % flip" in str(flip["system-out"])
 
 
+@pytest.mark.slow
 def test_markdown_stays_under_one_mebibyte(tmp_path: Path) -> None:
     many = [Finding(f"auc in bin {i}", "FAIL" if i % 7 == 0 else "PASS", "x" * 300, metric="auc", klass="t",
                     bin=f"jet_pt [{i}, {i + 1})", baseline=0.9, candidate=0.89, change=-0.01,
@@ -179,6 +180,18 @@ def test_markdown_stays_under_one_mebibyte(tmp_path: Path) -> None:
     write_gate_reports(result, tmp_path)
     assert (tmp_path / "gate.md").stat().st_size < 1024 * 1024
     assert len(json.loads((tmp_path / "gate.json").read_text())["checks"][3]["findings"]) == 100_000
+
+
+def test_markdown_with_long_findings_in_every_check_keeps_its_folds() -> None:
+    result = _gate_result([])
+    for check in result.checks:
+        check.findings = [Finding(f"{check.check} item {i} " + "y" * 5000, "FAIL", "z" * 5000, metric="m" * 5000,
+                                  klass="c" * 5000, bin="b" * 5000, baseline="v" * 5000, candidate="w" * 5000)
+                          for i in range(300)]
+    text = gate_markdown(result)
+    assert len(text.encode()) < 1024 * 1024
+    assert text.count("<details") == text.count("</details>") == 6
+    assert text.count("more findings (all of them in gate.json)") == 6
 
 
 def test_markdown_shows_the_change_map_and_folds_details() -> None:
