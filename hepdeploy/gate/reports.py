@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import socket
 from collections.abc import Iterator, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 
 from hepdeploy.errors import SpecError, first_line
-from hepdeploy.fsutil import atomic_write_text, check_output_dir, check_input_file
+from hepdeploy.fsutil import atomic_write_text, check_input_file, check_output_dir, shown
 from hepdeploy.gate.outcome import CheckResult, Finding, GateResult, exit_code
 from hepdeploy.gate.page import gate_html
 from hepdeploy.gate.report_text import (
@@ -30,6 +31,8 @@ from hepdeploy.gate.report_text import (
     number_text,
 )
 from hepdeploy.validate.report import md_cell
+
+log = logging.getLogger(__name__)
 
 MARKDOWN_LIMIT = 1024 * 1024  # GitHub refuses a step summary over 1 MiB
 MARKDOWN_ROWS_PER_CHECK = 200
@@ -58,8 +61,11 @@ def write_gate_reports(result: GateResult, folder: Path, *, spec_lines: Mapping[
     }
     written = [atomic_write_text(folder / name, text) for name, text in texts.items()]
     if step_summary is not None:
-        with open(step_summary, "a", encoding="utf-8") as summary:
-            summary.write(markdown + "\n")
+        try:
+            with open(step_summary, "a", encoding="utf-8") as summary:
+                summary.write(markdown + "\n")
+        except OSError as error:  # the summary is a courtesy: the reports are written
+            log.warning("step summary %s not written: %s", shown(step_summary), error.strerror or error)
     return written
 
 
@@ -82,11 +88,16 @@ def jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------- JUnit
 
 
+# Characters XML 1.0 cannot hold (a reason quoting raw bytes): shown as '?' so the file stays valid.
+_NOT_XML = {code: "?" for code in (*range(0, 9), 11, 12, *range(14, 32))}
+
+
 def _junit_cases(check: CheckResult) -> Iterator[tuple[str, str, str]]:
     """(name, outcome, text) per case: the check itself, then each finding."""
-    yield f"{check.check}: {check.outcome}", check.outcome, check.reason
+    yield f"{check.check}: {check.outcome}", check.outcome, check.reason.translate(_NOT_XML)
     for finding in check.findings:
-        yield finding_title(check.check, finding), finding.outcome, finding_text(finding)
+        yield (finding_title(check.check, finding).translate(_NOT_XML), finding.outcome,
+               finding_text(finding).translate(_NOT_XML))
 
 
 def gate_junit_xml(result: GateResult) -> str:
@@ -108,7 +119,7 @@ def gate_junit_xml(result: GateResult) -> str:
             "hostname": socket.gethostname() or "localhost", "id": str(index), "package": "hepdeploy.gate"})
         properties = ET.SubElement(suite, "properties")
         for key, value in (("model", result.candidate.name), ("outcome", check.outcome), ("reason", check.reason)):
-            ET.SubElement(properties, "property", name=key, value=value)
+            ET.SubElement(properties, "property", name=key, value=value.translate(_NOT_XML))
         for name, outcome, text in cases:
             case = ET.SubElement(suite, "testcase", classname=f"hepdeploy.gate.{result.candidate.name}",
                                  name=name, time=f"{seconds / len(cases):.3f}")
@@ -118,7 +129,7 @@ def gate_junit_xml(result: GateResult) -> str:
                 ET.SubElement(case, "skipped", message=text[:500])
             if outcome != "FAIL" and text:
                 ET.SubElement(case, "system-out").text = text
-        ET.SubElement(suite, "system-out").text = f"{check.check}: {check.outcome}: {check.reason}"
+        ET.SubElement(suite, "system-out").text = f"{check.check}: {check.outcome}: {check.reason}".translate(_NOT_XML)
         ET.SubElement(suite, "system-err").text = ""
         totals["tests"] += len(cases)
         totals["failures"] += failures

@@ -153,6 +153,7 @@ def test_junit_skips_undecided_and_passes_info(tmp_path: Path) -> None:
     result = _gate_result([Finding("auc", "UNDECIDED", "about 40,000 events would decide it", change=-0.001,
                                    interval=(-0.004, 0.002), allowance=0.002)])
     result.checks[4].findings.append(info)
+    result.checks[1].findings.append(Finding("header", "PASS", "raw bytes \x00\x1b[0m in a reason"))
     write_gate_reports(result, tmp_path)
     schema = xmlschema.XMLSchema(str(JUNIT_XSD))
     tree = schema.to_dict(str(tmp_path / "gate-junit.xml"))
@@ -192,6 +193,22 @@ def test_markdown_with_long_findings_in_every_check_keeps_its_folds() -> None:
     assert len(text.encode()) < 1024 * 1024
     assert text.count("<details") == text.count("</details>") == 6
     assert text.count("more findings (all of them in gate.json)") == 6
+
+
+def test_a_first_version_without_baseline(tmp_path: Path) -> None:
+    _, candidate = _models()
+    checks = [CheckResult(name, "INFO", "no version N: nothing to compare") for name in
+              ("interface", "non_inferiority", "change_map", "performance")]
+    checks.insert(0, CheckResult("integrity", "PASS", "the candidate goes into a new version folder",
+                                 [Finding("1/", "PASS", "new version folder")]))
+    result = GateResult(None, candidate, checks, first_version=True)
+    written = write_gate_reports(result, tmp_path / "first")
+    assert {p.name for p in written} == REPORT_FILES
+    data = json.loads((tmp_path / "first" / "gate.json").read_text())
+    assert data["baseline"] is None and data["exit_code"] == 0 and data["first_version"] is True
+    assert gate_markdown(result).startswith("## hepdeploy gate: jet_mlp no baseline → v2: ✅ PASS (exit 0)")
+    assert json.loads((tmp_path / "first" / "gl-code-quality.json").read_text()) == []
+    assert annotations(result, "spec.yaml", {}) == []
 
 
 def test_markdown_shows_the_change_map_and_folds_details() -> None:
