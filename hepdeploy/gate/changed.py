@@ -2,12 +2,13 @@
 
 Compares the working tree (committed or not, untracked files included) with ``REF`` through ``git``: per
 model folder, the version folders that are new, the files that changed inside version folders that
-existed at the ref (what integrity judges) and the interface as it was at the ref (config.pbtxt and
-labels.txt, read with ``git show``), so version N is compared as it was published.
+existed at the ref (what integrity judges) and the files N's interface reads as they were at the ref
+(config.pbtxt, label files, preprocess.json, read with ``git show``), so N is compared as it was published.
 """
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -15,9 +16,11 @@ from pathlib import Path, PurePosixPath
 from hepdeploy.errors import RepositoryError
 from hepdeploy.fsutil import shown
 from hepdeploy.triton.config import LABEL_FILENAME
+from hepdeploy.triton.ensemble import PREPROCESS_JSON
 from hepdeploy.triton.layout import CONFIG_NAME, version_folders
 
 log = logging.getLogger(__name__)
+_LABEL_FILE = re.compile(r'label_filename\s*:\s*"([^"\\/]+)"')  # a file beside config.pbtxt
 
 
 @dataclass
@@ -32,8 +35,17 @@ class ChangedModel:
     versions_at_ref: list[int] = field(default_factory=list)
     changed_files: dict[str, str] = field(default_factory=dict)
     changed_model_files: dict[str, str] = field(default_factory=dict)
-    config_at_ref: str | None = None
-    labels_at_ref: str | None = None
+    # What N's interface reads, as the ref had it (None: absent there), keyed by model-folder-relative path:
+    # config.pbtxt, labels.txt and the label files the config names, preprocess.json (the model's and N's).
+    files_at_ref: dict[str, bytes | None] = field(default_factory=dict)
+
+    @property
+    def config_at_ref(self) -> str | None:
+        return _text(self.files_at_ref.get(CONFIG_NAME))
+
+    @property
+    def labels_at_ref(self) -> str | None:
+        return _text(self.files_at_ref.get(LABEL_FILENAME))
 
     @property
     def changed_existing(self) -> list[str]:
@@ -45,6 +57,10 @@ class ChangedModel:
     def baseline_version(self) -> int | None:
         """The newest version the ref had (what a new version is gated against), or None."""
         return max(self.versions_at_ref) if self.versions_at_ref else None
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 def _git(work_tree: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -96,9 +112,19 @@ def _changed_paths(root: Path, ref: str, inside: str) -> dict[str, str]:
             for p, status in changes.items()}
 
 
-def _text_at(root: Path, ref: str, path: str) -> str | None:
+def _bytes_at(root: Path, ref: str, path: str) -> bytes | None:
     shown_file = _git(root, "show", f"{ref}:{path}")
-    return shown_file.stdout.decode("utf-8", errors="replace") if shown_file.returncode == 0 else None
+    return shown_file.stdout if shown_file.returncode == 0 else None
+
+
+def _files_at_ref(root: Path, ref: str, model_path: str, baseline: int | None) -> dict[str, bytes | None]:
+    """The files N's interface reads, as ``ref`` had them (see ChangedModel.files_at_ref)."""
+    files = {CONFIG_NAME: _bytes_at(root, ref, f"{model_path}/{CONFIG_NAME}")}
+    named = _LABEL_FILE.findall(_text(files[CONFIG_NAME]) or "")
+    wanted = [LABEL_FILENAME, *named, PREPROCESS_JSON] + ([f"{baseline}/{PREPROCESS_JSON}"] if baseline is not None else [])
+    for relative in dict.fromkeys(wanted):
+        files[relative] = _bytes_at(root, ref, f"{model_path}/{relative}")
+    return files
 
 
 def _versions_at(root: Path, ref: str, model_path: str) -> list[int]:
@@ -134,8 +160,7 @@ def changed_models(repo: Path, ref: str) -> list[ChangedModel]:
                 model.changed_model_files[path] = status
             elif top.isdigit() and int(top) in model.versions_at_ref and str(int(top)) == top:
                 model.changed_files[path] = status
-        model.config_at_ref = _text_at(root, ref, f"{model_path}/{CONFIG_NAME}")
-        model.labels_at_ref = _text_at(root, ref, f"{model_path}/{LABEL_FILENAME}")
+        model.files_at_ref = _files_at_ref(root, ref, model_path, model.baseline_version)
         log.info("%s: new versions %s, %d changed files in existing versions", name, model.new_versions,
                  len(model.changed_files))
         models.append(model)

@@ -151,6 +151,7 @@ def _change_map_figure(plt: Any, details: Mapping[str, Any]) -> Any:
     flip = details.get("flip_fraction")
     interval = details.get("flip_interval")
     band = f" [{interval[0]:.2%}, {interval[1]:.2%}]" if interval else ""
-    fig.suptitle(f"change map: top class flips in {number_text(flip, '.2%')}{band} of events", fontsize=10)
+    fig.suptitle("change map: N vs N+1" if flip is None else
+                 f"change map: top class flips in {number_text(flip, '.2%')}{band} of events", fontsize=10)
     fig.tight_layout()
     return fig

@@ -198,10 +198,15 @@ def _markdown_check(check: CheckResult, rows: int) -> list[str]:
 
 
 def _markdown_change_map(details: Mapping[str, Any]) -> list[str]:
-    interval = details.get("flip_interval")
-    lines = [f"Output `{md_cell(str(details.get('output')))}`: top class flips in "
-             f"{number_text(details.get('flip_fraction'), '.3%')} of events"
-             + (f" (95 % interval [{interval[0]:.3%}, {interval[1]:.3%}])" if interval else "") + ".", ""]
+    """The change map's numbers: the flip fraction (classifiers), the distance per class, the events that
+    moved most, and a class permutation when N+1's columns follow N's in another order."""
+    output = f"Output `{md_cell(str(details.get('output')))}`"
+    flip, interval = details.get("flip_fraction"), details.get("flip_interval")
+    if flip is not None:
+        lines = [f"{output}: top class flips in {number_text(flip, '.3%')} of events"
+                 + (f" (95 % interval [{interval[0]:.3%}, {interval[1]:.3%}])" if interval else "") + ".", ""]
+    else:
+        lines = [f"{output}.", ""]
     per_class = details.get("per_class") or {}
     if per_class:
         lines += ["| class | distance |", "|---|---|"]
@@ -210,15 +215,20 @@ def _markdown_change_map(details: Mapping[str, Any]) -> list[str]:
         lines.append("")
     largest = (details.get("largest_changes") or [])[:10]
     if largest:
-        lines += ["| event | change | N top class | N+1 top class |", "|---|---|---|---|"]
-        lines += [f"| {e.get('event')} | {number_text(e.get('change'))} | {md_cell(str(e.get('baseline_top')))} | "
-                  f"{md_cell(str(e.get('candidate_top')))} |" for e in largest]
+        tops = "baseline_top" in largest[0]
+        names = ("baseline_top", "candidate_top") if tops else ("baseline", "candidate")
+        lines += [f"| event | change | N{' top class' if tops else ''} | N+1{' top class' if tops else ''} |",
+                  "|---|---|---|---|"]
+        lines += [f"| {e.get('event')} | {number_text(e.get('change'))} | {md_cell(number_text(e.get(names[0])))} | "
+                  f"{md_cell(number_text(e.get(names[1])))} |" for e in largest]
         lines.append("")
     permutation = details.get("permutation")
     if permutation:
-        mapping = ", ".join(f"{k} → {v}" for k, v in (permutation.get("mapping") or {}).items())
-        lines += [f"N+1's classes look like N's permuted: {md_cell(mapping)} "
-                  f"(correlation {number_text(permutation.get('correlation'))}).", ""]
+        correlation = permutation.get("correlation")
+        moved = [f"{k} behaves like N's {v}" + (f" (correlation {number_text(correlation.get(k), '.3f')})"
+                                                 if isinstance(correlation, Mapping) else "")
+                 for k, v in (permutation.get("mapping") or {}).items() if k != v]
+        lines += [f"N+1's classes look like N's permuted: {md_cell('; '.join(moved))}.", ""]
     return lines
 
 

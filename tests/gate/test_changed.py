@@ -13,7 +13,8 @@ from hepdeploy.gate.changed import changed_models
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
-CONFIG_A = 'name: "jet_a"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
+CONFIG_A = ('name: "jet_a"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
+            'output [{ name: "output" data_type: TYPE_FP32 dims: [5] label_filename: "classes.txt" }]\n')
 LABELS_A = "g\nq\nW\nZ\nt\n"
 
 
@@ -31,6 +32,8 @@ def work(tmp_path: Path) -> Path:
         (model / "1").mkdir(parents=True)
         (model / "config.pbtxt").write_text(CONFIG_A.replace("jet_a", name))
         (model / "labels.txt").write_text(LABELS_A)
+        (model / "classes.txt").write_text(LABELS_A)
+        (model / "1" / "preprocess.json").write_text('{"input_names": ["jet"]}')
         (model / "1" / "model.onnx").write_bytes(bytes(range(256)) * 8)
         (model / "1" / "hepdeploy-manifest.json").write_text('{"schema": 2}\n')
     (work / "README.md").write_text("models\n")
@@ -56,6 +59,9 @@ def test_a_new_version_of_one_model(work: Path) -> None:
     assert a.changed_files == {} and a.removed_versions == []
     assert a.changed_model_files == {"labels.txt": "M"}
     assert a.config_at_ref == CONFIG_A and a.labels_at_ref == LABELS_A
+    assert a.files_at_ref == {"config.pbtxt": CONFIG_A.encode(), "labels.txt": LABELS_A.encode(),
+                              "classes.txt": LABELS_A.encode(), "preprocess.json": None,
+                              "1/preprocess.json": b'{"input_names": ["jet"]}'}
     assert a.folder == work / "models" / "jet_a"
 
 
@@ -79,7 +85,8 @@ def test_the_repository_at_the_top_of_the_work_tree_and_a_removed_version(work: 
     assert [m.name for m in changed] == ["models"]
     changed = changed_models(work / "models", "HEAD")
     assert [(m.name, m.removed_versions, m.new_versions) for m in changed] == [("jet_b", [1], [])]
-    assert changed[0].changed_files == {"1/hepdeploy-manifest.json": "D", "1/model.onnx": "D"}
+    assert changed[0].changed_files == {"1/hepdeploy-manifest.json": "D", "1/model.onnx": "D",
+                                        "1/preprocess.json": "D"}
 
 
 def test_nothing_changed(work: Path) -> None:

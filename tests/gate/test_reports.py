@@ -222,6 +222,28 @@ def test_markdown_shows_the_change_map_and_folds_details() -> None:
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{((?:[a-zA-Z_]+="(?:[^"\\]|\\.)*",?)*)\} (\S+)$')
 
 
+def test_markdown_shows_a_regression_change_map_and_a_permutation() -> None:
+    regression = _gate_result([])
+    regression.checks[4].details = {
+        "output": "energy", "task": "regression", "events": 500, "classes": ["energy"], "permutation": None,
+        "per_class": {"energy": {"distance": 0.12, "distance_name": "Wasserstein-1", "edges": [0.0, 1.0, 2.0],
+                                 "baseline_hist": [3, 4], "candidate_hist": [4, 3]}},
+        "largest_changes": [{"event": 3, "change": 0.5, "baseline": 10.25, "candidate": 10.75}]}
+    text = gate_markdown(regression)
+    assert "Output `energy`." in text and "flips" not in text
+    assert "| event | change | N | N+1 |" in text and "| 3 | 0.5 | 10.25 | 10.75 |" in text
+    from hepdeploy.gate.page import gate_html
+
+    assert gate_html(regression).count("data:image/png;base64,") == 1
+
+    swapped = _gate_result([])
+    swapped.checks[4].details["permutation"] = {"mapping": {"g": "g", "W": "Z", "Z": "W"},
+                                                 "correlation": {"g": 0.99, "W": 0.91, "Z": 0.9}}
+    text = gate_markdown(swapped)
+    assert "N+1's classes look like N's permuted: W behaves like N's Z (correlation 0.910); " \
+           "Z behaves like N's W (correlation 0.900)." in text
+
+
 def test_metrics_parse_line_by_line() -> None:
     from hepdeploy.gate.reports import gate_metrics
 
