@@ -111,12 +111,15 @@ def _roc_figure(plt: Any, curves: Mapping[str, Mapping[str, Any]]) -> Any:
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for k, (label, curve) in enumerate(curves.items()):
         colour = f"C{k % 10}"
+        # JSON-able curves hold None where a value was not finite: NaN, which matplotlib leaves out.
+        values = {key: np.asarray([np.nan if v is None else v for v in points], dtype=float)
+                  for key, points in curve.items()}
         for who, name, style in (("ref", "N", "-"), ("cand", "N+1", "--")):
-            if f"tpr_{who}" in curve:
-                ax.plot(curve[f"tpr_{who}"], np.maximum(np.asarray(curve[f"fpr_{who}"], float), 1e-6), color=colour,
+            if f"tpr_{who}" in values:
+                ax.plot(values[f"tpr_{who}"], np.maximum(values[f"fpr_{who}"], 1e-6), color=colour,
                         linestyle=style, linewidth=2.0 if who == "ref" else 1.2, label=f"{label} {name}")
-            if "band_fpr" in curve and f"band_{who}_low" in curve:
-                ax.fill_betweenx(curve["band_fpr"], curve[f"band_{who}_low"], curve[f"band_{who}_high"],
+            if "band_fpr" in values and f"band_{who}_low" in values:
+                ax.fill_betweenx(values["band_fpr"], values[f"band_{who}_low"], values[f"band_{who}_high"],
                                  color=colour, alpha=0.25 if who == "ref" else 0.12, linewidth=0)
     ax.set_yscale("log")
     ax.set_ylim(1e-4, 1.0)
