@@ -141,10 +141,14 @@ def _change_map_figure(plt: Any, details: Mapping[str, Any]) -> Any:
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
     for ax, (label, values) in zip(axes.flat, per_class.items(), strict=False):
         edges = np.asarray(values.get("edges", []), float)
+        filled: list[float] = []
         for who, name, style in (("baseline_hist", "N", "-"), ("candidate_hist", "N+1", "--")):
             counts = np.asarray(values.get(who, []), float)
             if edges.size == counts.size + 1 and counts.size:
                 ax.stairs(counts, edges, linestyle=style, linewidth=1.8 if name == "N" else 1.2, label=name)
+                filled += counts[counts > 0].tolist()
+        if filled and max(filled) > 20 * min(filled):  # classifier scores crowd at 0 and 1: show the tails
+            ax.set_yscale("log")
         ax.set_title(f"{label}: {values.get('distance_name', 'distance')} {number_text(values.get('distance'), '.3g')}",
                      fontsize=9)
         ax.set_xlabel("score")
