@@ -21,6 +21,7 @@ from hepdeploy.environment import versions as tool_versions
 from hepdeploy.errors import BadInputError, HepDeployError, first_line
 from hepdeploy.fsutil import check_safe_name, sha256_file
 from hepdeploy.gate.change_map import change_map
+from hepdeploy.gate.changed import changed_models
 from hepdeploy.gate.integrity import check_integrity
 from hepdeploy.gate.interface import ServedInterface, check_interface, interface_of_plan, interface_of_published
 from hepdeploy.gate.non_inferiority import check_non_inferiority
@@ -28,7 +29,7 @@ from hepdeploy.gate.outcome import CheckResult, GateModel, GateResult
 from hepdeploy.gate.performance import check_performance
 from hepdeploy.gate.variants import check_variants
 from hepdeploy.spec import GateSpec, ModelSpec, PhysicsSpec
-from hepdeploy.triton.config import model_filename, read_model_config
+from hepdeploy.triton.config import model_filename, parse_model_config, read_model_config
 from hepdeploy.triton.layout import CONFIG_NAME, version_folders
 from hepdeploy.triton.plan import ModelRequest, plan_model
 from hepdeploy.validate import ReferenceSet, make_reference
@@ -65,9 +66,10 @@ class GateRequest:
     """What one gate compares, and the declared exceptions to its rules.
 
     ``candidate``: the N+1 model file; ``candidate_version``: its version folder when it is already in the
-    repository (a git change added it), else it would go into the next free version. ``changed_existing``
-    and ``baseline_config_text`` come from git: files changed inside existing versions, and the model's
-    config.pbtxt as it was before the change (what clients of N were built against).
+    repository (a git change added it), else it would go into the next free version. ``changed_existing``,
+    ``baseline_config_text`` and ``baseline_files_at_ref`` come from git: files changed inside existing
+    versions, and the model's config.pbtxt, labels and preprocess.json as they were before the change (what
+    clients of N were built against: a publish of N+1 rewrites the model folder's shared files).
     """
 
     candidate: Path
@@ -82,6 +84,7 @@ class GateRequest:
     candidate_version: int | None = None
     changed_existing: tuple[str, ...] = ()
     baseline_config_text: str | None = None
+    baseline_files_at_ref: Mapping[str, bytes | None] | None = None
     work_dir: Path | None = None
     max_events: int | None = None
 
@@ -110,8 +113,6 @@ class _Sides:
 
 def served_file(model_dir: Path, version: int, config_text: str | None = None) -> Path:
     """The file a version folder serves that ONNX Runtime can run (a Python twin's ONNX file included)."""
-    from hepdeploy.triton.config import parse_model_config
-
     config = parse_model_config(config_text) if config_text is not None else read_model_config(model_dir / CONFIG_NAME)
     folder = model_dir / str(version)
     named = model_filename(config)
@@ -200,7 +201,8 @@ def run_gate(request: GateRequest) -> GateResult:
     sides = _load_sides(request, version)
     checks = [_timed("integrity", lambda: check_integrity(
         request.against.model_dir, candidate_version=sides.candidate.version,
-        changed_existing=request.changed_existing, allow_overwrite=request.allow_overwrite))]
+        changed_existing=request.changed_existing, allow_overwrite=request.allow_overwrite,
+        candidate_in_repository=request.candidate_version is not None))]
     mapped = _timed("change_map", lambda: _change_map(request, sides)) if version is not None else None
     checks.append(_timed("interface", lambda: _interface(request, version, mapped)))
     checks.append(_timed("variants", lambda: _variants(request, sides)))
@@ -231,7 +233,8 @@ def _change_map(request: GateRequest, sides: _Sides) -> CheckResult:
 def _interface(request: GateRequest, version: int | None, mapped: CheckResult | None) -> CheckResult:
     if version is None:
         return CheckResult("interface", "INFO", "first version: no clients of an earlier version to break")
-    baseline = interface_of_published(request.against.model_dir, version, config_text=request.baseline_config_text)
+    baseline = interface_of_published(request.against.model_dir, version, config_text=request.baseline_config_text,
+                                      files_at_ref=request.baseline_files_at_ref)
     permutation = mapped.details.get("permutation") if mapped is not None else None
     return check_interface(baseline, _candidate_interface(request), allow_change=request.allow_interface_change,
                            permutation=permutation)
@@ -275,8 +278,6 @@ def run_changed(repo: Path, ref: str, template: GateRequest, *, data_for: Mappin
     ``spec_for`` give each changed model its reference data and spec (one for all, or per model name).
     A model whose existing versions changed without a new version gets the integrity check alone.
     """
-    from hepdeploy.gate.changed import changed_models
-
     gates: list[ChangedGate] = []
     for changed in changed_models(repo, ref):
         if not changed.new_versions:
@@ -316,4 +317,4 @@ def _changed_request(repo: Path, changed: Any, version: int, template: GateReque
                    spec=None if spec_pair is None else spec_pair[0],
                    spec_path=None if spec_pair is None else spec_pair[1],
                    candidate_version=version, changed_existing=tuple(changed.changed_existing),
-                   baseline_config_text=changed.config_at_ref)
+                   baseline_config_text=changed.config_at_ref, baseline_files_at_ref=changed.files_at_ref)
