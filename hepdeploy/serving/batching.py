@@ -13,6 +13,7 @@ time to move tensors to and from the server is not counted.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,7 @@ def choose_batching(tb: TimeOfRows, rate_per_s: float, budget_s: float, rows_per
     ties broken by the lowest p99, then the smallest delay, then the smallest max batch. Raises BadInputError
     when none is (the message says the best p99 found)."""
     grid = grid or SearchGrid()
+    tb = functools.lru_cache(maxsize=None)(tb)  # every config reads the same t(k rows): each once
     if budget_s <= 0 or instances_max < 1:
         raise BadInputError(f"budget {budget_s} s must be > 0 and instances_max {instances_max} >= 1")
     sizes = batch_candidates(rows_per_request, max_rows_cap)
