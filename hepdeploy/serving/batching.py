@@ -233,7 +233,7 @@ def _choice(tb: TimeOfRows, config: BatchingConfig, predicted: tuple[float, floa
     fewer = "the fewest instances" if config.instances == 1 else \
         f"fewer than {config.instances} instances cannot keep p99 within {budget_s * 1e3:.3g} ms {at}"
     why = {
-        "max_batch_size": f"{config.max_batch_size} rows ({config.max_batch_size // rows_per_request} requests): of "
+        "max_batch_size": f"{config.max_batch_size} rows ({_requests(config.max_batch_size // rows_per_request)}): of "
                           f"{considered} configs within the budget {at}, the lowest predicted p99 "
                           f"({p99 * 1e3:.3g} ms); t({config.max_batch_size}) = {tb(config.max_batch_size) * 1e3:.3g} ms",
         "preferred_batch_size": (f"{list(config.preferred_batch_size)}: sent without waiting once queued"
@@ -249,3 +249,7 @@ def _choice(tb: TimeOfRows, config: BatchingConfig, predicted: tuple[float, floa
     }
     return BatchingChoice(config.max_batch_size, list(config.preferred_batch_size), config.max_queue_delay_us,
                           config.instances, p50, p99, capacity, why)
+
+
+def _requests(count: int) -> str:
+    return f"{count} request" + ("" if count == 1 else "s")
