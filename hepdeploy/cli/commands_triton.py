@@ -13,12 +13,13 @@ import click
 
 from hepdeploy.cli.options import server_release_option, spec_option
 from hepdeploy.errors import BadInputError, HepDeployError
-from hepdeploy.fsutil import check_output_folder
+from hepdeploy.fsutil import check_output_folder, check_safe_name
 from hepdeploy.plan_compat import DEFAULT_SERVER_RELEASE
 from hepdeploy.plan_compat import server_release as release_by_name
 from hepdeploy.platforms import USER_PLATFORMS
 from hepdeploy.preprocess_spec import spec_from_preprocess
-from hepdeploy.spec import ModelSpec
+from hepdeploy.serving.latency import spec_less_defaults
+from hepdeploy.spec import ModelSpec, TritonSpec
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
 from hepdeploy.triton.ensemble import ensemble_requests, plan_ensemble
 from hepdeploy.triton.plan import ModelRequest, PublicationRequest, plan_publication
@@ -65,6 +66,9 @@ def triton() -> None:
 @click.option("--strict", is_flag=True,
               help="Refuse, instead of warning, when the json's min_length lets through batches the graph cannot "
                    "run (a dim bound, e.g. a k-NN's TopK).")
+@click.option("--max-batch-size", "max_batch_size", type=click.IntRange(0, None),
+              help="Triton max_batch_size (overrides the spec's; without a spec, skips the quick t(b) sweep that "
+                   "otherwise picks it and the preferred size).")
 @click.option("--convention", type=click.Choice(["cmssw", "weaver"]),
               help="With --preprocess: how NaN/Inf are handled (default: the spec's data.preprocess.convention, "
                    "else cmssw).")
@@ -82,6 +86,7 @@ def add_command(
     preprocess_json: Path | None,
     convention: str | None,
     strict: bool,
+    max_batch_size: int | None,
 ) -> None:
     """Publish MODEL as the next version of a model in REPO (atomically; REPO is created if missing).
 
@@ -130,6 +135,11 @@ def add_command(
         except (OSError, json.JSONDecodeError) as error:
             raise BadInputError(f"{verdict_path}: not a readable JSON verdict ({type(error).__name__})") from error
 
+    if max_batch_size is not None:
+        triton_spec = (triton_spec or TritonSpec()).model_copy(update={"max_batch_size": max_batch_size})
+    elif spec is None and model.suffix == ".onnx" and model.is_file():
+        triton_spec = _swept_batching(model, check_safe_name(name, "Triton model name"))
+
     # Every model of the set (the model, its twins, its preprocessing and ensemble) is planned and checked in
     # full, then all are published together: a twin that cannot be published never leaves the model without it.
     request = PublicationRequest(
@@ -149,6 +159,22 @@ def add_command(
     if ensemble is not None:
         click.echo(f"{ensemble.ensemble_name}: send {', '.join(t.name for t in ensemble.ensemble_config.input)}; "
                    f"steps {ensemble.preprocess_name} ({ensemble.convention}) -> {ensemble.model_step}")
+
+
+def _swept_batching(model: Path, name: str) -> TritonSpec | None:
+    """A spec-less ONNX model's max_batch_size and preferred size from a quick t(b) sweep on this machine (None:
+    the model has no batch axis, or the sweep could not run it and the stage's defaults apply)."""
+    try:
+        defaults = spec_less_defaults(model)
+    except HepDeployError as error:
+        log.warning("%s: quick t(b) sweep failed (%s); the default max_batch_size applies", name, error)
+        return None
+    if defaults is None:
+        return None
+    click.echo(f"{name}: max_batch_size {defaults.max_batch_size}, preferred_batch_size "
+               f"{defaults.preferred_batch_size} from a quick t(b) sweep ({defaults.curve.where})")
+    log.info("%s: %s", name, defaults.why)
+    return defaults.triton_spec()
 
 
 @triton.command("check")
