@@ -67,7 +67,7 @@ def gate_command(target: Path, against: str | None, specs: tuple[str, ...], data
     # What every gate of a --changed-since run shares; each changed model fills in its own candidate and data.
     template = GateRequest(candidate=target, against=Against(target, "-"), data=Path("."), labels=labels,
                            allow_overwrite=allow_overwrite, allow_interface_change=allow_interface_change,
-                           first_version=first_version, max_events=max_events, work_dir=report_dir / "work")
+                           first_version=first_version, max_events=max_events)
     if changed_since is not None:
         if against is not None:
             raise click.UsageError("--against names one model; with --changed-since the repository says which")
@@ -85,7 +85,7 @@ def gate_command(target: Path, against: str | None, specs: tuple[str, ...], data
                           spec=spec_pair[0] if spec_pair else None, spec_path=spec_pair[1] if spec_pair else None,
                           labels=labels, allow_overwrite=allow_overwrite,
                           allow_interface_change=allow_interface_change, first_version=first_version,
-                          max_events=max_events, work_dir=report_dir / "work")
+                          max_events=max_events)
     sys.exit(_finish(run_gate(request), report_dir))
 
 
@@ -110,6 +110,7 @@ def _finish_changed(gates: list[ChangedGate], report_dir: Path) -> int:
     if not gates:
         click.echo("no model version changed: nothing to gate")
         return EXIT_PASS
+    report_dir.mkdir(parents=True, exist_ok=True)  # checked before the gates ran; one folder per gate inside
     codes = []
     for gate in gates:
         folder = report_dir / (gate.name if gate.version is None else f"{gate.name}-v{gate.version}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -171,7 +172,9 @@ def _candidate_interface(request: GateRequest) -> ServedInterface:
     """N+1's interface: its folder's when it is published, else what publishing it would write."""
     if request.candidate_version is not None:
         return interface_of_published(request.against.model_dir, request.candidate_version)
-    plan = plan_model(ModelRequest(request.candidate, request.against.name, spec=request.spec))
+    # The tensors are the file's own (a spec written for N may not name N+1's); the triton block is the spec's.
+    triton = request.spec.triton if request.spec is not None else None
+    plan = plan_model(ModelRequest(request.candidate, request.against.name, triton=triton))
     return interface_of_plan(plan)
 
 
@@ -210,7 +213,7 @@ def run_gate(request: GateRequest) -> GateResult:
         checks += [_no_baseline("non_inferiority"), _no_baseline("change_map"), _no_baseline("performance")]
     else:
         checks.append(_timed("non_inferiority", lambda: check_non_inferiority(
-            sides.reference.outputs, sides.candidate_outputs, sides.reference.labels, sides.reference.variables,
+            sides.reference.outputs, _paired_outputs(sides), sides.reference.labels, sides.reference.variables,
             request.gate, request.physics)))
         checks.append(mapped)  # type: ignore[arg-type]
         checks.append(_timed("performance", lambda: check_performance(
@@ -223,9 +226,19 @@ def run_gate(request: GateRequest) -> GateResult:
                       first_version=version is None, seconds=time.perf_counter() - start)
 
 
+def _paired_outputs(sides: _Sides) -> dict[str, np.ndarray]:
+    """N+1's outputs under N's names: renamed outputs (the interface check judges the renaming) are paired
+    in order, so the physics of a renamed output is still compared."""
+    baseline, candidate = list(sides.reference.outputs), list(sides.candidate_outputs)
+    if baseline == candidate or len(baseline) != len(candidate):
+        return sides.candidate_outputs
+    log.info("gate: N+1's outputs %s are compared with N's %s in order", candidate, baseline)
+    return {old: sides.candidate_outputs[new] for old, new in zip(baseline, candidate, strict=True)}
+
+
 def _change_map(request: GateRequest, sides: _Sides) -> CheckResult:
     physics = request.physics
-    return change_map(sides.reference.outputs, sides.candidate_outputs, output=physics.output,
+    return change_map(sides.reference.outputs, _paired_outputs(sides), output=physics.output,
                       class_names=physics.class_names or (request.spec.triton.labels if request.spec else []),
                       seed=request.gate.seed)
 
@@ -246,11 +259,13 @@ def _variants(request: GateRequest, sides: _Sides) -> CheckResult:
     if request.candidate.suffix != ".onnx":
         return CheckResult("variants", "UNDECIDED", f"the candidate {request.candidate.name} is not an ONNX file: "
                            "its variants cannot be made from it")
-    work = request.work_dir or request.candidate.parent
     # The candidate's own outputs are the golden set its variants are judged against.
     reference = replace(sides.reference, outputs=sides.candidate_outputs,
                         provenance={"model": str(request.candidate), "sha256": sides.candidate.sha256})
-    return check_variants(request.candidate, request.spec, reference, work)
+    if request.work_dir is not None:
+        return check_variants(request.candidate, request.spec, reference, request.work_dir)
+    with tempfile.TemporaryDirectory(prefix="hepdeploy-gate-") as work:  # the variants are judged, not kept
+        return check_variants(request.candidate, request.spec, reference, Path(work))
 
 
 def _timing_inputs(reference: ReferenceSet, rows: int = 4096) -> dict[str, np.ndarray]:

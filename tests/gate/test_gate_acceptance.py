@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import yaml
 from onnx import helper
 
 pytestmark = pytest.mark.slow
@@ -47,20 +46,6 @@ def check(data: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in data["checks"] if c["check"] == name)
 
 
-def write_spec(spec: Any, folder: Path, name: str, variants: list[str], gate_block: dict[str, Any]) -> Path:
-    from hepdeploy.spec import spec_to_yaml
-
-    data = yaml.safe_load(spec_to_yaml(spec, folder))
-    data["variants"] = variants
-    data["gate"] = gate_block
-    # 2,000 test jets hold ~16 background jets per class beyond a 1 % cut, below the statistical floor (20):
-    # efficiencies are judged at 5 % background here (the zoo's 80,000-jet sets judge them at 1 %).
-    data.setdefault("validation", {}).setdefault("physics", {})["background_efficiency"] = 0.05
-    path = folder / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def publish(repo: Path, onnx_file: Path, name: str, spec: Any) -> None:
     from hepdeploy.triton.plan import ModelRequest
     from hepdeploy.triton.repository import publish_model
@@ -69,46 +54,31 @@ def publish(repo: Path, onnx_file: Path, name: str, spec: Any) -> None:
 
 
 def with_layer(source: Path, target: Path, add: Any) -> Path:
-    """N's graph with one more layer at its output (``add(graph, output_name) -> new output name``)."""
+    """N's graph with one more layer at its output: ``add(graph, inner, output)`` makes ``output`` from
+    ``inner`` (what N's last node now writes)."""
     model = onnx.load(str(source))
     graph = model.graph
-    old = graph.output[0].name
-    inner = old + "_inner"
+    output = graph.output[0].name
+    inner = output + "_inner"
     for node in graph.node:
-        node.output[:] = [inner if o == old else o for o in node.output]
-        node.input[:] = [inner if i == old else i for i in node.input]
-    new = add(graph, inner, old)
-    graph.output[0].name = new
+        node.output[:] = [inner if o == output else o for o in node.output]
+    add(graph, inner, output)
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
     return target
 
 
-def permuted(graph: Any, inner: str, output: str, order: list[int]) -> str:
-    graph.initializer.append(helper.make_tensor("perm_idx", onnx.TensorProto.INT64, [len(order)], order))
-    graph.node.append(helper.make_node("Gather", [inner, "perm_idx"], [output], axis=1))
-    return output
-
-
 @pytest.fixture(scope="module")
-def jet(zoo_export: Any, zoo_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """jet_mlp version 1 published; its spec for the gate; a retrained (seed 1) N+1."""
-    from hepdeploy.convert import convert_from_spec
-    from hepdeploy.model_zoo import ExportOptions, export_network
-
-    exported = zoo_export("jet_mlp", flavour="torch")
+def jet(jet_versions: Any, write_gate_spec: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """jet_mlp version 1 (N) published; the gate's specs; N+1 retrained with seed 1 (tests/gate/conftest.py)."""
     folder = tmp_path_factory.mktemp("gate-jet")
-    n = convert_from_spec(exported.spec, folder / "n.onnx").path
     repo = folder / "repo"
-    publish(repo, n, "jet_mlp", exported.spec)
-    other = export_network("jet_mlp", folder / "seed1", ExportOptions(
-        flavour="torch", budget="reduced", cache_dir=zoo_cache_dir, seed=1, reference_samples=300))
-    retrained = convert_from_spec(other.spec, folder / "retrained.onnx").path
+    jet_versions.publish(repo)
     allowances = {"physics": {"max_auc_drop": 0.002}}
-    return {"folder": folder, "n": n, "repo": repo, "data": exported.reference_path, "retrained": retrained,
-            "spec": write_spec(exported.spec, folder, "gate.yaml", ["fp32"], allowances),
-            "spec_fp16": write_spec(exported.spec, folder, "gate-fp16.yaml", ["fp32", "fp16"], allowances),
-            "classes": len(exported.spec.validation.physics.class_names) or 5}
+    return {"versions": jet_versions, "n": jet_versions.onnx, "repo": repo, "retrained": jet_versions.retrained,
+            "data": jet_versions.zoo.reference_path,
+            "spec": write_gate_spec(jet_versions.spec, folder, "gate.yaml", ["fp32"], allowances),
+            "spec_fp16": write_gate_spec(jet_versions.spec, folder, "gate-fp16.yaml", ["fp32", "fp16"], allowances)}
 
 
 def test_identical_candidate_passes(jet: dict[str, Any], tmp_path: Path) -> None:
@@ -152,9 +122,7 @@ def test_flipped_byte_in_published_version_fails_integrity(jet: dict[str, Any], 
 
 
 def test_renamed_output_fails_interface(jet: dict[str, Any], tmp_path: Path) -> None:
-    renamed = with_layer(jet["n"], tmp_path / "renamed.onnx",
-                         lambda graph, inner, old: (graph.node.append(helper.make_node("Identity", [inner], ["scores"]))
-                                                    or "scores"))
+    renamed = jet["versions"].renamed_output("scores")
     code, text, data = gate(renamed, "--against", f"{jet['repo']}/jet_mlp", "--spec", jet["spec"],
                             "--data", jet["data"], "--report-dir", tmp_path / "r")
     assert code == 1, text
@@ -167,10 +135,9 @@ def test_renamed_output_fails_interface(jet: dict[str, Any], tmp_path: Path) -> 
 
 
 def test_swapped_class_order_fails_interface_through_the_change_map(jet: dict[str, Any], tmp_path: Path) -> None:
-    order = list(range(jet["classes"]))
+    order = list(range(len(jet["versions"].labels)))
     order[0], order[1] = order[1], order[0]
-    swapped = with_layer(jet["n"], tmp_path / "swapped.onnx",
-                         lambda graph, inner, old: permuted(graph, inner, old, order))
+    swapped = jet["versions"].permuted(order)
     code, text, data = gate(swapped, "--against", f"{jet['repo']}/jet_mlp", "--spec", jet["spec"],
                             "--data", jet["data"], "--report-dir", tmp_path / "r")
     assert code == 1, text
@@ -191,7 +158,7 @@ def test_missing_baseline_is_bad_input_unless_first_version(jet: dict[str, Any],
 
 
 @pytest.fixture(scope="module")
-def deepjet(zoo_export: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def deepjet(zoo_export: Any, write_gate_spec: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """DeepJet version 1 published; its inputs carry log(jet pT) (input_5), so a layer can act on one pT bin."""
     pytest.importorskip("tensorflow", reason="the DeepJet zoo network is a Keras model")
     from hepdeploy.convert import convert_from_spec
@@ -201,12 +168,12 @@ def deepjet(zoo_export: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     n = convert_from_spec(exported.spec, folder / "n.onnx").path
     repo = folder / "repo"
     publish(repo, n, "deepjet", exported.spec)
-    spec = write_spec(exported.spec, folder, "gate.yaml", ["fp32"], {"physics": {"max_auc_drop": 0.002}})
+    spec = write_gate_spec(exported.spec, folder, "gate.yaml", ["fp32"], {"physics": {"max_auc_drop": 0.002}})
     return {"n": n, "repo": repo, "data": exported.reference_path, "spec": spec,
             "bins": exported.spec.validation.physics.bins["jet_pt"]}
 
 
-def swap_classes_in_pt_bin(graph: Any, inner: str, output: str, low: float, high: float) -> str:
+def swap_classes_in_pt_bin(graph: Any, inner: str, output: str, low: float, high: float) -> None:
     """Classes 0 and 1 swapped for the jets whose pT (exp of input_5) lies in [low, high): a layer gone wrong."""
     n = graph.output[0].type.tensor_type.shape.dim[1].dim_value
     order = list(range(n))
@@ -223,7 +190,6 @@ def swap_classes_in_pt_bin(graph: Any, inner: str, output: str, low: float, high
         helper.make_node("And", ["above_low", "below_high"], ["in_bin"]),
         helper.make_node("Where", ["in_bin", "swapped_scores", inner], [output]),
     ])
-    return output
 
 
 def test_worse_in_one_pt_bin_fails_naming_the_bin(deepjet: dict[str, Any], tmp_path: Path) -> None:
