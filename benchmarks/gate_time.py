@@ -2,7 +2,7 @@
 80,000 labelled jets with the zoo's jet pT bins, every check (integrity, interface, fp16 and int8-cpu made
 from N+1 and validated, the paired bootstrap, the change map, N and N+1 timed side by side).
 
-    .venv/bin/python benchmarks/gate_time.py [WORK_DIR]
+    .venv/bin/python benchmarks/gate_time.py [WORK_DIR [TRAINING_CACHE]]
 
 Prints the exit code, the wall time of the command and of each check, and writes
 ``benchmarks/results/gate_time.md`` (with the gate's own Markdown summary).
@@ -21,7 +21,7 @@ import yaml
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def prepare(work: Path) -> dict[str, Path]:
+def prepare(work: Path, cache: Path) -> dict[str, Path]:
     """N and N+1 exported (trained with the reduced budget, 80,000 reference jets), N published."""
     from hepdeploy.convert import convert_from_spec
     from hepdeploy.model_zoo import ExportOptions, export_network
@@ -29,7 +29,6 @@ def prepare(work: Path) -> dict[str, Path]:
     from hepdeploy.triton.plan import ModelRequest
     from hepdeploy.triton.repository import publish_model
 
-    cache = work / "cache"
     n = export_network("jet_mlp", work / "n", ExportOptions(flavour="torch", budget="reduced", cache_dir=cache))
     n1 = export_network("jet_mlp", work / "n1", ExportOptions(flavour="torch", budget="reduced", cache_dir=cache,
                                                               seed=1))
@@ -48,7 +47,7 @@ def prepare(work: Path) -> dict[str, Path]:
 
 def main() -> int:
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="gate-time-"))
-    paths = prepare(work)
+    paths = prepare(work, Path(sys.argv[2]) if len(sys.argv) > 2 else work / "cache")
     report = work / "report"
     command = [sys.executable, "-m", "hepdeploy", "gate", str(paths["candidate"]), "--against",
                f"{paths['repo']}/jet_mlp", "--spec", str(paths["spec"]), "--data", str(paths["data"]),
