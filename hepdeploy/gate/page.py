@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hepdeploy.gate.outcome import CheckResult, GateResult
-from hepdeploy.gate.report_text import OUTCOME_RANK, interval_text, model_label, number_text
+from hepdeploy.gate.report_text import OUTCOME_RANK, interval_text, model_label, named_message, number_text
 
 HTML_ROWS_PER_CHECK = 500
 _STYLE = (
@@ -69,7 +69,7 @@ def _check_section(check: CheckResult) -> list[str]:
               "<th>change</th><th>95 % interval</th><th>allowance</th><th>outcome</th></tr>"]
     ordered = sorted(check.findings, key=lambda f: OUTCOME_RANK.get(f.outcome, 4))
     for f in ordered[:HTML_ROWS_PER_CHECK]:
-        cells = [f.name + (f": {f.message}" if f.message else ""), f.metric, f.klass, f.bin, number_text(f.baseline),
+        cells = [named_message(f), f.metric, f.klass, f.bin, number_text(f.baseline),
                  number_text(f.candidate), number_text(f.change, "+.4g"), interval_text(f),
                  number_text(f.allowance)]
         parts.append("<tr>" + "".join(f"<td>{esc(number_text(c))}</td>" for c in cells)

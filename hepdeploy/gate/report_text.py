@@ -58,6 +58,13 @@ def finding_title(check: str, finding: Finding) -> str:
     return f"{check}: {finding.name}" + (f" [{', '.join(where)}]" if where else "")
 
 
+def named_message(finding: Finding) -> str:
+    """``name: message``, without saying the name twice when the message already starts with it."""
+    if not finding.message:
+        return finding.name
+    return finding.message if finding.message.startswith(finding.name) else f"{finding.name}: {finding.message}"
+
+
 def finding_text(finding: Finding) -> str:
     """One line: the message, both models' values, the change with its interval and the allowance."""
     parts = [finding.message] if finding.message else []

@@ -26,6 +26,7 @@ from hepdeploy.gate.report_text import (
     OUTCOME_RANK,
     finding_text,
     finding_title,
+    named_message,
     interval_text,
     model_label,
     number_text,
@@ -187,7 +188,7 @@ def _markdown_check(check: CheckResult, rows: int) -> list[str]:
         lines += ["| finding | metric | class | bin | N | N+1 | change | 95 % interval | allowance | outcome |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for f in ordered[:rows]:
-            cells = [f.name + (f": {f.message}" if f.message else ""), f.metric, f.klass, f.bin,
+            cells = [named_message(f), f.metric, f.klass, f.bin,
                      number_text(f.baseline), number_text(f.candidate), number_text(f.change, "+.4g"),
                      interval_text(f), number_text(f.allowance), f.outcome + (" (improved)" if f.improved else "")]
             lines.append("| " + " | ".join(md_cell(number_text(c)) for c in cells) + " |")
