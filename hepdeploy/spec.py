@@ -335,8 +335,11 @@ class PhysicsSpec(_Strict):
     threshold: float = Field(0.5, gt=0, lt=1, description="edge classification: score cut for efficiency/purity")
     max_auc_drop: float = Field(0.01, ge=0)
     background_efficiency: float = Field(0.01, gt=0, lt=1)
-    max_signal_efficiency_drop: float = Field(0.02, ge=0)
-    min_argmax_agreement: float = Field(0.95, ge=0, le=1)
+    max_signal_efficiency_drop: float | None = Field(0.02, ge=0, description="absolute drop (None: not checked)")
+    # Opt-in: the efficiency's drop relative to the reference's (1 % of 0.30 is 0.003), as the gate judges it.
+    max_signal_efficiency_relative_drop: float | None = Field(
+        None, ge=0, description="relative drop of the signal efficiency at background_efficiency (unset: not checked)")
+    min_argmax_agreement: float | None = Field(0.95, ge=0, le=1, description="None: not checked")
     max_bias_change: float = Field(0.01, ge=0)
     max_resolution_change: float = Field(0.01, ge=0, description="absolute change of IQR/1.349 resolution")
     signal_efficiency: float = Field(0.5, gt=0, lt=1, description="background rejection: its working point")
@@ -457,6 +460,56 @@ class TritonSpec(_Strict):
         return None if value is None else server_release(value).release
 
 
+class GatePhysicsSpec(PhysicsSpec):
+    """``gate.physics``: how much worse than version N version N+1 may be (non-inferiority), per metric.
+
+    Defaults suit two trainings of one network: AUC may drop by 0.002, the signal efficiency at
+    ``background_efficiency`` by 1 % of its value; the absolute efficiency drop and the argmax agreement
+    are not judged (two trainings disagree on many events: the change map reports the flip fraction).
+    Every allowance holds in every bin alike. What this block leaves unset besides allowances (task,
+    output, class names, working points, bins, floors, bootstrap replicas) is ``validation.physics``'s.
+    """
+
+    max_auc_drop: float = Field(0.002, ge=0)
+    max_signal_efficiency_drop: float | None = Field(None, ge=0, description="absolute drop (None: not checked)")
+    max_signal_efficiency_relative_drop: float | None = Field(
+        0.01, ge=0, description="relative drop of the signal efficiency at background_efficiency")
+    min_argmax_agreement: float | None = Field(None, ge=0, le=1, description="None: not checked (the change map's)")
+
+
+# What ``gate.physics`` takes from ``validation.physics`` when it does not set it: what the metrics are
+# computed on, not how much they may change.
+GATE_INHERITED_PHYSICS = ("task", "output", "class_names", "threshold", "background_efficiency", "signal_efficiency",
+                          "bins", "bootstrap", "min_signal_events", "min_background_beyond_cut", "min_events")
+
+
+class GatePerformanceSpec(_Strict):
+    """``gate.performance``: N and N+1 timed side by side; a slowdown is judged only when ``max_slowdown`` is set."""
+
+    max_slowdown: float | None = Field(
+        None, gt=0, description="relative: 0.2 lets N+1 be 20 % slower than N (unset: reported, not judged)")
+    noise_band: float = Field(0.10, ge=0, description="relative change the timing cannot tell from noise")
+    seconds: float = Field(2.0, gt=0, description="timing time, both models together, after the warm-up")
+    batch: int = Field(256, ge=1, description="rows per run (fewer when the data holds fewer)")
+
+
+class GateSpec(_Strict):
+    """``gate``: what ``hepdeploy gate`` holds version N+1 to against version N."""
+
+    physics: GatePhysicsSpec = Field(default_factory=GatePhysicsSpec)
+    performance: GatePerformanceSpec = Field(default_factory=GatePerformanceSpec)
+    seed: int = Field(0, description="the bootstrap's seed (recorded in gate.json)")
+
+    def physics_against(self, validation: PhysicsSpec) -> GatePhysicsSpec:
+        """``gate.physics`` completed from ``validation.physics`` (:data:`GATE_INHERITED_PHYSICS` it leaves
+        unset), with the bootstrap seeded by ``gate.seed``."""
+        given = self.physics.model_fields_set
+        inherited = {key: getattr(validation, key) for key in GATE_INHERITED_PHYSICS if key not in given}
+        merged = self.physics.model_copy(update=inherited, deep=True)
+        merged.bootstrap = merged.bootstrap.model_copy(update={"seed": self.seed})
+        return merged
+
+
 def _variants_default() -> list[VariantSpec]:
     return [VariantSpec(name=n) for n in DEFAULT_VARIANTS]
 
@@ -473,6 +526,7 @@ class ModelSpec(_Strict):
     variants: list[Annotated[VariantSpec, Field()]] = Field(default_factory=_variants_default)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     triton: TritonSpec = Field(default_factory=TritonSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
 
     @field_validator("name")
     @classmethod

@@ -17,6 +17,7 @@ from hepdeploy import __version__
 from hepdeploy.cli import (
     commands_build,
     commands_convert,
+    commands_gate,
     commands_optimize,
     commands_preprocess,
     commands_profile,
@@ -111,7 +112,7 @@ def _register_commands() -> None:
     # commands_serve adds `serve` to the `triton` group, so it comes after commands_triton.
     for module in (commands_convert, commands_zoo, commands_optimize, commands_validate, commands_triton,
                    commands_serve, commands_build, commands_tune, commands_preprocess, commands_report,
-                   commands_profile):
+                   commands_gate, commands_profile):
         module.register(main)
 
 

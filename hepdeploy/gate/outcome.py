@@ -53,7 +53,9 @@ class Finding:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {key: value for key, value in self.__dict__.items() if value not in (None, {}, False)}
+        # Left out: what is unset (None, an empty extra, improved/relative False); a change of 0.0 is kept.
+        data = {key: value for key, value in self.__dict__.items()
+                if not (value is None or value is False or (isinstance(value, dict) and not value))}
         data["outcome"] = self.outcome
         if self.interval is not None:
             data["interval"] = [float(self.interval[0]), float(self.interval[1])]

@@ -7,12 +7,14 @@ the oldest queued request for more; a batch of b rows then takes t(b). The simul
 prediction is a pure function of its arguments, and the search over configurations is deterministic: the
 same t(b), rate and budget give the same choice on every machine.
 
-What the model leaves out, said once here: t(b) is taken as exact (its spread is not drawn), and the
-time to move tensors to and from the server is not counted.
+t(b) is a plain function of the rows (then exact) or a measured LatencyCurve, whose spread between p50 and
+p99 is drawn (seeded) for every batch. What the model leaves out, said once here: the time to move tensors to
+and from the server.
 """
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +82,38 @@ class SearchGrid:
 
     delay_fractions: tuple[float, ...] = DELAY_FRACTIONS
     requests: int = DEFAULT_REQUESTS
+    spread: bool = True  # draw t(b)'s measured spread when t(b) is a LatencyCurve
+
+
+Z99 = 2.3263  # the standard normal's 99th percentile
+
+
+@dataclass(frozen=True)
+class ServiceTime:
+    """t(b) as the simulation draws it: the median, and the spread of ln t (None: exactly the median).
+
+    From a :class:`~hepdeploy.serving.latency.LatencyCurve` (anything with ``seconds(batch, quantile)``) the
+    spread is log-normal through the measured p50 and p99, so the prediction's tail carries t(b)'s own tail;
+    from a plain function of the rows, t(b) is exact."""
+
+    median: TimeOfRows
+    sigma: TimeOfRows | None = None
+
+    @classmethod
+    def of(cls, tb: TimeOfRows | ServiceTime, spread: bool = True) -> ServiceTime:
+        if isinstance(tb, ServiceTime):
+            return tb if spread else cls(tb.median)
+        seconds = getattr(tb, "seconds", None)
+        if seconds is None or not spread:
+            return cls(functools.lru_cache(maxsize=None)(tb))
+        return cls(functools.lru_cache(maxsize=None)(lambda b: seconds(b, "p50")),
+                   functools.lru_cache(maxsize=None)(
+                       lambda b: max(0.0, math.log(seconds(b, "p99") / seconds(b, "p50"))) / Z99))
+
+
+def service_noise(seed: int, batches: int) -> np.ndarray:
+    """The standard normal draws that spread each batch's t(b), seeded apart from the arrivals."""
+    return np.random.default_rng([seed, 1]).standard_normal(batches)
 
 
 def poisson_arrivals(rate_per_s: float, requests: int, seed: int) -> np.ndarray:
@@ -90,8 +124,8 @@ def poisson_arrivals(rate_per_s: float, requests: int, seed: int) -> np.ndarray:
     return np.cumsum(gaps)
 
 
-def _batch_times(tb: TimeOfRows, rows_per_request: int, most_requests: int) -> list[float]:
-    """t(k * rows) for k = 0..most_requests (index k), each read once."""
+def _per_request_count(tb: TimeOfRows, rows_per_request: int, most_requests: int) -> list[float]:
+    """tb(k * rows) for k = 0..most_requests (index k)."""
     return [0.0, *(float(tb(k * rows_per_request)) for k in range(1, most_requests + 1))]
 
 
@@ -106,17 +140,19 @@ def _requests_to_send(queued: int, cap: int, preferred: Sequence[int], waited_ou
     return queued if waited_out else 0
 
 
-def simulate(tb: TimeOfRows, arrivals: np.ndarray, rows_per_request: int, config: BatchingConfig,
-             give_up_above_s: float | None = None) -> tuple[np.ndarray, float]:
+def simulate(service: ServiceTime, arrivals: np.ndarray, rows_per_request: int, config: BatchingConfig,
+             noise: np.ndarray | None = None, give_up_above_s: float | None = None) -> tuple[np.ndarray, float]:
     """Each request's latency and the instances' busy share, by discrete events over ``arrivals``.
 
-    With ``give_up_above_s``, stops as soon as more than 1 % of all requests exceed it (their p99 then does
-    too) and returns the latencies so far."""
+    The n-th batch takes its median t(b) times exp(sigma(b) * noise[n]) when the service has a spread. With
+    ``give_up_above_s``, stops as soon as more than 1 % of all requests exceed it (their p99 then does too)
+    and returns the latencies so far."""
     cap = config.max_batch_size // rows_per_request
     if cap < 1:
         raise BadInputError(f"max_batch_size {config.max_batch_size} is below one request's {rows_per_request} rows")
     preferred = sorted({p // rows_per_request for p in config.preferred_batch_size if p >= rows_per_request})
-    times = _batch_times(tb, rows_per_request, cap)
+    times = _per_request_count(service.median, rows_per_request, cap)
+    spread = _per_request_count(service.sigma, rows_per_request, cap) if service.sigma and noise is not None else None
     arrive = arrivals.tolist()
     total, delay = len(arrive), config.max_queue_delay_us * 1e-6
     done_at = np.empty(total)
@@ -134,10 +170,10 @@ def simulate(tb: TimeOfRows, arrivals: np.ndarray, rows_per_request: int, config
             start = max(start, min(arrive[head] + delay, reached))
             queued = bisect.bisect_right(arrive, start, head) - head
             send = _requests_to_send(queued, cap, preferred, True)
-        finish = start + times[send]
-        done_at[head:head + send] = finish
-        free[instance] = finish
-        busy += times[send]
+        took = times[send] * math.exp(spread[send] * noise[batches % len(noise)]) if spread else times[send]
+        done_at[head:head + send] = start + took
+        free[instance] = start + took
+        busy += took
         head += send
         batches += 1
         if give_up_above_s is not None and batches % 256 == 0 and \
@@ -148,11 +184,14 @@ def simulate(tb: TimeOfRows, arrivals: np.ndarray, rows_per_request: int, config
     return latencies, min(1.0, busy / (span * config.instances))
 
 
-def predict_latency(curve_or_tb: TimeOfRows, rate_per_s: float, rows_per_request: int, config: BatchingConfig,
-                    *, seed: int = 0, requests: int = DEFAULT_REQUESTS) -> tuple[float, float, float]:
-    """Predicted (p50 s, p99 s, utilisation) of request latency at ``rate_per_s`` requests per second."""
+def predict_latency(curve_or_tb: TimeOfRows | ServiceTime, rate_per_s: float, rows_per_request: int,
+                    config: BatchingConfig, *, seed: int = 0, requests: int = DEFAULT_REQUESTS,
+                    spread: bool = True) -> tuple[float, float, float]:
+    """Predicted (p50 s, p99 s, utilisation) of request latency at ``rate_per_s`` requests per second (a
+    LatencyCurve's spread drawn when ``spread``, see :class:`ServiceTime`)."""
     arrivals = poisson_arrivals(rate_per_s, requests, seed)
-    latencies, utilisation = simulate(curve_or_tb, arrivals, rows_per_request, config)
+    latencies, utilisation = simulate(ServiceTime.of(curve_or_tb, spread), arrivals, rows_per_request, config,
+                                      service_noise(seed, requests))
     p50, p99 = np.percentile(latencies, [50, 99])
     return float(p50), float(p99), utilisation
 
@@ -186,25 +225,27 @@ def _capacity_per_s(tb: TimeOfRows, config: BatchingConfig, rows_per_request: in
     return config.instances * requests / float(tb(requests * rows_per_request))
 
 
-def choose_batching(tb: TimeOfRows, rate_per_s: float, budget_s: float, rows_per_request: int, *,
+def choose_batching(tb: TimeOfRows | ServiceTime, rate_per_s: float, budget_s: float, rows_per_request: int, *,
                     max_rows_cap: int, instances_max: int = 1, seed: int = 0,
                     grid: SearchGrid | None = None) -> BatchingChoice:
     """The cheapest configuration (fewest instances) whose predicted p99 is within ``budget_s`` at ``rate_per_s``,
     ties broken by the lowest p99, then the smallest delay, then the smallest max batch. Raises BadInputError
     when none is (the message says the best p99 found)."""
     grid = grid or SearchGrid()
+    service = ServiceTime.of(tb, grid.spread)  # every config reads the same t(k rows): each once
     if budget_s <= 0 or instances_max < 1:
         raise BadInputError(f"budget {budget_s} s must be > 0 and instances_max {instances_max} >= 1")
     sizes = batch_candidates(rows_per_request, max_rows_cap)
     delays = sorted({max(1, round(budget_s * f * 1e6)) for f in grid.delay_fractions})
     arrivals = poisson_arrivals(rate_per_s, grid.requests, seed)  # the same arrivals for every config
+    noise = service_noise(seed, grid.requests)
     best_seen = math.inf
     for instances in range(1, instances_max + 1):
         ranked = []
         for config in _configs(sizes, delays, instances):
-            if _capacity_per_s(tb, config, rows_per_request) <= rate_per_s:
+            if _capacity_per_s(service.median, config, rows_per_request) <= rate_per_s:
                 continue  # the queue would grow without bound
-            latencies, utilisation = simulate(tb, arrivals, rows_per_request, config, give_up_above_s=budget_s)
+            latencies, utilisation = simulate(service, arrivals, rows_per_request, config, noise, budget_s)
             if len(latencies) < len(arrivals):
                 continue
             p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99]))
@@ -214,24 +255,25 @@ def choose_batching(tb: TimeOfRows, rate_per_s: float, budget_s: float, rows_per
                 ranked.append((key, config, p50, utilisation))
         if ranked:
             key, config, p50, utilisation = min(ranked, key=lambda item: item[0])
-            return _choice(tb, config, (p50, key[0], utilisation), rate_per_s, budget_s, rows_per_request,
+            return _choice(service, config, (p50, key[0], utilisation), rate_per_s, budget_s, rows_per_request,
                            considered=len(ranked))
     found = f"the best p99 found is {best_seen * 1e3:.3g} ms" if math.isfinite(best_seen) else \
         "every config's queue grows without bound or more than 1 % of its requests exceed the budget"
-    found += f"; one request alone takes t({rows_per_request}) = {tb(rows_per_request) * 1e3:.3g} ms"
+    found += f"; one request alone takes t({rows_per_request}) = {service.median(rows_per_request) * 1e3:.3g} ms"
     raise BadInputError(f"no batching config with up to {instances_max} instance(s) keeps p99 within "
                         f"{budget_s * 1e3:.3g} ms at {rate_per_s:.4g} requests/s of {rows_per_request} rows; {found}")
 
 
-def _choice(tb: TimeOfRows, config: BatchingConfig, predicted: tuple[float, float, float], rate_per_s: float,
+def _choice(service: ServiceTime, config: BatchingConfig, predicted: tuple[float, float, float], rate_per_s: float,
             budget_s: float, rows_per_request: int, considered: int) -> BatchingChoice:
     p50, p99, utilisation = predicted
-    capacity = _capacity_per_s(tb, config, rows_per_request)
+    capacity = _capacity_per_s(service.median, config, rows_per_request)
+    tb = service.median
     at = f"at {rate_per_s:.4g} requests/s of {rows_per_request} rows"
     fewer = "the fewest instances" if config.instances == 1 else \
         f"fewer than {config.instances} instances cannot keep p99 within {budget_s * 1e3:.3g} ms {at}"
     why = {
-        "max_batch_size": f"{config.max_batch_size} rows ({config.max_batch_size // rows_per_request} requests): of "
+        "max_batch_size": f"{config.max_batch_size} rows ({_requests(config.max_batch_size // rows_per_request)}): of "
                           f"{considered} configs within the budget {at}, the lowest predicted p99 "
                           f"({p99 * 1e3:.3g} ms); t({config.max_batch_size}) = {tb(config.max_batch_size) * 1e3:.3g} ms",
         "preferred_batch_size": (f"{list(config.preferred_batch_size)}: sent without waiting once queued"
@@ -242,8 +284,13 @@ def _choice(tb: TimeOfRows, config: BatchingConfig, predicted: tuple[float, floa
                                            "waiting this long for fuller batches gave the lowest p99 on the delay grid"),
         "instances": f"{config.instances}: {fewer}; utilisation {utilisation:.0%}",
         "predicted": f"p50 {p50 * 1e3:.3g} ms, p99 {p99 * 1e3:.3g} ms (budget {budget_s * 1e3:.3g} ms) from a seeded "
-                     "simulation of Triton's dynamic batcher over Poisson arrivals and t(b)",
+                     "simulation of Triton's dynamic batcher over Poisson arrivals and t(b)"
+                     + (", its measured spread drawn for every batch" if service.sigma else ""),
         "throughput_per_s": f"{capacity:.4g} requests/s at most: every instance busy with full batches",
     }
     return BatchingChoice(config.max_batch_size, list(config.preferred_batch_size), config.max_queue_delay_us,
                           config.instances, p50, p99, capacity, why)
+
+
+def _requests(count: int) -> str:
+    return f"{count} request" + ("" if count == 1 else "s")

@@ -20,9 +20,14 @@ Span = DimPlan | DimRange | tuple[int, int]
 def serving_problems(max_batch_size: int, preferred: Sequence[int], profiles: Sequence[ShapeProfile],
                      data_dims: Mapping[str, Span], batch_dim: str = "batch") -> list[str]:
     """One plain line per inconsistency; empty when the configuration holds together. ``data_dims``: the
-    sizes the data needs per dim (a plan, a range or (min, max)); ``batch_dim``: the profiles' batch dim."""
-    return [*_batch_problems(max_batch_size, list(preferred), profiles, batch_dim),
-            *_data_problems(profiles, data_dims)]
+    sizes the data needs per dim (a plan, a range or (min, max)), the batch dim's being the rows one request
+    carries (an event's natural batch); ``batch_dim``: the batch dim's name in the profiles and the data."""
+    problems = [*_batch_problems(max_batch_size, list(preferred), profiles, batch_dim),
+                *_data_problems(profiles, data_dims)]
+    if batch_dim in data_dims and max_batch_size > 0 and _span(data_dims[batch_dim])[1] > max_batch_size:
+        problems.append(f"a request of the data carries up to {_span(data_dims[batch_dim])[1]} rows: more than "
+                        f"max_batch_size {max_batch_size} (Triton refuses it)")
+    return problems
 
 
 def _batch_problems(max_batch_size: int, preferred: list[int], profiles: Sequence[ShapeProfile],

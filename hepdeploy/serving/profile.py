@@ -133,7 +133,8 @@ def profile_model(request: ProfileRequest) -> ProfileReport:
         curve = _measure_tb(request, inputs, rows, live)
         rate, choice, search, why = _choose(request, curve, inputs, rows)
         problems = serving_problems(choice.max_batch_size, choice.preferred_batch_size,
-                                    _with_batch_range(spec, profiles), plans, batch_dim=_batch_dim(spec))
+                                    _with_batch_range(spec, profiles), {**plans, _batch_dim(spec): (rows, rows)},
+                                    batch_dim=_batch_dim(spec))
         report = ProfileReport(
             model=spec.triton.model_name or spec.name, data=str(request.data), budget_s=settings.budget_s,
             rate_per_s=rate, rows_per_request=rows, dims=plans, profiles=profiles, multiplicities=counts,

@@ -2,7 +2,8 @@
 min/opt/max that lets at least 99.9 % of events through, and K bucketed TensorRT profiles.
 
 Counts come from ROOT jagged branches through the spec's mapping (particles per jet before padding), or from
-padded ``.npz`` arrays (the rows up to the last real one: a mask input's ones, else rows not all zero).
+padded ``.npz`` arrays (the rows up to the last real one: a mask input's ones, else rows not all zero), or a
+graph of concatenated events with an ``event`` array (edges per event, and the hits they join).
 ``plan_dim`` turns one dim's counts into a :class:`DimPlan` whose ``why`` says where each number comes from
 and what happens to the events beyond ``max``: truncated, as weaver's ``max_length`` does, when the spec
 reads the data with a length; refused otherwise. ``bucket_profiles`` cuts the counts into at most K profiles
@@ -69,6 +70,10 @@ class ShapeProfile:
     events: int
     padding_waste: float  # padded entries / all entries of its events, each padded to the profile's max
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"dims": {d: r.model_dump() for d, r in self.ranges.items()}, "events": self.events,
+                "padding_waste": self.padding_waste}
+
     def line(self) -> str:
         dims = ", ".join(f"{d} {r.min}/{r.opt}/{r.max}" for d, r in self.ranges.items())
         return f"{dims}: {self.events} events, {self.padding_waste:.1%} padding"
@@ -124,6 +129,8 @@ def _padded_counts(spec: ModelSpec, arrays: Mapping[str, np.ndarray], preprocess
     missing = [t.name for t in spec.inputs if t.name not in arrays]
     if missing:
         raise DataError(f"{where}: no array {', '.join(missing)} (it has {', '.join(sorted(arrays))})")
+    if not batched and "event" in arrays:
+        return _graph_event_counts(spec, arrays, np.asarray(arrays["event"]).reshape(-1))
     from_masks: dict[str, np.ndarray] = {}
     from_rows: dict[str, np.ndarray] = {}
     for tensor in spec.inputs:
@@ -135,6 +142,39 @@ def _padded_counts(spec: ModelSpec, arrays: Mapping[str, np.ndarray], preprocess
             counts = _used_rows(events, axis) if padded else np.full(len(events), events.shape[axis], np.int64)
             _merge(from_masks if tensor.name in masks else from_rows, dim, counts)
     return {**from_rows, **from_masks}
+
+
+def _graph_event_counts(spec: ModelSpec, arrays: Mapping[str, np.ndarray], event: np.ndarray) -> dict[str, np.ndarray]:
+    """Events concatenated into one graph, ``event`` naming each row's event (the interaction network's edges):
+    per event, the rows of every dim as long as ``event``, and of a dim another input's values index
+    (``index_of``: hits that edges join) the block of entries its rows use (each event's hits stored
+    together) or, where blocks overlap, the distinct entries."""
+    _, rows_event = np.unique(event, return_inverse=True)
+    events = int(rows_event.max()) + 1
+    found: dict[str, np.ndarray] = {}
+    for tensor in spec.inputs:
+        for position, dim in enumerate(tensor.shape):
+            if isinstance(dim, str) and np.asarray(arrays[tensor.name]).shape[position] == len(event):
+                found[dim] = np.bincount(rows_event, minlength=events).astype(np.int64)
+    for tensor in spec.inputs:
+        values = np.asarray(arrays[tensor.name])
+        if tensor.index_of is None or tensor.index_of in found or len(event) not in values.shape:
+            continue
+        axis = values.shape.index(len(event))
+        flat = np.moveaxis(values, axis, -1).reshape(-1, len(event))
+        owner = np.broadcast_to(rows_event, flat.shape).reshape(-1)
+        low = np.full(events, np.iinfo(np.int64).max)
+        high = np.full(events, -1)
+        np.minimum.at(low, owner, flat.reshape(-1))
+        np.maximum.at(high, owner, flat.reshape(-1))
+        spans = np.where(high >= 0, high - low + 1, 0)
+        order = np.argsort(low)
+        if np.all(low[order][1:] > high[order][:-1]):
+            found[tensor.index_of] = spans.astype(np.int64)
+        else:
+            pairs = np.unique(np.stack([owner, flat.reshape(-1)]), axis=1)
+            found[tensor.index_of] = np.bincount(pairs[0], minlength=events).astype(np.int64)
+    return found
 
 
 def _events_axis(array: np.ndarray, tensor: TensorSpec, batched: bool, where: str) -> tuple[np.ndarray, bool]:

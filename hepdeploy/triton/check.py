@@ -67,6 +67,7 @@ from hepdeploy.triton.layout import (
     MANIFEST_NAME,
     Manifest,
     read_manifest,
+    version_folders,
 )
 
 if TYPE_CHECKING:
@@ -179,6 +180,19 @@ class ModelChecker:
         for version_dir in versions:
             self.report.versions += 1
             self._check_version(config, platform, version_dir, served=int(version_dir.name) in served)
+        return self.problems
+
+    def check_recorded_digests(self) -> list[Problem]:
+        """Only the published files against what was recorded for them when they were published: each
+        version's manifest (sha256, missing and stray files) and the config's checksum agent (MD5).
+        The gate's integrity check reads this; nothing is loaded or run."""
+        config_path = self.dir / CONFIG_NAME
+        try:
+            self._check_checksums(read_model_config(config_path))
+        except RepositoryError as error:
+            self.problem(config_path, str(error).removeprefix(f"{config_path}: "))
+        for version in version_folders(self.dir):
+            self._check_manifest(self.dir / str(version))
         return self.problems
 
     def check_ensemble(self, config: model_config_pb2.ModelConfig, path: Path) -> None:

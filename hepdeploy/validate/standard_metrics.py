@@ -1,5 +1,5 @@
 """The physics metrics every analysis is checked on: ROC AUC and signal efficiency at a fixed
-background efficiency per class, and argmax agreement and accuracy, for classifiers; AUC,
+background efficiency per class (its drop absolute, or relative to the reference's when asked for), and argmax agreement and accuracy, for classifiers; AUC,
 efficiency and purity for edge classifiers; bias and resolution (IQR/1.349 of the relative
 residual) for regressions. Each is a :class:`~hepdeploy.validate.physics_metric.PhysicsMetric`
 entry of :mod:`hepdeploy.validate.metric_registry`.
@@ -74,6 +74,13 @@ SIGNAL_EFFICIENCY = PhysicsMetric(
     "signal_efficiency", "class", kernel=_class_roc(1), scalar=_signal_efficiency,
     title=lambda view, spec: f"signal_efficiency@{spec.background_efficiency:g}bkg[{view.label}]",
     direction="higher", allowance="max_signal_efficiency_drop", floor=_signal_efficiency_floor)
+# The same efficiency judged relative to the reference's (opt-in: the gate's default): an allowance of
+# 1 % means 1 % of the efficiency wherever it sits, a loose tagger's 0.05 or a tight one's 0.6.
+SIGNAL_EFFICIENCY_RELATIVE = PhysicsMetric(
+    "signal_efficiency_relative", "class", kernel=_class_roc(1), scalar=_signal_efficiency,
+    title=lambda view, spec: f"signal_efficiency_relative@{spec.background_efficiency:g}bkg[{view.label}]",
+    direction="higher", allowance="max_signal_efficiency_relative_drop", judged="relative_change",
+    floor=_signal_efficiency_floor)
 EDGE_AUC = PhysicsMetric(
     "edge_auc", "edges", kernel=_edge_roc, scalar=_auc, title=lambda view, spec: "edge_auc",
     direction="higher", allowance="max_auc_drop",

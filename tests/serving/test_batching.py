@@ -89,3 +89,20 @@ def test_candidates_are_whole_requests_and_configs_are_checked() -> None:
         BatchingConfig(256, (512,), 0, 1)  # Triton refuses a preferred size above the max
     with pytest.raises(BadInputError):
         predict_latency(linear, 10.0, ROWS, BatchingConfig(32))  # one request does not fit
+
+
+def test_a_measured_curve_s_spread_reaches_the_predicted_tail_and_its_median_stays() -> None:
+    from hepdeploy.serving.latency import LatencyCurve, LatencyPoint
+
+    # t(b) measured with p99 twice its p50 at every size.
+    curve = LatencyCurve([LatencyPoint(b, linear(b), 2 * linear(b), 1.2 * linear(b), 1000, 3, True)
+                          for b in (64, 256, 1024, 4096)], "simulated", "")
+    config = BatchingConfig(1024)
+    p50, p99, _ = predict_latency(curve, 1.0, ROWS, config, requests=5000)
+    assert p50 == pytest.approx(linear(ROWS), rel=0.05)
+    assert p99 == pytest.approx(2 * linear(ROWS), rel=0.1)  # the tail of t(b) itself, nobody queued
+    exact = predict_latency(curve, 1.0, ROWS, config, requests=5000, spread=False)
+    assert exact[0] == exact[1] == pytest.approx(linear(ROWS))
+    choice = choose_batching(curve, 1000.0, 0.02, ROWS, max_rows_cap=4096)
+    assert "measured spread" in choice.why["predicted"]
+    assert choice.predicted_p99_s > choose_batching(linear, 1000.0, 0.02, ROWS, max_rows_cap=4096).predicted_p99_s

@@ -57,3 +57,11 @@ def test_the_data_must_fit_the_profiles_without_gaps() -> None:
     # A dim the data has and the profiles do not set.
     assert serving_problems(500, [200], profiles, {**data, "n_sv": (1, 8)}) == [
         "n_sv: the data needs 1..8 but no profile sets n_sv"]
+
+
+def test_a_request_larger_than_max_batch_size_is_refused() -> None:
+    """FACILE: one event is 16,000 channels, sent as one request of 16,000 rows."""
+    event = {"batch": (16000, 16000)}
+    assert serving_problems(16000, [], [], event) == []
+    assert serving_problems(8000, [], [], event) == [
+        "a request of the data carries up to 16000 rows: more than max_batch_size 8000 (Triton refuses it)"]

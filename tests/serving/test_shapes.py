@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hepdeploy.errors import SpecError
+from hepdeploy.graph_bounds import DimBound
 from hepdeploy.model_zoo import ExportOptions, ZooExport, export_network
 from hepdeploy.serving.shapes import (
     bucket_profiles,
@@ -111,6 +112,7 @@ def test_two_profiles_cut_between_the_modes() -> None:
     first, second = bucket_profiles(counts, 2, 0.0, plan)
     cut = first.ranges["n_hits"].max
     assert second.ranges["n_hits"].min == cut + 1 and second.ranges["n_hits"].max == plan.max
+    assert first.as_dict()["dims"]["n_hits"]["max"] == cut and first.as_dict()["events"] == first.events
     assert np.mean(low <= cut) > 0.97 and np.all(high > cut)  # the cut lies in the gap between the modes
     assert first.ranges["n_hits"].opt == int(np.ceil(np.median(counts[counts <= cut])))
     assert profile_coverage(counts, [first, second]) == pytest.approx(plan.coverage)
@@ -163,3 +165,31 @@ def test_events_beyond_a_truncation_length_are_truncated_and_counted() -> None:
     assert "max 64 = the truncation length" in plan.why and "3 events" in plan.why and "truncated to 64" in plan.why
     with pytest.raises(SpecError, match="truncating needs the length"):
         plan_dim(counts, policy="truncate")
+
+
+@pytest.mark.slow
+def test_interaction_network_hits_and_edges_per_event(tmp_path: Path, zoo_cache_dir: Path) -> None:
+    """Events concatenated into one graph, each edge's event recorded: edges per event are counted, hits per
+    event are the block of hits its edges join."""
+    result = export_network("interaction_network", tmp_path, ExportOptions(
+        train=False, budget="reduced", cache_dir=zoo_cache_dir, reference_samples=4))
+    counts = dim_multiplicities(result.spec, result.reference_path)
+    arrays = np.load(result.reference_path)
+    event, edges = arrays["event"], arrays["edge_index"]
+    assert sorted(counts) == ["n_edges", "n_hits"] and len(counts["n_edges"]) == len(np.unique(event)) == 4
+    np.testing.assert_array_equal(counts["n_edges"], np.bincount(event))
+    assert counts["n_hits"].sum() == len(arrays["x"])  # every hit in its event's block
+    for index, hits in enumerate(counts["n_hits"]):
+        joined = edges[:, event == index]
+        assert hits == joined.max() - joined.min() + 1
+    plan = plan_dim(counts["n_hits"], dim="n_hits")
+    assert plan.min == counts["n_hits"].min() and plan.max >= counts["n_hits"].max()
+
+
+def test_a_graph_lower_bound_raises_min() -> None:
+    counts = np.array([4, 9, 20, 25, 30, 31, 40], np.int64)
+    bound = DimBound("n_pf", 17, "TopK 'knn' k=17")
+    plan = plan_dim(counts, coverage=1.0, dim="n_pf", lower_bound=bound)
+    assert (plan.min, plan.opt, plan.max) == (17, 25, 40)
+    assert plan.why.startswith("n_pf: min 17 = TopK 'knn' k=17 (the smallest count seen is 4)")
+    assert plan_dim(counts, coverage=1.0, dim="n_pf", lower_bound=50).min == 50  # above every count: all padded

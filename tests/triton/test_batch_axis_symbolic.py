@@ -3,9 +3,11 @@
 so a spec-less ``triton add`` publishes a batching config; a leading dim that is truly another dim is not."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -81,10 +83,13 @@ def test_spec_less_triton_add_finds_the_batch_axis_of_a_deepjet_like_model(tmp_p
     np.testing.assert_array_equal(answers["jet_pt"], feeds["global_preproc"][:, :1])
 
 
-def test_a_leading_dim_that_is_another_dim_is_not_taken_for_the_batch(tmp_path: Path) -> None:
+def test_a_leading_dim_that_is_another_dim_is_not_taken_for_the_batch(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     model = _deepjet_like(tmp_path / "flat.onnx", jet_pt_shape="flatten")
-    _, outputs = tensor_specs_of(load_onnx(model, load_weights=False))
+    with caplog.at_level(logging.INFO, logger="hepdeploy.artifacts"):
+        _, outputs = tensor_specs_of(load_onnx(model, load_weights=False))
     assert outputs[1].shape == ["Identityjet_pt_dim_0", 1]  # 15 N rows: kept as the graph names it
+    assert "does not show these outputs' leading dim is the inputs' 'N': jet_pt" in caplog.text
 
     repo = tmp_path / "repo"
     result = CliRunner().invoke(main, ["triton", "add", str(repo), str(model), "--name", "flat"])
