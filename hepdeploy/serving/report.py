@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -199,11 +199,14 @@ def write_plots(report: ProfileReport, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     drawn = {"tb": _plot_tb, "latency": _plot_latency, "dims": _plot_dims, "clients": _plot_clients}
+    # A plot whose evidence was not gathered (no live server, no dynamic dim, sonic off) is not drawn.
+    gathered = {"tb": True, "latency": report.confirmation is not None, "dims": bool(report.dims),
+                "clients": report.clients is not None}
     written = []
     for key, draw in drawn.items():
-        figure = draw(plt, report)
-        if figure is None:
+        if not gathered[key]:
             continue
+        figure = draw(plt, report)
         figure.tight_layout()
         with atomic_path(out_dir / PLOTS[key], suffix=".png.tmp") as tmp:
             figure.savefig(tmp, format="png", dpi=80)
@@ -219,33 +222,31 @@ def _plot_tb(plt: Any, report: ProfileReport) -> Any:
     axis.plot(batches, [p.p50_s * 1e3 for p in points], marker="o", label="p50")
     axis.plot(batches, [p.p99_s * 1e3 for p in points], marker="s", label="p99")
     axis.axvline(report.choice.max_batch_size, color="gray", linestyle="--", label="max_batch_size")
-    axis.set_xlabel("batch (rows)")
-    axis.set_ylabel("t(b) ms")
-    axis.set_title(f"{report.model}: t(b)", fontsize=10)
+    return _labelled(figure, axis, "batch (rows)", "t(b) ms", f"{report.model}: t(b)")
+
+
+def _labelled(figure: Any, axis: Any, xlabel: str, ylabel: str, title: str) -> Any:
+    """A line plot's axes labelled, gridded and with its legend; returns the figure."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=10)
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)
     return figure
 
 
 def _plot_latency(plt: Any, report: ProfileReport) -> Any:
-    c = report.confirmation
-    if c is None:
-        return None
+    c = cast(Confirmation, report.confirmation)
     figure, axis = plt.subplots(figsize=(4.8, 3.6))
     positions = np.arange(2)
     axis.bar(positions - 0.2, [c.predicted_p50_s * 1e3, c.predicted_p99_s * 1e3], 0.4, label="predicted")
     axis.bar(positions + 0.2, [c.measured_p50_s * 1e3, c.measured_p99_s * 1e3], 0.4, label="measured")
     axis.axhline(report.budget_s * 1e3, color="red", linestyle="--", label="budget")
     axis.set_xticks(positions, ["p50", "p99"])
-    axis.set_ylabel("request latency ms")
-    axis.set_title(f"{report.model} at {report.rate_per_s:g} events/s", fontsize=10)
-    axis.legend(fontsize=8)
-    return figure
+    return _labelled(figure, axis, "", "request latency ms", f"{report.model} at {report.rate_per_s:g} events/s")
 
 
 def _plot_dims(plt: Any, report: ProfileReport) -> Any:
-    if not report.dims:
-        return None
     names = list(report.dims)
     figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
@@ -253,25 +254,16 @@ def _plot_dims(plt: Any, report: ProfileReport) -> Any:
         axis.hist(counts, bins=min(60, max(5, int(np.ptp(counts)) + 1)) if len(counts) else 5, color="C0")
         for value, label, style in ((plan.min, "min", ":"), (plan.opt, "opt", "-."), (plan.max, "max", "--")):
             axis.axvline(value, color="k", linestyle=style, label=f"{label} {value}")
-        axis.set_xlabel(name)
-        axis.set_ylabel("events")
-        axis.set_title(f"{name}: {plan.coverage:.2%} fit", fontsize=10)
-        axis.legend(fontsize=7)
+        _labelled(figure, axis, name, "events", f"{name}: {plan.coverage:.2%} fit")
     return figure
 
 
 def _plot_clients(plt: Any, report: ProfileReport) -> Any:
-    k = report.clients
-    if k is None:
-        return None
+    k = cast(ClientsPerInstance, report.clients)
     figure, axis = plt.subplots(figsize=(5.6, 3.8))
     for index, levels in enumerate(k.levels):
         axis.plot([lv.clients for lv in levels], [lv.latency_ms_p99 for lv in levels], marker="o",
                   label=f"repeat {index + 1}", alpha=0.8)
     axis.axhline(k.budget_s * 1e3, color="red", linestyle="--", label="budget")
-    axis.set_xlabel("simultaneous clients (one event each)")
-    axis.set_ylabel("event p99 ms")
-    axis.set_title(f"{k.model}: {k.point} clients ({k.low}..{k.high}) within the budget", fontsize=10)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
-    return figure
+    return _labelled(figure, axis, "simultaneous clients (one event each)", "event p99 ms",
+                     f"{k.model}: {k.point} clients ({k.low}..{k.high}) within the budget")
