@@ -22,7 +22,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ from hepdeploy.plan_compat import (
 from hepdeploy.progress import progress
 from hepdeploy.sampling import sample_inputs, typical_sizes
 from hepdeploy.serve_check import serve_check
-from hepdeploy.serving.profile import ProfileRequest, ProfileSettings, profile_model, with_serving
+from hepdeploy.serving.profile import ProfileRequest, ProfileSettings, batches_of, profile_model, with_serving
+from hepdeploy.serving.revalidate import validate_at_batches
 from hepdeploy.spec import ModelSpec, load_spec
 from hepdeploy.steps import StepResult
 from hepdeploy.triton.check import CheckEnvironment, check_repository_report
@@ -543,7 +544,12 @@ def _publish_passing(build: ModelBuild, spec: ModelSpec, repository: Path, passi
             "cpu_twin": twin.model_copy(update={"variant": served}) if served else None})})
     if passing and spec.triton.serving == "auto":
         fp32 = build.folder / f"{spec.name}.onnx"
-        profiled = build.run("serving", lambda: _serving_step(spec, fp32, build.folder / "serving"))
+        profiled = build.run("serving", lambda: _serving_step(spec, fp32, build.folder / "serving",
+                                                              passing, reference.inputs))
+        if profiled.status == "failed":
+            build.add(StepResult("publish", "skipped", "the profiled serving configuration failed validation at "
+                                 "its batch sizes: nothing is published with it"))
+            return
         spec = profiled.details.pop("spec", spec)
     if passing:
         build.run("publish", lambda: _publish_step(repository, spec, passing, verdicts, reference.inputs))
@@ -577,10 +583,14 @@ def _model_decisions(name: str, judged: dict[str, tuple[StepResult, bool]], step
     return ModelDecisions(name, decisions, unpublished)
 
 
-def _serving_step(spec: ModelSpec, model: Path, out_dir: Path) -> StepResult:
+def _serving_step(spec: ModelSpec, model: Path, out_dir: Path, passing: Mapping[str, Path] | None = None,
+                  inputs: Mapping[str, np.ndarray] | None = None) -> StepResult:
     """``triton: {serving: auto}``: profile the FP32 model on the spec's reference data (the live confirmation
-    when the local server runs; the clients-per-instance figure is left to `hepdeploy profile`) and publish
-    its batching and instances. The spec's ``details['spec']`` carries them to the publish step."""
+    when the local server runs; the clients-per-instance figure is left to `hepdeploy profile`), validate every
+    ``passing`` variant again at the chosen config's batch sizes on ``inputs``, and publish its batching and
+    instances (failed: a variant computes otherwise at one of them). The spec's ``details['spec']`` carries
+    them to the publish step. Its dims stay the spec's: the chosen batching lies inside the profile the
+    TensorRT plan was built for (the consistency check), so no engine needs rebuilding for it."""
     data = spec.data.reference
     if not data:
         return StepResult("serving", "skipped", "serving: auto needs data.reference to profile on; the spec's own "
@@ -594,7 +604,17 @@ def _serving_step(spec: ModelSpec, model: Path, out_dir: Path) -> StepResult:
               f"{choice.max_queue_delay_us} µs, {report.instances} instance(s); predicted p99 "
               f"{choice.predicted_p99_s * 1e3:.1f} ms of {settings.budget_s * 1e3:g} ms at {report.rate_per_s:g} "
               f"events/s; {confirmed}")
-    return StepResult("serving", "ok", reason, outputs=report.files, details={"spec": with_serving(spec, report)})
+    checks = validate_at_batches(passing or {}, inputs or {}, batches_of(spec, choice, report.rows_per_request),
+                                 spec.validation.chunk_size, spec.validation.tolerances)
+    lines = [check.line() for check in checks]
+    if not all(check.passed for check in checks):
+        failed = "; ".join(line for line, check in zip(lines, checks, strict=True) if not check.passed)
+        return StepResult("serving", "failed", f"{reason}; not served at these shapes: {failed}",
+                          outputs=report.files, details={"shape_checks": lines})
+    sizes = ", ".join(str(size) for size in sorted({check.batch for check in checks}))
+    reason += f"; {len(passing or {})} variant(s) validated again at batch {sizes}" if checks else ""
+    return StepResult("serving", "ok", reason, outputs=report.files,
+                      details={"spec": with_serving(spec, report), "shape_checks": lines})
 
 
 def planned_steps(spec: ModelSpec, options: BuildOptions, repository: Path | None) -> list[str]:

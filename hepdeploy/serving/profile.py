@@ -39,6 +39,7 @@ from hepdeploy.serving.consistency import serving_problems
 from hepdeploy.serving.instances import choose_instances, instance_memory_bytes
 from hepdeploy.serving.latency import LatencyCurve, data_inputs_for, measure_latency_curve
 from hepdeploy.serving.report import ProfileReport, write_profile_outputs
+from hepdeploy.serving.revalidate import serving_batches, validate_at_batches
 from hepdeploy.serving.shapes import DimPlan, ShapeProfile, bucket_profiles, dim_multiplicities, plan_dims
 from hepdeploy.spec import CpuTwin, DynamicBatching, InstanceGroup, ModelSpec, TritonSpec
 from hepdeploy.triton.repository import publish_python_twin
@@ -135,12 +136,16 @@ def profile_model(request: ProfileRequest) -> ProfileReport:
         problems = serving_problems(choice.max_batch_size, choice.preferred_batch_size,
                                     _with_batch_range(spec, profiles), {**plans, _batch_dim(spec): (rows, rows)},
                                     batch_dim=_batch_dim(spec))
+        shape_checks = [] if problems else validate_at_batches(
+            {"profiled": request.model}, inputs, batches_of(spec, choice, rows), spec.validation.chunk_size,
+            spec.validation.tolerances)
+        problems += [f"not publishable at its shapes: {c.line()}" for c in shape_checks if not c.passed]
         report = ProfileReport(
             model=spec.triton.model_name or spec.name, data=str(request.data), budget_s=settings.budget_s,
             rate_per_s=rate, rows_per_request=rows, dims=plans, profiles=profiles, multiplicities=counts,
             curve=curve, choice=choice, instances=choice.instances, problems=problems,
             why={**choice.why, **why, "rows_per_request": rows_why, "profiles": profiles_why},
-            notes=notes, batch_dims=[_batch_dim(spec)], search=search)
+            notes=notes, batch_dims=[_batch_dim(spec)], search=search, shape_checks=shape_checks)
         if live is not None and not problems:
             _confirm(request, report, inputs, live)
     report.files = write_profile_outputs(report, request.out_dir)
@@ -288,6 +293,12 @@ def _profiles(counts: dict[str, np.ndarray], plans: dict[str, DimPlan], k: int) 
     profiles = bucket_profiles(counts, k, cost, plans)
     return profiles, (f"{len(profiles)} profile(s) of at most {k}: the least padding plus {cost:g} padded "
                       f"entries per event per profile ({PROFILE_COST:.0%} of {first.dim}'s opt {first.opt})")
+
+
+def batches_of(spec: ModelSpec, choice: BatchingChoice, rows: int) -> list[int]:
+    """The batch sizes ``choice`` serves at: the batch profile's min, one request, the preferred sizes, the max."""
+    return serving_batches(spec.dim_range(_batch_dim(spec)).min, rows, choice.preferred_batch_size,
+                           choice.max_batch_size)
 
 
 def _batch_dim(spec: ModelSpec) -> str:

@@ -15,6 +15,7 @@ from hepdeploy.fsutil import atomic_path, atomic_write_text, check_output_dir
 from hepdeploy.serving.batching import BatchingChoice
 from hepdeploy.serving.confirm import ClientsPerInstance, Confirmation, KedaThreshold
 from hepdeploy.serving.latency import LatencyCurve
+from hepdeploy.serving.revalidate import ShapeCheck
 from hepdeploy.serving.shapes import DimPlan, ShapeProfile
 from hepdeploy.spec import DynamicBatching, InstanceGroup, TritonSpec
 
@@ -42,6 +43,7 @@ class ProfileReport:
     confirmation: Confirmation | None = None
     clients: ClientsPerInstance | None = None
     keda: KedaThreshold | None = None
+    shape_checks: list[ShapeCheck] = field(default_factory=list)  # the model at the config's batch sizes
     notes: list[str] = field(default_factory=list)
     batch_dims: list[str] = field(default_factory=list)  # the batch axis' names in the spec
     search: dict[str, int] = field(default_factory=dict)  # choose_batching's bounds: max_rows_cap, instances_max, seed
@@ -127,7 +129,7 @@ def report_json(report: ProfileReport) -> dict[str, Any]:
         "instances": report.instances, "problems": report.problems, "why": report.why,
         "confirmation": report.confirmation.to_dict() if report.confirmation else None,
         "clients_per_instance": report.clients.to_dict() if report.clients else None,
-        "keda": report.keda, "notes": report.notes})
+        "keda": report.keda, "shape_checks": report.shape_checks, "notes": report.notes})
 
 
 def serving_markdown(report: ProfileReport) -> str:
@@ -146,6 +148,9 @@ def serving_markdown(report: ProfileReport) -> str:
     rows += [f"| dim {name} | {plan.min} / {plan.opt} / {plan.max} | {_one_line(plan.why)} |"
              for name, plan in report.dims.items()]
     rows += ["", f"t(b): {report.curve.where}; {_one_line(report.curve.why)}", ""]
+    if report.shape_checks:
+        rows += ["Validated at the config's batch sizes (against its own outputs at the validated chunk size): "
+                 + "; ".join(check.line() for check in report.shape_checks), ""]
     rows += _confirmation_lines(report)
     if report.problems:
         rows += ["", "**Not publishable:**", *(f"- {p}" for p in report.problems)]

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -149,8 +150,10 @@ def test_the_build_step_publishes_what_the_profile_chose(zoo_export, triton_bina
     export = zoo_export("jet_mlp")
     spec = export.spec.model_copy(update={"triton": export.spec.triton.model_copy(update={"serving": "auto"})})
     model = convert_from_spec(spec, tmp_path / "jet_mlp.onnx").path
-    step = _serving_step(spec, model, tmp_path / "serving")
+    inputs = dict(np.load(export.reference_path))
+    step = _serving_step(spec, model, tmp_path / "serving", {"fp32": model}, inputs)
     assert step.ok, step.reason
+    assert "1 variant(s) validated again at batch 1, " in step.reason and step.details["shape_checks"]
     chosen = step.details["spec"].triton
     fragment = yaml.safe_load((tmp_path / "serving" / "serving.yaml").read_text(encoding="utf-8"))["triton"]
     assert chosen.serving is None and chosen.max_batch_size == fragment["max_batch_size"]
@@ -158,6 +161,30 @@ def test_the_build_step_publishes_what_the_profile_chose(zoo_export, triton_bina
     assert "measured p99" in step.reason  # confirmed against the local server
     without = spec.model_copy(update={"data": spec.data.model_copy(update={"reference": None})})
     assert _serving_step(without, model, tmp_path / "none").status == "skipped"
+    # A variant whose rows mix along the batch axis passed at the validated chunk size; not at the config's.
+    mixing = _batch_mixing(model, tmp_path / "mixing.onnx")
+    refused = _serving_step(spec, model, tmp_path / "refused", {"fp32": model, "mixing": mixing}, inputs)
+    assert refused.status == "failed" and "not served at these shapes: mixing at batch 1: FAIL" in refused.reason
+    assert "spec" not in refused.details
+
+
+def _batch_mixing(model: Path, out: Path) -> Path:
+    """``model`` with its first output pulled halfway to its mean over the batch."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = onnx.load(model)
+    output = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [f"{name}__own" if name == output else name for name in node.output]
+    graph.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "half__mix"))
+    graph.graph.node.extend([
+        helper.make_node("ReduceMean", [f"{output}__own"], ["mean__mix"], axes=[0], keepdims=1),
+        helper.make_node("Sub", ["mean__mix", f"{output}__own"], ["pull__mix"]),
+        helper.make_node("Mul", ["pull__mix", "half__mix"], ["pulled__mix"]),
+        helper.make_node("Add", [f"{output}__own", "pulled__mix"], [output])])
+    onnx.save(graph, out)
+    return out
 
 
 @pytest.mark.slow
