@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 BUDGET_MS = 100.0
-RATES = {"facile": 15.0, "particlenet": 100.0}
+RATES = {"facile": 15.0, "particlenet": 100.0}  # defaults; --rates sets them for a slower machine
 
 
 def _spec_and_data(name: str, work: Path, cache: Path | None):  # noqa: ANN202
@@ -51,7 +51,7 @@ def _profile(name: str, spec, data: Path, out: Path, args: argparse.Namespace, s
     out.mkdir(parents=True, exist_ok=True)
     model = convert_from_spec(spec, out / f"{name}.onnx").path
     rows, _ = event_rows(spec)
-    settings = ProfileSettings(budget_s=BUDGET_MS / 1e3, rate_per_s=RATES[name], sonic=sonic, tb_seconds=args.tb_seconds,
+    settings = ProfileSettings(budget_s=BUDGET_MS / 1e3, rate_per_s=args.rates.get(name, RATES[name]), sonic=sonic, tb_seconds=args.tb_seconds,
                                clients=ClientsLoad(rows, repeats=args.repeats, seconds=args.level_seconds))
     started = time.monotonic()
     report = profile_model(ProfileRequest(spec, model, data, out, settings))
@@ -100,9 +100,20 @@ def _row(name: str, report, seconds: float, second) -> dict:  # noqa: ANN001
             "t_of_b_ms": {p.batch: [p.p50_s * 1e3, p.p99_s * 1e3, p.requests, p.stable] for p in report.curve.points}}
 
 
+def _rates(text: str) -> dict[str, float]:
+    return {name: float(rate) for name, rate in (item.split("=", 1) for item in text.split(",") if item)}
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _markdown(rows: list[dict], hand, load: str) -> str:  # noqa: ANN001
     lines = [f"# Serving configurations from the data (`benchmarks/serving.py`, {platform.node()}, "
-             f"{os.cpu_count()} cores, load average at start {load})", "",
+             f"{os.cpu_count()} cores of {_cpu()}, load average at start {load})", "",
              f"p99 budget {BUDGET_MS:g} ms per request (one event's natural batch).", "",
              "| model | rate ev/s | config [max_batch, preferred, delay µs, instances] | same in run 2 | "
              "p50 pred / meas ms | p99 pred / meas ms | meas/pred p99 (run 2) | clients per instance |",
@@ -126,6 +137,7 @@ def main() -> int:
     parser.add_argument("--tb-seconds", type=float, default=8.0, help="at most this long per t(b) size")
     parser.add_argument("--models", default="facile,particlenet")
     parser.add_argument("--cache", type=Path, default=None, help="zoo training cache")
+    parser.add_argument("--rates", type=_rates, default={}, help="events/s per model, e.g. particlenet=40")
     args = parser.parse_args()
     load = f"{os.getloadavg()[0]:.1f}"
     rows, hand = [], None
