@@ -12,7 +12,8 @@ no queue delay), measured the same way on the same server.
 Writes ``serving.md`` and ``serving.json`` into ``--out`` and each model's first profile (serving.yaml, the
 report and its plots) into ``--out/serving/<model>/``. Budgets and rates: 100 ms per request on two shared
 cores; FACILE at 15 events/s (one event takes ~10-25 ms through the twin, so one instance is ~15-40 % busy),
-ParticleNet at 100 events/s of 20 jets (~4-8 ms each).
+ParticleNet at 100 events/s of 20 jets (~4-10 ms each; give ``--rates particlenet=40`` on a CPU without VNNI,
+where one event takes ~9 ms).
 """
 from __future__ import annotations
 
